@@ -26,6 +26,7 @@ def main() -> int:
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--grace", type=float, default=None)
     p.add_argument("--async", dest="use_async", action="store_true")
+    p.add_argument("--record-url", default="", help="Redis for the records (default: the broker URL)")
     args = p.parse_args()
 
     logging.basicConfig(
@@ -34,7 +35,7 @@ def main() -> int:
         stream=sys.stderr,
     )
     worker = Worker(poll_interval=0.1, error_backoff=0.05, grace_period=args.grace)
-    r = redis.Redis.from_url(os.environ["QWORKER_BROKER_URL"], socket_timeout=10)
+    r = redis.Redis.from_url(args.record_url or os.environ["QWORKER_BROKER_URL"], socket_timeout=10)
 
     def before(payload: bytes) -> None:
         if args.started:

@@ -20,7 +20,7 @@ pika = pytest.importorskip("pika")
 
 from conftest import NO_LOSS_REPORTS, Names, run_bounded, wait_for, write_annotations  # noqa: E402
 from qworker import ExitReason, Worker  # noqa: E402
-from test_signals import finish, spawn  # noqa: E402
+from test_signals import WorkerProc, finish, kill_all, spawn, stop_all  # noqa: E402
 
 AMQP_URL = os.environ.get("QWORKER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
@@ -171,7 +171,7 @@ def test_no_loss_with_kills(rabbit: Rabbit, names: Names, redis_url: str, r: red
     n = 400
     ids = [f"m-{i:04d}".encode() for i in range(n)]
     rabbit.publish(*ids)
-    procs: dict[str, subprocess.Popen[str]] = {}
+    procs: dict[str, WorkerProc] = {}
     seq = iter(range(100))
     killed = 0
 
@@ -201,23 +201,16 @@ def test_no_loss_with_kills(rabbit: Rabbit, names: Names, redis_url: str, r: red
         assert code == 0 and "EXIT drained" in out, err
         start()
         progress(220)
+        wait_for(procs[c].ready, 30, "worker c to be ready")
         procs[c].send_signal(signal.SIGTERM)
         code, out, err = finish(procs[c], 30)
         assert code == 0 and "EXIT stopped" in out, err
         start()
         wait_for(lambda: r.hlen(names.results) >= n and rabbit.ready() == 0, 90, "all processed")
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            if proc.returncode is None:
-                code, _, err = finish(proc, 30)
-                assert code == 0, err
+        for code, out, err in stop_all(procs.values()):
+            assert code == 0 and "EXIT stopped" in out, err
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=10)
+        kill_all(procs.values())
     time.sleep(0.3)
     assert rabbit.ready() == 0
     counts = {k: int(v) for k, v in r.hgetall(names.results).items()}

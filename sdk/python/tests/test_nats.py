@@ -22,7 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig  # noqa: E402
 
 from conftest import NO_LOSS_REPORTS, Names, run_bounded, wait_for, write_annotations  # noqa: E402
 from qworker import ExitReason, Worker  # noqa: E402
-from test_signals import finish, spawn  # noqa: E402
+from test_signals import WorkerProc, finish, kill_all, spawn, stop_all  # noqa: E402
 
 NATS_URL = os.environ.get("QWORKER_TEST_NATS_URL", "nats://127.0.0.1:4222")
 T = TypeVar("T")
@@ -204,7 +204,7 @@ def test_no_loss_with_kills(names: Names, redis_url: str, r: redis.Redis, tmp_pa
     s.create(ack_wait=2)  # a killed worker's message comes back after 2 s
     n = 300
     ids = [f"n-{i:04d}".encode() for i in range(n)]
-    procs: dict[str, subprocess.Popen[str]] = {}
+    procs: dict[str, WorkerProc] = {}
     seq = iter(range(100))
     try:
         s.publish(*ids)
@@ -232,18 +232,14 @@ def test_no_loss_with_kills(names: Names, redis_url: str, r: redis.Redis, tmp_pa
         assert code == 0 and "EXIT drained" in out, err
         start()
         progress(170)
+        wait_for(procs[c].ready, 30, "worker c to be ready")
         procs[c].send_signal(signal.SIGTERM)
         code, out, err = finish(procs[c], 30)
         assert code == 0 and "EXIT stopped" in out, err
         start()
         wait_for(lambda: r.hlen(names.results) >= n and s.pending() == (0, 0), 90, "all processed and acked")
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            if proc.returncode is None:
-                code, _, err = finish(proc, 30)
-                assert code == 0, err
+        for code, out, err in stop_all(procs.values()):
+            assert code == 0 and "EXIT stopped" in out, err
         counts = {k: int(v) for k, v in r.hgetall(names.results).items()}
         assert set(counts) == set(ids), f"missing: {sorted(set(ids) - set(counts))[:10]}"
         extra = sum(v - 1 for v in counts.values())
@@ -253,10 +249,7 @@ def test_no_loss_with_kills(names: Names, redis_url: str, r: redis.Redis, tmp_pa
         )
         assert extra <= 1
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=10)
+        kill_all(procs.values())
         s.delete()
 
 

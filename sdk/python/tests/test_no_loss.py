@@ -13,7 +13,7 @@ import redis
 
 from conftest import NO_LOSS_REPORTS, Names, wait_for, write_annotations
 from qworker import processing_list_name
-from test_signals import finish, spawn
+from test_signals import WorkerProc, finish, kill_all, spawn, stop_all
 
 N_TASKS = 2000
 TASK_SLEEP = "0.01"
@@ -41,7 +41,7 @@ def test_no_task_is_lost(r: redis.Redis, names: Names, redis_url: str, tmp_path:
     pipe.execute()
     assert r.llen(names.queue) == N_TASKS
 
-    procs: dict[str, subprocess.Popen[str]] = {}
+    procs: dict[str, WorkerProc] = {}
     ann: dict[str, Path] = {}
     seq = iter(range(1000))
     events: list[str] = []
@@ -125,6 +125,7 @@ def test_no_task_is_lost(r: redis.Redis, names: Names, redis_url: str, tmp_path:
         events.append(f"restarted {w2} with the same pod name")
 
         at_progress(0.32)
+        wait_for(procs[w3].ready, 30, "w3 to be ready")
         busy(w3)
         procs[w3].send_signal(signal.SIGTERM)
         clean_exit(w3, "stopped")
@@ -155,17 +156,14 @@ def test_no_task_is_lost(r: redis.Redis, names: Names, redis_url: str, tmp_path:
 
         wait_for(all_done, max(1.0, deadline - time.monotonic()), "queue and processing lists to empty", 0.1)
 
-        for pod, proc in procs.items():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for pod, proc in procs.items():
-            if proc.returncode is None:
-                clean_exit(pod, "stopped")
+        running = [pod for pod, proc in procs.items() if proc.poll() is None]
+        for code, out, err in stop_all(procs[pod] for pod in running):
+            assert code == 0 and "EXIT stopped" in out, err[-3000:]
+        for pod in running:
+            assert r.llen(processing_list_name(names.queue, pod)) == 0
+            events.append(f"{pod} exited 0 (stopped)")
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=10)
+        kill_all(procs.values())
 
     counts = {k.decode(): int(v) for k, v in r.hgetall(names.results).items()}
     missing = sorted(set(ids) - set(counts))

@@ -6,8 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import IO
 
 import pytest
 import redis
@@ -15,7 +18,38 @@ import redis
 from conftest import HERE, Names, wait_for, write_annotations
 
 
-def spawn(names: Names, redis_url: str, pod: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+class WorkerProc(subprocess.Popen[bytes]):
+    """A worker subprocess whose output goes to append-only temporary files,
+    so that it can be read at any time (readiness) without pipes filling up."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.out_file = tempfile.TemporaryFile(mode="a+b")
+        self.err_file = tempfile.TemporaryFile(mode="a+b")
+        super().__init__(argv, env=env, stdout=self.out_file, stderr=self.err_file)
+
+    @staticmethod
+    def _read(f: IO[bytes]) -> str:
+        fd = f.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
+
+    @property
+    def out(self) -> str:
+        return self._read(self.out_file)
+
+    @property
+    def err(self) -> str:
+        return self._read(self.err_file)
+
+    def ready(self) -> bool:
+        """run() has installed its signal handlers (it logs this line afterwards)."""
+        return "qworker starting" in self.err
+
+    def close_files(self) -> None:
+        self.out_file.close()
+        self.err_file.close()
+
+
+def spawn(names: Names, redis_url: str, pod: str, *args: str, env: dict[str, str] | None = None) -> WorkerProc:
     e = dict(os.environ)
     e.update(
         QWORKER_BROKER_URL=redis_url,
@@ -28,23 +62,38 @@ def spawn(names: Names, redis_url: str, pod: str, *args: str, env: dict[str, str
         PYTHONUNBUFFERED="1",
     )
     e.update(env or {})
-    return subprocess.Popen(
-        [sys.executable, str(HERE / "worker_proc.py"), "--results", names.results, *args],
-        env=e,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    return WorkerProc(
+        [sys.executable, str(HERE / "worker_proc.py"), "--results", names.results, *args], env=e
     )
 
 
-def finish(proc: subprocess.Popen[str], timeout: float = 15) -> tuple[int, str, str]:
+def finish(proc: WorkerProc, timeout: float = 15) -> tuple[int, str, str]:
     try:
-        out, err = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, err = proc.communicate(timeout=10)
-        raise AssertionError(f"worker did not exit within {timeout}s\n{err}")
+        proc.wait(timeout=10)
+        raise AssertionError(f"worker did not exit within {timeout}s\n{proc.err[-5000:]}")
+    out, err = proc.out, proc.err
+    proc.close_files()
     return proc.returncode, out, err
+
+
+def stop_all(procs: Iterable[WorkerProc], timeout: float = 30) -> list[tuple[int, str, str]]:
+    """SIGTERM every running worker once it is ready (so the signal meets run()'s handler)."""
+    running = [p for p in procs if p.poll() is None]
+    wait_for(lambda: all(p.ready() or p.poll() is not None for p in running), timeout, "workers to be ready")
+    for p in running:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    return [finish(p, timeout) for p in running]
+
+
+def kill_all(procs: Iterable[WorkerProc]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -111,10 +160,16 @@ def test_second_signal_gives_task_back_at_once(r: redis.Redis, names: Names, red
     assert r.llen(names.processing) == 0
 
 
-def test_idle_worker_exits_on_sigterm(names: Names, redis_url: str) -> None:
+def connected(r: redis.Redis, pod: str) -> bool:
+    """The worker has connected (its signal handlers are installed by then)."""
+    return any(c.get("name") == f"qworker:{pod}" for c in r.client_list())
+
+
+def test_idle_worker_exits_on_sigterm(r: redis.Redis, names: Names, redis_url: str) -> None:
     proc = spawn(names, redis_url, names.pod)
     try:
-        time.sleep(1.0)  # start-up, then idle in BLMOVE
+        wait_for(lambda: connected(r, names.pod) and proc.ready(), 20, "the worker to connect")
+        time.sleep(0.3)  # idle in BLMOVE
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code, out, err = finish(proc)

@@ -99,11 +99,37 @@ def test_missing_settings_are_a_clear_error() -> None:
         worker.run()
 
 
-def test_unsupported_scheme(make_worker: MakeWorker) -> None:
+def test_unsupported_scheme(make_worker: MakeWorker, redis_url: str) -> None:
     worker = make_worker(broker_url="kafka://localhost:9092")
     worker.task(lambda payload: None)
     with pytest.raises(ConfigError, match="unsupported broker URL scheme"):
         worker.run()
+    # The failed start left nothing behind: the same worker runs once fixed.
+    worker.broker_url = redis_url
+    threading.Timer(0.3, worker.stop).start()
+    assert run_bounded(worker) is ExitReason.STOPPED
+
+
+def test_signal_handlers_installed_on_main_thread_and_restored(
+    r: redis.Redis, names: Names, make_worker: MakeWorker
+) -> None:
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    push(r, names.queue, b"t1")
+    worker = make_worker(handle_signals=True)
+    during: list[object] = []
+
+    @worker.task
+    def handle(payload: bytes) -> None:
+        during.append(signal.getsignal(signal.SIGTERM))
+        worker.stop()
+
+    assert threading.current_thread() is threading.main_thread()
+    assert worker.run() is ExitReason.STOPPED  # bounded: the handler stops it
+    assert during and during[0] not in before
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    assert_empty(r, names)
 
 
 def test_settings_from_environment() -> None:

@@ -252,31 +252,31 @@ class Worker:
             )
         handler = self._handler
         settings = self.settings()
+        source = open_source(settings.broker_url, settings.queue, settings.pod_name, self.poll_interval)
         with self._lock:
             if self._running:
                 raise RuntimeError("Worker.run() is already running")
             self._running = True
 
         previous: dict[signal.Signals, Any] = {}
-        if self.handle_signals:
-            if threading.current_thread() is threading.main_thread():
-                for signum in (signal.SIGTERM, signal.SIGINT):
-                    previous[signum] = signal.signal(signum, self._on_signal)
-            else:
-                log.warning("Worker.run() is not on the main thread: no signal handlers; use Worker.stop()")
-
-        source = open_source(settings.broker_url, settings.queue, settings.pod_name, self.poll_interval)
-        executor = HandlerThread(_bind(handler))
-        log.info(
-            "qworker starting: pod=%s namespace=%s qworker=%s spec-hash=%s %s",
-            settings.pod_name,
-            settings.pod_namespace,
-            settings.worker_name,
-            settings.pod_spec_hash,
-            source.description,
-        )
+        executor: HandlerThread | None = None
         reason: ExitReason | None = None
         try:
+            if self.handle_signals:
+                if threading.current_thread() is threading.main_thread():
+                    for signum in (signal.SIGTERM, signal.SIGINT):
+                        previous[signum] = signal.signal(signum, self._on_signal)
+                else:
+                    log.warning("Worker.run() is not on the main thread: no signal handlers; use Worker.stop()")
+            executor = HandlerThread(_bind(handler))
+            log.info(
+                "qworker starting: pod=%s namespace=%s qworker=%s spec-hash=%s %s",
+                settings.pod_name,
+                settings.pod_namespace,
+                settings.worker_name,
+                settings.pod_spec_hash,
+                source.description,
+            )
             reason = self._serve(settings, source, executor)
             return reason
         finally:
@@ -288,7 +288,8 @@ class Worker:
                 except BrokerError as exc:
                     log.warning("could not check the processing list at exit: %s", exc)
             source.close()
-            executor.shutdown(wait=0.0 if reason is ExitReason.GRACE_EXPIRED else 1.0)
+            if executor is not None:
+                executor.shutdown(wait=0.0 if reason is ExitReason.GRACE_EXPIRED else 1.0)
             for sig, old in previous.items():
                 signal.signal(sig, old)
             with self._lock:

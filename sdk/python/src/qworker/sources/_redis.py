@@ -102,6 +102,8 @@ class RedisSource(Source):
         right end of the queue and is taken first, as before.
         """
         moved = 0
+        if self._client is None:
+            return 0  # not connected: connect() is always followed by recover()
         with self._errors("recover"):
             limit = int(self._cmd("LLEN", self.processing)) + 1000
             while moved < limit:

@@ -1,0 +1,316 @@
+//! NATS JetStream: each queue is a durable pull consumer (explicit ack) of one stream.
+
+use std::time::Duration;
+
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind, RetentionPolicy};
+use async_nats::jetstream::{self, Context};
+use async_nats::{ConnectErrorKind, ConnectOptions};
+use async_trait::async_trait;
+use futures::StreamExt;
+
+use crate::error::{BrokerKind, QueueError, timed};
+use crate::{
+    CALL_TIMEOUT, CONNECT_TIMEOUT, Handle, NatsConfig, QueueBroker, Task, TaskSource,
+    install_crypto_provider,
+};
+
+const KIND: BrokerKind = BrokerKind::Nats;
+
+/// The subject [`ensure_nats_queue`] binds queue `queue` of stream `stream` to:
+/// `{stream}.{queue}`.
+pub fn nats_subject(stream: &str, queue: &str) -> String {
+    format!("{stream}.{queue}")
+}
+
+/// Maps a JetStream API error: a missing stream or consumer is `not_found`.
+fn map_api(err: &jetstream::Error, stream: &str, queue: &str) -> QueueError {
+    if err.error_code() == ErrorCode::STREAM_NOT_FOUND {
+        QueueError::not_found(KIND, "stream", stream)
+    } else if err.error_code() == ErrorCode::CONSUMER_NOT_FOUND || err.code() == 404 {
+        QueueError::not_found(KIND, "consumer", queue)
+    } else if err.code() == 401 || err.code() == 403 {
+        QueueError::auth(KIND, err)
+    } else {
+        QueueError::protocol(KIND, err)
+    }
+}
+
+fn map_consumer(err: ConsumerError, stream: &str, queue: &str) -> QueueError {
+    match err.kind() {
+        ConsumerErrorKind::JetStream(api) => map_api(&api, stream, queue),
+        ConsumerErrorKind::TimedOut => QueueError::Timeout {
+            broker: KIND,
+            operation: "consumer info",
+            after: CALL_TIMEOUT,
+        },
+        ConsumerErrorKind::Request => QueueError::connect(KIND, err),
+        _ => QueueError::protocol(KIND, err),
+    }
+}
+
+async fn client(cfg: &NatsConfig) -> Result<async_nats::Client, QueueError> {
+    let mut options = ConnectOptions::new()
+        .connection_timeout(CALL_TIMEOUT)
+        .request_timeout(Some(CALL_TIMEOUT));
+    if let (Some(user), Some(password)) = (&cfg.user, &cfg.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &cfg.token {
+        options = options.token(token.clone());
+    }
+    if cfg.tls {
+        install_crypto_provider();
+        options = options.require_tls(true);
+    }
+    timed(KIND, "connect", CONNECT_TIMEOUT, async {
+        options
+            .connect(cfg.url.as_str())
+            .await
+            .map_err(|err| match err.kind() {
+                ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
+                    QueueError::auth(KIND, err)
+                }
+                ConnectErrorKind::TimedOut => QueueError::Timeout {
+                    broker: KIND,
+                    operation: "connect",
+                    after: CALL_TIMEOUT,
+                },
+                _ => QueueError::connect(KIND, err),
+            })
+    })
+    .await
+}
+
+fn context(client: async_nats::Client) -> Context {
+    jetstream::ContextBuilder::new()
+        .timeout(CALL_TIMEOUT)
+        .build(client)
+}
+
+async fn consumer(js: &Context, stream: &str, queue: &str) -> Result<PullConsumer, QueueError> {
+    timed(KIND, "consumer info", CALL_TIMEOUT, async {
+        js.get_consumer_from_stream::<pull::Config, _, _>(queue, stream)
+            .await
+            .map_err(|e| map_consumer(e, stream, queue))
+    })
+    .await
+}
+
+/// Operator side.
+pub(crate) struct NatsBroker {
+    client: async_nats::Client,
+    js: Context,
+    stream: String,
+}
+
+impl NatsBroker {
+    pub(crate) async fn connect(cfg: &NatsConfig) -> Result<Self, QueueError> {
+        let client = client(cfg).await?;
+        Ok(Self {
+            js: context(client.clone()),
+            client,
+            stream: cfg.stream.clone(),
+        })
+    }
+}
+
+#[async_trait]
+impl QueueBroker for NatsBroker {
+    /// `num_pending + num_ack_pending` of the durable consumer `queue`.
+    async fn depth(&self, queue: &str, _workers: &[String]) -> Result<u64, QueueError> {
+        let consumer = consumer(&self.js, &self.stream, queue).await?;
+        let info = consumer.cached_info();
+        Ok(info.num_pending + info.num_ack_pending as u64)
+    }
+
+    async fn recover(&self, _queue: &str, _worker: &str) -> Result<u64, QueueError> {
+        Ok(0)
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(QueueError::connect(KIND, "not connected (reconnecting)"));
+        }
+        timed(KIND, "ping", CALL_TIMEOUT, async {
+            self.client
+                .flush()
+                .await
+                .map_err(|e| QueueError::connect(KIND, e))
+        })
+        .await
+    }
+}
+
+/// Worker side.
+pub(crate) struct NatsSource {
+    consumer: PullConsumer,
+    queue: String,
+}
+
+impl NatsSource {
+    pub(crate) async fn open(cfg: &NatsConfig, queue: &str) -> Result<Self, QueueError> {
+        let js = context(client(cfg).await?);
+        Ok(Self {
+            consumer: consumer(&js, &cfg.stream, queue).await?,
+            queue: queue.to_owned(),
+        })
+    }
+
+    fn acker(task: Task) -> Result<Box<jetstream::message::Acker>, QueueError> {
+        match task.handle {
+            Handle::Nats(acker) => Ok(acker),
+            _ => Err(QueueError::protocol(KIND, "task was not taken from NATS")),
+        }
+    }
+}
+
+#[async_trait]
+impl TaskSource for NatsSource {
+    async fn take(&mut self, wait: Duration) -> Result<Option<Task>, QueueError> {
+        // The server needs a positive pull expiry; keep at least 100 ms.
+        let expires = wait.max(Duration::from_millis(100));
+        let consumer = &self.consumer;
+        let queue = self.queue.as_str();
+        let next = timed(KIND, "take", expires + CALL_TIMEOUT, async {
+            let mut batch = consumer
+                .batch()
+                .max_messages(1)
+                .expires(expires)
+                .messages()
+                .await
+                .map_err(|e| QueueError::connect(KIND, format!("pull from {queue:?}: {e}")))?;
+            Ok(batch.next().await)
+        })
+        .await?;
+        match next {
+            None => Ok(None),
+            Some(Ok(message)) => {
+                let (message, acker) = message.split();
+                Ok(Some(Task {
+                    payload: message.payload.to_vec(),
+                    handle: Handle::Nats(Box::new(acker)),
+                }))
+            }
+            Some(Err(err)) => Err(QueueError::protocol(
+                KIND,
+                format!("pull from {queue:?}: {err}"),
+            )),
+        }
+    }
+
+    async fn ack(&mut self, task: Task) -> Result<(), QueueError> {
+        let acker = Self::acker(task)?;
+        timed(KIND, "ack", CALL_TIMEOUT + CALL_TIMEOUT, async {
+            acker
+                .double_ack()
+                .await
+                .map_err(|e| QueueError::connect(KIND, format!("ack: {e}")))
+        })
+        .await
+    }
+
+    async fn requeue(&mut self, task: Task) -> Result<(), QueueError> {
+        let acker = Self::acker(task)?;
+        timed(KIND, "nak", CALL_TIMEOUT + CALL_TIMEOUT, async {
+            acker
+                .double_ack_with(AckKind::Nak(None))
+                .await
+                .map_err(|e| QueueError::connect(KIND, format!("nak: {e}")))
+        })
+        .await
+    }
+}
+
+/// Makes sure stream `cfg.stream` exists (created with subjects `{stream}.>` and work-queue
+/// retention if missing) and has the durable pull consumer `queue` (created with explicit ack,
+/// `ack_wait`, and filter subject [`nats_subject`]`(stream, queue)` if missing). Existing ones
+/// are left as they are.
+///
+/// `ack_wait` must exceed the longest task: an unacknowledged message is redelivered after it.
+pub async fn ensure_nats_queue(
+    cfg: &NatsConfig,
+    queue: &str,
+    ack_wait: Duration,
+) -> Result<(), QueueError> {
+    let js = context(client(cfg).await?);
+    let stream_name = cfg.stream.as_str();
+    timed(
+        KIND,
+        "ensure stream and consumer",
+        CALL_TIMEOUT * 3,
+        async {
+            let stream = js
+                .get_or_create_stream(jetstream::stream::Config {
+                    name: stream_name.to_owned(),
+                    subjects: vec![format!("{stream_name}.>")],
+                    retention: RetentionPolicy::WorkQueue,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| match e.kind() {
+                    jetstream::context::CreateStreamErrorKind::JetStream(api) => {
+                        map_api(&api, stream_name, queue)
+                    }
+                    jetstream::context::CreateStreamErrorKind::TimedOut => QueueError::Timeout {
+                        broker: KIND,
+                        operation: "create stream",
+                        after: CALL_TIMEOUT,
+                    },
+                    _ => QueueError::protocol(KIND, e),
+                })?;
+            stream
+                .get_or_create_consumer(
+                    queue,
+                    pull::Config {
+                        durable_name: Some(queue.to_owned()),
+                        ack_policy: AckPolicy::Explicit,
+                        ack_wait,
+                        filter_subject: nats_subject(stream_name, queue),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| map_consumer(e, stream_name, queue))?;
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Publishes to the consumer's filter subject (or [`nats_subject`]) and waits for each ack.
+pub(crate) async fn push_batch(
+    cfg: &NatsConfig,
+    queue: &str,
+    payloads: &[Vec<u8>],
+) -> Result<u64, QueueError> {
+    let js = context(client(cfg).await?);
+    let info = consumer(&js, &cfg.stream, queue)
+        .await?
+        .cached_info()
+        .clone();
+    let subject = [info.config.filter_subject.clone()]
+        .into_iter()
+        .chain(info.config.filter_subjects.iter().cloned())
+        .find(|s| !s.is_empty() && !s.contains(['*', '>']))
+        .unwrap_or_else(|| nats_subject(&cfg.stream, queue));
+    let limit = CALL_TIMEOUT * 2 + Duration::from_millis(payloads.len() as u64);
+    timed(KIND, "push", limit, async {
+        let mut acks = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let ack = js
+                .publish(subject.clone(), bytes::Bytes::from(payload.clone()))
+                .await
+                .map_err(|e| QueueError::protocol(KIND, format!("publish: {e}")))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await
+                .map_err(|e| QueueError::protocol(KIND, format!("publish ack: {e}")))?;
+        }
+        Ok(payloads.len() as u64)
+    })
+    .await
+}

@@ -1,0 +1,331 @@
+//! Redis: queues are lists; producers `LPUSH`, workers `BLMOVE` from the right end into their
+//! own processing list, acknowledge with `LREM`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisError};
+
+use crate::error::{BrokerKind, QueueError, timed};
+use crate::{
+    CALL_TIMEOUT, CONNECT_TIMEOUT, Handle, QueueBroker, RedisConfig, Task, TaskSource,
+    install_crypto_provider, processing_list,
+};
+
+const KIND: BrokerKind = BrokerKind::Redis;
+
+/// Upper bound of tasks moved by one recovery, so that a processing list that keeps growing
+/// (a worker with that name is alive after all) cannot keep the loop going for ever.
+const MAX_RECOVER: u64 = 1_000_000;
+
+/// Removes one copy of the task from the processing list and, only if it was there, puts it back
+/// at the right end of the queue (where workers take from): atomic, and never duplicates a task
+/// that the operator already recovered.
+const REQUEUE_SCRIPT: &str = "if redis.call('LREM', KEYS[1], 1, ARGV[1]) > 0 then \
+     redis.call('RPUSH', KEYS[2], ARGV[1]) return 1 end return 0";
+
+fn map_err(err: RedisError) -> QueueError {
+    if err.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+    {
+        QueueError::auth(KIND, err)
+    } else if err.is_timeout() {
+        QueueError::Timeout {
+            broker: KIND,
+            operation: "command",
+            after: CALL_TIMEOUT,
+        }
+    } else if err.is_io_error()
+        || err.is_connection_refusal()
+        || err.is_connection_dropped()
+        || err.kind() == redis::ErrorKind::InvalidClientConfig
+    {
+        QueueError::connect(KIND, err)
+    } else {
+        QueueError::protocol(KIND, err)
+    }
+}
+
+/// One reconnecting connection. `response_timeout` is `None` for connections that run blocking
+/// commands; every call is bounded by [`timed`] anyway.
+async fn manager(
+    cfg: &RedisConfig,
+    response_timeout: Option<Duration>,
+) -> Result<ConnectionManager, QueueError> {
+    let addr = if cfg.tls {
+        install_crypto_provider();
+        ConnectionAddr::TcpTls {
+            host: cfg.host.clone(),
+            port: cfg.port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(cfg.host.clone(), cfg.port)
+    };
+    let mut settings = RedisConnectionInfo::default().set_db(cfg.db);
+    if let Some(password) = &cfg.password {
+        settings = settings.set_password(password);
+    }
+    let info = addr
+        .into_connection_info()
+        .map_err(map_err)?
+        .set_redis_settings(settings);
+    let client = redis::Client::open(info).map_err(map_err)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CALL_TIMEOUT))
+        .set_response_timeout(response_timeout)
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1));
+    timed(KIND, "connect", CONNECT_TIMEOUT, async {
+        ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(map_err)
+    })
+    .await
+}
+
+/// Runs one command with the call time limit.
+async fn query<T: redis::FromRedisValue>(
+    conn: &mut ConnectionManager,
+    operation: &'static str,
+    cmd: &redis::Cmd,
+) -> Result<T, QueueError> {
+    timed(KIND, operation, CALL_TIMEOUT, async {
+        cmd.query_async(conn).await.map_err(map_err)
+    })
+    .await
+}
+
+/// Moves every element of `from` back to the right end of `to`, oldest last taken first:
+/// `LMOVE from to LEFT RIGHT` pops the newest first, so the oldest ends up rightmost.
+async fn move_all(conn: &mut ConnectionManager, from: &str, to: &str) -> Result<u64, QueueError> {
+    let mut moved = 0;
+    let mut cmd = redis::cmd("LMOVE");
+    cmd.arg(from).arg(to).arg("LEFT").arg("RIGHT");
+    while moved < MAX_RECOVER {
+        let element: Option<Vec<u8>> = query(conn, "recover", &cmd).await?;
+        if element.is_none() {
+            break;
+        }
+        moved += 1;
+    }
+    Ok(moved)
+}
+
+/// Operator side.
+pub(crate) struct RedisBroker {
+    conn: ConnectionManager,
+}
+
+impl RedisBroker {
+    pub(crate) async fn connect(cfg: &RedisConfig) -> Result<Self, QueueError> {
+        Ok(Self {
+            conn: manager(cfg, Some(CALL_TIMEOUT)).await?,
+        })
+    }
+}
+
+#[async_trait]
+impl QueueBroker for RedisBroker {
+    async fn depth(&self, queue: &str, workers: &[String]) -> Result<u64, QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("LLEN").arg(queue);
+        for worker in workers {
+            pipe.cmd("LLEN").arg(processing_list(queue, worker));
+        }
+        let mut conn = self.conn.clone();
+        let lengths: Vec<u64> = timed(KIND, "depth", CALL_TIMEOUT, async {
+            pipe.query_async(&mut conn).await.map_err(map_err)
+        })
+        .await?;
+        Ok(lengths.iter().sum())
+    }
+
+    async fn recover(&self, queue: &str, worker: &str) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let moved = move_all(&mut conn, &processing_list(queue, worker), queue).await?;
+        if moved > 0 {
+            tracing::info!(
+                queue,
+                worker,
+                moved,
+                "returned a gone worker's tasks to the queue"
+            );
+        }
+        Ok(moved)
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: String = query(&mut conn, "ping", &redis::cmd("PING")).await?;
+        Ok(())
+    }
+}
+
+/// Worker side.
+pub(crate) struct RedisSource {
+    conn: ConnectionManager,
+    queue: String,
+    processing: String,
+    /// Tasks taken and not yet acknowledged or requeued.
+    held: usize,
+    /// A take, ack or requeue failed midway: the processing list may hold a task nobody holds.
+    dirty: bool,
+}
+
+impl RedisSource {
+    pub(crate) async fn open(
+        cfg: &RedisConfig,
+        queue: &str,
+        worker: &str,
+    ) -> Result<Self, QueueError> {
+        let mut source = Self {
+            conn: manager(cfg, None).await?,
+            queue: queue.to_owned(),
+            processing: processing_list(queue, worker),
+            held: 0,
+            dirty: false,
+        };
+        let moved = source.requeue_leftovers().await?;
+        if moved > 0 {
+            tracing::warn!(
+                queue,
+                worker,
+                moved,
+                "requeued tasks left in this worker's processing list by an earlier run"
+            );
+        }
+        Ok(source)
+    }
+
+    async fn requeue_leftovers(&mut self) -> Result<u64, QueueError> {
+        let moved = move_all(&mut self.conn, &self.processing, &self.queue).await?;
+        self.dirty = false;
+        Ok(moved)
+    }
+
+    fn raw(task: Task) -> Result<Vec<u8>, QueueError> {
+        match task.handle {
+            Handle::Redis { raw } => Ok(raw),
+            _ => Err(QueueError::protocol(KIND, "task was not taken from Redis")),
+        }
+    }
+}
+
+#[async_trait]
+impl TaskSource for RedisSource {
+    async fn take(&mut self, wait: Duration) -> Result<Option<Task>, QueueError> {
+        if self.dirty && self.held == 0 {
+            let moved = self.requeue_leftovers().await?;
+            if moved > 0 {
+                tracing::warn!(queue = %self.queue, moved, "requeued tasks orphaned by a failed call");
+            }
+        }
+        let mut cmd;
+        if wait.is_zero() {
+            cmd = redis::cmd("LMOVE");
+            cmd.arg(&self.queue)
+                .arg(&self.processing)
+                .arg("RIGHT")
+                .arg("LEFT");
+        } else {
+            // BLMOVE's timeout 0 means "for ever": keep at least 10 ms.
+            let secs = wait.max(Duration::from_millis(10)).as_secs_f64();
+            cmd = redis::cmd("BLMOVE");
+            cmd.arg(&self.queue)
+                .arg(&self.processing)
+                .arg("RIGHT")
+                .arg("LEFT")
+                .arg(format!("{secs:.3}"));
+        }
+        let conn = &mut self.conn;
+        let taken: Result<Option<Vec<u8>>, QueueError> =
+            timed(KIND, "take", wait + CALL_TIMEOUT, async {
+                cmd.query_async(conn).await.map_err(map_err)
+            })
+            .await;
+        match taken {
+            Ok(Some(raw)) => {
+                self.held += 1;
+                Ok(Some(Task {
+                    payload: raw.clone(),
+                    handle: Handle::Redis { raw },
+                }))
+            }
+            Ok(None) => Ok(None),
+            Err(err) => {
+                self.dirty = true;
+                Err(err)
+            }
+        }
+    }
+
+    async fn ack(&mut self, task: Task) -> Result<(), QueueError> {
+        let raw = Self::raw(task)?;
+        self.held = self.held.saturating_sub(1);
+        let mut cmd = redis::cmd("LREM");
+        cmd.arg(&self.processing).arg(1).arg(raw);
+        match query::<u64>(&mut self.conn, "ack", &cmd).await {
+            Ok(0) => {
+                tracing::warn!(
+                    queue = %self.queue,
+                    "acknowledged task was no longer in the processing list (recovered while held?); it may run again"
+                );
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(err) => {
+                self.dirty = true;
+                Err(err)
+            }
+        }
+    }
+
+    async fn requeue(&mut self, task: Task) -> Result<(), QueueError> {
+        let raw = Self::raw(task)?;
+        self.held = self.held.saturating_sub(1);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(REQUEUE_SCRIPT)
+            .arg(2)
+            .arg(&self.processing)
+            .arg(&self.queue)
+            .arg(raw);
+        match query::<u64>(&mut self.conn, "requeue", &cmd).await {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                self.dirty = true;
+                Err(err)
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), QueueError> {
+        if self.held == 0 {
+            let moved = self.requeue_leftovers().await?;
+            if moved > 0 {
+                tracing::warn!(queue = %self.queue, moved, "requeued tasks left in the processing list on close");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `LPUSH` in chunks; the first payload ends up rightmost, so it is taken first.
+pub(crate) async fn push_batch(
+    cfg: &RedisConfig,
+    queue: &str,
+    payloads: &[Vec<u8>],
+) -> Result<u64, QueueError> {
+    let mut conn = manager(cfg, Some(CALL_TIMEOUT)).await?;
+    for chunk in payloads.chunks(1000) {
+        let mut cmd = redis::cmd("LPUSH");
+        cmd.arg(queue);
+        for payload in chunk {
+            cmd.arg(payload.as_slice());
+        }
+        let _: u64 = query(&mut conn, "push", &cmd).await?;
+    }
+    Ok(payloads.len() as u64)
+}

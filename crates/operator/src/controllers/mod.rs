@@ -1,0 +1,104 @@
+//! One module per controller, plus what they share.
+
+pub mod qworker;
+pub mod scalerconfig;
+pub mod storm;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use kube::api::Api;
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+/// Label selector of every object the operator creates.
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=workerpool-operator";
+
+/// An API of `K` in `namespace`, or in all namespaces.
+pub fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// What an apply did to a child, as reported in an Event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildChange {
+    /// The child did not exist before.
+    Created,
+    /// The child's spec or data changed.
+    Updated,
+}
+
+impl ChildChange {
+    /// Event reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ChildChange::Created => "Created",
+            ChildChange::Updated => "Updated",
+        }
+    }
+    /// Verb for the Event's message.
+    pub fn verb(self) -> &'static str {
+        match self {
+            ChildChange::Created => "Created",
+            ChildChange::Updated => "Updated",
+        }
+    }
+}
+
+/// Remembers the version of each applied child, so that an Event is emitted only when an
+/// apply created the child or changed it (its `generation`, or its `resourceVersion` for
+/// kinds without one), never for an apply that changed nothing.
+#[derive(Default)]
+pub struct ChildTracker {
+    seen: Mutex<HashMap<String, String>>,
+}
+
+/// How recent a creation timestamp must be for an unknown child to count as just created.
+const JUST_CREATED_SECS: i64 = 30;
+
+impl ChildTracker {
+    fn key<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> String {
+        format!("{}/{namespace}/{name}", K::kind(&()))
+    }
+
+    /// Records the child as returned by an apply and says what the apply did, if anything.
+    pub fn observe<K: Resource<DynamicType = ()>>(&self, applied: &K) -> Option<ChildChange> {
+        let meta = applied.meta();
+        let token = meta
+            .generation
+            .map(|g| format!("g{g}"))
+            .or_else(|| meta.resource_version.clone())?;
+        let key = Self::key::<K>(
+            &applied.namespace().unwrap_or_default(),
+            &applied.name_any(),
+        );
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.insert(key, token.clone()) {
+            Some(previous) if previous == token => None,
+            Some(_) => Some(ChildChange::Updated),
+            None => {
+                let now = k8s_openapi::jiff::Timestamp::now();
+                let fresh = meta
+                    .creation_timestamp
+                    .as_ref()
+                    .is_some_and(|t| now.duration_since(t.0).as_secs() <= JUST_CREATED_SECS);
+                fresh.then_some(ChildChange::Created)
+            }
+        }
+    }
+
+    /// Forgets a deleted child.
+    pub fn forget<K: Resource<DynamicType = ()>>(&self, namespace: &str, name: &str) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.remove(&Self::key::<K>(namespace, name));
+    }
+}

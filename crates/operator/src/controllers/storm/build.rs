@@ -1,0 +1,1033 @@
+//! Pure builders of a StormWorkerPool's children. No I/O: every function maps the pool and
+//! its cluster to the object the operator applies.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, ExternalMetricSource, HorizontalPodAutoscaler,
+    HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec, MetricTarget, ObjectMetricSource,
+    PodsMetricSource, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    LocalObjectReference, ObjectFieldSelector, PodSpec, PodTemplateSpec, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+use workerpool_api::storm::{
+    DEFAULT_STORM_IMAGE, DEFAULT_STORM_TAG, MetricSourceType, StormCluster, StormWorkerPool,
+};
+
+use crate::MANAGED_BY;
+use crate::error::{Error, Result};
+use crate::quantity;
+
+/// Name of the operator's worker container inside the pod template.
+pub const WORKER_CONTAINER: &str = "worker";
+/// Name of the volume holding the pool's storm.yaml.
+pub const CONFIG_VOLUME: &str = "storm-config";
+/// Where the storm.yaml is mounted (the official image's `STORM_CONF_DIR`).
+pub const CONFIG_DIR: &str = "/conf";
+/// Pod template annotation carrying the hash of the storm.yaml, so a config change rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "storm.apache.org/config-hash";
+/// Label naming the pool on every child.
+pub const POOL_LABEL: &str = "storm.apache.org/pool";
+/// Label naming the topology on every child.
+pub const TOPOLOGY_LABEL: &str = "storm.apache.org/topology";
+
+/// Names of a pool's children.
+pub fn deployment_name(pool: &str) -> String {
+    format!("{pool}-deployment")
+}
+/// Name of the HPA.
+pub fn hpa_name(pool: &str) -> String {
+    format!("{pool}-hpa")
+}
+/// Name of the headless Service.
+pub fn service_name(pool: &str) -> String {
+    format!("{pool}-headless")
+}
+/// Name of the ConfigMap with the storm.yaml.
+pub fn config_map_name(pool: &str) -> String {
+    format!("{pool}-storm-config")
+}
+/// Name of the PodDisruptionBudget.
+pub fn pdb_name(pool: &str) -> String {
+    format!("{pool}-pdb")
+}
+
+/// Checks what the schema cannot: quantities of custom-metric targets and container names.
+pub fn validate(pool: &StormWorkerPool) -> Result<()> {
+    if let Some(auto) = pool.spec.enabled_autoscaling() {
+        let max = auto.max_replicas.ok_or_else(|| {
+            Error::InvalidSpec(
+                "autoscaling.maxReplicas is required when autoscaling is enabled".into(),
+            )
+        })?;
+        let min = auto.min_replicas.unwrap_or(1);
+        if min > max {
+            return Err(Error::InvalidSpec(format!(
+                "autoscaling.minReplicas ({min}) must be <= autoscaling.maxReplicas ({max})"
+            )));
+        }
+        for (i, m) in auto.custom_metrics.iter().enumerate() {
+            for (field, value) in [
+                ("targetAverageValue", &m.target_average_value),
+                ("targetValue", &m.target_value),
+            ] {
+                if let Some(v) = value
+                    && quantity::parse(v).is_none()
+                {
+                    return Err(Error::InvalidSpec(format!(
+                        "autoscaling.customMetrics[{i}].{field}: {v:?} is not a quantity (e.g. \"1000\", \"500m\", \"2k\")"
+                    )));
+                }
+            }
+            if m.target_average_value.is_none() && m.target_value.is_none() {
+                return Err(Error::InvalidSpec(format!(
+                    "autoscaling.customMetrics[{i}] ({}) needs targetAverageValue or targetValue",
+                    m.name
+                )));
+            }
+            if m.type_ == MetricSourceType::Object && m.described_object.is_none() {
+                return Err(Error::InvalidSpec(format!(
+                    "autoscaling.customMetrics[{i}] ({}) is an object metric and needs describedObject",
+                    m.name
+                )));
+            }
+            if m.type_ == MetricSourceType::Pods && m.target_average_value.is_none() {
+                return Err(Error::InvalidSpec(format!(
+                    "autoscaling.customMetrics[{i}] ({}) is a pods metric and needs targetAverageValue",
+                    m.name
+                )));
+            }
+        }
+    }
+    let ports = pool.spec.ports();
+    if ports.start < 1 || ports.count < 1 || ports.start + ports.count - 1 > 65535 {
+        return Err(Error::InvalidSpec(format!(
+            "ports: start {} and count {} must give ports within 1..65535",
+            ports.start, ports.count
+        )));
+    }
+    if let Some(spec) = pool.spec.template.as_ref().and_then(|t| t.spec.as_ref()) {
+        let mut seen = std::collections::BTreeSet::new();
+        let init = spec.init_containers.iter().flatten();
+        for c in spec.containers.iter().chain(init) {
+            if !seen.insert(c.name.as_str()) {
+                return Err(Error::InvalidSpec(format!(
+                    "template.spec: container name {:?} is used more than once",
+                    c.name
+                )));
+            }
+        }
+        if spec
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == WORKER_CONTAINER)
+        {
+            return Err(Error::InvalidSpec(format!(
+                "template.spec.initContainers: the name {WORKER_CONTAINER:?} is reserved for the Storm worker container"
+            )));
+        }
+        let slot_ports: Vec<i32> = (ports.start..ports.start + ports.count).collect();
+        for c in spec
+            .containers
+            .iter()
+            .filter(|c| c.name != WORKER_CONTAINER)
+        {
+            for p in c.ports.iter().flatten() {
+                if slot_ports.contains(&p.container_port) {
+                    return Err(Error::InvalidSpec(format!(
+                        "template.spec.containers[{}]: port {} collides with the worker slot ports {}-{}",
+                        c.name,
+                        p.container_port,
+                        ports.start,
+                        ports.start + ports.count - 1
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The topology a pool serves.
+pub fn topology(pool: &StormWorkerPool) -> &str {
+    &pool.spec.topology_ref
+}
+
+/// Labels every child and pod carries.
+pub fn labels(pool: &StormWorkerPool) -> BTreeMap<String, String> {
+    let mut l = selector_labels(pool);
+    l.insert("app.kubernetes.io/managed-by".into(), MANAGED_BY.into());
+    l.insert("app.kubernetes.io/component".into(), "worker".into());
+    l.insert(POOL_LABEL.into(), pool.name_any());
+    l.insert(TOPOLOGY_LABEL.into(), label_value(topology(pool)));
+    l
+}
+
+/// Labels selecting the pool's pods (immutable in the Deployment).
+pub fn selector_labels(pool: &StormWorkerPool) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "storm-worker".into()),
+        ("app.kubernetes.io/instance".into(), pool.name_any()),
+    ])
+}
+
+fn label_value(v: &str) -> String {
+    v.chars().take(63).collect()
+}
+
+fn owner_reference(pool: &StormWorkerPool) -> Vec<OwnerReference> {
+    pool.controller_owner_ref(&()).into_iter().collect()
+}
+
+fn metadata(pool: &StormWorkerPool, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: pool.namespace(),
+        labels: Some(labels(pool)),
+        owner_references: Some(owner_reference(pool)),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The pool's storm.yaml: the cluster's config, the pool's `workerConfig`, then the entries the
+/// operator owns (ZooKeeper servers, Nimbus seeds, slot ports, `worker.childopts`).
+pub fn storm_yaml(pool: &StormWorkerPool, cluster: &StormCluster) -> Result<String> {
+    let mut conf: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    conf.extend(cluster.spec.storm_config.clone().unwrap_or_default());
+    conf.extend(pool.spec.worker_config.clone().unwrap_or_default());
+    conf.insert(
+        "storm.zookeeper.servers".into(),
+        serde_json::json!(cluster.spec.zookeeper_servers),
+    );
+    conf.insert(
+        "nimbus.seeds".into(),
+        serde_json::json!(cluster.spec.nimbus_seeds),
+    );
+    let ports = pool.spec.ports();
+    let slots: Vec<i32> = (ports.start..ports.start + ports.count).collect();
+    conf.insert("supervisor.slots.ports".into(), serde_json::json!(slots));
+    if let Some(opts) = pool.spec.jvm_opts.as_ref().filter(|o| !o.is_empty()) {
+        conf.insert("worker.childopts".into(), serde_json::json!(opts.join(" ")));
+    }
+    serde_yaml::to_string(&conf).map_err(|e| {
+        Error::InvalidSpec(format!(
+            "storm configuration cannot be written as YAML: {e}"
+        ))
+    })
+}
+
+/// A short, stable hash of a string (hex, 16 characters).
+pub fn short_hash(data: &str) -> String {
+    let digest = Sha256::digest(data.as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// ConfigMap `<pool>-storm-config`.
+pub fn config_map(pool: &StormWorkerPool, storm_yaml: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: metadata(pool, config_map_name(&pool.name_any())),
+        data: Some(BTreeMap::from([(
+            "storm.yaml".into(),
+            storm_yaml.to_string(),
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
+fn worker_image(pool: &StormWorkerPool, cluster: &StormCluster) -> String {
+    let pool_image = pool.spec.image.as_ref();
+    let cluster_image = cluster.spec.image.as_ref();
+    let repository = pool_image
+        .and_then(|i| i.repository.clone())
+        .or_else(|| cluster_image.and_then(|i| i.repository.clone()))
+        .unwrap_or_else(|| DEFAULT_STORM_IMAGE.to_string());
+    let tag = pool_image
+        .and_then(|i| i.tag.clone())
+        .or_else(|| cluster_image.and_then(|i| i.tag.clone()))
+        .unwrap_or_else(|| DEFAULT_STORM_TAG.to_string());
+    format!("{repository}:{tag}")
+}
+
+fn slot_ports(pool: &StormWorkerPool) -> impl Iterator<Item = i32> {
+    let ports = pool.spec.ports();
+    ports.start..ports.start + ports.count
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// Appends `extra` to `base`, an entry of `extra` replacing one of `base` with the same key.
+fn merge_by<T>(base: Vec<T>, extra: Vec<T>, key: impl Fn(&T) -> String) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(base.len() + extra.len());
+    for item in base.into_iter().chain(extra) {
+        let k = key(&item);
+        if let Some(pos) = out.iter().position(|o| key(o) == k) {
+            out[pos] = item;
+        } else {
+            out.push(item);
+        }
+    }
+    out
+}
+
+/// The Storm worker container, merged with the user's container of the same name: the user's
+/// settings win; the operator adds its env, slot ports and config mount.
+pub fn worker_container(
+    pool: &StormWorkerPool,
+    cluster: &StormCluster,
+    user: Option<&Container>,
+) -> Container {
+    let mut c = user.cloned().unwrap_or_default();
+    c.name = WORKER_CONTAINER.into();
+    if c.image.is_none() {
+        c.image = Some(worker_image(pool, cluster));
+    }
+    if c.image_pull_policy.is_none() {
+        c.image_pull_policy = pool.spec.image.as_ref().and_then(|i| i.pull_policy.clone());
+    }
+    if c.command.is_none() && c.args.is_none() {
+        c.command = Some(vec![
+            "storm".into(),
+            "supervisor".into(),
+            "-c".into(),
+            "storm.local.hostname=$(POD_IP)".into(),
+        ]);
+    }
+    let own_env = vec![
+        field_env("POD_IP", "status.podIP"),
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        EnvVar {
+            name: "STORM_CONF_DIR".into(),
+            value: Some(CONFIG_DIR.into()),
+            ..EnvVar::default()
+        },
+    ];
+    c.env = Some(merge_by(own_env, c.env.take().unwrap_or_default(), |e| {
+        e.name.clone()
+    }));
+    let own_ports = slot_ports(pool)
+        .map(|p| ContainerPort {
+            name: Some(format!("slot-{p}")),
+            container_port: p,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        })
+        .collect();
+    c.ports = Some(merge_by(
+        own_ports,
+        c.ports.take().unwrap_or_default(),
+        |p| p.container_port.to_string(),
+    ));
+    let own_mounts = vec![VolumeMount {
+        name: CONFIG_VOLUME.into(),
+        mount_path: CONFIG_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    c.volume_mounts = Some(merge_by(
+        own_mounts,
+        c.volume_mounts.take().unwrap_or_default(),
+        |m| m.mount_path.clone(),
+    ));
+    c
+}
+
+/// The worker pod spec: the user's `template.spec` with the worker container merged in by
+/// name; sidecars, volumes, scheduling and security settings pass through untouched.
+pub fn pod_spec(pool: &StormWorkerPool, cluster: &StormCluster) -> PodSpec {
+    let mut spec = pool
+        .spec
+        .template
+        .as_ref()
+        .and_then(|t| t.spec.clone())
+        .unwrap_or_default();
+    let user_worker = spec
+        .containers
+        .iter()
+        .find(|c| c.name == WORKER_CONTAINER)
+        .cloned();
+    let worker = worker_container(pool, cluster, user_worker.as_ref());
+    let sidecars: Vec<Container> = spec
+        .containers
+        .drain(..)
+        .filter(|c| c.name != WORKER_CONTAINER)
+        .collect();
+    spec.containers = std::iter::once(worker).chain(sidecars).collect();
+    let own_volume = Volume {
+        name: CONFIG_VOLUME.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map_name(&pool.name_any()),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    spec.volumes = Some(merge_by(
+        vec![own_volume],
+        spec.volumes.take().unwrap_or_default(),
+        |v| v.name.clone(),
+    ));
+    let pull_secrets: Vec<LocalObjectReference> = pool
+        .spec
+        .image
+        .as_ref()
+        .and_then(|i| i.pull_secrets.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|name| LocalObjectReference { name })
+        .collect();
+    if !pull_secrets.is_empty() {
+        spec.image_pull_secrets = Some(merge_by(
+            spec.image_pull_secrets.take().unwrap_or_default(),
+            pull_secrets,
+            |s| s.name.clone(),
+        ));
+    }
+    spec
+}
+
+/// Deployment `<pool>-deployment`. `replicas` is left out while the HPA owns it.
+pub fn deployment(pool: &StormWorkerPool, cluster: &StormCluster, config_hash: &str) -> Deployment {
+    let template_meta = pool
+        .spec
+        .template
+        .as_ref()
+        .and_then(|t| t.metadata.as_ref());
+    let mut pod_labels = template_meta
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    pod_labels.extend(labels(pool));
+    let mut pod_annotations = template_meta
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    pod_annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.into());
+    let replicas = match pool.spec.enabled_autoscaling() {
+        Some(_) => None,
+        None => Some(pool.spec.replicas.unwrap_or(1)),
+    };
+    Deployment {
+        metadata: metadata(pool, deployment_name(&pool.name_any())),
+        spec: Some(DeploymentSpec {
+            replicas,
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(pool)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(pod_annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec(pool, cluster)),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Headless Service `<pool>-headless` exposing the slot ports.
+pub fn service(pool: &StormWorkerPool) -> Service {
+    Service {
+        metadata: metadata(pool, service_name(&pool.name_any())),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(pool)),
+            ports: Some(
+                slot_ports(pool)
+                    .map(|p| ServicePort {
+                        name: Some(format!("slot-{p}")),
+                        port: p,
+                        target_port: Some(IntOrString::Int(p)),
+                        protocol: Some("TCP".into()),
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn target(average: Option<&String>, value: Option<&String>) -> MetricTarget {
+    match (average, value) {
+        (Some(avg), _) => MetricTarget {
+            type_: "AverageValue".into(),
+            average_value: Some(Quantity(avg.clone())),
+            ..MetricTarget::default()
+        },
+        (None, v) => MetricTarget {
+            type_: "Value".into(),
+            value: v.map(|v| Quantity(v.clone())),
+            ..MetricTarget::default()
+        },
+    }
+}
+
+fn resource_metric(name: &str, percent: i32) -> MetricSpec {
+    MetricSpec {
+        type_: "Resource".into(),
+        resource: Some(ResourceMetricSource {
+            name: name.into(),
+            target: MetricTarget {
+                type_: "Utilization".into(),
+                average_utilization: Some(percent),
+                ..MetricTarget::default()
+            },
+        }),
+        ..MetricSpec::default()
+    }
+}
+
+/// HPA `<pool>-hpa` (autoscaling/v2), when autoscaling is enabled.
+pub fn hpa(pool: &StormWorkerPool) -> Option<HorizontalPodAutoscaler> {
+    let auto = pool.spec.enabled_autoscaling()?;
+    let mut metrics = Vec::new();
+    if let Some(cpu) = auto.target_cpu_utilization_percentage {
+        metrics.push(resource_metric("cpu", cpu));
+    }
+    if let Some(mem) = auto.target_memory_utilization_percentage {
+        metrics.push(resource_metric("memory", mem));
+    }
+    for m in &auto.custom_metrics {
+        let metric = MetricIdentifier {
+            name: m.name.clone(),
+            selector: m.selector.clone(),
+        };
+        let t = target(m.target_average_value.as_ref(), m.target_value.as_ref());
+        metrics.push(match m.type_ {
+            MetricSourceType::Pods => MetricSpec {
+                type_: "Pods".into(),
+                pods: Some(PodsMetricSource { metric, target: t }),
+                ..MetricSpec::default()
+            },
+            MetricSourceType::Object => MetricSpec {
+                type_: "Object".into(),
+                object: Some(ObjectMetricSource {
+                    described_object: m.described_object.clone().unwrap_or_default(),
+                    metric,
+                    target: t,
+                }),
+                ..MetricSpec::default()
+            },
+            MetricSourceType::External => MetricSpec {
+                type_: "External".into(),
+                external: Some(ExternalMetricSource { metric, target: t }),
+                ..MetricSpec::default()
+            },
+        });
+    }
+    Some(HorizontalPodAutoscaler {
+        metadata: metadata(pool, hpa_name(&pool.name_any())),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: deployment_name(&pool.name_any()),
+            },
+            min_replicas: Some(auto.min_replicas.unwrap_or(1)),
+            max_replicas: auto.max_replicas.unwrap_or(1),
+            metrics: (!metrics.is_empty()).then_some(metrics),
+            behavior: auto.behavior.clone(),
+        }),
+        status: None,
+    })
+}
+
+/// PodDisruptionBudget `<pool>-pdb`, when configured.
+pub fn pdb(pool: &StormWorkerPool) -> Option<PodDisruptionBudget> {
+    let p = pool.spec.pod_disruption_budget.as_ref()?;
+    Some(PodDisruptionBudget {
+        metadata: metadata(pool, pdb_name(&pool.name_any())),
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: p.min_available.clone(),
+            max_unavailable: p.max_unavailable.clone(),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(pool)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// Everything a pool wants to exist, built together so callers cannot mix inputs.
+#[derive(Clone, Debug)]
+pub struct Children {
+    /// The storm.yaml ConfigMap.
+    pub config_map: ConfigMap,
+    /// The worker Deployment.
+    pub deployment: Deployment,
+    /// The headless Service.
+    pub service: Service,
+    /// The HPA, when autoscaling is enabled.
+    pub hpa: Option<HorizontalPodAutoscaler>,
+    /// The PodDisruptionBudget, when configured.
+    pub pdb: Option<PodDisruptionBudget>,
+}
+
+/// Validates the pool and builds all of its children.
+pub fn children(pool: &StormWorkerPool, cluster: &StormCluster) -> Result<Children> {
+    validate(pool)?;
+    let yaml = storm_yaml(pool, cluster)?;
+    let hash = short_hash(&yaml);
+    Ok(Children {
+        config_map: config_map(pool, &yaml),
+        deployment: deployment(pool, cluster, &hash),
+        service: service(pool),
+        hpa: hpa(pool),
+        pdb: pdb(pool),
+    })
+}
+
+/// The object kind of `K`, for messages and Events.
+pub fn kind_of<K: Resource<DynamicType = ()>>() -> String {
+    K::kind(&()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use workerpool_api::StormClusterSpec;
+    use workerpool_api::storm::ImageSpec;
+
+    fn example(yaml: &str) -> StormWorkerPool {
+        let mut pool: StormWorkerPool = serde_yaml::from_str(yaml).expect("example parses");
+        pool.metadata.namespace = Some("ns".into());
+        pool.metadata.uid = Some("uid-1".into());
+        pool
+    }
+
+    fn basic() -> StormWorkerPool {
+        example(include_str!(
+            "../../../../../examples/storm-basic-worker-pool.yaml"
+        ))
+    }
+    fn autoscale() -> StormWorkerPool {
+        example(include_str!(
+            "../../../../../examples/storm-autoscale-worker-pool.yaml"
+        ))
+    }
+    fn gpu() -> StormWorkerPool {
+        example(include_str!(
+            "../../../../../examples/storm-gpu-worker-pool.yaml"
+        ))
+    }
+    fn full() -> StormWorkerPool {
+        example(include_str!(
+            "../../../../../examples/storm-full-worker-pool.yaml"
+        ))
+    }
+
+    fn cluster() -> StormCluster {
+        StormCluster::new(
+            "storm",
+            StormClusterSpec {
+                image: Some(ImageSpec {
+                    repository: Some("apache/storm".into()),
+                    tag: Some("2.6.0".into()),
+                    ..ImageSpec::default()
+                }),
+                zookeeper_servers: vec!["zk-0".into(), "zk-1".into()],
+                nimbus_seeds: vec!["nimbus-0".into()],
+                storm_config: Some(BTreeMap::from([
+                    ("storm.zookeeper.port".into(), serde_json::json!(2181)),
+                    (
+                        "topology.message.timeout.secs".into(),
+                        serde_json::json!(30),
+                    ),
+                ])),
+            },
+        )
+    }
+
+    fn worker(d: &Deployment) -> Container {
+        pod(d).containers[0].clone()
+    }
+    fn pod(d: &Deployment) -> PodSpec {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.clone())
+            .expect("pod spec")
+    }
+
+    #[test]
+    fn names_follow_the_design() {
+        let c = children(&basic(), &cluster()).expect("valid");
+        assert_eq!(
+            c.deployment.metadata.name.as_deref(),
+            Some("my-workers-deployment")
+        );
+        assert_eq!(
+            c.service.metadata.name.as_deref(),
+            Some("my-workers-headless")
+        );
+        assert_eq!(
+            c.config_map.metadata.name.as_deref(),
+            Some("my-workers-storm-config")
+        );
+        let a = children(&autoscale(), &cluster()).expect("valid");
+        let hpa = a.hpa.expect("hpa");
+        assert_eq!(hpa.metadata.name.as_deref(), Some("autoscale-workers-hpa"));
+        let full = children(&full(), &cluster()).expect("valid");
+        assert_eq!(
+            full.pdb.expect("pdb").metadata.name.as_deref(),
+            Some("full-workers-pdb")
+        );
+    }
+
+    #[test]
+    fn every_child_is_owned_and_labelled() {
+        let c = children(&full(), &cluster()).expect("valid");
+        let metas = [
+            &c.config_map.metadata,
+            &c.deployment.metadata,
+            &c.service.metadata,
+            &c.hpa.as_ref().expect("hpa").metadata,
+            &c.pdb.as_ref().expect("pdb").metadata,
+        ];
+        for meta in metas {
+            let owners = meta.owner_references.clone().unwrap_or_default();
+            assert_eq!(owners.len(), 1, "{:?}", meta.name);
+            assert_eq!(owners[0].kind, "StormWorkerPool");
+            assert_eq!(owners[0].uid, "uid-1");
+            assert_eq!(owners[0].controller, Some(true));
+            let labels = meta.labels.clone().unwrap_or_default();
+            assert_eq!(
+                labels["app.kubernetes.io/managed-by"],
+                "workerpool-operator"
+            );
+            assert_eq!(labels["app.kubernetes.io/instance"], "full-workers");
+            assert_eq!(labels[TOPOLOGY_LABEL], "my-topology");
+            assert_eq!(meta.namespace.as_deref(), Some("ns"));
+        }
+    }
+
+    #[test]
+    fn basic_pool_runs_a_supervisor_with_the_users_resources() {
+        let c = children(&basic(), &cluster()).expect("valid");
+        assert_eq!(c.deployment.spec.as_ref().and_then(|s| s.replicas), Some(3));
+        let w = worker(&c.deployment);
+        assert_eq!(w.name, "worker");
+        assert_eq!(
+            w.image.as_deref(),
+            Some("apache/storm:2.6.0"),
+            "cluster image"
+        );
+        let requests = w.resources.and_then(|r| r.requests).expect("requests");
+        assert_eq!(requests["memory"], Quantity("1Gi".into()));
+        assert_eq!(requests["cpu"], Quantity("1".into()));
+        assert_eq!(
+            w.command.expect("command"),
+            vec![
+                "storm",
+                "supervisor",
+                "-c",
+                "storm.local.hostname=$(POD_IP)"
+            ]
+        );
+        let env = w.env.expect("env");
+        let pod_ip = env.iter().find(|e| e.name == "POD_IP").expect("POD_IP");
+        assert_eq!(
+            pod_ip
+                .value_from
+                .as_ref()
+                .and_then(|v| v.field_ref.as_ref())
+                .map(|f| f.field_path.as_str()),
+            Some("status.podIP")
+        );
+        let ports: Vec<i32> = w
+            .ports
+            .expect("ports")
+            .iter()
+            .map(|p| p.container_port)
+            .collect();
+        assert_eq!(ports, vec![6700, 6701, 6702, 6703]);
+        assert!(c.hpa.is_none());
+        assert!(c.pdb.is_none());
+    }
+
+    #[test]
+    fn storm_yaml_has_cluster_ports_and_worker_config() {
+        let yaml = storm_yaml(&full(), &cluster()).expect("yaml");
+        let conf: BTreeMap<String, serde_json::Value> = serde_yaml::from_str(&yaml).expect("parse");
+        assert_eq!(
+            conf["storm.zookeeper.servers"],
+            serde_json::json!(["zk-0", "zk-1"])
+        );
+        assert_eq!(conf["nimbus.seeds"], serde_json::json!(["nimbus-0"]));
+        assert_eq!(
+            conf["supervisor.slots.ports"],
+            serde_json::json!([6700, 6701])
+        );
+        assert_eq!(
+            conf["worker.childopts"],
+            serde_json::json!("-Xmx2g -XX:+UseG1GC")
+        );
+        assert_eq!(conf["worker.heap.memory.mb"], serde_json::json!(2048));
+        assert_eq!(
+            conf["storm.zookeeper.port"],
+            serde_json::json!(2181),
+            "cluster config kept"
+        );
+        assert_eq!(
+            conf["topology.message.timeout.secs"],
+            serde_json::json!(60),
+            "pool workerConfig overrides the cluster's"
+        );
+    }
+
+    #[test]
+    fn config_change_changes_the_pod_template_hash() {
+        let pool = full();
+        let before = children(&pool, &cluster()).expect("valid").deployment;
+        let mut changed = pool.clone();
+        changed
+            .spec
+            .worker_config
+            .get_or_insert_default()
+            .insert("worker.heap.memory.mb".into(), serde_json::json!(4096));
+        let after = children(&changed, &cluster()).expect("valid").deployment;
+        let hash = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.clone())
+                .expect("annotations")[CONFIG_HASH_ANNOTATION]
+                .clone()
+        };
+        assert_ne!(hash(&before), hash(&after));
+        assert_eq!(
+            hash(&before),
+            hash(&children(&pool, &cluster()).expect("valid").deployment)
+        );
+    }
+
+    #[test]
+    fn autoscaling_leaves_replicas_to_the_hpa() {
+        let c = children(&autoscale(), &cluster()).expect("valid");
+        assert_eq!(c.deployment.spec.as_ref().and_then(|s| s.replicas), None);
+        let json = serde_json::to_value(&c.deployment).expect("json");
+        assert!(
+            json["spec"].get("replicas").is_none(),
+            "replicas must be absent from the apply"
+        );
+        let spec = c.hpa.and_then(|h| h.spec).expect("hpa spec");
+        assert_eq!(spec.min_replicas, Some(2));
+        assert_eq!(spec.max_replicas, 20);
+        assert_eq!(spec.scale_target_ref.kind, "Deployment");
+        assert_eq!(spec.scale_target_ref.name, "autoscale-workers-deployment");
+        let metrics = spec.metrics.expect("metrics");
+        assert_eq!(metrics.len(), 3);
+        let cpu = metrics[0].resource.as_ref().expect("cpu");
+        assert_eq!(
+            (cpu.name.as_str(), cpu.target.average_utilization),
+            ("cpu", Some(70))
+        );
+        let mem = metrics[1].resource.as_ref().expect("memory");
+        assert_eq!(
+            (mem.name.as_str(), mem.target.average_utilization),
+            ("memory", Some(80))
+        );
+        assert_eq!(metrics[2].type_, "Pods");
+        let pods = metrics[2].pods.as_ref().expect("pods");
+        assert_eq!(pods.metric.name, "storm_pending_messages");
+        assert_eq!(pods.target.type_, "AverageValue");
+        assert_eq!(pods.target.average_value, Some(Quantity("1000".into())));
+    }
+
+    #[test]
+    fn gpu_resources_and_node_selector_pass_through() {
+        let c = children(&gpu(), &cluster()).expect("valid");
+        let p = pod(&c.deployment);
+        assert_eq!(
+            p.node_selector.expect("node selector")["accelerator"],
+            "nvidia-tesla-v100"
+        );
+        let r = p.containers[0].resources.clone().expect("resources");
+        assert_eq!(
+            r.limits.expect("limits")["nvidia.com/gpu"],
+            Quantity("1".into())
+        );
+        assert_eq!(
+            r.requests.expect("requests")["nvidia.com/gpu"],
+            Quantity("1".into())
+        );
+        assert_eq!(c.deployment.spec.as_ref().and_then(|s| s.replicas), Some(4));
+    }
+
+    #[test]
+    fn full_template_passes_through_untouched() {
+        let pool = full();
+        let c = children(&pool, &cluster()).expect("valid");
+        let p = pod(&c.deployment);
+        assert_eq!(p.containers.len(), 2);
+        assert_eq!(p.containers[0].name, "worker");
+        assert_eq!(
+            p.containers[0].image.as_deref(),
+            Some("storm:2.6.4"),
+            "pool image wins"
+        );
+        assert_eq!(
+            p.containers[0].image_pull_policy.as_deref(),
+            Some("IfNotPresent")
+        );
+        let user_sidecar = pool
+            .spec
+            .template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .expect("spec")
+            .containers[1]
+            .clone();
+        assert_eq!(p.containers[1], user_sidecar, "sidecar untouched");
+        let mounts: Vec<&str> = p.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(mounts, vec![CONFIG_DIR, "/data"]);
+        let volumes: Vec<&str> = p
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(volumes, vec![CONFIG_VOLUME, "data"]);
+        assert_eq!(p.service_account_name.as_deref(), Some("storm-worker"));
+        assert_eq!(p.security_context.and_then(|s| s.run_as_user), Some(1000));
+        assert_eq!(
+            p.tolerations.expect("tolerations")[0].key.as_deref(),
+            Some("dedicated")
+        );
+        assert!(p.affinity.and_then(|a| a.pod_anti_affinity).is_some());
+        assert_eq!(
+            p.image_pull_secrets.expect("pull secrets")[0].name,
+            "registry-credentials"
+        );
+        let meta = c
+            .deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.clone())
+            .expect("meta");
+        assert_eq!(meta.labels.expect("labels")["team"], "streaming");
+        let annotations = meta.annotations.expect("annotations");
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert!(annotations.contains_key(CONFIG_HASH_ANNOTATION));
+        let hpa = c.hpa.and_then(|h| h.spec).expect("hpa");
+        let external = hpa.metrics.expect("metrics")[2]
+            .external
+            .clone()
+            .expect("external");
+        assert_eq!(external.target.type_, "Value");
+        assert_eq!(external.target.value, Some(Quantity("5k".into())));
+        let behavior = hpa.behavior.expect("behavior");
+        assert_eq!(
+            behavior
+                .scale_down
+                .and_then(|s| s.stabilization_window_seconds),
+            Some(300)
+        );
+        let pdb = c.pdb.and_then(|p| p.spec).expect("pdb");
+        assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(
+            pdb.selector.and_then(|s| s.match_labels),
+            Some(selector_labels(&pool))
+        );
+        let svc = c.service.spec.expect("service");
+        assert_eq!(svc.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(svc.ports.expect("ports").len(), 2);
+    }
+
+    #[test]
+    fn invalid_input_gets_a_specific_error() {
+        let mut bad_quantity = autoscale();
+        bad_quantity
+            .spec
+            .autoscaling
+            .as_mut()
+            .expect("autoscaling")
+            .custom_metrics[0]
+            .target_average_value = Some("lots".into());
+        let mut duplicate = full();
+        let spec = duplicate
+            .spec
+            .template
+            .as_mut()
+            .and_then(|t| t.spec.as_mut())
+            .expect("spec");
+        spec.containers[1].name = "worker".into();
+        let mut port_clash = full();
+        let spec = port_clash
+            .spec
+            .template
+            .as_mut()
+            .and_then(|t| t.spec.as_mut())
+            .expect("spec");
+        spec.containers[1].ports = Some(vec![ContainerPort {
+            container_port: 6701,
+            ..ContainerPort::default()
+        }]);
+        let mut inverted = autoscale();
+        inverted
+            .spec
+            .autoscaling
+            .as_mut()
+            .expect("autoscaling")
+            .min_replicas = Some(30);
+        let cases = [
+            (
+                bad_quantity,
+                "customMetrics[0].targetAverageValue: \"lots\" is not a quantity",
+            ),
+            (
+                duplicate,
+                "container name \"worker\" is used more than once",
+            ),
+            (
+                port_clash,
+                "port 6701 collides with the worker slot ports 6700-6701",
+            ),
+            (
+                inverted,
+                "minReplicas (30) must be <= autoscaling.maxReplicas (20)",
+            ),
+        ];
+        for (pool, want) in cases {
+            match children(&pool, &cluster()) {
+                Err(Error::InvalidSpec(msg)) => {
+                    assert!(msg.contains(want), "{msg:?} should contain {want:?}")
+                }
+                other => panic!("expected InvalidSpec containing {want:?}, got {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Typed errors with bounded categories for Event reasons and metric labels.
+
+/// Everything a reconcile can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The resource's spec is invalid in a way the schema cannot express. Permanent until the spec changes.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    /// A call to the Kubernetes API failed.
+    #[error("kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    /// A broker could not be read.
+    #[error("broker error: {0}")]
+    Queue(#[from] workerpool_queue::QueueError),
+    /// An object could not be serialized.
+    #[error("serialization error: {0}")]
+    Serialization(#[from] serde_json::Error),
+    /// A referenced object (Secret, ScalerConfig, ...) is missing or unusable.
+    #[error("{0}")]
+    Reference(String),
+}
+
+impl Error {
+    /// A bounded, CamelCase category used as Event reason and metric label.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::Kube(kube::Error::Api(status)) if status.code == 409 => "Conflict",
+            Error::Kube(kube::Error::Api(status)) if status.code == 403 => "Forbidden",
+            Error::Kube(kube::Error::Api(status)) if status.code == 422 => "Rejected",
+            Error::Kube(kube::Error::Api(_)) => "ApiError",
+            Error::Kube(_) => "ApiUnreachable",
+            Error::Queue(_) => "BrokerError",
+            Error::Serialization(_) => "SerializationError",
+            Error::Reference(_) => "ReferenceError",
+        }
+    }
+
+    /// Whether retrying without a spec change cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::InvalidSpec(_))
+    }
+}
+
+/// Result alias of the operator.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

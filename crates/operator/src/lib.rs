@@ -1,0 +1,22 @@
+//! workerpool-operator: runs pools of worker pods and scales them to their real load.
+//!
+//! The binary's subcommands live in [`cli`]; each controller is one module under
+//! [`controllers`], split into pure builders and the code that talks to the API.
+
+pub mod apply;
+pub mod cli;
+pub mod context;
+pub mod controllers;
+pub mod crds;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod quantity;
+pub mod render;
+pub mod run;
+pub mod telemetry;
+
+/// The field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "workerpool-operator";
+/// Value of `app.kubernetes.io/managed-by` on every child.
+pub const MANAGED_BY: &str = "workerpool-operator";

@@ -37,6 +37,43 @@ impl BrokerConfig {
         }
     }
 
+    /// Replaces the secret: the Redis password, the password of the AMQP URL, or for NATS the
+    /// password when a user is set and the token otherwise. Lets a secret come from its own
+    /// environment variable rather than inside a URL.
+    pub fn with_password(self, password: &str) -> Result<Self, QueueError> {
+        Ok(match self {
+            Self::Redis(mut c) => {
+                c.password = Some(password.to_owned());
+                Self::Redis(c)
+            }
+            Self::RabbitMq(mut c) => {
+                let mut parsed = url::Url::parse(&c.url).map_err(|e| {
+                    QueueError::config(BrokerKind::RabbitMq, format!("invalid AMQP URL: {e}"))
+                })?;
+                if parsed.username().is_empty() {
+                    parsed.set_username("guest").map_err(|()| {
+                        QueueError::config(BrokerKind::RabbitMq, "AMQP URL has no host")
+                    })?;
+                }
+                parsed
+                    .set_password(Some(&encode_component(password)))
+                    .map_err(|()| {
+                        QueueError::config(BrokerKind::RabbitMq, "AMQP URL has no host")
+                    })?;
+                c.url = parsed.to_string();
+                Self::RabbitMq(c)
+            }
+            Self::Nats(mut c) => {
+                if c.user.is_some() {
+                    c.password = Some(password.to_owned());
+                } else {
+                    c.token = Some(password.to_owned());
+                }
+                Self::Nats(c)
+            }
+        })
+    }
+
     /// Parses a broker URL; the scheme selects the broker.
     ///
     /// * `redis://[:PASSWORD@]HOST[:PORT][/DB]`, or `rediss://` for TLS (port 6379 by default;
@@ -372,6 +409,33 @@ mod tests {
                 token: Some("tok".into()),
                 tls: true,
             }))
+        );
+    }
+
+    #[test]
+    fn with_password_replaces_the_secret() {
+        let amqp = BrokerConfig::from_url("amqp://app@rabbit:5672/%2F")
+            .and_then(|c| c.with_password("p%@:/ss"))
+            .ok();
+        assert_eq!(
+            amqp,
+            Some(BrokerConfig::RabbitMq(RabbitMqConfig {
+                url: "amqp://app:p%25%40%3A%2Fss@rabbit:5672/%2F".into(),
+                management_url: None
+            }))
+        );
+        let redis = BrokerConfig::from_url("redis://cache").and_then(|c| c.with_password("s"));
+        assert!(
+            matches!(redis, Ok(BrokerConfig::Redis(RedisConfig { password: Some(p), .. })) if p == "s")
+        );
+        let nats = BrokerConfig::from_url("nats://n?stream=S").and_then(|c| c.with_password("t"));
+        assert!(
+            matches!(nats, Ok(BrokerConfig::Nats(NatsConfig { token: Some(t), password: None, .. })) if t == "t")
+        );
+        let nats =
+            BrokerConfig::from_url("nats://u:old@n?stream=S").and_then(|c| c.with_password("new"));
+        assert!(
+            matches!(nats, Ok(BrokerConfig::Nats(NatsConfig { password: Some(p), token: None, .. })) if p == "new")
         );
     }
 

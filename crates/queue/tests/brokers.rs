@@ -385,3 +385,52 @@ async fn nats_depth_take_ack_requeue() {
     assert_eq!(broker.recover(&queue, "w").await.ok(), Some(0));
     nats_delete(&stream).await;
 }
+
+#[tokio::test]
+async fn redis_bad_password_is_auth() {
+    let cfg = BrokerConfig::Redis(RedisConfig {
+        host: "127.0.0.1".into(),
+        port: 6379,
+        password: Some("wrong-password".into()),
+        db: 0,
+        tls: false,
+    });
+    let err = connect(&cfg).await.err().expect("must fail");
+    assert_eq!(err.category(), "auth", "{err}");
+    assert!(!err.to_string().contains("wrong-password"));
+}
+
+/// A server that accepts TCP connections and never answers: every call gives up in time.
+#[tokio::test]
+async fn silent_server_times_out_instead_of_hanging() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let configs = [
+        BrokerConfig::Redis(RedisConfig {
+            host: "127.0.0.1".into(),
+            port,
+            password: None,
+            db: 0,
+            tls: false,
+        }),
+        BrokerConfig::RabbitMq(RabbitMqConfig {
+            url: amqp_url("127.0.0.1", port, "/", "guest", "guest", false),
+            management_url: None,
+        }),
+        BrokerConfig::Nats(NatsConfig {
+            url: format!("nats://127.0.0.1:{port}"),
+            ..nats_cfg("S")
+        }),
+    ];
+    for cfg in configs {
+        let started = Instant::now();
+        let err = connect(&cfg).await.err().expect("must fail");
+        let took = started.elapsed();
+        assert!(
+            matches!(err.category(), "timeout" | "connect"),
+            "{cfg:?}: {err}"
+        );
+        assert!(took < Duration::from_secs(8), "{cfg:?} took {took:?}");
+    }
+    drop(listener);
+}

@@ -26,6 +26,8 @@ pub enum Command {
     Crds,
     /// Print, offline, the objects the operator would create for the resources in FILE.
     Render(RenderArgs),
+    /// Replay a queue-load trace through the scaling code and compare policies, offline.
+    Simulate(SimulateArgs),
 }
 
 /// Options of `run`.
@@ -66,4 +68,12 @@ pub struct RenderArgs {
     /// YAML file(s) with StormWorkerPool, StormTopology, StormCluster, QWorker and ScalerConfig documents; `-` reads stdin.
     #[arg(short = 'f', long = "file", required = true)]
     pub files: Vec<PathBuf>,
+}
+
+/// Options of `simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Built-in trace (`step`, `spike`, `sine`) or a CSV file `time_seconds,arrivals_per_second`.
+    #[arg(long, default_value = "step")]
+    pub trace: String,
 }

@@ -4,6 +4,7 @@
 //! [`controllers`], split into pure builders and the code that talks to the API.
 
 pub mod apply;
+pub mod autoscaler;
 pub mod cli;
 pub mod context;
 pub mod controllers;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod quantity;
 pub mod render;
 pub mod run;
+pub mod simulate;
 pub mod telemetry;
 
 /// The field manager of every server-side apply the operator makes.

@@ -12,6 +12,7 @@ async fn main() -> ExitCode {
         Command::Crds => workerpool_operator::crds::print(),
         Command::Run(args) => workerpool_operator::run::run(args).await,
         Command::Render(args) => workerpool_operator::render::run(&args),
+        Command::Simulate(args) => workerpool_operator::simulate::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -46,6 +46,7 @@ where
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
+        "metadata": { "name": name },
         "status": status,
     });
     api.patch_status(name, &params(), &Patch::Apply(&patch))

@@ -83,7 +83,11 @@ mod tests {
             (5, 1.0, 4, 2, 2),
         ];
         for (len, factor, min, max, want) in cases {
-            assert_eq!(recommend(len, factor, min, max), want, "len={len} factor={factor} min={min} max={max}");
+            assert_eq!(
+                recommend(len, factor, min, max),
+                want,
+                "len={len} factor={factor} min={min} max={max}"
+            );
         }
     }
 

@@ -54,10 +54,11 @@ impl ApiServer {
     /// Waits for the next request that is not an Event (Events are recorded and answered).
     pub async fn next(&mut self) -> (Seen, tower_test::mock::SendResponse<Response<Body>>) {
         loop {
-            let (req, send) = tokio::time::timeout(Duration::from_secs(5), self.handle.next_request())
-                .await
-                .expect("the reconciler made no further request within 5 s")
-                .expect("the client was dropped");
+            let (req, send) =
+                tokio::time::timeout(Duration::from_secs(5), self.handle.next_request())
+                    .await
+                    .expect("the reconciler made no further request within 5 s")
+                    .expect("the client was dropped");
             let method = req.method().to_string();
             let path = req.uri().path().to_string();
             let query = req.uri().query().unwrap_or_default().to_string();
@@ -98,7 +99,10 @@ impl ApiServer {
             seen.query,
             seen.body
         );
-        send.send_response(response(StatusCode::from_u16(status).expect("status"), &body));
+        send.send_response(response(
+            StatusCode::from_u16(status).expect("status"),
+            &body,
+        ));
         seen
     }
 
@@ -117,15 +121,49 @@ impl ApiServer {
             "apply without the operator's field manager: {}",
             seen.query
         );
-        assert!(seen.query.contains("force=true"), "apply must force: {}", seen.query);
+        assert!(
+            seen.query.contains("force=true"),
+            "apply must force: {}",
+            seen.query
+        );
         let mut stored = seen.body.clone();
         let meta = stored["metadata"].as_object_mut().expect("metadata");
-        meta.insert("creationTimestamp".into(), json!(k8s_openapi::jiff::Timestamp::now().to_string()));
+        meta.insert(
+            "creationTimestamp".into(),
+            json!(k8s_openapi::jiff::Timestamp::now().to_string()),
+        );
         meta.insert("resourceVersion".into(), json!("1"));
         meta.insert("generation".into(), json!(1));
         merge(&mut stored, extra);
         send.send_response(response(StatusCode::OK, &stored));
         seen
+    }
+
+    /// Serves Event requests until `task` ends and returns its output; any other request fails the test.
+    pub async fn finish<T>(&mut self, mut task: tokio::task::JoinHandle<T>) -> T {
+        loop {
+            tokio::select! {
+                out = &mut task => return out.expect("reconcile task panicked"),
+                req = self.handle.next_request() => {
+                    let Some((req, send)) = req else {
+                        return task.await.expect("reconcile task panicked");
+                    };
+                    let path = req.uri().path().to_string();
+                    assert!(
+                        path.contains("/apis/events.k8s.io/"),
+                        "unexpected request {} {}", req.method(), req.uri()
+                    );
+                    let bytes = req.into_body().collect_bytes().await.expect("body");
+                    let body: Value = serde_json::from_slice(&bytes).expect("json body");
+                    self.events.push((
+                        body["type"].as_str().unwrap_or_default().to_string(),
+                        body["reason"].as_str().unwrap_or_default().to_string(),
+                        body["note"].as_str().unwrap_or_default().to_string(),
+                    ));
+                    send.send_response(response(StatusCode::CREATED, &body));
+                }
+            }
+        }
     }
 
     /// Asserts that no request arrives within `wait`.

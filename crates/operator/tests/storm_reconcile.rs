@@ -46,7 +46,7 @@ fn path(group_version: &str, kind: &str, name: &str) -> String {
     let prefix = if group_version == "v1" {
         "/api".to_string()
     } else {
-        format!("/apis")
+        "/apis".to_string()
     };
     format!("{prefix}/{group_version}/namespaces/{NS}/{kind}/{name}")
 }

@@ -161,6 +161,7 @@ pub struct QWorkerStatus {
     pub selector: Option<String>,
     /// `Ready`, `BrokerReachable`, `Scaling` and `ResourceMetricsAvailable` conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -308,6 +309,7 @@ pub struct ScalerConfigStatus {
     pub message: Option<String>,
     /// `Ready` condition.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

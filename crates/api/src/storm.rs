@@ -307,6 +307,7 @@ pub struct StormWorkerPoolStatus {
     pub message: Option<String>,
     /// `Ready` and `Autoscaling` conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -59,9 +59,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ns = args.namespace.as_deref();
 
     let (pools, storm_fut) = storm::controller(shared.clone(), ns, token.clone().cancelled_owned());
-    let (qworkers, qworker_fut) =
-        qworker::controller(shared.clone(), ns, token.clone().cancelled_owned());
-    let scaler_fut = scalerconfig::controller(shared.clone(), ns, token.clone().cancelled_owned());
+    let (brokers, scaler_fut) =
+        scalerconfig::controller(shared.clone(), ns, token.clone().cancelled_owned());
+    let (qworkers, _autoscaler, qworker_fut) =
+        qworker::controller(shared.clone(), brokers, ns, token.clone().cancelled_owned());
     registry.register_collector(Box::new(ResourceCollector {
         pools: Some(pools.clone()),
         qworkers: Some(qworkers.clone()),

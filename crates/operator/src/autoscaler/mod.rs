@@ -1,3 +1,384 @@
-//! The queue autoscaler: polls each QWorker's broker and writes `status.desiredReplicas`.
+//! The queue autoscaler: one lightweight poll per QWorker at its interval (on the leader
+//! only, since it runs inside the controllers), writing `status.desiredReplicas`.
+//!
+//! A poll reads the queue depth (waiting plus in flight) through the ScalerConfig's pooled
+//! connection, applies [`policy`], and writes the status with its own field manager when the
+//! answer changes. When the broker cannot be read the last desired count is kept,
+//! `BrokerReachable=False` is set with the reason, a Warning Event is published, and polls
+//! back off; the autoscaler never scales down on an error.
 
+pub mod brokers;
 pub mod policy;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use tracing::{debug, info, warn};
+use workerpool_api::QWorker;
+use workerpool_api::conditions::{self, BROKER_REACHABLE, NewCondition};
+
+use crate::context::Shared;
+use crate::metrics::{BrokerErrorLabels, QWorkerLabels};
+use brokers::{BrokerUnavailable, Brokers};
+
+/// Field manager of the autoscaler's status writes (`desiredReplicas`, `queueLength`,
+/// `lastScaleTime`, the `BrokerReachable` condition).
+pub const AUTOSCALER_MANAGER: &str = "workerpool-operator-autoscaler";
+/// Longest wait between polls while the broker fails.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// An unchanged desired count with a changed queue length is written at most this often.
+pub const QUEUE_LENGTH_REFRESH: Duration = Duration::from_secs(15);
+
+/// The live pods of a QWorker, by the controller ownerReference (terminal and terminating pods excluded).
+pub fn live_worker_names(pods: &Store<Pod>, qw: &QWorker) -> Vec<String> {
+    let uid = qw.metadata.uid.as_deref();
+    pods.state()
+        .iter()
+        .filter(|p| p.namespace() == qw.namespace() && owned_by(p, uid))
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .map(|p| p.name_any())
+        .collect()
+}
+
+/// Whether `pod` carries a controller ownerReference to the object with `uid`.
+pub fn owned_by(pod: &Pod, uid: Option<&str>) -> bool {
+    let Some(uid) = uid else { return false };
+    pod.owner_references()
+        .iter()
+        .any(|o| o.uid == uid && o.controller == Some(true))
+}
+
+/// Poll tasks by QWorker key, with the uid they poll for.
+type Tasks = Arc<Mutex<HashMap<String, (String, tokio::task::JoinHandle<()>)>>>;
+
+/// Runs and tracks one poll task per QWorker.
+#[derive(Clone)]
+pub struct Autoscaler {
+    shared: Shared,
+    brokers: Brokers,
+    qworkers: Store<QWorker>,
+    pods: Store<Pod>,
+    tasks: Tasks,
+}
+
+fn key(qw: &QWorker) -> String {
+    format!("{}/{}", qw.namespace().unwrap_or_default(), qw.name_any())
+}
+
+impl Autoscaler {
+    /// An autoscaler reading QWorkers and pods from the controllers' caches.
+    pub fn new(
+        shared: Shared,
+        brokers: Brokers,
+        qworkers: Store<QWorker>,
+        pods: Store<Pod>,
+    ) -> Self {
+        Self {
+            shared,
+            brokers,
+            qworkers,
+            pods,
+            tasks: Arc::default(),
+        }
+    }
+
+    /// The broker connections.
+    pub fn brokers(&self) -> &Brokers {
+        &self.brokers
+    }
+
+    /// Starts the poll task of `qw` unless it is running.
+    pub fn ensure(&self, qw: &QWorker) {
+        let k = key(qw);
+        let uid = qw.metadata.uid.clone().unwrap_or_default();
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((running_uid, handle)) = tasks.get(&k)
+            && *running_uid == uid
+            && !handle.is_finished()
+        {
+            return;
+        }
+        let poller = Poller {
+            scaler: self.clone(),
+            object: ObjectRef::from_obj(qw),
+            uid: uid.clone(),
+            stabilizer: policy::Stabilizer::new(Duration::from_secs(u64::from(
+                qw.spec.scale_config.scale_down_stabilization_seconds(),
+            ))),
+            origin: Instant::now(),
+            failures: 0,
+            last: None,
+        };
+        debug!(qworker = %k, "starting autoscaler poll");
+        tasks.insert(k, (uid, tokio::spawn(poller.run())));
+    }
+
+    /// Number of running poll tasks.
+    pub fn running(&self) -> usize {
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.values().filter(|(_, h)| !h.is_finished()).count()
+    }
+}
+
+/// What a poll last wrote, to write only changes.
+#[derive(Clone, Debug, PartialEq)]
+struct Written {
+    desired: i32,
+    queue_length: Option<u64>,
+    reachable: Option<&'static str>,
+    at: Instant,
+}
+
+struct Poller {
+    scaler: Autoscaler,
+    object: ObjectRef<QWorker>,
+    uid: String,
+    stabilizer: policy::Stabilizer,
+    origin: Instant,
+    failures: u32,
+    last: Option<Written>,
+}
+
+impl Poller {
+    async fn run(mut self) {
+        loop {
+            let Some(qw) = self.scaler.qworkers.get(&self.object) else {
+                debug!(qworker = %self.object, "QWorker gone; autoscaler poll stops");
+                return;
+            };
+            if qw.metadata.uid.as_deref() != Some(self.uid.as_str()) {
+                return;
+            }
+            let interval =
+                Duration::from_secs(u64::from(qw.spec.scale_config.poll_interval_seconds()));
+            let delay = match self.poll(&qw).await {
+                Ok(()) => {
+                    self.failures = 0;
+                    interval
+                }
+                Err(()) => {
+                    self.failures = self.failures.saturating_add(1);
+                    (interval * 2u32.saturating_pow(self.failures.min(6))).min(MAX_BACKOFF)
+                }
+            };
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn labels(qw: &QWorker) -> QWorkerLabels {
+        QWorkerLabels {
+            namespace: qw.namespace().unwrap_or_default(),
+            qworker: qw.name_any(),
+        }
+    }
+
+    /// One poll. `Err` when the broker could not be read.
+    async fn poll(&mut self, qw: &QWorker) -> Result<(), ()> {
+        let sc = &qw.spec.scale_config;
+        let ns = qw.namespace().unwrap_or_default();
+        self.stabilizer.set_window(Duration::from_secs(u64::from(
+            sc.scale_down_stabilization_seconds(),
+        )));
+        let started = Instant::now();
+        let depth = match self.scaler.brokers.get(&ns, &sc.scaler_config_ref).await {
+            Ok(broker) => {
+                let workers = live_worker_names(&self.scaler.pods, qw);
+                broker
+                    .depth(&sc.queue, &workers)
+                    .await
+                    .map_err(|e| BrokerUnavailable::from_queue(&e))
+            }
+            Err(e) => Err(e),
+        };
+        self.scaler
+            .shared
+            .metrics
+            .poll_duration
+            .get_or_create(&Self::labels(qw))
+            .observe(started.elapsed().as_secs_f64());
+        match depth {
+            Ok(length) => {
+                let recommendation =
+                    policy::recommend(length, sc.scaling_factor, sc.min_replicas, sc.max_replicas);
+                let desired = self.stabilizer.next(self.origin.elapsed(), recommendation);
+                self.write(qw, desired, Some(length), None).await;
+                Ok(())
+            }
+            Err(e) => {
+                self.scaler
+                    .shared
+                    .metrics
+                    .broker_errors
+                    .get_or_create(&BrokerErrorLabels {
+                        namespace: ns.clone(),
+                        qworker: qw.name_any(),
+                        category: e.category,
+                    })
+                    .inc();
+                if e.reason == "BrokerAuthFailed" {
+                    self.scaler.brokers.invalidate(&ns, &sc.scaler_config_ref);
+                }
+                let desired = qw
+                    .status
+                    .as_ref()
+                    .map_or(sc.min_replicas, |s| s.desired_replicas);
+                self.write(qw, desired, None, Some(&e)).await;
+                Err(())
+            }
+        }
+    }
+
+    /// Writes the autoscaler's part of the status if it changed.
+    async fn write(
+        &mut self,
+        qw: &QWorker,
+        desired: i32,
+        length: Option<u64>,
+        error: Option<&BrokerUnavailable>,
+    ) {
+        let reachable = error.map(|e| e.reason);
+        let status = qw.status.clone().unwrap_or_default();
+        let previous = self.last.clone().unwrap_or(Written {
+            desired: status.desired_replicas,
+            queue_length: status.queue_length.and_then(|l| u64::try_from(l).ok()),
+            reachable: conditions::find(&status.conditions, BROKER_REACHABLE)
+                .map(|c| if c.status == "True" { "" } else { "unknown" }),
+            at: Instant::now() - QUEUE_LENGTH_REFRESH,
+        });
+        let reachable_key = reachable.or(Some(""));
+        let changed_desired = previous.desired != desired;
+        let changed_reachability = previous.reachable != reachable_key;
+        let stale_length = length.is_some()
+            && previous.queue_length != length
+            && previous.at.elapsed() >= QUEUE_LENGTH_REFRESH;
+        if !(changed_desired || changed_reachability || stale_length) {
+            return;
+        }
+        let now = Timestamp::now();
+        let mut conds = status.conditions.clone();
+        let condition = match error {
+            None => NewCondition::new(
+                BROKER_REACHABLE,
+                true,
+                "QueueRead",
+                format!("queue length {}", length.unwrap_or(0)),
+            ),
+            Some(e) => NewCondition::new(BROKER_REACHABLE, false, e.reason, &e.message),
+        };
+        conditions::set_condition(&mut conds, condition, qw.metadata.generation, now);
+        let broker_condition = conditions::find(&conds, BROKER_REACHABLE).cloned();
+        let last_scale_time = if changed_desired {
+            Some(Time(now))
+        } else {
+            status.last_scale_time.clone()
+        };
+        let mut patch = serde_json::json!({
+            "apiVersion": QWorker::api_version(&()),
+            "kind": QWorker::kind(&()),
+            "metadata": { "name": qw.name_any() },
+            "status": {
+                "desiredReplicas": desired,
+                "conditions": broker_condition.into_iter().collect::<Vec<_>>(),
+            }
+        });
+        if let Some(t) = last_scale_time {
+            patch["status"]["lastScaleTime"] = serde_json::json!(t);
+        }
+        let written_length = length.or(previous.queue_length);
+        if let Some(l) = written_length {
+            patch["status"]["queueLength"] = serde_json::json!(l);
+        }
+        let api: Api<QWorker> = Api::namespaced(
+            self.scaler.shared.client.clone(),
+            &qw.namespace().unwrap_or_default(),
+        );
+        match api
+            .patch_status(
+                &qw.name_any(),
+                &PatchParams::apply(AUTOSCALER_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                self.last = Some(Written {
+                    desired,
+                    queue_length: written_length,
+                    reachable: reachable_key,
+                    at: Instant::now(),
+                });
+            }
+            Err(e) => {
+                warn!(qworker = %self.object, error = %e, "could not write the desired count");
+                return;
+            }
+        }
+        let object = qw.object_ref(&());
+        if changed_desired {
+            let direction = if desired > previous.desired {
+                "ScaledUp"
+            } else {
+                "ScaledDown"
+            };
+            info!(qworker = %self.object, from = previous.desired, to = desired, queue_length = ?length, "desired workers changed");
+            self.scaler
+                .shared
+                .event(
+                    &object,
+                    false,
+                    direction,
+                    "Autoscale",
+                    format!(
+                        "Desired workers {} -> {desired} (queue length {}, scalingFactor {})",
+                        previous.desired,
+                        length.map_or_else(|| "unknown".to_string(), |l| l.to_string()),
+                        qw.spec.scale_config.scaling_factor
+                    ),
+                )
+                .await;
+        }
+        if changed_reachability {
+            match error {
+                Some(e) => {
+                    warn!(qworker = %self.object, reason = e.reason, "broker unreachable; keeping {desired} desired workers");
+                    self.scaler
+                        .shared
+                        .event(
+                            &object,
+                            true,
+                            e.reason,
+                            "ReadQueue",
+                            format!("{}; keeping {desired} desired worker(s)", e.message),
+                        )
+                        .await;
+                }
+                None if previous.reachable.is_some_and(|r| !r.is_empty()) => {
+                    self.scaler
+                        .shared
+                        .event(
+                            &object,
+                            false,
+                            "BrokerReachable",
+                            "ReadQueue",
+                            "The queue can be read again".into(),
+                        )
+                        .await;
+                }
+                None => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! Reconcile tests of the QWorker controller against a mocked API server (and the real local
+//! Redis where tasks are recovered): pod creation, victim choice, rollouts, expectations.
+
+mod support;
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+use workerpool_api::{QWorker, QWorkerStatus, ScalerConfig};
+use workerpool_operator::autoscaler::brokers::Brokers;
+use workerpool_operator::context::Shared;
+use workerpool_operator::controllers::qworker::build::{
+    self, DRAIN_ANNOTATION, POD_SPEC_HASH_LABEL,
+};
+use workerpool_operator::controllers::qworker::{Context, Expectations, reconcile};
+use workerpool_operator::metrics::Metrics;
+
+const NS: &str = "jobs";
+
+fn qworker(desired: i32) -> QWorker {
+    let mut q: QWorker =
+        serde_yaml::from_str(include_str!("../../../examples/qworker.yaml")).expect("example");
+    q.metadata.namespace = Some(NS.into());
+    q.metadata.uid = Some("qw-uid".into());
+    q.metadata.generation = Some(2);
+    q.status = Some(QWorkerStatus {
+        desired_replicas: desired,
+        ..QWorkerStatus::default()
+    });
+    q
+}
+
+fn current_hash(q: &QWorker) -> String {
+    build::pod_spec_hash(q, &build::template_spec(q, &Default::default()))
+}
+
+/// A running pod of `q` as the cache would hold it.
+fn pod(q: &QWorker, name: &str, hash: &str, ready: bool, created: &str) -> Pod {
+    let spec = build::template_spec(q, &Default::default());
+    let mut p = build::pod(q, &spec, hash, name);
+    p.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        created.parse().expect("timestamp"),
+    ));
+    p.status = Some(
+        serde_json::from_value(json!({
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]
+        }))
+        .expect("status"),
+    );
+    p
+}
+
+struct Harness {
+    ctx: Arc<Context>,
+    pods: Writer<Pod>,
+    configs: Writer<ScalerConfig>,
+}
+
+fn harness(client: kube::Client) -> Harness {
+    let (pod_reader, pods) = reflector::store();
+    let (config_reader, configs) = reflector::store();
+    let shared = Shared::new(client.clone(), Arc::new(Metrics::default()), None);
+    let ctx = Arc::new(Context {
+        shared,
+        pods: pod_reader,
+        brokers: Brokers::new(client, config_reader),
+        autoscaler: None,
+        expectations: Expectations::default(),
+    });
+    Harness { ctx, pods, configs }
+}
+
+impl Harness {
+    fn with_pods(&mut self, pods: Vec<Pod>) {
+        self.pods.apply_watcher_event(&watcher::Event::Init);
+        for p in pods {
+            self.pods.apply_watcher_event(&watcher::Event::InitApply(p));
+        }
+        self.pods.apply_watcher_event(&watcher::Event::InitDone);
+    }
+}
+
+fn status_path(name: &str) -> String {
+    format!("/apis/quickube.com/v1alpha1/namespaces/{NS}/qworkers/{name}/status")
+}
+const PODS: &str = "/api/v1/namespaces/jobs/pods";
+
+fn stored(q: &QWorker) -> Value {
+    serde_json::to_value(q).expect("json")
+}
+
+#[tokio::test]
+async fn creates_the_desired_workers_with_the_protocol() {
+    let (client, mut api) = support::mock();
+    let mut h = harness(client);
+    h.with_pods(vec![]);
+    let q = qworker(3);
+    let task = tokio::spawn(reconcile(Arc::new(q.clone()), h.ctx.clone()));
+    let hash = current_hash(&q);
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        let (seen, send) = api.next().await;
+        assert_eq!((seen.method.as_str(), seen.path.as_str()), ("POST", PODS));
+        assert!(seen.query.contains("fieldManager=workerpool-operator"));
+        let body = &seen.body;
+        let name = body["metadata"]["name"].as_str().expect("name").to_string();
+        assert!(name.starts_with("example-qworker-"), "{name}");
+        assert_eq!(
+            body["metadata"]["labels"]["quickube.com/qworker"],
+            "example-qworker"
+        );
+        assert_eq!(
+            body["metadata"]["labels"][POD_SPEC_HASH_LABEL],
+            hash.as_str()
+        );
+        assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "qw-uid");
+        assert_eq!(body["metadata"]["ownerReferences"][0]["controller"], true);
+        assert_eq!(body["spec"]["restartPolicy"], "OnFailure");
+        let env = body["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env");
+        let get = |n: &str| {
+            env.iter()
+                .find(|e| e["name"] == n)
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        assert_eq!(get("QWORKER_NAME")["value"], "example-qworker");
+        assert_eq!(get("POD_SPEC_HASH")["value"], hash.as_str());
+        assert_eq!(
+            get("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name"
+        );
+        assert_eq!(
+            get("POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.namespace"
+        );
+        names.push(name);
+        send.send_response(
+            http::Response::builder()
+                .status(201)
+                .body(kube::client::Body::from(
+                    serde_json::to_vec(&seen.body).expect("json"),
+                ))
+                .expect("response"),
+        );
+    }
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 3, "unique names");
+    let status = api
+        .expect_apply(&status_path("example-qworker"), stored(&q))
+        .await;
+    let s = &status.body["status"];
+    assert_eq!(s["currentReplicas"], 3);
+    assert_eq!(s["currentPodSpecHash"], hash.as_str());
+    assert_eq!(s["selector"], "quickube.com/qworker=example-qworker");
+    assert_eq!(s["observedGeneration"], 2);
+    assert!(
+        s.get("desiredReplicas").is_none(),
+        "desiredReplicas belongs to the autoscaler: {s}"
+    );
+    let conds = s["conditions"].as_array().expect("conditions");
+    let scaling = conds
+        .iter()
+        .find(|c| c["type"] == "Scaling")
+        .expect("Scaling");
+    assert_eq!(scaling["status"], "True");
+    api.finish(task).await.expect("reconcile ok");
+    assert!(
+        api.events
+            .iter()
+            .any(|e| e.1 == "Created" && e.2.starts_with("Created 3 worker pod(s)"))
+    );
+
+    // The watch has not delivered the new pods yet: a second reconcile must not create more.
+    let task = tokio::spawn(reconcile(Arc::new(q.clone()), h.ctx.clone()));
+    let status = api
+        .expect_apply(&status_path("example-qworker"), stored(&q))
+        .await;
+    assert_eq!(status.body["status"]["currentReplicas"], 3);
+    api.finish(task).await.expect("reconcile ok");
+}
+
+#[tokio::test]
+async fn scale_down_drains_exactly_the_excess_not_ready_then_youngest() {
+    let (client, mut api) = support::mock();
+    let mut h = harness(client);
+    let q = qworker(2);
+    let hash = current_hash(&q);
+    h.with_pods(vec![
+        pod(
+            &q,
+            "example-qworker-old",
+            &hash,
+            true,
+            "2026-11-23T10:00:00Z",
+        ),
+        pod(
+            &q,
+            "example-qworker-mid",
+            &hash,
+            true,
+            "2026-11-23T11:00:00Z",
+        ),
+        pod(
+            &q,
+            "example-qworker-new",
+            &hash,
+            true,
+            "2026-11-23T12:00:00Z",
+        ),
+        pod(
+            &q,
+            "example-qworker-sick",
+            &hash,
+            false,
+            "2026-11-23T09:00:00Z",
+        ),
+    ]);
+    let task = tokio::spawn(reconcile(Arc::new(q.clone()), h.ctx.clone()));
+    let mut drained = Vec::new();
+    for _ in 0..2 {
+        let (seen, send) = api.next().await;
+        assert_eq!(seen.method, "PATCH");
+        assert!(seen.path.starts_with(&format!("{PODS}/")), "{}", seen.path);
+        assert_eq!(
+            seen.body["metadata"]["annotations"][DRAIN_ANNOTATION],
+            "scale-down"
+        );
+        drained.push(seen.path.rsplit('/').next().expect("name").to_string());
+        send.send_response(
+            http::Response::builder()
+                .status(200)
+                .body(kube::client::Body::from(
+                    serde_json::to_vec(&pod(&q, "x", &hash, true, "2026-11-23T09:00:00Z"))
+                        .expect("json"),
+                ))
+                .expect("response"),
+        );
+    }
+    assert_eq!(drained, vec!["example-qworker-sick", "example-qworker-new"]);
+    let status = api
+        .expect_apply(&status_path("example-qworker"), stored(&q))
+        .await;
+    assert_eq!(status.body["status"]["currentReplicas"], 2);
+    api.finish(task).await.expect("reconcile ok");
+    assert!(api.events.iter().any(|e| e.1 == "DrainRequested"));
+
+    // Until the cache shows the annotations, a second reconcile must not drain anyone else:
+    // its first request is the status write, with the same count.
+    let task = tokio::spawn(reconcile(Arc::new(q.clone()), h.ctx.clone()));
+    let status = api
+        .expect_apply(&status_path("example-qworker"), stored(&q))
+        .await;
+    assert_eq!(status.body["status"]["currentReplicas"], 2);
+    api.finish(task).await.expect("reconcile ok");
+}
+
+#[tokio::test]
+async fn a_new_template_drains_old_pods_and_creates_new_ones() {
+    let (client, mut api) = support::mock();
+    let mut h = harness(client);
+    let q = qworker(1);
+    h.with_pods(vec![pod(
+        &q,
+        "example-qworker-v1",
+        "oldhash",
+        true,
+        "2026-11-23T10:00:00Z",
+    )]);
+    let task = tokio::spawn(reconcile(Arc::new(q.clone()), h.ctx.clone()));
+    let (drain, send) = api.next().await;
+    assert_eq!(
+        (drain.method.as_str(), drain.path.as_str()),
+        ("PATCH", "/api/v1/namespaces/jobs/pods/example-qworker-v1")
+    );
+    assert_eq!(
+        drain.body["metadata"]["annotations"][DRAIN_ANNOTATION],
+        "stale-hash"
+    );
+    assert_eq!(
+        drain.body["metadata"]["annotations"]["quickube.com/current-pod-spec-hash"],
+        current_hash(&q).as_str()
+    );
+    send.send_response(
+        http::Response::builder()
+            .status(200)
+            .body(kube::client::Body::from(
+                serde_json::to_vec(&pod(
+                    &q,
+                    "example-qworker-v1",
+                    "oldhash",
+                    true,
+                    "2026-11-23T10:00:00Z",
+                ))
+                .expect("json"),
+            ))
+            .expect("response"),
+    );
+    let (create, send) = api.next().await;
+    assert_eq!(
+        (create.method.as_str(), create.path.as_str()),
+        ("POST", PODS)
+    );
+    assert_eq!(
+        create.body["metadata"]["labels"][POD_SPEC_HASH_LABEL],
+        current_hash(&q).as_str()
+    );
+    send.send_response(
+        http::Response::builder()
+            .status(201)
+            .body(kube::client::Body::from(
+                serde_json::to_vec(&create.body).expect("json"),
+            ))
+            .expect("response"),
+    );
+    let status = api
+        .expect_apply(&status_path("example-qworker"), stored(&q))
+        .await;
+    assert_eq!(
+        status.body["status"]["currentPodSpecHash"],
+        current_hash(&q).as_str()
+    );
+    assert_eq!(status.body["status"]["currentReplicas"], 1);
+    api.finish(task).await.expect("reconcile ok");
+    assert!(api.events.iter().any(|e| e.1 == "RollingOut"));
+}
+
+#[tokio::test]
+async fn finished_pods_are_deleted_after_their_tasks_return_to_the_real_queue() {
+    let queue = format!("test-recover-{}", std::process::id());
+    let redis = redis::Client::open("redis://127.0.0.1:6379/").expect("redis url");
+    let mut conn = redis
+        .get_multiplexed_async_connection()
+        .await
+        .expect("local Redis at 127.0.0.1:6379");
+    let processing = workerpool_queue::processing_list(&queue, "example-qworker-done");
+    let _: () = conn.del(&[&queue, &processing]).await.expect("del");
+    let _: () = conn.lpush(&processing, "task-42").await.expect("lpush");
+
+    let (client, mut api) = support::mock();
+    let mut h = harness(client);
+    let mut q = qworker(1);
+    q.spec.scale_config.queue = queue.clone();
+    let hash = current_hash(&q);
+    let mut done = pod(
+        &q,
+        "example-qworker-done",
+        &hash,
+        false,
+        "2026-11-23T10:00:00Z",
+    );
+    done.status = Some(serde_json::from_value(json!({"phase": "Succeeded"})).expect("status"));
+    h.with_pods(vec![
+        done,
+        pod(
+            &q,
+            "example-qworker-live",
+            &hash,
+            true,
+            "2026-11-23T10:00:00Z",
+        ),
+    ]);
+    let config: ScalerConfig = serde_json::from_value(json!({
+        "apiVersion": "quickube.com/v1alpha1", "kind": "ScalerConfig",
+        "metadata": {"name": "example-scaler-config", "namespace": NS, "uid": "sc-uid", "generation": 1},
+        "spec": {"type": "redis", "config": {"host": "127.0.0.1", "port": "6379"}}
+    }))
+    .expect("config");
+    h.configs
+        .apply_watcher_event(&watcher::Event::Apply(config));
+
+    let task = tokio::spawn(reconcile(Arc::new(q.clone()), h.ctx.clone()));
+    api.expect(
+        "DELETE",
+        "/api/v1/namespaces/jobs/pods/example-qworker-done",
+        200,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+    )
+    .await;
+    let moved: Vec<String> = conn.lrange(&queue, 0, -1).await.expect("lrange");
+    assert_eq!(
+        moved,
+        vec!["task-42"],
+        "the finished worker's task is back in the queue before the delete"
+    );
+    let status = api
+        .expect_apply(&status_path("example-qworker"), stored(&q))
+        .await;
+    assert_eq!(status.body["status"]["currentReplicas"], 1);
+    api.finish(task).await.expect("reconcile ok");
+    assert!(api.events.iter().any(|e| e.1 == "TasksRecovered"));
+    let _: () = conn.del(&[&queue, &processing]).await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn min_above_max_is_reported_on_the_status() {
+    let (client, mut api) = support::mock();
+    let mut h = harness(client);
+    h.with_pods(vec![]);
+    let mut q = qworker(1);
+    q.spec.scale_config.min_replicas = 5;
+    q.spec.scale_config.max_replicas = 2;
+    let task = tokio::spawn(reconcile(Arc::new(q.clone()), h.ctx.clone()));
+    let status = api
+        .expect_apply(&status_path("example-qworker"), stored(&q))
+        .await;
+    let ready = &status.body["status"]["conditions"][0];
+    assert_eq!(
+        (ready["type"].as_str(), ready["reason"].as_str()),
+        (Some("Ready"), Some("InvalidSpec"))
+    );
+    let err = api.finish(task).await.expect_err("invalid");
+    assert!(err.is_permanent());
+    assert!(
+        api.events
+            .iter()
+            .any(|e| e.0 == "Warning" && e.1 == "InvalidSpec")
+    );
+}

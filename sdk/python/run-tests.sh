@@ -2,7 +2,10 @@
 # Build a venv (sdk/python/.venv, if missing), install qworker with its dev extra,
 # type-check with mypy --strict and run the pytest suite.  Works from any cwd.
 # Needs the local Redis at 127.0.0.1:6379 (QWORKER_TEST_REDIS_URL overrides);
-# the RabbitMQ and NATS tests use 127.0.0.1:5672 and :4222 and skip, saying why, when absent.
+# the RabbitMQ and NATS tests use 127.0.0.1:5672 and :4222 and skip, saying why, when absent;
+# the NATS auth tests start private nats-server processes (skipped without nats-server), and
+# tests/test_interop.py runs the Rust target/debug/qworker-echo (or QWORKER_ECHO_BIN; built
+# with cargo when missing, skipped without cargo).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

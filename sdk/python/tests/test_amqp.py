@@ -19,7 +19,7 @@ import redis
 pika = pytest.importorskip("pika")
 
 from conftest import NO_LOSS_REPORTS, Names, run_bounded, wait_for, write_annotations  # noqa: E402
-from qworker import ExitReason, Worker  # noqa: E402
+from qworker import ENV, BrokerError, ExitReason, Worker  # noqa: E402
 from test_signals import WorkerProc, finish, kill_all, spawn, stop_all  # noqa: E402
 
 AMQP_URL = os.environ.get("QWORKER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -221,3 +221,26 @@ def test_no_loss_with_kills(rabbit: Rabbit, names: Names, redis_url: str, r: red
         f"{extra} extra runs, {killed} SIGKILLed, {len(procs)} worker processes"
     )
     assert extra <= killed
+
+
+def test_broker_password_replaces_the_url_password(rabbit: Rabbit, make_amqp_worker: Callable[..., Worker]) -> None:
+    wrong = AMQP_URL.replace("guest:guest@", "guest:WRONG@")
+    assert wrong != AMQP_URL, "the test expects guest:guest in QWORKER_TEST_AMQP_URL"
+    rabbit.publish(b"t1")
+    refused = make_amqp_worker(broker_url=wrong)
+    refused.task(lambda payload: None)
+    with pytest.raises(BrokerError) as info:
+        run_bounded(refused)
+    assert not info.value.transient
+    # QWORKER_BROKER_PASSWORD (e.g. from a Secret) replaces the URL's password.
+    worker = make_amqp_worker(broker_url=wrong, environ={ENV.BROKER_PASSWORD: "guest"})
+    seen: list[bytes] = []
+
+    @worker.task
+    def handle(payload: bytes) -> None:
+        seen.append(payload)
+        worker.stop()
+
+    assert run_bounded(worker) is ExitReason.STOPPED
+    assert seen == [b"t1"]
+    assert rabbit.ready() == 0

@@ -8,12 +8,14 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
 
-from conftest import Names, run_bounded, wait_for, write_annotations
+from conftest import REDIS_URL, Names, run_bounded, wait_for, write_annotations
 from qworker import (
+    BrokerError,
     ConfigError,
     ENV,
     ExitReason,
@@ -444,3 +446,40 @@ def test_permanent_broker_error_ends_run(r: redis.Redis, names: Names, make_work
     with pytest.raises(BrokerError, match="WRONGTYPE") as info:
         run_bounded(worker, timeout=10)
     assert not info.value.transient
+
+
+def test_broker_password_replaces_the_url_password(r: redis.Redis, names: Names, make_worker: MakeWorker) -> None:
+    """QWORKER_BROKER_PASSWORD replaces the URL's password.  A throw-away ACL user (limited to
+    this test's keys) stands in for a password-protected Redis: the shared test server's
+    ``default`` user has no password, and then accepts any."""
+    user = f"qwtest-{names.pod}"
+    try:
+        r.acl_setuser(
+            user, enabled=True, passwords=["+s3cr:t/pw"], keys=[f"{names.prefix}:*"],
+            commands=["+@all"], reset=True,
+        )
+    except redis.ResponseError as exc:  # pragma: no cover - old Redis
+        pytest.skip(f"cannot create an ACL user: {exc}")
+    try:
+        host = urlsplit(REDIS_URL).netloc.rpartition("@")[2]
+        wrong = f"redis://{user}:WRONG@{host}{urlsplit(REDIS_URL).path}"
+        r.lpush(names.queue, b"t1")
+        refused = make_worker(broker_url=wrong)
+        refused.task(lambda payload: None)
+        with pytest.raises(BrokerError) as info:
+            run_bounded(refused)
+        assert not info.value.transient
+        assert r.llen(names.queue) == 1
+        worker = make_worker(broker_url=wrong, environ={ENV.BROKER_PASSWORD: "s3cr:t/pw"})
+        seen: list[bytes] = []
+
+        @worker.task
+        def handle(payload: bytes) -> None:
+            seen.append(payload)
+            worker.stop()
+
+        assert run_bounded(worker) is ExitReason.STOPPED
+        assert seen == [b"t1"]
+        assert_empty(r, names)
+    finally:
+        r.acl_deluser(user)

@@ -18,6 +18,7 @@ the pod's spec hash is stale, or on SIGTERM/SIGINT.  A task is never dropped.
 
 from __future__ import annotations
 
+from ._url import NatsUrl, nats_subject, parse_nats_url, with_password
 from .annotations import (
     ANNOTATION_CURRENT_POD_SPEC_HASH,
     ANNOTATION_DRAIN,
@@ -33,25 +34,30 @@ from .errors import (
     QWorkerError,
 )
 from .sources._redis import processing_list_name
-from .worker import DEFAULT_GRACE_PERIOD, ENV, ExitReason, Settings, Worker
+from .worker import DEFAULT_GRACE_PERIOD, DEFAULT_POLL_INTERVAL, ENV, ExitReason, Settings, Worker
 
 __all__ = [
     "ANNOTATION_CURRENT_POD_SPEC_HASH",
     "ANNOTATION_DRAIN",
     "DEFAULT_ANNOTATIONS_FILE",
     "DEFAULT_GRACE_PERIOD",
+    "DEFAULT_POLL_INTERVAL",
     "ENV",
     "BrokerError",
     "ConfigError",
     "ExitReason",
     "HandlerAlreadyRegisteredError",
+    "NatsUrl",
     "NoHandlerError",
     "QWorkerError",
     "Settings",
     "Worker",
+    "nats_subject",
     "parse_annotations",
+    "parse_nats_url",
     "processing_list_name",
     "read_annotations",
+    "with_password",
 ]
 
 __version__ = "0.1.0"

@@ -11,11 +11,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, TypeVar, overload
 
 from ._executor import HandlerThread, Job
+from ._url import parse_nats_url, url_scheme
 from .annotations import DEFAULT_ANNOTATIONS_FILE, drain_reason, read_annotations
 from .errors import BrokerError, ConfigError, HandlerAlreadyRegisteredError, NoHandlerError
 from .sources import Delivery, Source, open_source
@@ -28,19 +29,33 @@ H = TypeVar("H", bound=Callable[..., Any])
 
 
 class ENV:
-    """Names of the environment variables the worker reads."""
+    """Names of the environment variables the worker reads (shared with the Rust SDK
+    except where noted)."""
 
     WORKER_NAME = "QWORKER_NAME"
     POD_SPEC_HASH = "POD_SPEC_HASH"
     POD_NAME = "POD_NAME"
+    #: Fallback for ``POD_NAME`` (then the host name).
+    HOSTNAME = "HOSTNAME"
     POD_NAMESPACE = "POD_NAMESPACE"
     BROKER_URL = "QWORKER_BROKER_URL"
+    #: Replaces the URL's secret (Redis/AMQP password; NATS password with a user, else token).
+    BROKER_PASSWORD = "QWORKER_BROKER_PASSWORD"
+    #: Redis list / AMQP queue / NATS durable consumer.
     QUEUE = "QWORKER_QUEUE"
     ANNOTATIONS_FILE = "QWORKER_ANNOTATIONS_FILE"
+    GRACE_PERIOD_SECONDS = "QWORKER_GRACE_PERIOD_SECONDS"
+    #: Python SDK's older name for ``QWORKER_GRACE_PERIOD_SECONDS`` (which wins).
     GRACE_PERIOD = "QWORKER_GRACE_PERIOD"
+    POLL_SECONDS = "QWORKER_POLL_SECONDS"
+    #: Python only: overrides the NATS URL's ``?stream=``.
+    NATS_STREAM = "QWORKER_NATS_STREAM"
+    #: Removed: it must be unset or equal ``QWORKER_QUEUE`` (which names the consumer).
+    NATS_CONSUMER = "QWORKER_NATS_CONSUMER"
 
 
 DEFAULT_GRACE_PERIOD = 25.0
+DEFAULT_POLL_INTERVAL = 1.0
 
 
 class ExitReason(enum.Enum):
@@ -62,9 +77,9 @@ class ExitReason(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The worker's resolved identity and broker settings."""
+    """The worker's resolved identity and broker settings (``repr`` shows no secret)."""
 
-    broker_url: str
+    broker_url: str = field(repr=False)
     queue: str
     pod_name: str
     pod_namespace: str | None
@@ -72,6 +87,11 @@ class Settings:
     pod_spec_hash: str | None
     annotations_file: str
     grace_period: float
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    #: ``QWORKER_BROKER_PASSWORD``: replaces the secret of ``broker_url``.
+    broker_password: str | None = field(default=None, repr=False)
+    #: NATS only: the JetStream stream (``?stream=`` of the URL, or ``QWORKER_NATS_STREAM``).
+    nats_stream: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +103,13 @@ class _Handler:
 def _env(environ: Mapping[str, str], name: str) -> str | None:
     value = environ.get(name, "").strip()
     return value or None
+
+
+def _seconds(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {text!r}") from None
 
 
 class Worker:
@@ -98,13 +125,15 @@ class Worker:
         *,
         broker_url: str | None = None,
         queue: str | None = None,
+        broker_password: str | None = None,
+        nats_stream: str | None = None,
         pod_name: str | None = None,
         pod_namespace: str | None = None,
         worker_name: str | None = None,
         pod_spec_hash: str | None = None,
         annotations_file: str | os.PathLike[str] | None = None,
         grace_period: float | None = None,
-        poll_interval: float = 1.0,
+        poll_interval: float | None = None,
         error_backoff: float = 1.0,
         max_error_backoff: float = 30.0,
         handle_signals: bool = True,
@@ -113,16 +142,23 @@ class Worker:
         env = os.environ if environ is None else environ
         self.broker_url = broker_url or _env(env, ENV.BROKER_URL)
         self.queue = queue or _env(env, ENV.QUEUE)
-        self.pod_name = pod_name or _env(env, ENV.POD_NAME)
+        self.broker_password = broker_password or _env(env, ENV.BROKER_PASSWORD)
+        self.nats_stream = nats_stream or _env(env, ENV.NATS_STREAM)
+        self._nats_consumer_env = _env(env, ENV.NATS_CONSUMER)
+        self.pod_name = pod_name or _env(env, ENV.POD_NAME) or _env(env, ENV.HOSTNAME)
         self.pod_namespace = pod_namespace or _env(env, ENV.POD_NAMESPACE)
         self.worker_name = worker_name or _env(env, ENV.WORKER_NAME)
         self.pod_spec_hash = pod_spec_hash or _env(env, ENV.POD_SPEC_HASH)
         self.annotations_file = os.fspath(
             annotations_file or _env(env, ENV.ANNOTATIONS_FILE) or DEFAULT_ANNOTATIONS_FILE
         )
-        self._grace_env = _env(env, ENV.GRACE_PERIOD)
+        self._grace_env = next(
+            ((name, v) for name in (ENV.GRACE_PERIOD_SECONDS, ENV.GRACE_PERIOD) if (v := _env(env, name))),
+            None,
+        )
         self._grace_arg = grace_period
-        if poll_interval <= 0:
+        self._poll_env = _env(env, ENV.POLL_SECONDS)
+        if poll_interval is not None and not poll_interval > 0:
             raise ConfigError("poll_interval must be > 0")
         if error_backoff < 0 or max_error_backoff < 0:
             raise ConfigError("error_backoff and max_error_backoff must be >= 0")
@@ -195,14 +231,32 @@ class Worker:
         if self._grace_arg is not None:
             grace = float(self._grace_arg)
         elif self._grace_env is not None:
-            try:
-                grace = float(self._grace_env)
-            except ValueError:
-                raise ConfigError(f"{ENV.GRACE_PERIOD} must be a number of seconds, got {self._grace_env!r}") from None
+            grace = _seconds(*self._grace_env)
         else:
             grace = DEFAULT_GRACE_PERIOD
         if not grace >= 0:
             raise ConfigError(f"grace period must be >= 0 seconds, got {grace}")
+        if self.poll_interval is not None:
+            poll = float(self.poll_interval)
+        elif self._poll_env is not None:
+            poll = _seconds(ENV.POLL_SECONDS, self._poll_env)
+            if not poll > 0:
+                raise ConfigError(f"{ENV.POLL_SECONDS} must be > 0, got {self._poll_env!r}")
+        else:
+            poll = DEFAULT_POLL_INTERVAL
+        nats_stream = None
+        if url_scheme(self.broker_url) in ("nats", "tls"):
+            nats_stream = parse_nats_url(self.broker_url, self.nats_stream).stream
+            consumer = self._nats_consumer_env
+            if consumer is not None and consumer != self.queue:
+                raise ConfigError(
+                    f"{ENV.NATS_CONSUMER}={consumer!r} is no longer supported: {ENV.QUEUE} "
+                    f"({self.queue!r}) names the durable consumer, as in the Rust SDK and the "
+                    f"operator, and the stream comes from the broker URL (?stream={nats_stream}); "
+                    f"set {ENV.QUEUE}={consumer!r} or unset {ENV.NATS_CONSUMER}"
+                )
+            if consumer is not None:
+                log.warning("%s is deprecated (%s names the consumer); unset it", ENV.NATS_CONSUMER, ENV.QUEUE)
         return Settings(
             broker_url=self.broker_url,
             queue=self.queue,
@@ -212,6 +266,9 @@ class Worker:
             pod_spec_hash=self.pod_spec_hash,
             annotations_file=self.annotations_file,
             grace_period=grace,
+            poll_interval=poll,
+            broker_password=self.broker_password,
+            nats_stream=nats_stream,
         )
 
     # ------------------------------------------------------------------ stopping
@@ -252,7 +309,14 @@ class Worker:
             )
         handler = self._handler
         settings = self.settings()
-        source = open_source(settings.broker_url, settings.queue, settings.pod_name, self.poll_interval)
+        source = open_source(
+            settings.broker_url,
+            settings.queue,
+            settings.pod_name,
+            settings.poll_interval,
+            password=settings.broker_password,
+            nats_stream=settings.nats_stream,
+        )
         with self._lock:
             if self._running:
                 raise RuntimeError("Worker.run() is already running")
@@ -330,7 +394,7 @@ class Worker:
                     source.connect()
                     source.recover()
                     connected = True
-                delivery = source.take(self.poll_interval)
+                delivery = source.take(settings.poll_interval)
                 broker_failures = 0
             except BrokerError as exc:
                 if not exc.transient:

@@ -50,12 +50,16 @@ pub fn parse(input: &str) -> Option<f64> {
 
 /// Formats CPU cores as a millicore quantity, rounded up (`0.2501` → `"251m"`).
 pub fn format_cpu(cores: f64) -> String {
-    format!("{}m", (cores * 1000.0).ceil().max(1.0) as i64)
+    // The small epsilon keeps float noise (0.55000000000000004 cores) from rounding up a step.
+    format!("{}m", (cores * 1000.0 - 1e-6).ceil().max(1.0) as i64)
 }
 
 /// Formats bytes as a Mi quantity, rounded up (`1.2 MiB` → `"2Mi"`).
 pub fn format_memory(bytes: f64) -> String {
-    format!("{}Mi", (bytes / (1024.0 * 1024.0)).ceil().max(1.0) as i64)
+    format!(
+        "{}Mi",
+        (bytes / (1024.0 * 1024.0) - 1e-6).ceil().max(1.0) as i64
+    )
 }
 
 #[cfg(test)]
@@ -89,6 +93,7 @@ mod tests {
     fn formats_round_up() {
         assert_eq!(format_cpu(0.2501), "251m");
         assert_eq!(format_cpu(0.0), "1m");
+        assert_eq!(format_cpu(11.0 * 0.05), "550m");
         assert_eq!(format_memory(1.2 * 1024.0 * 1024.0), "2Mi");
     }
 }

@@ -56,7 +56,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     metrics.register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
     let shared = Shared::new(client.clone(), metrics, args.pod_name.clone());
-    let ns = args.namespace.as_deref();
+    // An empty WATCH_NAMESPACE (as a Helm chart may set it) means all namespaces.
+    let ns = args.namespace.as_deref().filter(|n| !n.is_empty());
 
     let (pools, storm_fut) = storm::controller(shared.clone(), ns, token.clone().cancelled_owned());
     let (brokers, scaler_fut) =

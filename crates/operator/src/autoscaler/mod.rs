@@ -121,6 +121,7 @@ impl Autoscaler {
             origin: Instant::now(),
             failures: 0,
             last: None,
+            vpa: VpaState::default(),
         };
         debug!(qworker = %k, "starting autoscaler poll");
         tasks.insert(k, (uid, tokio::spawn(poller.run())));
@@ -150,6 +151,31 @@ struct Poller {
     origin: Instant,
     failures: u32,
     last: Option<Written>,
+    vpa: VpaState,
+}
+
+/// activateVPA state of one poller: the usage record and when it was last sampled.
+#[derive(Default)]
+struct VpaState {
+    /// Loaded from the status on the first sample, then kept here.
+    record: Option<crate::controllers::qworker::vpa::Usage>,
+    condition: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    last_sample: Option<Instant>,
+    ooms_seen: std::collections::HashSet<String>,
+    dirty: bool,
+}
+
+/// How often activateVPA reads pod metrics (one list call per QWorker).
+pub const VPA_INTERVAL: Duration = Duration::from_secs(15);
+
+fn pod_metrics_resource() -> kube::core::ApiResource {
+    kube::core::ApiResource {
+        group: "metrics.k8s.io".into(),
+        version: "v1beta1".into(),
+        api_version: "metrics.k8s.io/v1beta1".into(),
+        kind: "PodMetrics".into(),
+        plural: "pods".into(),
+    }
 }
 
 impl Poller {
@@ -209,6 +235,14 @@ impl Poller {
             .poll_duration
             .get_or_create(&Self::labels(qw))
             .observe(started.elapsed().as_secs_f64());
+        if sc.activate_vpa
+            && self
+                .vpa
+                .last_sample
+                .is_none_or(|t| t.elapsed() >= VPA_INTERVAL)
+        {
+            self.sample_usage(qw).await;
+        }
         match depth {
             Ok(length) => {
                 let recommendation =
@@ -241,6 +275,132 @@ impl Poller {
         }
     }
 
+    /// activateVPA: reads the PodMetrics of the QWorker's pods (one list call by label
+    /// selector), records the largest use per container, raises memory after an OOM kill, and
+    /// marks the status for writing when the record or the `ResourceMetricsAvailable`
+    /// condition changed. Missing metrics never stop scaling.
+    async fn sample_usage(&mut self, qw: &QWorker) {
+        use crate::controllers::qworker::{build, vpa};
+        use workerpool_api::conditions::RESOURCE_METRICS_AVAILABLE;
+        self.vpa.last_sample = Some(Instant::now());
+        let status = qw.status.clone().unwrap_or_default();
+        let record = self
+            .vpa
+            .record
+            .get_or_insert_with(|| status.max_container_resources_usage.clone());
+        let mut changed = false;
+        let ns = qw.namespace().unwrap_or_default();
+        let api: Api<kube::core::DynamicObject> = Api::namespaced_with(
+            self.scaler.shared.client.clone(),
+            &ns,
+            &pod_metrics_resource(),
+        );
+        let listed = api
+            .list(&kube::api::ListParams::default().labels(&build::selector(qw)))
+            .await;
+        let live = live_worker_names(&self.scaler.pods, qw).len();
+        let condition = match listed {
+            Ok(list) => {
+                let mut sample = vpa::Usage::new();
+                for item in &list.items {
+                    for c in item.data["containers"].as_array().into_iter().flatten() {
+                        let Some(name) = c["name"].as_str() else {
+                            continue;
+                        };
+                        if let Ok(usage) = serde_json::from_value::<
+                            std::collections::BTreeMap<
+                                String,
+                                k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+                            >,
+                        >(c["usage"].clone())
+                        {
+                            let entry: &mut std::collections::BTreeMap<_, _> =
+                                sample.entry(name.to_string()).or_default();
+                            for (resource, q) in usage {
+                                entry.insert(resource, q);
+                            }
+                        }
+                    }
+                }
+                changed |= vpa::record(record, &sample);
+                if list.items.len() < live {
+                    NewCondition::new(
+                        RESOURCE_METRICS_AVAILABLE,
+                        false,
+                        "MetricsPending",
+                        format!(
+                            "{} of {live} worker pod(s) have metrics yet; scaling goes on",
+                            list.items.len()
+                        ),
+                    )
+                } else {
+                    NewCondition::new(
+                        RESOURCE_METRICS_AVAILABLE,
+                        true,
+                        "MetricsRead",
+                        format!("usage read for {} pod(s)", list.items.len()),
+                    )
+                }
+            }
+            Err(e) => NewCondition::new(
+                RESOURCE_METRICS_AVAILABLE,
+                false,
+                "MetricsUnavailable",
+                format!(
+                    "cannot read metrics.k8s.io PodMetrics ({e}); is metrics-server installed? Scaling goes on"
+                ),
+            ),
+        };
+        let uid = qw.metadata.uid.as_deref();
+        for pod in self.scaler.pods.state() {
+            if pod.namespace() != qw.namespace() || !owned_by(&pod, uid) {
+                continue;
+            }
+            for cs in pod
+                .status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+            {
+                let Some(t) = cs.last_state.as_ref().and_then(|l| l.terminated.as_ref()) else {
+                    continue;
+                };
+                if t.reason.as_deref() != Some("OOMKilled") {
+                    continue;
+                }
+                let key = format!("{}/{}/{}", pod.name_any(), cs.name, cs.restart_count);
+                if self.vpa.ooms_seen.insert(key) && vpa::oom_killed(record, qw, &cs.name) {
+                    changed = true;
+                    self.scaler
+                        .shared
+                        .event(
+                            &qw.object_ref(&()),
+                            true,
+                            "OOMKilled",
+                            "ActivateVPA",
+                            format!(
+                                "Container {} of pod {} was OOM-killed; raising its memory record",
+                                cs.name,
+                                pod.name_any()
+                            ),
+                        )
+                        .await;
+                }
+            }
+        }
+        let mut conds = status.conditions.clone();
+        conditions::set_condition(
+            &mut conds,
+            condition,
+            qw.metadata.generation,
+            Timestamp::now(),
+        );
+        let new_condition = conditions::find(&conds, RESOURCE_METRICS_AVAILABLE).cloned();
+        let condition_changed = self.vpa.condition.as_ref().map(|c| (&c.status, &c.reason))
+            != new_condition.as_ref().map(|c| (&c.status, &c.reason));
+        self.vpa.condition = new_condition;
+        self.vpa.dirty |= changed || condition_changed;
+    }
+
     /// Writes the autoscaler's part of the status if it changed.
     async fn write(
         &mut self,
@@ -264,7 +424,7 @@ impl Poller {
         let stale_length = length.is_some()
             && previous.queue_length != length
             && previous.at.elapsed() >= QUEUE_LENGTH_REFRESH;
-        if !(changed_desired || changed_reachability || stale_length) {
+        if !(changed_desired || changed_reachability || stale_length || self.vpa.dirty) {
             return;
         }
         let now = Timestamp::now();
@@ -297,6 +457,14 @@ impl Poller {
         if let Some(t) = last_scale_time {
             patch["status"]["lastScaleTime"] = serde_json::json!(t);
         }
+        if let Some(record) = &self.vpa.record {
+            patch["status"]["maxContainerResourcesUsage"] = serde_json::json!(record);
+        }
+        if let Some(c) = &self.vpa.condition
+            && let Some(list) = patch["status"]["conditions"].as_array_mut()
+        {
+            list.push(serde_json::json!(c));
+        }
         let written_length = length.or(previous.queue_length);
         if let Some(l) = written_length {
             patch["status"]["queueLength"] = serde_json::json!(l);
@@ -314,6 +482,7 @@ impl Poller {
             .await
         {
             Ok(_) => {
+                self.vpa.dirty = false;
                 self.last = Some(Written {
                     desired,
                     queue_length: written_length,

@@ -4,6 +4,7 @@
 //! writes the rest of the status.
 
 pub mod build;
+pub mod vpa;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -201,9 +202,14 @@ async fn report_invalid(qw: &QWorker, ctx: &Context, message: &str) -> Result<()
     Ok(())
 }
 
-/// The requests activateVPA adds to the pod template (none until usage is recorded).
-pub fn vpa_requests(_qw: &QWorker) -> BTreeMap<String, BTreeMap<String, String>> {
-    BTreeMap::new()
+/// The requests activateVPA gives new pods, from `status.maxContainerResourcesUsage`.
+pub fn vpa_requests(qw: &QWorker) -> BTreeMap<String, BTreeMap<String, String>> {
+    let record = qw
+        .status
+        .as_ref()
+        .map(|s| s.max_container_resources_usage.clone())
+        .unwrap_or_default();
+    vpa::requests(qw, &record)
 }
 
 async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {

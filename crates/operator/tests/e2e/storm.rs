@@ -1,0 +1,1034 @@
+//! The StormWorkerPool scenario: the seed's manifests, waiting for the topology and cluster,
+//! the children of every pool, readiness, Events, metrics, turning autoscaling off, an invalid
+//! spec, garbage collection, and the CRD's CEL rules on a real API server.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use workerpool_api::storm::{PodDisruptionBudgetSpec, PoolPhase};
+use workerpool_api::{StormCluster, StormTopology, StormWorkerPool};
+
+use crate::harness::{
+    Observe, Scenario, WAIT, applied_field_owned_by, condition, controlled_by, ensure,
+    expect_rejected, find_series, has_apply_entry, summarize_conditions,
+};
+
+pub const CLUSTER_AND_TOPOLOGIES: &str =
+    include_str!("../../../../examples/storm-cluster-and-topologies.yaml");
+const BASIC: &str = include_str!("../../../../examples/storm-basic-worker-pool.yaml");
+const AUTOSCALE: &str = include_str!("../../../../examples/storm-autoscale-worker-pool.yaml");
+const FULL: &str = include_str!("../../../../examples/storm-full-worker-pool.yaml");
+const GPU: &str = include_str!("../../../../examples/storm-gpu-worker-pool.yaml");
+
+/// The operator's field manager.
+const OPERATOR: &str = workerpool_operator::FIELD_MANAGER;
+const CLUSTER: &str = "storm";
+const TOPOLOGIES: [&str; 3] = ["my-topology", "streaming-topology", "ml-topology"];
+const ZOOKEEPER: [&str; 3] = [
+    "zookeeper-0.zookeeper",
+    "zookeeper-1.zookeeper",
+    "zookeeper-2.zookeeper",
+];
+
+/// What the example manifests say about each pool.
+pub struct PoolCase {
+    pub name: &'static str,
+    pub file: &'static str,
+    pub yaml: &'static str,
+    pub topology: &'static str,
+    /// `spec.replicas` when autoscaling is off.
+    pub replicas: Option<i32>,
+    /// `(minReplicas, maxReplicas)` when autoscaling is on.
+    pub autoscaling: Option<(i32, i32)>,
+    pub pdb: bool,
+    /// Number of worker slot ports.
+    pub ports: usize,
+}
+
+pub const POOLS: [PoolCase; 4] = [
+    PoolCase {
+        name: "my-workers",
+        file: "storm-basic-worker-pool.yaml",
+        yaml: BASIC,
+        topology: "my-topology",
+        replicas: Some(3),
+        autoscaling: None,
+        pdb: false,
+        ports: 4,
+    },
+    PoolCase {
+        name: "autoscale-workers",
+        file: "storm-autoscale-worker-pool.yaml",
+        yaml: AUTOSCALE,
+        topology: "streaming-topology",
+        replicas: None,
+        autoscaling: Some((2, 20)),
+        pdb: false,
+        ports: 4,
+    },
+    PoolCase {
+        name: "full-workers",
+        file: "storm-full-worker-pool.yaml",
+        yaml: FULL,
+        topology: "my-topology",
+        replicas: None,
+        autoscaling: Some((2, 10)),
+        pdb: true,
+        ports: 2,
+    },
+    PoolCase {
+        name: "gpu-workers",
+        file: "storm-gpu-worker-pool.yaml",
+        yaml: GPU,
+        topology: "ml-topology",
+        replicas: Some(4),
+        autoscaling: None,
+        pdb: false,
+        ports: 4,
+    },
+];
+
+fn merge_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(crate::harness::FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    }
+}
+
+fn describe_pool(p: &StormWorkerPool) -> String {
+    let st = p.status.clone().unwrap_or_default();
+    format!(
+        "pool {}: phase {:?}, message {:?}, replicas {}/{} ready, deploymentName {:?}, hpaName {:?}, observedGeneration {:?} (generation {:?}), conditions [{}]",
+        p.name_any(),
+        st.phase,
+        st.message,
+        st.ready_replicas,
+        st.replicas,
+        st.deployment_name,
+        st.hpa_name,
+        st.observed_generation,
+        p.metadata.generation,
+        summarize_conditions(&st.conditions)
+    )
+}
+
+async fn get_pool(s: &Scenario, name: &str) -> Result<StormWorkerPool, String> {
+    let api: Api<StormWorkerPool> = s.api();
+    api.get(name)
+        .await
+        .obs(&format!("get StormWorkerPool {name}"))
+}
+
+/// Waits until the pool is Pending with a Ready=False condition of `reason`.
+async fn wait_blocked(s: &Scenario, name: &str, reason: &str) {
+    let what = format!("pool {name}: phase Pending with Ready=False reason {reason}");
+    s.eventually(&what, WAIT, || async move {
+        let p = get_pool(s, name).await?;
+        let st = p.status.clone().unwrap_or_default();
+        let ok = st.phase == Some(PoolPhase::Pending)
+            && condition(&st.conditions, "Ready")
+                .is_some_and(|c| c.status == "False" && c.reason == reason);
+        ensure(ok, || describe_pool(&p))
+    })
+    .await;
+    s.note(format!("pool {name} is Pending ({reason})"));
+}
+
+/// Sets `status.phase: Running` on a StormTopology or StormCluster (what a Storm runner would do).
+async fn set_running<K>(s: &Scenario, name: &str)
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned,
+{
+    let api: Api<K> = s.api();
+    let patch = json!({"status": {"phase": "Running"}});
+    if let Err(e) = api
+        .patch_status(name, &merge_params(), &Patch::Merge(&patch))
+        .await
+    {
+        s.fail(format!(
+            "cannot patch the status of {} {name}: {e}",
+            K::kind(&())
+        ));
+    }
+}
+
+fn managed_by_label(what: &str, meta: &ObjectMeta) -> Result<(), String> {
+    let value = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/managed-by"));
+    ensure(value.map(String::as_str) == Some(OPERATOR), || {
+        format!("{what}: label app.kubernetes.io/managed-by is {value:?}")
+    })
+}
+
+/// Every child of a pool, as the design names them, owned by the pool, as the cluster has
+/// them; and the pool's status.
+async fn check_children(s: &Scenario, case: &PoolCase) -> Result<(), String> {
+    let name = case.name;
+    let pool = get_pool(s, name).await?;
+    let dep_name = format!("{name}-deployment");
+    let deployments: Api<Deployment> = s.api();
+    let dep = deployments
+        .get_opt(&dep_name)
+        .await
+        .obs("get Deployment")?
+        .ok_or_else(|| {
+            format!(
+                "Deployment {dep_name} not created yet; {}",
+                describe_pool(&pool)
+            )
+        })?;
+    let services: Api<Service> = s.api();
+    let svc_name = format!("{name}-headless");
+    let svc = services
+        .get_opt(&svc_name)
+        .await
+        .obs("get Service")?
+        .ok_or_else(|| format!("Service {svc_name} not created yet"))?;
+    let config_maps: Api<ConfigMap> = s.api();
+    let cm_name = format!("{name}-storm-config");
+    let cm = config_maps
+        .get_opt(&cm_name)
+        .await
+        .obs("get ConfigMap")?
+        .ok_or_else(|| format!("ConfigMap {cm_name} not created yet"))?;
+    let hpas: Api<HorizontalPodAutoscaler> = s.api();
+    let hpa = hpas
+        .get_opt(&format!("{name}-hpa"))
+        .await
+        .obs("get HorizontalPodAutoscaler")?;
+    let pdbs: Api<PodDisruptionBudget> = s.api();
+    let pdb = pdbs
+        .get_opt(&format!("{name}-pdb"))
+        .await
+        .obs("get PodDisruptionBudget")?;
+    check_replica_ownership(case, &dep)?;
+    check_objects(case, &pool, &dep, &svc, &cm, hpa.as_ref(), pdb.as_ref())?;
+    check_status(case, &pool)
+}
+
+/// Design section 3: with autoscaling on, the operator's server-side apply leaves
+/// `spec.replicas` to the HPA; with it off, the operator's apply sets it.
+fn check_replica_ownership(case: &PoolCase, dep: &Deployment) -> Result<(), String> {
+    let what = format!("Deployment {}", dep.name_any());
+    ensure(has_apply_entry(&dep.metadata, OPERATOR), || {
+        format!("{what}: no managedFields Apply entry of {OPERATOR}")
+    })?;
+    let operator_owns_replicas =
+        applied_field_owned_by(&dep.metadata, OPERATOR, &["f:spec", "f:replicas"]);
+    match case.autoscaling {
+        Some(_) => ensure(!operator_owns_replicas, || {
+            format!(
+                "{what}: autoscaling is on, yet the operator's apply sets spec.replicas (managedFields: {:?})",
+                dep.metadata.managed_fields
+            )
+        }),
+        None => ensure(operator_owns_replicas, || {
+            format!("{what}: the operator's apply does not set spec.replicas")
+        }),
+    }
+}
+
+/// The children's content (pure: also checked offline against the operator's builders).
+pub fn check_objects(
+    case: &PoolCase,
+    pool: &StormWorkerPool,
+    dep: &Deployment,
+    svc: &Service,
+    cm: &ConfigMap,
+    hpa: Option<&HorizontalPodAutoscaler>,
+    pdb: Option<&PodDisruptionBudget>,
+) -> Result<(), String> {
+    let name = case.name;
+    let dep_name = format!("{name}-deployment");
+    let what = format!("Deployment {dep_name}");
+    controlled_by(&what, &dep.metadata, pool)?;
+    managed_by_label(&what, &dep.metadata)?;
+    let spec = dep
+        .spec
+        .as_ref()
+        .ok_or_else(|| format!("{what}: no spec"))?;
+    if case.autoscaling.is_none() {
+        ensure(spec.replicas == case.replicas, || {
+            format!(
+                "{what}: spec.replicas {:?}, want {:?}",
+                spec.replicas, case.replicas
+            )
+        })?;
+    }
+    let pod = spec
+        .template
+        .spec
+        .as_ref()
+        .ok_or_else(|| format!("{what}: no pod template spec"))?;
+    let worker = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "worker")
+        .ok_or_else(|| format!("{what}: no container \"worker\""))?;
+    ensure(worker.image.as_deref() == Some("storm:2.6.4"), || {
+        format!(
+            "{what}: worker image {:?}, want storm:2.6.4 (the cluster's)",
+            worker.image
+        )
+    })?;
+    let config_volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "storm-config")
+        .and_then(|v| v.config_map.as_ref())
+        .map(|c| c.name.clone());
+    ensure(
+        config_volume == Some(format!("{name}-storm-config")),
+        || format!("{what}: volume storm-config refers to ConfigMap {config_volume:?}"),
+    )?;
+    let template_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone());
+    match name {
+        "my-workers" => {
+            let requests = worker.resources.as_ref().and_then(|r| r.requests.clone());
+            let cpu = requests
+                .as_ref()
+                .and_then(|r| r.get("cpu"))
+                .map(|q| q.0.clone());
+            ensure(cpu.as_deref() == Some("1"), || {
+                format!("{what}: worker cpu request {cpu:?}, want \"1\" from the template")
+            })?;
+        }
+        "gpu-workers" => {
+            let accelerator = pod
+                .node_selector
+                .as_ref()
+                .and_then(|n| n.get("accelerator"))
+                .cloned();
+            ensure(accelerator.as_deref() == Some("nvidia-tesla-v100"), || {
+                format!("{what}: nodeSelector accelerator {accelerator:?}")
+            })?;
+            let gpu = worker
+                .resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .and_then(|l| l.get("nvidia.com/gpu"))
+                .map(|q| q.0.clone());
+            ensure(gpu.as_deref() == Some("1"), || {
+                format!("{what}: nvidia.com/gpu limit {gpu:?}")
+            })?;
+        }
+        "full-workers" => {
+            ensure(
+                pod.containers.iter().any(|c| c.name == "log-shipper"),
+                || format!("{what}: the log-shipper sidecar is missing"),
+            )?;
+            ensure(
+                pod.service_account_name.as_deref() == Some("storm-worker"),
+                || format!("{what}: serviceAccountName {:?}", pod.service_account_name),
+            )?;
+            let pull = pod
+                .image_pull_secrets
+                .iter()
+                .flatten()
+                .any(|s| s.name == "registry-credentials");
+            ensure(pull, || {
+                format!("{what}: imagePullSecrets {:?}", pod.image_pull_secrets)
+            })?;
+            ensure(
+                !pod.tolerations
+                    .iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .is_empty(),
+                || format!("{what}: the tolerations are missing"),
+            )?;
+            let team = template_labels
+                .as_ref()
+                .and_then(|l| l.get("team"))
+                .cloned();
+            ensure(team.as_deref() == Some("streaming"), || {
+                format!("{what}: pod template label team {team:?}")
+            })?;
+        }
+        _ => {}
+    }
+
+    // Headless Service
+    let what = format!("Service {}", svc.name_any());
+    controlled_by(&what, &svc.metadata, pool)?;
+    managed_by_label(&what, &svc.metadata)?;
+    let svc_spec = svc
+        .spec
+        .as_ref()
+        .ok_or_else(|| format!("{what}: no spec"))?;
+    ensure(svc_spec.cluster_ip.as_deref() == Some("None"), || {
+        format!(
+            "{what}: clusterIP {:?}, want None (headless)",
+            svc_spec.cluster_ip
+        )
+    })?;
+    let ports = svc_spec.ports.as_ref().map_or(0, Vec::len);
+    ensure(ports == case.ports, || {
+        format!("{what}: {ports} ports, want {} slot ports", case.ports)
+    })?;
+    let instance = svc_spec
+        .selector
+        .as_ref()
+        .and_then(|s| s.get("app.kubernetes.io/instance"))
+        .cloned();
+    ensure(instance.as_deref() == Some(name), || {
+        format!("{what}: selector app.kubernetes.io/instance {instance:?}")
+    })?;
+
+    // ConfigMap with storm.yaml
+    let what = format!("ConfigMap {}", cm.name_any());
+    controlled_by(&what, &cm.metadata, pool)?;
+    managed_by_label(&what, &cm.metadata)?;
+    let storm_yaml = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("storm.yaml"))
+        .ok_or_else(|| format!("{what}: no key storm.yaml"))?;
+    let conf: serde_json::Value =
+        serde_yaml::from_str(storm_yaml).obs(&format!("{what}: storm.yaml is not YAML"))?;
+    ensure(conf["storm.zookeeper.servers"] == json!(ZOOKEEPER), || {
+        format!(
+            "{what}: storm.zookeeper.servers is {}, want the cluster's {ZOOKEEPER:?}",
+            conf["storm.zookeeper.servers"]
+        )
+    })?;
+    ensure(conf["nimbus.seeds"] == json!(["nimbus-0.nimbus"]), || {
+        format!("{what}: nimbus.seeds is {}", conf["nimbus.seeds"])
+    })?;
+    ensure(conf["storm.zookeeper.port"] == json!(2181), || {
+        format!(
+            "{what}: storm.zookeeper.port (from the cluster's stormConfig) is {}",
+            conf["storm.zookeeper.port"]
+        )
+    })?;
+    let slots = conf["supervisor.slots.ports"]
+        .as_array()
+        .map_or(0, Vec::len);
+    ensure(slots == case.ports, || {
+        format!(
+            "{what}: supervisor.slots.ports is {}",
+            conf["supervisor.slots.ports"]
+        )
+    })?;
+    if name == "full-workers" {
+        ensure(
+            conf["worker.childopts"] == json!("-Xmx2g -XX:+UseG1GC"),
+            || format!("{what}: worker.childopts is {}", conf["worker.childopts"]),
+        )?;
+        ensure(conf["topology.message.timeout.secs"] == json!(60), || {
+            format!(
+                "{what}: workerConfig entry topology.message.timeout.secs is {}",
+                conf["topology.message.timeout.secs"]
+            )
+        })?;
+    }
+
+    // HorizontalPodAutoscaler (autoscaling/v2)
+    let hpa_name = format!("{name}-hpa");
+    match (case.autoscaling, hpa) {
+        (Some((min, max)), Some(hpa)) => {
+            let what = format!("HorizontalPodAutoscaler {hpa_name}");
+            controlled_by(&what, &hpa.metadata, pool)?;
+            let spec = hpa
+                .spec
+                .as_ref()
+                .ok_or_else(|| format!("{what}: no spec"))?;
+            let target = &spec.scale_target_ref;
+            ensure(
+                target.kind == "Deployment"
+                    && target.name == dep_name
+                    && target.api_version.as_deref() == Some("apps/v1"),
+                || format!("{what}: scaleTargetRef {target:?}"),
+            )?;
+            ensure(
+                spec.min_replicas == Some(min) && spec.max_replicas == max,
+                || {
+                    format!(
+                        "{what}: min {:?} max {}, want {min} and {max}",
+                        spec.min_replicas, spec.max_replicas
+                    )
+                },
+            )?;
+            let pods_metric = spec.metrics.iter().flatten().any(|m| {
+                m.type_ == "Pods"
+                    && m.pods.as_ref().is_some_and(|p| {
+                        p.metric.name == "storm_pending_messages"
+                            && p.target.type_ == "AverageValue"
+                    })
+            });
+            ensure(pods_metric, || {
+                format!(
+                    "{what}: no Pods metric storm_pending_messages with an AverageValue target: {:?}",
+                    spec.metrics
+                )
+            })?;
+            let cpu = spec.metrics.iter().flatten().any(|m| {
+                m.resource
+                    .as_ref()
+                    .is_some_and(|r| r.name == "cpu" && r.target.average_utilization == Some(70))
+            });
+            ensure(cpu, || {
+                format!("{what}: no cpu Utilization 70 metric: {:?}", spec.metrics)
+            })?;
+        }
+        (Some(_), None) => {
+            return Err(format!(
+                "HorizontalPodAutoscaler {hpa_name} not created yet"
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(format!(
+                "HorizontalPodAutoscaler {hpa_name} exists although autoscaling is off"
+            ));
+        }
+        (None, None) => {}
+    }
+
+    // PodDisruptionBudget
+    let pdb_name = format!("{name}-pdb");
+    match (case.pdb, pdb) {
+        (true, Some(pdb)) => {
+            let what = format!("PodDisruptionBudget {pdb_name}");
+            controlled_by(&what, &pdb.metadata, pool)?;
+            let spec = pdb
+                .spec
+                .as_ref()
+                .ok_or_else(|| format!("{what}: no spec"))?;
+            ensure(spec.max_unavailable == Some(IntOrString::Int(1)), || {
+                format!("{what}: maxUnavailable {:?}, want 1", spec.max_unavailable)
+            })?;
+            let selected = spec
+                .selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+                .and_then(|l| l.get("app.kubernetes.io/instance"))
+                .cloned();
+            ensure(selected.as_deref() == Some(name), || {
+                format!("{what}: selector app.kubernetes.io/instance {selected:?}")
+            })?;
+        }
+        (true, None) => return Err(format!("PodDisruptionBudget {pdb_name} not created yet")),
+        (false, Some(_)) => {
+            return Err(format!(
+                "PodDisruptionBudget {pdb_name} exists although none is configured"
+            ));
+        }
+        (false, None) => {}
+    }
+
+    Ok(())
+}
+
+/// The pool's status after its children were applied.
+fn check_status(case: &PoolCase, pool: &StormWorkerPool) -> Result<(), String> {
+    let dep_name = format!("{}-deployment", case.name);
+    let hpa_name = format!("{}-hpa", case.name);
+    let st = pool.status.clone().unwrap_or_default();
+    let want_hpa = case.autoscaling.map(|_| hpa_name.clone());
+    let ok = st.deployment_name.as_deref() == Some(dep_name.as_str())
+        && st.hpa_name == want_hpa
+        && st.observed_generation == pool.metadata.generation
+        && st.phase.is_some_and(|p| p != PoolPhase::Failed)
+        && condition(&st.conditions, "Ready").is_some()
+        && condition(&st.conditions, "Autoscaling").is_some_and(|c| match case.autoscaling {
+            Some(_) => c.reason == "HPAActive" || c.reason == "HPAInactive",
+            None => c.reason == "Disabled",
+        });
+    ensure(ok, || {
+        format!(
+            "status not as expected (want deploymentName {dep_name}, hpaName {want_hpa:?}, observedGeneration = generation, a phase other than Failed, Ready and Autoscaling conditions): {}",
+            describe_pool(pool)
+        )
+    })
+}
+
+/// The CRD's CEL rules, evaluated by the real API server (dry-run creates).
+async fn cel_rules(s: &Scenario) {
+    let mut pool: StormWorkerPool = serde_yaml::from_str(AUTOSCALE)
+        .unwrap_or_else(|e| s.fail(format!("{}: {e}", POOLS[1].file)));
+    pool.metadata.name = Some("cel-min-above-max".into());
+    if let Some(auto) = pool.spec.autoscaling.as_mut() {
+        auto.min_replicas = Some(5);
+        auto.max_replicas = Some(2);
+    }
+    expect_rejected(
+        s,
+        "a pool with autoscaling.minReplicas 5 > maxReplicas 2",
+        &pool,
+        "autoscaling.minReplicas must be <= autoscaling.maxReplicas",
+    )
+    .await;
+
+    let mut pool: StormWorkerPool =
+        serde_yaml::from_str(BASIC).unwrap_or_else(|e| s.fail(format!("{}: {e}", POOLS[0].file)));
+    pool.metadata.name = Some("cel-pdb-both".into());
+    pool.spec.pod_disruption_budget = Some(PodDisruptionBudgetSpec {
+        min_available: Some(IntOrString::Int(1)),
+        max_unavailable: Some(IntOrString::Int(1)),
+    });
+    expect_rejected(
+        s,
+        "a pool with both podDisruptionBudget.minAvailable and maxUnavailable",
+        &pool,
+        "set exactly one of minAvailable and maxUnavailable",
+    )
+    .await;
+}
+
+/// Which way the readiness simulation reached its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Readiness {
+    /// A patch of the Deployment's status made the pool Running (before the deployment
+    /// controller reset it).
+    DeploymentStatus,
+    /// The pods, marked Ready through their status subresource, made the pool Running.
+    PodsReady,
+    /// Neither could be observed; the pool reports `0/N worker(s) are ready`.
+    Pending,
+}
+
+/// Simulates ready workers of `my-workers` where no node exists, and checks the pool's status
+/// follows. The deployment controller recomputes the Deployment's status from its ReplicaSets
+/// and may overwrite a patched status at once, so every status the pool takes is recorded
+/// through a watch.
+async fn simulate_readiness(s: &Scenario) -> Readiness {
+    let name = "my-workers";
+    let replicas = 3;
+    let want = format!("All {replicas} worker(s) are ready");
+    let want = want.as_str();
+    let pools: Api<StormWorkerPool> = s.api();
+    type Seen = Arc<Mutex<Vec<(Option<PoolPhase>, Option<String>)>>>;
+    let seen: Seen = Arc::default();
+    let stream = watcher(
+        pools.clone(),
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .applied_objects()
+    .boxed();
+    let recorder = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut stream = stream;
+            while let Some(item) = stream.next().await {
+                if let Ok(pool) = item {
+                    let st = pool.status.unwrap_or_default();
+                    seen.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((st.phase, st.message));
+                }
+            }
+        })
+    };
+    let seen_running = |seen: &Seen| {
+        seen.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(phase, message)| {
+                *phase == Some(PoolPhase::Running) && message.as_deref() == Some(want)
+            })
+    };
+    let history = |seen: &Seen| format!("{:?}", seen.lock().unwrap_or_else(|p| p.into_inner()));
+    let seen_ref = &seen;
+    s.eventually("the watch on my-workers to start", WAIT, || async move {
+        ensure(
+            !seen_ref
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty(),
+            || "no event yet".to_string(),
+        )
+    })
+    .await;
+
+    let mut outcome = Readiness::Pending;
+    // 1. Patch the Deployment's status subresource, a few times.
+    let deployments: Api<Deployment> = s.api();
+    let dep_name = format!("{name}-deployment");
+    for attempt in 1..=3 {
+        let dep = match deployments.get(&dep_name).await {
+            Ok(d) => d,
+            Err(e) => s.fail(format!("get Deployment {dep_name}: {e}")),
+        };
+        let patch = json!({"status": {
+            "observedGeneration": dep.metadata.generation,
+            "replicas": replicas,
+            "readyReplicas": replicas,
+            "availableReplicas": replicas,
+            "updatedReplicas": replicas,
+        }});
+        if let Err(e) = deployments
+            .patch_status(&dep_name, &merge_params(), &Patch::Merge(&patch))
+            .await
+        {
+            s.note(format!("patching the status of {dep_name} failed: {e}"));
+        }
+        let running = s
+            .within(Duration::from_secs(5), || async move {
+                ensure(seen_running(seen_ref), || history(seen_ref))
+            })
+            .await;
+        if running.is_ok() {
+            outcome = Readiness::DeploymentStatus;
+            break;
+        }
+        s.note(format!(
+            "attempt {attempt}: the pool did not report Running after the Deployment status patch (the deployment controller resets it)"
+        ));
+    }
+
+    // 2. Mark the Deployment's pods Ready: the ReplicaSet and deployment controllers then
+    //    report ready replicas themselves, and keep doing so.
+    if outcome == Readiness::Pending {
+        let pods: Api<Pod> = s.api();
+        let pods_ref = &pods;
+        let selector =
+            format!("app.kubernetes.io/name=storm-worker,app.kubernetes.io/instance={name}");
+        let selector = selector.as_str();
+        let dep_ref = dep_name.as_str();
+        let found = s
+            .within(Duration::from_secs(30), || async move {
+                let list = pods_ref
+                    .list(&ListParams::default().labels(selector))
+                    .await
+                    .obs("list pods")?;
+                let live: Vec<String> = list
+                    .items
+                    .iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .map(ResourceExt::name_any)
+                    .collect();
+                ensure(live.len() == replicas as usize, || {
+                    format!("{} pod(s) of {dep_ref}: {live:?}", live.len())
+                })?;
+                Ok(live)
+            })
+            .await;
+        match found {
+            Ok(names) => {
+                let patch = json!({"status": {
+                    "phase": "Running",
+                    "conditions": [
+                        {"type": "Initialized", "status": "True"},
+                        {"type": "ContainersReady", "status": "True"},
+                        {"type": "Ready", "status": "True"},
+                    ],
+                }});
+                let mut patched = true;
+                for pod in &names {
+                    if let Err(e) = pods
+                        .patch_status(pod, &merge_params(), &Patch::Merge(&patch))
+                        .await
+                    {
+                        s.note(format!("cannot mark pod {pod} Ready: {e}"));
+                        patched = false;
+                    }
+                }
+                if patched {
+                    let running = s
+                        .within(Duration::from_secs(30), || async move {
+                            ensure(seen_running(seen_ref), || history(seen_ref))
+                        })
+                        .await;
+                    if running.is_ok() {
+                        outcome = Readiness::PodsReady;
+                    }
+                }
+            }
+            Err(last) => s.note(format!("the pods of {dep_name} did not appear: {last}")),
+        }
+    }
+    recorder.abort();
+
+    match outcome {
+        Readiness::PodsReady => {
+            // The state is stable now: the whole status and the metrics must agree.
+            s.eventually(
+                "my-workers Running with Ready=True WorkersReady",
+                WAIT,
+                || async move {
+                    let p = get_pool(s, name).await?;
+                    let st = p.status.clone().unwrap_or_default();
+                    let ok = st.phase == Some(PoolPhase::Running)
+                        && st.message.as_deref() == Some(want)
+                        && st.ready_replicas == replicas
+                        && condition(&st.conditions, "Ready")
+                            .is_some_and(|c| c.status == "True" && c.reason == "WorkersReady");
+                    ensure(ok, || describe_pool(&p))
+                },
+            )
+            .await;
+            let ns = s.ns.as_str();
+            s.eventually(
+                "storm_worker_pool_replicas{state=\"ready\"} 3",
+                WAIT,
+                || async move {
+                    let body = s.metrics().await?;
+                    let line = find_series(
+                        &body,
+                        "storm_worker_pool_replicas",
+                        &[("pool", name), ("namespace", ns), ("state", "ready")],
+                    )?;
+                    ensure(line.ends_with(" 3"), || line.clone())
+                },
+            )
+            .await;
+        }
+        Readiness::Pending => {
+            let want_pending = format!("0/{replicas} worker(s) are ready");
+            let p = get_pool(s, name).await.unwrap_or_else(|e| s.fail(e));
+            let st = p.status.clone().unwrap_or_default();
+            if st.phase != Some(PoolPhase::Pending)
+                || st.message.as_deref() != Some(want_pending.as_str())
+            {
+                s.fail(format!(
+                    "readiness could not be simulated, and the pool is not Pending with \"{want_pending}\": {}; statuses seen: {}",
+                    describe_pool(&p),
+                    history(&seen)
+                ));
+            }
+        }
+        Readiness::DeploymentStatus => {}
+    }
+    s.note(format!(
+        "readiness of my-workers: {outcome:?}; pool statuses seen: {}",
+        history(&seen)
+    ));
+    outcome
+}
+
+/// The scenario.
+pub async fn run(s: Scenario) {
+    let s = &s;
+    cel_rules(s).await;
+    s.wait_default_service_account().await;
+    let pools: Api<StormWorkerPool> = s.api();
+
+    // A pool whose topology does not exist yet.
+    s.apply_yaml(POOLS[0].file, POOLS[0].yaml, |_| {}).await;
+    wait_blocked(s, "my-workers", "TopologyNotFound").await;
+    s.expect_event(
+        "StormWorkerPool",
+        "my-workers",
+        "Warning",
+        "TopologyNotFound",
+        "my-topology",
+    )
+    .await;
+
+    // The cluster and topologies exist but nothing runs them yet.
+    s.apply_yaml(
+        "storm-cluster-and-topologies.yaml",
+        CLUSTER_AND_TOPOLOGIES,
+        |_| {},
+    )
+    .await;
+    for case in &POOLS[1..] {
+        s.apply_yaml(case.file, case.yaml, |_| {}).await;
+    }
+    for case in &POOLS {
+        wait_blocked(s, case.name, "TopologyNotRunning").await;
+    }
+    for topology in TOPOLOGIES {
+        set_running::<StormTopology>(s, topology).await;
+    }
+    wait_blocked(s, "my-workers", "ClusterNotRunning").await;
+    set_running::<StormCluster>(s, CLUSTER).await;
+
+    // Every pool gets its children.
+    for case in &POOLS {
+        let what = format!("the children of pool {} ({})", case.name, case.file);
+        s.eventually(&what, WAIT, || check_children(s, case)).await;
+        s.note(format!(
+            "pool {}: children and status as designed",
+            case.name
+        ));
+    }
+    for case in &POOLS {
+        let dep = format!("{}-deployment", case.name);
+        s.expect_event("StormWorkerPool", case.name, "Normal", "Created", &dep)
+            .await;
+    }
+    let ns = s.ns.as_str();
+    s.eventually("the pool series on /metrics", WAIT, || async move {
+        let body = s.metrics().await?;
+        for case in &POOLS {
+            find_series(
+                &body,
+                "storm_worker_pool_replicas",
+                &[
+                    ("pool", case.name),
+                    ("namespace", ns),
+                    ("topology", case.topology),
+                    ("state", "desired"),
+                ],
+            )?;
+            find_series(
+                &body,
+                "storm_worker_pool_info",
+                &[
+                    ("pool", case.name),
+                    ("namespace", ns),
+                    ("topology", case.topology),
+                ],
+            )?;
+        }
+        Ok(())
+    })
+    .await;
+
+    // Ready workers, simulated without nodes.
+    simulate_readiness(s).await;
+
+    // Autoscaling off: the HPA goes, the operator takes spec.replicas back.
+    let patch = json!({"spec": {"autoscaling": {"enabled": false}}});
+    if let Err(e) = pools
+        .patch("autoscale-workers", &merge_params(), &Patch::Merge(&patch))
+        .await
+    {
+        s.fail(format!(
+            "cannot turn autoscaling off on autoscale-workers: {e}"
+        ));
+    }
+    s.eventually(
+        "autoscale-workers without HPA and with Deployment spec.replicas 2 owned by the operator",
+        WAIT,
+        || async move {
+            let hpas: Api<HorizontalPodAutoscaler> = s.api();
+            let hpa = hpas.get_opt("autoscale-workers-hpa").await.obs("get HPA")?;
+            ensure(hpa.is_none(), || {
+                "HPA autoscale-workers-hpa still exists".to_string()
+            })?;
+            let deployments: Api<Deployment> = s.api();
+            let dep = deployments
+                .get("autoscale-workers-deployment")
+                .await
+                .obs("get Deployment")?;
+            let replicas = dep.spec.as_ref().and_then(|d| d.replicas);
+            ensure(replicas == Some(2), || {
+                format!("Deployment spec.replicas {replicas:?}")
+            })?;
+            ensure(
+                applied_field_owned_by(&dep.metadata, OPERATOR, &["f:spec", "f:replicas"]),
+                || "the operator's apply does not set spec.replicas".to_string(),
+            )?;
+            let p = get_pool(s, "autoscale-workers").await?;
+            let st = p.status.clone().unwrap_or_default();
+            let ok = st.hpa_name.is_none()
+                && condition(&st.conditions, "Autoscaling")
+                    .is_some_and(|c| c.status == "False" && c.reason == "Disabled");
+            ensure(ok, || describe_pool(&p))
+        },
+    )
+    .await;
+    s.expect_event(
+        "StormWorkerPool",
+        "autoscale-workers",
+        "Normal",
+        "Deleted",
+        "autoscale-workers-hpa",
+    )
+    .await;
+    s.note("autoscale-workers: HPA deleted, replicas back to 2");
+
+    // An invalid custom metric target: Failed, InvalidSpec, a Warning Event.
+    let patch = json!({"spec": {"autoscaling": {"customMetrics": [
+        {"name": "storm_pending_messages", "type": "pods", "targetAverageValue": "lots"},
+    ]}}});
+    if let Err(e) = pools
+        .patch("full-workers", &merge_params(), &Patch::Merge(&patch))
+        .await
+    {
+        s.fail(format!("cannot set an invalid metric target on full-workers (the schema must accept it; only the operator can tell): {e}"));
+    }
+    s.eventually(
+        "full-workers Failed with Ready reason InvalidSpec",
+        WAIT,
+        || async move {
+            let p = get_pool(s, "full-workers").await?;
+            let st = p.status.clone().unwrap_or_default();
+            let ok = st.phase == Some(PoolPhase::Failed)
+                && condition(&st.conditions, "Ready").is_some_and(|c| {
+                    c.status == "False" && c.reason == "InvalidSpec" && c.message.contains("lots")
+                });
+            ensure(ok, || describe_pool(&p))
+        },
+    )
+    .await;
+    s.expect_event(
+        "StormWorkerPool",
+        "full-workers",
+        "Warning",
+        "InvalidSpec",
+        "lots",
+    )
+    .await;
+    s.note("full-workers: invalid metric target reported");
+
+    // Deleting a pool removes its children (ownerReferences honoured by the garbage collector).
+    if let Err(e) = pools
+        .delete("gpu-workers", &DeleteParams::background())
+        .await
+    {
+        s.fail(format!("cannot delete gpu-workers: {e}"));
+    }
+    s.eventually(
+        "the children of gpu-workers to be garbage-collected",
+        WAIT,
+        || async move {
+            let deployments: Api<Deployment> = s.api();
+            let services: Api<Service> = s.api();
+            let config_maps: Api<ConfigMap> = s.api();
+            let mut left = Vec::new();
+            if deployments
+                .get_opt("gpu-workers-deployment")
+                .await
+                .obs("get")?
+                .is_some()
+            {
+                left.push("Deployment");
+            }
+            if services
+                .get_opt("gpu-workers-headless")
+                .await
+                .obs("get")?
+                .is_some()
+            {
+                left.push("Service");
+            }
+            if config_maps
+                .get_opt("gpu-workers-storm-config")
+                .await
+                .obs("get")?
+                .is_some()
+            {
+                left.push("ConfigMap");
+            }
+            ensure(left.is_empty(), || format!("still there: {left:?}"))
+        },
+    )
+    .await;
+    s.note("gpu-workers: children garbage-collected");
+}

@@ -819,6 +819,105 @@ async fn simulate_readiness(s: &Scenario) -> Readiness {
     outcome
 }
 
+/// Turns autoscaling on again for `autoscale-workers` and watches the Deployment's
+/// `spec.replicas` through the hand-over.
+async fn hand_back_to_the_hpa(s: &Scenario) {
+    let deployments: Api<Deployment> = s.api();
+    let dep_name = "autoscale-workers-deployment";
+    type Seen = Arc<Mutex<Vec<Option<i32>>>>;
+    let seen: Seen = Arc::default();
+    let stream = watcher(
+        deployments.clone(),
+        watcher::Config::default().fields(&format!("metadata.name={dep_name}")),
+    )
+    .applied_objects()
+    .boxed();
+    let recorder = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut stream = stream;
+            while let Some(item) = stream.next().await {
+                if let Ok(dep) = item {
+                    seen.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(dep.spec.and_then(|s| s.replicas));
+                }
+            }
+        })
+    };
+    let seen_ref = &seen;
+    let history = |seen: &Seen| format!("{:?}", seen.lock().unwrap_or_else(|p| p.into_inner()));
+    s.eventually(
+        "the watch on autoscale-workers-deployment to start",
+        WAIT,
+        || async move {
+            let seen = seen_ref.lock().unwrap_or_else(|p| p.into_inner());
+            ensure(seen.last() == Some(&Some(2)), || {
+                format!("replicas seen: {seen:?}")
+            })
+        },
+    )
+    .await;
+
+    let pools: Api<StormWorkerPool> = s.api();
+    let patch = json!({"spec": {"autoscaling": {"enabled": true}}});
+    if let Err(e) = pools
+        .patch("autoscale-workers", &merge_params(), &Patch::Merge(&patch))
+        .await
+    {
+        s.fail(format!(
+            "cannot turn autoscaling on again on autoscale-workers: {e}"
+        ));
+    }
+    let deployments_ref = &deployments;
+    let handed_over = || async move {
+        let hpas: Api<HorizontalPodAutoscaler> = s.api();
+        let hpa = hpas.get_opt("autoscale-workers-hpa").await.obs("get HPA")?;
+        ensure(hpa.is_some(), || {
+            "HPA autoscale-workers-hpa not recreated yet".to_string()
+        })?;
+        let dep = deployments_ref.get(dep_name).await.obs("get Deployment")?;
+        let replicas = dep.spec.as_ref().and_then(|d| d.replicas);
+        ensure(replicas == Some(2), || {
+            format!("Deployment spec.replicas {replicas:?}")
+        })?;
+        ensure(
+            !applied_field_owned_by(&dep.metadata, OPERATOR, &["f:spec", "f:replicas"]),
+            || "the operator's apply still sets spec.replicas".to_string(),
+        )?;
+        let p = get_pool(s, "autoscale-workers").await?;
+        let st = p.status.clone().unwrap_or_default();
+        ensure(
+            st.hpa_name.as_deref() == Some("autoscale-workers-hpa"),
+            || describe_pool(&p),
+        )
+    };
+    s.eventually(
+        "autoscale-workers with its HPA again, replicas 2 no longer set by the operator",
+        WAIT,
+        handed_over,
+    )
+    .await;
+    s.consistently(
+        "replicas 2 under the HPA",
+        Duration::from_secs(3),
+        handed_over,
+    )
+    .await;
+    recorder.abort();
+    let values = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if values.iter().any(|r| *r != Some(2)) {
+        s.fail(format!(
+            "spec.replicas of {dep_name} left 2 during the hand-over to the HPA: {}",
+            history(&seen)
+        ));
+    }
+    s.note(format!(
+        "autoscale-workers: handed back to the HPA, spec.replicas seen {}",
+        history(&seen)
+    ));
+}
+
 /// The scenario.
 pub async fn run(s: Scenario) {
     let s = &s;
@@ -952,6 +1051,11 @@ pub async fn run(s: Scenario) {
     )
     .await;
     s.note("autoscale-workers: HPA deleted, replicas back to 2");
+
+    // Autoscaling back on: the HPA returns and takes spec.replicas over without the count
+    // dropping to the API default of 1 on the way (design section 3: hand-over to a second
+    // field manager before the operator's apply stops setting it).
+    hand_back_to_the_hpa(s).await;
 
     // An invalid custom metric target: Failed, InvalidSpec, a Warning Event.
     let patch = json!({"spec": {"autoscaling": {"customMetrics": [

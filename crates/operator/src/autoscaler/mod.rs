@@ -268,7 +268,9 @@ impl Poller {
                 let desired = qw
                     .status
                     .as_ref()
-                    .map_or(sc.min_replicas, |s| s.desired_replicas);
+                    .map_or(sc.min_replicas, |s| s.desired_replicas)
+                    // Keep the last answer, within bounds that may have changed since.
+                    .clamp(sc.min_replicas.max(0), sc.max_replicas.max(0));
                 self.write(qw, desired, None, Some(&e)).await;
                 Err(())
             }

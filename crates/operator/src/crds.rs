@@ -12,6 +12,15 @@ pub fn yaml() -> anyhow::Result<String> {
 
 /// Prints [`yaml`] to stdout.
 pub fn print() -> anyhow::Result<()> {
-    print!("{}", yaml()?);
-    Ok(())
+    write_stdout(&yaml()?)
+}
+
+/// Writes `text` to stdout; a closed pipe (`... | head`) is not an error.
+pub fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }

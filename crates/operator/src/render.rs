@@ -288,8 +288,7 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&o)?);
     }
-    print!("{out}");
-    Ok(())
+    crate::crds::write_stdout(&out)
 }
 
 #[cfg(test)]

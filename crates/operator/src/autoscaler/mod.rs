@@ -303,28 +303,19 @@ impl Poller {
         let live = live_worker_names(&self.scaler.pods, qw).len();
         let condition = match listed {
             Ok(list) => {
-                let mut sample = vpa::Usage::new();
                 for item in &list.items {
                     for c in item.data["containers"].as_array().into_iter().flatten() {
                         let Some(name) = c["name"].as_str() else {
                             continue;
                         };
-                        if let Ok(usage) = serde_json::from_value::<
-                            std::collections::BTreeMap<
-                                String,
-                                k8s_openapi::apimachinery::pkg::api::resource::Quantity,
-                            >,
-                        >(c["usage"].clone())
-                        {
-                            let entry: &mut std::collections::BTreeMap<_, _> =
-                                sample.entry(name.to_string()).or_default();
-                            for (resource, q) in usage {
-                                entry.insert(resource, q);
-                            }
-                        }
+                        let Ok(usage) = serde_json::from_value(c["usage"].clone()) else {
+                            continue;
+                        };
+                        // One container of one pod at a time: the record keeps the largest.
+                        let sample = vpa::Usage::from([(name.to_string(), usage)]);
+                        changed |= vpa::record(record, &sample);
                     }
                 }
-                changed |= vpa::record(record, &sample);
                 if list.items.len() < live {
                     NewCondition::new(
                         RESOURCE_METRICS_AVAILABLE,

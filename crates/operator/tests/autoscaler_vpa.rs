@@ -1,0 +1,169 @@
+//! The autoscaler against a mocked API server and the real local Redis: activateVPA reads
+//! PodMetrics (mocked responses) and records the largest use; missing metrics never stop scaling.
+
+mod support;
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector;
+use kube::runtime::watcher;
+use redis::AsyncCommands;
+use serde_json::json;
+use workerpool_api::{QWorker, ScalerConfig};
+use workerpool_operator::autoscaler::Autoscaler;
+use workerpool_operator::autoscaler::brokers::Brokers;
+use workerpool_operator::context::Shared;
+use workerpool_operator::metrics::Metrics;
+
+const NS: &str = "vpa";
+
+fn qworker(queue: &str) -> QWorker {
+    serde_json::from_value(json!({
+        "apiVersion": "quickube.com/v1alpha1", "kind": "QWorker",
+        "metadata": {"name": "sized", "namespace": NS, "uid": "sized-uid", "generation": 1},
+        "spec": {
+            "podSpec": {"containers": [{"name": "worker", "image": "w:1",
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]},
+            "scaleConfig": {"scalerConfigRef": "redis", "queue": queue, "minReplicas": 1,
+                "maxReplicas": 5, "scalingFactor": 1, "activateVPA": true}
+        }
+    }))
+    .expect("qworker")
+}
+
+async fn start(
+    queue: &str,
+    tasks: &[&str],
+) -> (support::ApiServer, redis::aio::MultiplexedConnection) {
+    let (client, api) = support::mock();
+    let (qw_reader, mut qw_writer) = reflector::store::<QWorker>();
+    let (pod_reader, mut pod_writer) = reflector::store::<Pod>();
+    let (sc_reader, mut sc_writer) = reflector::store::<ScalerConfig>();
+    pod_writer.apply_watcher_event(&watcher::Event::InitDone);
+    sc_writer.apply_watcher_event(&watcher::Event::Apply(
+        serde_json::from_value(json!({
+            "apiVersion": "quickube.com/v1alpha1", "kind": "ScalerConfig",
+            "metadata": {"name": "redis", "namespace": NS, "uid": "sc", "generation": 1},
+            "spec": {"type": "redis", "config": {"host": "127.0.0.1", "port": "6379"}}
+        }))
+        .expect("scaler config"),
+    ));
+    let q = qworker(queue);
+    qw_writer.apply_watcher_event(&watcher::Event::Apply(q.clone()));
+    let redis = redis::Client::open("redis://127.0.0.1:6379/")
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("local Redis at 127.0.0.1:6379");
+    let mut conn = redis.clone();
+    let _: () = conn.del(queue).await.expect("del");
+    let _: () = conn.lpush(queue, tasks).await.expect("lpush");
+    let shared = Shared::new(client.clone(), Arc::new(Metrics::default()), None);
+    let autoscaler = Autoscaler::new(
+        shared,
+        Brokers::new(client, sc_reader),
+        qw_reader,
+        pod_reader,
+    );
+    autoscaler.ensure(&q);
+    // The stores must outlive the test's requests.
+    std::mem::forget((qw_writer, pod_writer, sc_writer));
+    (api, redis)
+}
+
+#[tokio::test]
+async fn pod_metrics_are_recorded_as_the_largest_use_per_container() {
+    let queue = format!("vpa-record-{}", std::process::id());
+    let (mut api, mut redis) = start(&queue, &["a", "b", "c"]).await;
+    let (list, send) = api.next().await;
+    assert_eq!(
+        (list.method.as_str(), list.path.as_str()),
+        ("GET", "/apis/metrics.k8s.io/v1beta1/namespaces/vpa/pods")
+    );
+    assert!(
+        list.query
+            .contains("labelSelector=quickube.com%2Fqworker%3Dsized"),
+        "one list by selector: {}",
+        list.query
+    );
+    let metrics = json!({"apiVersion": "metrics.k8s.io/v1beta1", "kind": "PodMetricsList", "metadata": {},
+    "items": [
+        {"metadata": {"name": "sized-a", "namespace": NS}, "timestamp": "2026-11-23T10:00:00Z", "window": "30s",
+         "containers": [{"name": "worker", "usage": {"cpu": "250m", "memory": "300Mi"}}]},
+        {"metadata": {"name": "sized-b", "namespace": NS}, "timestamp": "2026-11-23T10:00:00Z", "window": "30s",
+         "containers": [{"name": "worker", "usage": {"cpu": "400m", "memory": "120Mi"}}]}
+    ]});
+    send.send_response(
+        http::Response::builder()
+            .status(200)
+            .body(kube::client::Body::from(
+                serde_json::to_vec(&metrics).expect("json"),
+            ))
+            .expect("response"),
+    );
+    let status = api
+        .expect_apply(
+            "/apis/quickube.com/v1alpha1/namespaces/vpa/qworkers/sized/status",
+            serde_json::to_value(qworker(&queue)).expect("json"),
+        )
+        .await;
+    let s = &status.body["status"];
+    assert_eq!(s["desiredReplicas"], 3, "scaling goes on");
+    assert_eq!(s["maxContainerResourcesUsage"]["worker"]["cpu"], "400m");
+    assert_eq!(s["maxContainerResourcesUsage"]["worker"]["memory"], "300Mi");
+    let cond = s["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "ResourceMetricsAvailable")
+        .cloned()
+        .expect("condition");
+    assert_eq!(cond["status"], "True");
+    let _: () = redis.del(&queue).await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn a_cluster_without_metrics_server_still_scales() {
+    let queue = format!("vpa-missing-{}", std::process::id());
+    let (mut api, mut redis) = start(&queue, &["a", "b"]).await;
+    api.expect(
+        "GET",
+        "/apis/metrics.k8s.io/v1beta1/namespaces/vpa/pods",
+        404,
+        support::status_error(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ),
+    )
+    .await;
+    let status = api
+        .expect_apply(
+            "/apis/quickube.com/v1alpha1/namespaces/vpa/qworkers/sized/status",
+            serde_json::to_value(qworker(&queue)).expect("json"),
+        )
+        .await;
+    let s = &status.body["status"];
+    assert_eq!(s["desiredReplicas"], 2);
+    let cond = s["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "ResourceMetricsAvailable")
+        .cloned()
+        .expect("condition");
+    assert_eq!(
+        (cond["status"].as_str(), cond["reason"].as_str()),
+        (Some("False"), Some("MetricsUnavailable"))
+    );
+    let broker = s["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "BrokerReachable")
+        .cloned()
+        .expect("broker");
+    assert_eq!(broker["status"], "True");
+    let _: () = redis.del(&queue).await.expect("cleanup");
+}

@@ -288,12 +288,22 @@ fn pool(i: usize) -> StormWorkerPool {
 
 async fn reconciles(n: usize) -> anyhow::Result<(f64, Vec<Arc<StormWorkerPool>>)> {
     let (tx, _rx) = mpsc::unbounded_channel();
-    let client = mock_api(Arc::new(Mutex::new(HashMap::new())), tx);
+    let pools: Vec<Arc<StormWorkerPool>> = (0..n).map(|i| Arc::new(pool(i))).collect();
+    let mut objects = HashMap::new();
+    for p in &pools {
+        objects.insert(
+            format!(
+                "/apis/storm.apache.org/v1beta1/namespaces/{NS}/stormworkerpools/{}",
+                p.metadata.name.clone().unwrap_or_default()
+            ),
+            serde_json::to_value(p.as_ref())?,
+        );
+    }
+    let client = mock_api(Arc::new(Mutex::new(objects)), tx);
     let ctx = Arc::new(storm::Context {
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
         children: ChildTracker::default(),
     });
-    let pools: Vec<Arc<StormWorkerPool>> = (0..n).map(|i| Arc::new(pool(i))).collect();
     let start = Instant::now();
     for p in &pools {
         storm::reconcile(p.clone(), ctx.clone()).await?;

@@ -28,6 +28,22 @@ where
     }
 }
 
+/// An environment variable read from the pod's own fields (downward API), e.g. `status.podIP`.
+pub fn field_env(name: &str, path: &str) -> k8s_openapi::api::core::v1::EnvVar {
+    use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
 /// What an apply did to a child, as reported in an Event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChildChange {

@@ -177,29 +177,23 @@ async fn report_invalid(qw: &QWorker, ctx: &Context, message: &str) -> Result<()
         .into_iter()
         .filter(|c| c.type_ == READY || c.type_ == SCALING)
         .collect();
-    let patch = serde_json::json!({
-        "apiVersion": QWorker::api_version(&()),
-        "kind": QWorker::kind(&()),
-        "metadata": { "name": qw.name_any() },
-        "status": {
-            "currentReplicas": status.current_replicas,
-            "currentPodSpecHash": status.current_pod_spec_hash,
-            "selector": build::selector(qw),
-            "observedGeneration": qw.metadata.generation,
-            "conditions": mine,
-        }
+    let status = serde_json::json!({
+        "currentReplicas": status.current_replicas,
+        "currentPodSpecHash": status.current_pod_spec_hash,
+        "selector": build::selector(qw),
+        "observedGeneration": qw.metadata.generation,
+        "conditions": mine,
     });
+    own_status(qw, ctx, &status).await
+}
+
+/// Applies the reconciler's own status fields (the autoscaler applies the others).
+async fn own_status(qw: &QWorker, ctx: &Context, status: &serde_json::Value) -> Result<()> {
     let api: Api<QWorker> = Api::namespaced(
         ctx.shared.client.clone(),
         &qw.namespace().unwrap_or_default(),
     );
-    api.patch_status(
-        &qw.name_any(),
-        &crate::apply::params(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    crate::apply::apply_status(&api, &qw.name_any(), status).await
 }
 
 /// The requests activateVPA gives new pods, from `status.maxContainerResourcesUsage`.
@@ -509,29 +503,14 @@ async fn write_status(
     if unchanged {
         return Ok(());
     }
-    let patch = serde_json::json!({
-        "apiVersion": QWorker::api_version(&()),
-        "kind": QWorker::kind(&()),
-        "metadata": { "name": qw.name_any() },
-        "status": {
-            "currentReplicas": current,
-            "currentPodSpecHash": hash,
-            "selector": build::selector(qw),
-            "observedGeneration": generation,
-            "conditions": mine,
-        }
+    let status = serde_json::json!({
+        "currentReplicas": current,
+        "currentPodSpecHash": hash,
+        "selector": build::selector(qw),
+        "observedGeneration": generation,
+        "conditions": mine,
     });
-    let api: Api<QWorker> = Api::namespaced(
-        ctx.shared.client.clone(),
-        &qw.namespace().unwrap_or_default(),
-    );
-    api.patch_status(
-        &qw.name_any(),
-        &crate::apply::params(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    own_status(qw, ctx, &status).await
 }
 
 /// Requeues a failed reconcile: an invalid spec waits for a change, the rest backs off.

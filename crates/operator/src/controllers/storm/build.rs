@@ -10,9 +10,8 @@ use k8s_openapi::api::autoscaling::v2::{
     PodsMetricSource, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    LocalObjectReference, ObjectFieldSelector, PodSpec, PodTemplateSpec, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, LocalObjectReference,
+    PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -25,6 +24,7 @@ use workerpool_api::storm::{
 };
 
 use crate::MANAGED_BY;
+use crate::controllers::field_env;
 use crate::error::{Error, Result};
 use crate::quantity;
 
@@ -262,20 +262,6 @@ fn worker_image(pool: &StormWorkerPool, cluster: &StormCluster) -> String {
 fn slot_ports(pool: &StormWorkerPool) -> impl Iterator<Item = i32> {
     let ports = pool.spec.ports();
     ports.start..ports.start + ports.count
-}
-
-fn field_env(name: &str, path: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.into(),
-                ..ObjectFieldSelector::default()
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    }
 }
 
 /// Appends `extra` to `base`, an entry of `extra` replacing one of `base` with the same key.

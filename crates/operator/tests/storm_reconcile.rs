@@ -58,6 +58,24 @@ fn stored(p: &StormWorkerPool) -> Value {
     v
 }
 
+/// Answers the reconciler's reads of a Running topology `name` and its Running cluster.
+async fn expect_running_references(api: &mut support::ApiServer, name: &str) {
+    api.expect(
+        "GET",
+        &path("storm.apache.org/v1beta1", "stormtopologies", name),
+        200,
+        topology(name, "Running"),
+    )
+    .await;
+    api.expect(
+        "GET",
+        &path("storm.apache.org/v1beta1", "stormclusters", "storm"),
+        200,
+        cluster(),
+    )
+    .await;
+}
+
 fn not_found() -> Value {
     support::status_error(404, "NotFound", "not found")
 }
@@ -70,24 +88,7 @@ async fn autoscaled_pool_applies_children_without_replicas_and_reports_the_hpa()
     ));
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
 
-    api.expect(
-        "GET",
-        &path(
-            "storm.apache.org/v1beta1",
-            "stormtopologies",
-            "streaming-topology",
-        ),
-        200,
-        topology("streaming-topology", "Running"),
-    )
-    .await;
-    api.expect(
-        "GET",
-        &path("storm.apache.org/v1beta1", "stormclusters", "storm"),
-        200,
-        cluster(),
-    )
-    .await;
+    expect_running_references(&mut api, "streaming-topology").await;
     let cm = api
         .expect_apply(
             &path("v1", "configmaps", "autoscale-workers-storm-config"),
@@ -215,24 +216,7 @@ async fn turning_autoscaling_on_hands_replicas_over_before_dropping_them() {
         "../../../examples/storm-autoscale-worker-pool.yaml"
     ));
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
-    api.expect(
-        "GET",
-        &path(
-            "storm.apache.org/v1beta1",
-            "stormtopologies",
-            "streaming-topology",
-        ),
-        200,
-        topology("streaming-topology", "Running"),
-    )
-    .await;
-    api.expect(
-        "GET",
-        &path("storm.apache.org/v1beta1", "stormclusters", "storm"),
-        200,
-        cluster(),
-    )
-    .await;
+    expect_running_references(&mut api, "streaming-topology").await;
     api.expect_apply(
         &path("v1", "configmaps", "autoscale-workers-storm-config"),
         json!({}),
@@ -412,24 +396,7 @@ async fn disabling_autoscaling_deletes_the_hpa_and_restores_replicas() {
         ..Default::default()
     });
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
-    api.expect(
-        "GET",
-        &path(
-            "storm.apache.org/v1beta1",
-            "stormtopologies",
-            "streaming-topology",
-        ),
-        200,
-        topology("streaming-topology", "Running"),
-    )
-    .await;
-    api.expect(
-        "GET",
-        &path("storm.apache.org/v1beta1", "stormclusters", "storm"),
-        200,
-        cluster(),
-    )
-    .await;
+    expect_running_references(&mut api, "streaming-topology").await;
     api.expect_apply(
         &path("v1", "configmaps", "autoscale-workers-storm-config"),
         json!({}),

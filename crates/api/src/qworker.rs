@@ -32,6 +32,8 @@ pub const DEFAULT_VPA_HEADROOM_PERCENT: u32 = 20;
     derive = "PartialEq",
     derive = "Default",
     doc = "Worker pods that consume a message queue, scaled on queue length.",
+    validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name must be at most 63 characters: it is the value of the workers' quickube.com/qworker label"),
+    validation = Rule::new("!has(self.spec.podSpec.restartPolicy) || self.spec.podSpec.restartPolicy != 'Always'").message("podSpec.restartPolicy must be OnFailure (the default) or Never: a worker that exits after draining must not be restarted"),
     scale(
         spec_replicas_path = ".spec.scaleConfig.minReplicas",
         status_replicas_path = ".status.currentReplicas",

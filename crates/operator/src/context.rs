@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
+use crate::cache::Gate;
 use crate::metrics::Metrics;
 
 /// Shared by every controller.
@@ -19,12 +20,15 @@ pub struct Shared {
     pub recorder: Recorder,
     /// The operator's metrics.
     pub metrics: Arc<Metrics>,
+    /// Whether this replica may act (leader, caches synced).
+    pub gate: Gate,
     /// Failure counts per object, for exponential requeue backoff.
     failures: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl Shared {
-    /// Shared state around `client`, reporting Events as `workerpool-operator` (`instance` is the pod name).
+    /// Shared state around `client`, reporting Events as `workerpool-operator` (`instance` is the
+    /// pod name), with an open gate (see [`Shared::with_gate`]).
     pub fn new(client: Client, metrics: Arc<Metrics>, instance: Option<String>) -> Self {
         let reporter = Reporter {
             controller: crate::FIELD_MANAGER.into(),
@@ -34,8 +38,15 @@ impl Shared {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            gate: Gate::open(),
             failures: Arc::default(),
         }
+    }
+
+    /// The same state with `gate` deciding when the controllers may act.
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = gate;
+        self
     }
 
     /// Publishes an Event about `object`; a failure to publish is logged, never returned.

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -16,8 +15,9 @@ use prometheus_client::registry::Registry;
 pub struct HttpState {
     /// The metrics registry.
     pub registry: Arc<Registry>,
-    /// Set once the controllers' caches are synced.
-    pub ready: Arc<AtomicBool>,
+    /// The caches' readiness: `/readyz` answers 200 once every cache has synced, on the leader
+    /// and on a standby alike.
+    pub readiness: crate::cache::Readiness,
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
@@ -36,10 +36,16 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
+    if state.readiness.is_ready() {
+        (StatusCode::OK, "ok".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "caches not synced: {}",
+                state.readiness.pending().join(", ")
+            ),
+        )
     }
 }
 
@@ -63,4 +69,24 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn readyz_follows_the_caches() {
+        let readiness = crate::cache::Readiness::default();
+        let pods = readiness.track("pods");
+        let state = HttpState {
+            registry: Arc::new(Registry::default()),
+            readiness,
+        };
+        let answer = readyz(State(state.clone())).await.into_response();
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        pods.mark();
+        let answer = readyz(State(state)).await.into_response();
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
 }

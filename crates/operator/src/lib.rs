@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod autoscaler;
+pub mod cache;
 pub mod cli;
 pub mod context;
 pub mod controllers;

@@ -1,7 +1,6 @@
 //! `workerpool-operator run`: the controller manager.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use kube::Client;
@@ -10,6 +9,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::cache::{Gate, Readiness};
 use crate::cli::RunArgs;
 use crate::context::Shared;
 use crate::controllers::{qworker, scalerconfig, storm};
@@ -43,6 +43,10 @@ fn cancel_on_signal(token: CancellationToken) {
 }
 
 /// Runs every controller, the HTTP endpoints and (optionally) leader election until SIGTERM.
+///
+/// The watches start at once on every replica, so `/readyz` answers as soon as the caches have
+/// synced, leader or standby. With leader election the controllers' gate opens only on the
+/// leader; losing the Lease stops the process so that a new election starts.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(&args.log_level, args.log_format);
     let client = Client::try_default()
@@ -54,8 +58,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let ready = Arc::new(AtomicBool::new(false));
-    let shared = Shared::new(client.clone(), metrics, args.pod_name.clone());
+    let readiness = Readiness::default();
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(!args.leader_election);
+    let shared = Shared::new(client.clone(), metrics, args.pod_name.clone())
+        .with_gate(Gate::new(readiness.clone(), leader_rx));
     // An empty WATCH_NAMESPACE (as a Helm chart may set it) means all namespaces.
     let ns = args.namespace.as_deref().filter(|n| !n.is_empty());
 
@@ -65,66 +71,45 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (qworkers, _autoscaler, qworker_fut) =
         qworker::controller(shared.clone(), brokers, ns, token.clone().cancelled_owned());
     registry.register_collector(Box::new(ResourceCollector {
-        pools: Some(pools.clone()),
-        qworkers: Some(qworkers.clone()),
+        pools: Some(pools),
+        qworkers: Some(qworkers),
     }));
     let state = HttpState {
         registry: Arc::new(registry),
-        ready: ready.clone(),
+        readiness: readiness.clone(),
     };
     let http_token = token.clone();
     let server = tokio::spawn(http::serve(args.metrics_addr, state, async move {
         http_token.cancelled().await
     }));
-
-    let lease = if args.leader_election {
-        Some(acquire_leadership(&client, &args, &token).await?)
-    } else {
-        None
-    };
-    if token.is_cancelled() {
-        return Ok(());
-    }
-    let ready_flag = ready.clone();
     tokio::spawn(async move {
-        let _ = pools.wait_until_ready().await;
-        let _ = qworkers.wait_until_ready().await;
-        ready_flag.store(true, Ordering::Relaxed);
+        readiness.wait().await;
         info!("caches synced");
     });
     info!("controllers started");
-    match lease {
-        Some((mut leader, lease_task)) => {
-            let lost = async {
-                while leader.changed().await.is_ok() {
-                    if !*leader.borrow() {
-                        return;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = futures::future::join3(storm_fut, qworker_fut, scaler_fut) => {},
-                _ = lost => {
-                    warn!("leadership lost; stopping so that a new election starts");
-                    token.cancel();
-                },
-            }
-            drop(leader);
-            match lease_task.await {
-                Ok(Ok(manager)) => {
-                    if let Err(e) = manager.release().await {
-                        warn!(error = %e, "could not release the lease");
-                    } else {
-                        info!("lease released");
-                    }
-                }
-                Ok(Err(e)) => warn!(error = %e, "lease manager failed"),
-                Err(e) => warn!(error = %e, "lease task panicked"),
-            }
+    let controllers = futures::future::join3(storm_fut, qworker_fut, scaler_fut);
+    if args.leader_election {
+        let (leader, lease_task) = start_lease(&client, &args).await?;
+        tokio::select! {
+            _ = controllers => {},
+            _ = follow_lease(leader, leader_tx) => {
+                warn!("leadership lost; stopping so that a new election starts");
+                token.cancel();
+            },
         }
-        None => {
-            futures::future::join3(storm_fut, qworker_fut, scaler_fut).await;
+        match lease_task.await {
+            Ok(Ok(manager)) => {
+                if let Err(e) = manager.release().await {
+                    warn!(error = %e, "could not release the lease");
+                } else {
+                    info!("lease released");
+                }
+            }
+            Ok(Err(e)) => warn!(error = %e, "lease manager failed"),
+            Err(e) => warn!(error = %e, "lease task panicked"),
         }
+    } else {
+        controllers.await;
     }
     token.cancel();
     server
@@ -134,17 +119,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Leadership = (
+type Lease = (
     tokio::sync::watch::Receiver<bool>,
     tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
 );
 
-/// Waits until this replica holds the Lease (or shutdown is requested).
-async fn acquire_leadership(
-    client: &Client,
-    args: &RunArgs,
-    token: &CancellationToken,
-) -> anyhow::Result<Leadership> {
+/// Starts competing for the Lease; the receiver says whether this replica holds it.
+async fn start_lease(client: &Client, args: &RunArgs) -> anyhow::Result<Lease> {
     let identity = args
         .pod_name
         .clone()
@@ -165,14 +146,30 @@ async fn acquire_leadership(
         .build()
         .await
         .with_context(|| format!("cannot use Lease {namespace}/{}", args.lease_name))?;
-    let (mut channel, task) = manager.watch().await;
-    info!(%identity, lease = %args.lease_name, %namespace, "waiting for leadership");
-    while !*channel.borrow_and_update() {
-        tokio::select! {
-            changed = channel.changed() => changed.context("lease manager stopped")?,
-            _ = token.cancelled() => break,
+    info!(%identity, lease = %args.lease_name, %namespace, "standing by for leadership");
+    Ok(manager.watch().await)
+}
+
+/// Opens the gate when this replica becomes the leader; returns when it lost leadership (or
+/// the lease manager stopped).
+async fn follow_lease(
+    mut lease: tokio::sync::watch::Receiver<bool>,
+    leader: tokio::sync::watch::Sender<bool>,
+) {
+    let mut leading = false;
+    loop {
+        let holds = *lease.borrow_and_update();
+        if holds && !leading {
+            info!("acquired leadership");
+            leader.send_replace(true);
+            leading = true;
+        } else if !holds && leading {
+            leader.send_replace(false);
+            return;
+        }
+        if lease.changed().await.is_err() {
+            leader.send_replace(false);
+            return;
         }
     }
-    info!(%identity, "acquired leadership");
-    Ok((channel, task))
 }

@@ -16,7 +16,8 @@ use workerpool_operator::context::Shared;
 use workerpool_operator::controllers::qworker::build::{
     self, DRAIN_ANNOTATION, POD_SPEC_HASH_LABEL,
 };
-use workerpool_operator::controllers::qworker::{Context, Expectations, reconcile};
+use workerpool_operator::controllers::qworker::plan::RECOVERY_FINALIZER;
+use workerpool_operator::controllers::qworker::{Context, Expectations, reconcile, release};
 use workerpool_operator::metrics::Metrics;
 
 const NS: &str = "jobs";
@@ -45,10 +46,21 @@ fn pod(q: &QWorker, name: &str, hash: &str, ready: bool, created: &str) -> Pod {
     p.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         created.parse().expect("timestamp"),
     ));
+    if let Some(spec) = p.spec.as_mut() {
+        spec.node_name = Some("node-1".into());
+    }
+    let worker = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .map(|c| c.name.clone())
+        .expect("a worker container");
     p.status = Some(
         serde_json::from_value(json!({
             "phase": "Running",
-            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+            "containerStatuses": [{"name": worker, "image": "", "imageID": "", "ready": ready,
+                                   "restartCount": 0, "state": {"running": {}}}]
         }))
         .expect("status"),
     );
@@ -333,7 +345,7 @@ async fn a_new_template_drains_old_pods_and_creates_new_ones() {
 }
 
 #[tokio::test]
-async fn finished_pods_are_deleted_after_their_tasks_return_to_the_real_queue() {
+async fn finished_pods_without_finalizer_are_deleted_after_their_tasks_return_to_the_real_queue() {
     let queue = format!("test-recover-{}", std::process::id());
     let redis = redis::Client::open("redis://127.0.0.1:6379/").expect("redis url");
     let mut conn = redis
@@ -357,6 +369,8 @@ async fn finished_pods_are_deleted_after_their_tasks_return_to_the_real_queue() 
         "2026-11-23T10:00:00Z",
     );
     done.status = Some(serde_json::from_value(json!({"phase": "Succeeded"})).expect("status"));
+    // Made by an older version, without the recovery finalizer: its tasks return before the delete.
+    done.metadata.finalizers = None;
     h.with_pods(vec![
         done,
         pod(
@@ -423,4 +437,151 @@ async fn min_above_max_is_reported_on_the_status() {
             .iter()
             .any(|e| e.0 == "Warning" && e.1 == "InvalidSpec")
     );
+}
+
+fn redis_config() -> ScalerConfig {
+    serde_json::from_value(json!({
+        "apiVersion": "quickube.com/v1alpha1", "kind": "ScalerConfig",
+        "metadata": {"name": "example-scaler-config", "namespace": NS, "uid": "sc-uid", "generation": 1},
+        "spec": {"type": "redis", "config": {"host": "127.0.0.1", "port": "6379"}}
+    }))
+    .expect("config")
+}
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open("redis://127.0.0.1:6379/")
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("local Redis at 127.0.0.1:6379")
+}
+
+#[tokio::test]
+async fn the_first_reconcile_returns_the_tasks_of_pods_that_vanished_while_the_operator_was_down() {
+    let queue = format!("test-sweep-{}", std::process::id());
+    let mut conn = redis().await;
+    // A worker pod force-deleted while no operator ran: its list stays behind.
+    let gone = workerpool_queue::processing_list(&queue, "example-qworker-bcd45");
+    // A live worker's list, and a list of a worker this QWorker never made: both stay.
+    let live = workerpool_queue::processing_list(&queue, "example-qworker-live2");
+    let foreign = workerpool_queue::processing_list(&queue, "some-other-host");
+    let _: () = conn
+        .del(&[&queue, &gone, &live, &foreign])
+        .await
+        .expect("del");
+    let _: () = conn.lpush(&gone, "task-7").await.expect("lpush");
+    let _: () = conn.lpush(&live, "task-8").await.expect("lpush");
+    let _: () = conn.lpush(&foreign, "task-9").await.expect("lpush");
+
+    let (client, mut api) = support::mock();
+    let mut h = harness(client);
+    let mut q = qworker(1);
+    q.spec.scale_config.queue = queue.clone();
+    let hash = current_hash(&q);
+    h.with_pods(vec![pod(
+        &q,
+        "example-qworker-live2",
+        &hash,
+        true,
+        "2026-11-23T10:00:00Z",
+    )]);
+    h.configs
+        .apply_watcher_event(&watcher::Event::Apply(redis_config()));
+
+    let task = tokio::spawn(reconcile(Arc::new(q.clone()), h.ctx.clone()));
+    let status = api
+        .expect_apply(&status_path("example-qworker"), stored(&q))
+        .await;
+    assert_eq!(status.body["status"]["currentReplicas"], 1);
+    api.finish(task).await.expect("reconcile ok");
+    let queued: Vec<String> = conn.lrange(&queue, 0, -1).await.expect("lrange");
+    assert_eq!(
+        queued,
+        vec!["task-7"],
+        "only the vanished worker's task returns"
+    );
+    let live_left: Vec<String> = conn.lrange(&live, 0, -1).await.expect("lrange");
+    assert_eq!(live_left, vec!["task-8"], "a live worker keeps its task");
+    let foreign_left: Vec<String> = conn.lrange(&foreign, 0, -1).await.expect("lrange");
+    assert_eq!(
+        foreign_left,
+        vec!["task-9"],
+        "lists of other workers are not touched"
+    );
+    assert!(api.events.iter().any(|e| e.1 == "TasksRecovered"));
+    let _: () = conn
+        .del(&[&queue, &gone, &live, &foreign])
+        .await
+        .expect("cleanup");
+}
+
+#[tokio::test]
+async fn a_deleted_pod_is_released_only_after_its_worker_stopped_and_its_tasks_returned() {
+    let queue = format!("test-release-{}", std::process::id());
+    let mut conn = redis().await;
+    let name = "example-qworker-fgh78";
+    let processing = workerpool_queue::processing_list(&queue, name);
+    let _: () = conn.del(&[&queue, &processing]).await.expect("del");
+    let _: () = conn.lpush(&processing, "task-1").await.expect("lpush");
+
+    let (client, mut api) = support::mock();
+    let (qworkers, _writer) = reflector::store::<QWorker>();
+    let (config_reader, mut configs) = reflector::store();
+    configs.apply_watcher_event(&watcher::Event::Apply(redis_config()));
+    let ctx = Arc::new(release::Context {
+        shared: Shared::new(client.clone(), Arc::new(Metrics::default()), None),
+        qworkers,
+        brokers: Brokers::new(client, config_reader),
+    });
+    let mut q = qworker(1);
+    q.spec.scale_config.queue = queue.clone();
+    let mut p = pod(&q, name, &current_hash(&q), true, "2026-11-23T10:00:00Z");
+    p.metadata.resource_version = Some("41".into());
+    assert_eq!(
+        p.metadata.finalizers.as_deref(),
+        Some(&[RECOVERY_FINALIZER.to_string()][..])
+    );
+
+    // Deleted gracefully a moment ago; the worker still runs: nothing happens yet.
+    let soon =
+        k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(30);
+    p.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(soon));
+    let waited = release::reconcile(Arc::new(p.clone()), ctx.clone())
+        .await
+        .expect("release check");
+    assert!(
+        format!("{waited:?}").contains("requeue_after: Some"),
+        "{waited:?}"
+    );
+    let still: Vec<String> = conn.lrange(&processing, 0, -1).await.expect("lrange");
+    assert_eq!(still, vec!["task-1"], "a running worker keeps its task");
+
+    // The kubelet reports the worker terminated: tasks back, then the finalizer goes.
+    if let Some(cs) = p
+        .status
+        .as_mut()
+        .and_then(|s| s.container_statuses.as_mut())
+    {
+        cs[0].state = serde_json::from_value(json!({"terminated": {"exitCode": 137}})).ok();
+    }
+    let task = tokio::spawn(release::reconcile(Arc::new(p.clone()), ctx.clone()));
+    let patch = api
+        .expect(
+            "PATCH",
+            &format!("{PODS}/{name}"),
+            200,
+            serde_json::to_value(&p).expect("pod"),
+        )
+        .await;
+    assert_eq!(patch.body["metadata"]["finalizers"], json!([]));
+    assert_eq!(patch.body["metadata"]["resourceVersion"], "41");
+    let queued: Vec<String> = conn.lrange(&queue, 0, -1).await.expect("lrange");
+    assert_eq!(
+        queued,
+        vec!["task-1"],
+        "the task is back before the finalizer goes"
+    );
+    api.finish(task).await.expect("released");
+    let _: () = conn.del(&[&queue, &processing]).await.expect("cleanup");
 }

@@ -60,6 +60,14 @@ pub trait QueueBroker: Send + Sync {
     /// themselves.
     async fn recover(&self, queue: &str, worker: &str) -> Result<u64, QueueError>;
 
+    /// Names of the workers that hold tasks of `queue` (Redis: the non-empty processing lists
+    /// `{queue}:processing:{worker}`), so that the operator can return the tasks of workers that
+    /// no longer exist. Empty for RabbitMQ and NATS, which track delivery themselves.
+    async fn holders(&self, queue: &str) -> Result<Vec<String>, QueueError> {
+        let _ = queue;
+        Ok(Vec::new())
+    }
+
     /// Cheap health check (one round trip).
     async fn ping(&self) -> Result<(), QueueError>;
 }

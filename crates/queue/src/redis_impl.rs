@@ -157,11 +157,52 @@ impl QueueBroker for RedisBroker {
         Ok(moved)
     }
 
+    async fn holders(&self, queue: &str) -> Result<Vec<String>, QueueError> {
+        let prefix = processing_list(queue, "");
+        let pattern = format!("{}*", glob_escape(&prefix));
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut names = Vec::new();
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) = query(&mut conn, "holders", &cmd).await?;
+            names.extend(
+                keys.into_iter()
+                    .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string))
+                    .filter(|w| !w.is_empty()),
+            );
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
     async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         let _: String = query(&mut conn, "ping", &redis::cmd("PING")).await?;
         Ok(())
     }
+}
+
+/// Escapes the glob characters of a Redis `MATCH` pattern.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Worker side.

@@ -434,3 +434,44 @@ async fn silent_server_times_out_instead_of_hanging() {
     }
     drop(listener);
 }
+
+#[tokio::test]
+async fn redis_holders_are_the_workers_with_tasks_in_flight() {
+    // A queue name with glob characters: the scan must match it literally.
+    let queue = unique("redis-h*?[x]");
+    let other = format!("{queue}x");
+    let cfg = redis_cfg();
+    let broker = connect(&cfg).await.expect("connect");
+    assert_eq!(broker.holders(&queue).await.ok(), Some(vec![]));
+    push_batch(&cfg, &queue, &payloads(&["a", "b"]))
+        .await
+        .expect("push");
+    push_batch(&cfg, &other, &payloads(&["c"]))
+        .await
+        .expect("push");
+    let mut s1 = task_source(&cfg, &queue, "w-1").await.expect("source");
+    let mut s2 = task_source(&cfg, &queue, "w-2").await.expect("source");
+    let mut s3 = task_source(&cfg, &other, "w-3").await.expect("source");
+    let _t1 = take_one(&mut s1).await;
+    let t2 = take_one(&mut s2).await;
+    let _t3 = take_one(&mut s3).await;
+    assert_eq!(
+        broker.holders(&queue).await.expect("holders"),
+        vec!["w-1".to_string(), "w-2".to_string()]
+    );
+    s2.ack(t2).await.expect("ack");
+    assert_eq!(
+        broker.holders(&queue).await.expect("holders"),
+        vec!["w-1".to_string()],
+        "an empty processing list does not exist in Redis"
+    );
+    assert_eq!(broker.recover(&queue, "w-1").await.ok(), Some(1));
+    assert_eq!(broker.holders(&queue).await.ok(), Some(vec![]));
+    redis_cleanup(&[
+        queue.clone(),
+        other.clone(),
+        processing_list(&queue, "w-1"),
+        processing_list(&other, "w-3"),
+    ])
+    .await;
+}

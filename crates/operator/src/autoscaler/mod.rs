@@ -61,8 +61,16 @@ pub fn owned_by(pod: &Pod, uid: Option<&str>) -> bool {
         .any(|o| o.uid == uid && o.controller == Some(true))
 }
 
-/// Poll tasks by QWorker key, with the uid they poll for.
-type Tasks = Arc<Mutex<HashMap<String, (String, tokio::task::JoinHandle<()>)>>>;
+/// A running poll task: the uid and generation it polls for, and how to wake it early.
+struct Task {
+    uid: String,
+    generation: Option<i64>,
+    wake: Arc<tokio::sync::Notify>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// Poll tasks by QWorker key.
+type Tasks = Arc<Mutex<HashMap<String, Task>>>;
 
 /// Runs and tracks one poll task per QWorker.
 #[derive(Clone)]
@@ -100,17 +108,23 @@ impl Autoscaler {
         &self.brokers
     }
 
-    /// Starts the poll task of `qw` unless it is running.
+    /// Starts the poll task of `qw` unless it is running; a running one whose QWorker's spec
+    /// changed (new bounds, new queue) polls at once instead of finishing its wait or backoff.
     pub fn ensure(&self, qw: &QWorker) {
         let k = key(qw);
         let uid = qw.metadata.uid.clone().unwrap_or_default();
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((running_uid, handle)) = tasks.get(&k)
-            && *running_uid == uid
-            && !handle.is_finished()
+        if let Some(task) = tasks.get_mut(&k)
+            && task.uid == uid
+            && !task.handle.is_finished()
         {
+            if task.generation != qw.metadata.generation {
+                task.generation = qw.metadata.generation;
+                task.wake.notify_one();
+            }
             return;
         }
+        let wake = Arc::new(tokio::sync::Notify::new());
         let poller = Poller {
             scaler: self.clone(),
             object: ObjectRef::from_obj(qw),
@@ -122,15 +136,24 @@ impl Autoscaler {
             failures: 0,
             last: None,
             vpa: VpaState::default(),
+            wake: wake.clone(),
         };
         debug!(qworker = %k, "starting autoscaler poll");
-        tasks.insert(k, (uid, tokio::spawn(poller.run())));
+        tasks.insert(
+            k,
+            Task {
+                uid,
+                generation: qw.metadata.generation,
+                wake,
+                handle: tokio::spawn(poller.run()),
+            },
+        );
     }
 
     /// Number of running poll tasks.
     pub fn running(&self) -> usize {
         let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        tasks.values().filter(|(_, h)| !h.is_finished()).count()
+        tasks.values().filter(|t| !t.handle.is_finished()).count()
     }
 }
 
@@ -152,6 +175,7 @@ struct Poller {
     failures: u32,
     last: Option<Written>,
     vpa: VpaState,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// activateVPA state of one poller: the usage record and when it was last sampled.
@@ -188,6 +212,11 @@ impl Poller {
             if qw.metadata.uid.as_deref() != Some(self.uid.as_str()) {
                 return;
             }
+            if self.scaler.shared.gate.closed().is_some() {
+                // Not the leader (any more), or the pod cache is not synced: decide nothing.
+                tokio::time::sleep(crate::cache::NOT_READY_RETRY).await;
+                continue;
+            }
             let interval =
                 Duration::from_secs(u64::from(qw.spec.scale_config.poll_interval_seconds()));
             let delay = match self.poll(&qw).await {
@@ -200,7 +229,10 @@ impl Poller {
                     (interval * 2u32.saturating_pow(self.failures.min(6))).min(MAX_BACKOFF)
                 }
             };
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {},
+                _ = self.wake.notified() => {},
+            }
         }
     }
 

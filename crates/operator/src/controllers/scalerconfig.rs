@@ -8,7 +8,6 @@ use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::Store;
 use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{instrument, warn};
@@ -68,6 +67,9 @@ pub fn health_status(
 /// Checks one ScalerConfig's broker.
 #[instrument(skip_all, fields(scalerconfig = %sc.name_any(), namespace = sc.namespace().unwrap_or_default()))]
 pub async fn reconcile(sc: Arc<ScalerConfig>, ctx: Arc<Context>) -> Result<Action> {
+    if let Some(action) = ctx.shared.gate.closed() {
+        return Ok(action);
+    }
     let _timer = ctx.shared.metrics.reconcile_started(CONTROLLER);
     let ns = sc.namespace().unwrap_or_default();
     let result = match ctx.brokers.get(&ns, &sc.name_any()).await {
@@ -127,17 +129,19 @@ pub fn controller(
     namespace: Option<&str>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> (Brokers, impl std::future::Future<Output = ()> + Send) {
-    let controller = Controller::new(
+    let (store, events) = crate::cache::watch(
         scoped::<ScalerConfig>(&shared.client, namespace),
         watcher::Config::default(),
+        shared.gate.readiness.track("scalerconfigs"),
     );
-    let store: Store<ScalerConfig> = controller.store();
-    let brokers = Brokers::new(shared.client.clone(), store);
+    let brokers = Brokers::new(shared.client.clone(), store.clone());
+    let leadership = shared.gate.on_leadership();
     let ctx = Arc::new(Context {
         shared,
         brokers: brokers.clone(),
     });
-    let future = controller
+    let future = Controller::for_stream(events, store)
+        .reconcile_all_on(leadership)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()));

@@ -1,14 +1,13 @@
 //! Pure parts of the QWorker controller: the pod-spec hash, the worker pod, and the plan that
 //! says which pods to create, drain and delete.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar, ObjectFieldSelector, Pod,
     PodSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use workerpool_api::QWorker;
@@ -28,24 +27,38 @@ pub const CURRENT_HASH_ANNOTATION: &str = "quickube.com/current-pod-spec-hash";
 pub const PODINFO_VOLUME: &str = "qworker-podinfo";
 /// Where the downward-API volume is mounted; the annotations are in `annotations` below it.
 pub const PODINFO_DIR: &str = "/etc/qworker";
+/// Annotation with the queue the pod's worker consumes (read when its tasks are recovered).
+pub const QUEUE_ANNOTATION: &str = "quickube.com/queue";
+/// Annotation with the ScalerConfig the pod's worker uses (read when its tasks are recovered).
+pub const SCALER_CONFIG_ANNOTATION: &str = "quickube.com/scaler-config";
 
-/// Why a pod is asked to drain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DrainReason {
-    /// The desired count went down.
-    ScaleDown,
-    /// The pod runs an old pod template.
-    StaleHash,
-}
-
-impl DrainReason {
-    /// The drain annotation's value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DrainReason::ScaleDown => "scale-down",
-            DrainReason::StaleHash => "stale-hash",
-        }
+/// Checks what the CRD schema may not have checked (an API server without CEL, or an object
+/// stored before a rule existed). The error says what to change.
+pub fn validate(qw: &QWorker) -> Result<(), String> {
+    let sc = &qw.spec.scale_config;
+    let name = qw.name_any();
+    if name.len() > 63 {
+        return Err(format!(
+            "metadata.name is {} characters long; at most 63 are allowed because it is the value of the workers' {QWORKER_LABEL} label",
+            name.len()
+        ));
     }
+    if sc.min_replicas > sc.max_replicas {
+        return Err(format!(
+            "scaleConfig.minReplicas ({}) must be <= scaleConfig.maxReplicas ({})",
+            sc.min_replicas, sc.max_replicas
+        ));
+    }
+    if qw.spec.pod_spec.containers.is_empty() {
+        return Err(
+            "podSpec.containers must name at least one container (the first one is the worker)"
+                .into(),
+        );
+    }
+    if qw.spec.pod_spec.restart_policy.as_deref() == Some("Always") {
+        return Err("podSpec.restartPolicy must be OnFailure (the default) or Never, not Always: a worker that exits after draining must not be restarted".into());
+    }
+    Ok(())
 }
 
 /// The pod template the workers run: the user's podSpec with activateVPA requests applied.
@@ -155,6 +168,11 @@ pub fn pod(qw: &QWorker, spec: &PodSpec, hash: &str, name: &str) -> Pod {
     ]);
     let mut annotations = template.annotations.unwrap_or_default();
     annotations.insert(CURRENT_HASH_ANNOTATION.into(), hash.into());
+    annotations.insert(QUEUE_ANNOTATION.into(), qw.spec.scale_config.queue.clone());
+    annotations.insert(
+        SCALER_CONFIG_ANNOTATION.into(),
+        qw.spec.scale_config.scaler_config_ref.clone(),
+    );
     let mut spec = spec.clone();
     spec.containers = spec
         .containers
@@ -188,6 +206,7 @@ pub fn pod(qw: &QWorker, spec: &PodSpec, hash: &str, name: &str) -> Pod {
             labels: Some(labels),
             annotations: Some(annotations),
             owner_references: qw.controller_owner_ref(&()).map(|o| vec![o]),
+            finalizers: Some(vec![super::plan::RECOVERY_FINALIZER.into()]),
             ..ObjectMeta::default()
         },
         spec: Some(spec),
@@ -195,122 +214,18 @@ pub fn pod(qw: &QWorker, spec: &PodSpec, hash: &str, name: &str) -> Pod {
     }
 }
 
+/// The characters of a worker pod name's random suffix (as Kubernetes' own name generator).
+pub const POD_NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
 /// A new worker pod name: `<qworker>-<5 random characters>`.
 pub fn pod_name(qw: &str) -> String {
     use rand::Rng;
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
     let suffix: String = (0..5)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .map(|_| POD_NAME_ALPHABET[rng.random_range(0..POD_NAME_ALPHABET.len())] as char)
         .collect();
     let prefix: String = qw.chars().take(57).collect();
     format!("{prefix}-{suffix}")
-}
-
-/// What the planner needs to know of one pod.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodView {
-    /// Pod name.
-    pub name: String,
-    /// Its `quickube.com/pod-spec-hash` label.
-    pub hash: Option<String>,
-    /// `status.phase`.
-    pub phase: Option<String>,
-    /// `metadata.deletionTimestamp` is set.
-    pub terminating: bool,
-    /// Carries the drain annotation.
-    pub draining: bool,
-    /// The Ready condition is true.
-    pub ready: bool,
-    /// `metadata.creationTimestamp`.
-    pub created: Option<Timestamp>,
-}
-
-impl PodView {
-    /// The planner's view of `pod`.
-    pub fn of(pod: &Pod) -> Self {
-        let status = pod.status.as_ref();
-        Self {
-            name: pod.name_any(),
-            hash: pod.labels().get(POD_SPEC_HASH_LABEL).cloned(),
-            phase: status.and_then(|s| s.phase.clone()),
-            terminating: pod.metadata.deletion_timestamp.is_some(),
-            draining: pod
-                .annotations()
-                .get(DRAIN_ANNOTATION)
-                .is_some_and(|v| !v.is_empty()),
-            ready: status
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
-            created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        }
-    }
-
-    /// Succeeded or Failed: the pod's containers will not run again.
-    pub fn terminal(&self) -> bool {
-        matches!(self.phase.as_deref(), Some("Succeeded" | "Failed"))
-    }
-}
-
-/// What one reconcile does to a QWorker's pods.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    /// New pods to create.
-    pub create: usize,
-    /// Pods to ask to drain, with the reason.
-    pub drain: Vec<(String, DrainReason)>,
-    /// Finished pods to delete (their processing lists are recovered first).
-    pub delete: Vec<String>,
-    /// Live workers after the plan: not terminal, not terminating, not draining.
-    pub current: i32,
-}
-
-/// Plans pod creations, drains and deletions so that exactly `desired` live, non-draining
-/// workers run the current template.
-///
-/// `pending_creates` counts pods created but not yet seen in the cache; `pending_drains` names
-/// pods annotated but not yet seen with the annotation (expectations, so a lagging watch never
-/// causes over-creation or a second drain).
-pub fn plan(
-    pods: &[PodView],
-    current_hash: &str,
-    desired: i32,
-    pending_creates: usize,
-    pending_drains: &HashSet<String>,
-) -> Plan {
-    let mut out = Plan::default();
-    let mut fresh: Vec<&PodView> = Vec::new();
-    for p in pods {
-        if p.terminal() {
-            out.delete.push(p.name.clone());
-        } else if p.terminating || p.draining || pending_drains.contains(&p.name) {
-            continue;
-        } else if p.hash.as_deref() != Some(current_hash) {
-            out.drain.push((p.name.clone(), DrainReason::StaleHash));
-        } else {
-            fresh.push(p);
-        }
-    }
-    let desired = desired.max(0) as usize;
-    let have = fresh.len() + pending_creates;
-    if have < desired {
-        out.create = desired - have;
-    } else if have > desired {
-        let excess = (have - desired).min(fresh.len());
-        // Victims: not ready first, then the youngest, then by name for determinism.
-        fresh.sort_by(|a, b| {
-            a.ready
-                .cmp(&b.ready)
-                .then_with(|| b.created.cmp(&a.created))
-                .then_with(|| a.name.cmp(&b.name))
-        });
-        for victim in fresh.drain(..excess) {
-            out.drain
-                .push((victim.name.clone(), DrainReason::ScaleDown));
-        }
-    }
-    out.current = (fresh.len() + pending_creates) as i32;
-    out
 }
 
 #[cfg(test)]
@@ -324,18 +239,6 @@ mod tests {
         q.metadata.namespace = Some("ns".into());
         q.metadata.uid = Some("uid-7".into());
         q
-    }
-
-    fn view(name: &str, hash: &str, ready: bool, age_secs: i64) -> PodView {
-        PodView {
-            name: name.into(),
-            hash: Some(hash.into()),
-            phase: Some("Running".into()),
-            terminating: false,
-            draining: false,
-            ready,
-            created: Timestamp::from_second(1_000_000 - age_secs).ok(),
-        }
     }
 
     #[test]
@@ -428,6 +331,8 @@ mod tests {
             Some("metadata.annotations")
         );
         assert_eq!(p.annotations()[CURRENT_HASH_ANNOTATION], "abc123");
+        assert_eq!(p.annotations()[QUEUE_ANNOTATION], "task-queue");
+        assert_eq!(p.finalizers(), [super::super::plan::RECOVERY_FINALIZER]);
         let requests = c
             .resources
             .as_ref()
@@ -449,125 +354,31 @@ mod tests {
     }
 
     #[test]
+    fn validation_names_what_to_change() {
+        assert_eq!(validate(&qw()), Ok(()));
+        let mut long = qw();
+        long.metadata.name = Some("q".repeat(64));
+        assert!(validate(&long).is_err_and(|e| e.contains("at most 63")));
+        long.metadata.name = Some("q".repeat(63));
+        assert_eq!(validate(&long), Ok(()));
+        let mut always = qw();
+        always.spec.pod_spec.restart_policy = Some("Always".into());
+        assert!(validate(&always).is_err_and(|e| e.contains("restartPolicy")));
+        let mut bounds = qw();
+        bounds.spec.scale_config.min_replicas = 5;
+        bounds.spec.scale_config.max_replicas = 2;
+        assert!(validate(&bounds).is_err_and(|e| e.contains("minReplicas (5)")));
+        let mut empty = qw();
+        empty.spec.pod_spec.containers.clear();
+        assert!(validate(&empty).is_err_and(|e| e.contains("at least one container")));
+    }
+
+    #[test]
     fn pod_names_are_prefixed_and_random() {
         let a = pod_name("example-qworker");
         let b = pod_name("example-qworker");
         assert!(a.starts_with("example-qworker-") && a.len() == "example-qworker-".len() + 5);
         assert_ne!(a, b);
         assert!(pod_name(&"x".repeat(80)).len() <= 63);
-    }
-
-    #[test]
-    fn plan_table() {
-        let none = HashSet::new();
-        let h = "cur";
-        // (pods, desired, pending creates) -> (create, drained names, deleted, current)
-        let mut finished = view("done", h, false, 5);
-        finished.phase = Some("Succeeded".into());
-        let mut failed = view("crashed", h, false, 5);
-        failed.phase = Some("Failed".into());
-        let mut terminating = view("going", h, true, 5);
-        terminating.terminating = true;
-        let mut draining = view("leaving", h, true, 5);
-        draining.draining = true;
-        // (pods, desired, pending creates, want create, want drained, want deleted, want current)
-        type Case<'a> = (
-            Vec<PodView>,
-            i32,
-            usize,
-            usize,
-            Vec<&'a str>,
-            Vec<&'a str>,
-            i32,
-        );
-        let cases: Vec<Case> = vec![
-            (vec![], 3, 0, 3, vec![], vec![], 0),
-            (vec![view("a", h, true, 10)], 3, 2, 0, vec![], vec![], 3),
-            (
-                vec![
-                    view("a", h, true, 10),
-                    view("b", h, true, 5),
-                    view("c", h, false, 20),
-                ],
-                1,
-                0,
-                0,
-                vec!["c", "b"],
-                vec![],
-                1,
-            ),
-            (
-                vec![view("a", h, true, 10), view("b", h, true, 5)],
-                2,
-                0,
-                0,
-                vec![],
-                vec![],
-                2,
-            ),
-            (
-                vec![view("old1", "old", true, 10), view("a", h, true, 5)],
-                2,
-                0,
-                1,
-                vec!["old1"],
-                vec![],
-                1,
-            ),
-            (
-                vec![finished.clone(), failed.clone(), view("a", h, true, 5)],
-                2,
-                0,
-                1,
-                vec![],
-                vec!["done", "crashed"],
-                1,
-            ),
-            (
-                vec![terminating.clone(), draining.clone()],
-                1,
-                0,
-                1,
-                vec![],
-                vec![],
-                0,
-            ),
-            (
-                vec![view("a", h, true, 10), view("b", h, true, 5)],
-                0,
-                0,
-                0,
-                vec!["b", "a"],
-                vec![],
-                0,
-            ),
-        ];
-        for (i, (pods, desired, pending, create, drained, deleted, current)) in
-            cases.into_iter().enumerate()
-        {
-            let p = plan(&pods, h, desired, pending, &none);
-            assert_eq!(p.create, create, "case {i} create");
-            let names: Vec<&str> = p.drain.iter().map(|(n, _)| n.as_str()).collect();
-            assert_eq!(names, drained, "case {i} drained");
-            assert_eq!(p.delete, deleted, "case {i} deleted");
-            assert_eq!(p.current, current, "case {i} current");
-        }
-    }
-
-    #[test]
-    fn pending_drains_are_not_drained_twice() {
-        let pods = vec![view("a", "cur", true, 10), view("b", "cur", true, 5)];
-        let pending = HashSet::from(["b".to_string()]);
-        let p = plan(&pods, "cur", 1, 0, &pending);
-        assert!(p.drain.is_empty(), "b is already leaving: {:?}", p.drain);
-        assert_eq!(p.current, 1);
-    }
-
-    #[test]
-    fn stale_pods_drain_with_their_reason() {
-        let pods = vec![view("old", "v1", true, 10)];
-        let p = plan(&pods, "v2", 1, 0, &HashSet::new());
-        assert_eq!(p.drain, vec![("old".to_string(), DrainReason::StaleHash)]);
-        assert_eq!(p.create, 1);
     }
 }

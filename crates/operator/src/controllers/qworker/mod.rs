@@ -1,32 +1,41 @@
 //! The QWorker controller: owns bare worker pods. It creates pods up to the autoscaler's
 //! `status.desiredReplicas`, asks chosen pods to drain (they finish their task and exit),
-//! deletes finished pods, returns the in-flight tasks of pods that are gone to the queue, and
-//! writes the rest of the status.
+//! deletes pods whose work is over, returns the in-flight tasks of workers that are gone to the
+//! queue, and writes the rest of the status.
+//!
+//! Each reconcile observes (pods from the synced cache, expectations, and now and then the
+//! broker's in-flight lists), lets [`plan::plan`] decide, and carries the plan out. Worker pods
+//! carry the [`plan::RECOVERY_FINALIZER`]; [`release`] removes it once a deleted pod's worker has
+//! stopped and its tasks are back on the queue, so nothing depends on this process's memory.
 
 pub mod build;
+pub mod plan;
+pub mod release;
 pub mod vpa;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::Controller;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 use workerpool_api::QWorker;
 use workerpool_api::conditions::{self, NewCondition, READY, SCALING};
 
 use crate::autoscaler::{Autoscaler, owned_by};
+use crate::cache;
 use crate::context::Shared;
 use crate::controllers::scoped;
 use crate::error::{Error, Result};
-use build::{DrainReason, PodView};
+use plan::{DrainReason, Observed, PodView};
 
 /// Controller name used in metrics and logs.
 pub const CONTROLLER: &str = "qworker";
@@ -35,88 +44,78 @@ pub const POD_SELECTOR: &str =
     "app.kubernetes.io/managed-by=workerpool-operator,app.kubernetes.io/name=qworker";
 /// How long a create or drain is expected to show up in the cache before it is forgotten.
 pub const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Every QWorker is reconciled at least this often, so that no missed event leaves it behind.
+pub const RESYNC: Duration = Duration::from_secs(30);
+/// While creates or drains are on their way, the QWorker is looked at again after this long.
+pub const SETTLING: Duration = Duration::from_secs(5);
+/// How often the broker's in-flight lists are swept for workers that no longer exist (and at
+/// the first reconcile of each QWorker after the operator starts).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
 
-/// Pods created or annotated but not yet seen so in the cache.
+/// Expectations of one QWorker: pods created or annotated but not yet seen so in the cache.
 #[derive(Default)]
 struct Pending {
     creates: HashMap<String, Instant>,
     drains: HashMap<String, Instant>,
+    last_sweep: Option<Instant>,
 }
 
-/// Per-QWorker memory of the controller: expectations, pods seen, tasks still to recover.
+/// Per-QWorker short-term memory, keyed by uid. Losing it (a restart) is safe: the cache, once
+/// synced, shows every pod, and the first reconcile after a start sweeps the broker.
 #[derive(Default)]
 pub struct Expectations {
-    pending: Mutex<HashMap<String, Pending>>,
-    seen: Mutex<HashMap<String, HashSet<String>>>,
-    unrecovered: Mutex<HashMap<String, HashSet<String>>>,
+    by_uid: Mutex<HashMap<String, Pending>>,
 }
 
 impl Expectations {
-    /// Forgets expectations that the cache now shows (or that timed out); returns the number
-    /// of pending creates and the names of pending drains.
-    fn settle(&self, key: &str, pods: &[PodView]) -> (usize, HashSet<String>) {
-        let mut all = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let pending = all.entry(key.to_string()).or_default();
+    fn with<T>(&self, uid: &str, f: impl FnOnce(&mut Pending) -> T) -> T {
+        let mut all = self.by_uid.lock().unwrap_or_else(|p| p.into_inner());
+        f(all.entry(uid.to_string()).or_default())
+    }
+
+    /// Forgets expectations that the cache now shows (or that timed out); returns the names of
+    /// pending creates and of pending drains.
+    fn settle(&self, uid: &str, pods: &[PodView]) -> (HashSet<String>, HashSet<String>) {
         let by_name: HashMap<&str, &PodView> = pods.iter().map(|p| (p.name.as_str(), p)).collect();
-        pending.creates.retain(|name, at| {
-            !by_name.contains_key(name.as_str()) && at.elapsed() < EXPECTATION_TIMEOUT
-        });
-        pending.drains.retain(|name, at| {
-            by_name
-                .get(name.as_str())
-                .is_some_and(|p| !p.draining && !p.terminating)
-                && at.elapsed() < EXPECTATION_TIMEOUT
-        });
-        (
-            pending.creates.len(),
-            pending.drains.keys().cloned().collect(),
-        )
+        self.with(uid, |pending| {
+            pending.creates.retain(|name, at| {
+                !by_name.contains_key(name.as_str()) && at.elapsed() < EXPECTATION_TIMEOUT
+            });
+            pending.drains.retain(|name, at| {
+                by_name
+                    .get(name.as_str())
+                    .is_some_and(|p| !p.draining && !p.terminating())
+                    && at.elapsed() < EXPECTATION_TIMEOUT
+            });
+            (
+                pending.creates.keys().cloned().collect(),
+                pending.drains.keys().cloned().collect(),
+            )
+        })
     }
 
-    fn created(&self, key: &str, name: &str) {
-        let mut all = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        all.entry(key.to_string())
-            .or_default()
-            .creates
-            .insert(name.to_string(), Instant::now());
+    fn created(&self, uid: &str, name: &str) {
+        self.with(uid, |p| p.creates.insert(name.to_string(), Instant::now()));
     }
 
-    fn drained(&self, key: &str, name: &str) {
-        let mut all = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        all.entry(key.to_string())
-            .or_default()
-            .drains
-            .insert(name.to_string(), Instant::now());
+    fn drained(&self, uid: &str, name: &str) {
+        self.with(uid, |p| p.drains.insert(name.to_string(), Instant::now()));
     }
 
-    /// Records the pods that exist now and returns the names of those that vanished since the
-    /// last call, plus earlier ones whose tasks could not be recovered yet.
-    fn vanished(&self, key: &str, now: HashSet<String>) -> HashSet<String> {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let before = seen
-            .insert(key.to_string(), now.clone())
-            .unwrap_or_default();
-        let mut gone: HashSet<String> = before.difference(&now).cloned().collect();
-        let mut unrecovered = self.unrecovered.lock().unwrap_or_else(|p| p.into_inner());
-        gone.extend(unrecovered.remove(key).unwrap_or_default());
-        gone
+    fn sweep_due(&self, uid: &str) -> bool {
+        self.with(uid, |p| {
+            p.last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_INTERVAL)
+        })
     }
 
-    fn unrecovered(&self, key: &str, names: HashSet<String>) {
-        if names.is_empty() {
-            return;
-        }
-        let mut unrecovered = self.unrecovered.lock().unwrap_or_else(|p| p.into_inner());
-        unrecovered
-            .entry(key.to_string())
-            .or_default()
-            .extend(names);
+    fn swept(&self, uid: &str) {
+        self.with(uid, |p| p.last_sweep = Some(Instant::now()));
     }
 }
 
 /// State of the QWorker controller.
 pub struct Context {
-    /// Client, recorder, metrics.
+    /// Client, recorder, metrics, gate.
     pub shared: Shared,
     /// Cache of the managed worker pods.
     pub pods: Store<Pod>,
@@ -124,7 +123,7 @@ pub struct Context {
     pub brokers: crate::autoscaler::brokers::Brokers,
     /// The queue autoscaler; `None` in tests that drive `status.desiredReplicas` themselves.
     pub autoscaler: Option<Autoscaler>,
-    /// Expectations and pod memory.
+    /// Expectations, by QWorker uid.
     pub expectations: Expectations,
 }
 
@@ -135,6 +134,9 @@ fn key(qw: &QWorker) -> String {
 /// Reconciles one QWorker.
 #[instrument(skip_all, fields(qworker = %qw.name_any(), namespace = qw.namespace().unwrap_or_default()))]
 pub async fn reconcile(qw: Arc<QWorker>, ctx: Arc<Context>) -> Result<Action> {
+    if let Some(action) = ctx.shared.gate.closed() {
+        return Ok(action);
+    }
     let _timer = ctx.shared.metrics.reconcile_started(CONTROLLER);
     let k = key(&qw);
     match reconcile_inner(&qw, &ctx).await {
@@ -207,71 +209,148 @@ pub fn vpa_requests(qw: &QWorker) -> BTreeMap<String, BTreeMap<String, String>> 
 }
 
 async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
-    let ns = qw.namespace().unwrap_or_default();
-    let name = qw.name_any();
-    let k = key(qw);
-    let sc = &qw.spec.scale_config;
-    if sc.min_replicas > sc.max_replicas {
-        return Err(Error::InvalidSpec(format!(
-            "scaleConfig.minReplicas ({}) must be <= scaleConfig.maxReplicas ({})",
-            sc.min_replicas, sc.max_replicas
-        )));
-    }
-    if qw.spec.pod_spec.containers.is_empty() {
-        return Err(Error::InvalidSpec(
-            "podSpec.containers must name at least one container".into(),
-        ));
-    }
+    build::validate(qw).map_err(Error::InvalidSpec)?;
     if let Some(autoscaler) = &ctx.autoscaler {
         autoscaler.ensure(qw);
     }
+    let sc = &qw.spec.scale_config;
+    let ns = qw.namespace().unwrap_or_default();
+    let uid = qw.metadata.uid.clone().unwrap_or_default();
 
+    // Observe.
     let spec = build::template_spec(qw, &vpa_requests(qw));
     let hash = build::pod_spec_hash(qw, &spec);
-    let uid = qw.metadata.uid.as_deref();
-    let owned: Vec<Arc<Pod>> = ctx
+    let in_namespace: Vec<Arc<Pod>> = ctx
         .pods
         .state()
         .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && owned_by(p, uid))
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
         .collect();
-    let views: Vec<PodView> = owned.iter().map(|p| PodView::of(p)).collect();
-    let (pending_creates, pending_drains) = ctx.expectations.settle(&k, &views);
+    let known: HashSet<String> = in_namespace.iter().map(|p| p.name_any()).collect();
+    let views: Vec<PodView> = in_namespace
+        .iter()
+        .filter(|p| owned_by(p, Some(uid.as_str())))
+        .map(|p| PodView::of(p))
+        .collect();
+    let (pending_creates, pending_drains) = ctx.expectations.settle(&uid, &views);
     let desired = qw
         .status
         .as_ref()
         .map_or(0, |s| s.desired_replicas)
         .clamp(sc.min_replicas.max(0), sc.max_replicas.max(0));
-    let plan = build::plan(&views, &hash, desired, pending_creates, &pending_drains);
+    let holders = if ctx.expectations.sweep_due(&uid) {
+        sweep(ctx, qw).await
+    } else {
+        None
+    };
 
+    // Decide.
+    let plan = plan::plan(&Observed {
+        qworker: &qw.name_any(),
+        pods: &views,
+        hash: &hash,
+        desired,
+        pending_creates: &pending_creates,
+        pending_drains: &pending_drains,
+        holders: holders.as_deref(),
+        known_pods: &known,
+    });
+    if holders.is_some() {
+        ctx.expectations.swept(&uid);
+    }
+
+    // Act.
+    let acted = act(qw, ctx, &plan, &spec, &hash).await?;
+    let current = plan.current + acted.created as i32;
+    write_status(qw, ctx, &plan, current, desired, &hash, &views, acted.any()).await?;
+    let waiting = !pending_creates.is_empty()
+        || !pending_drains.is_empty()
+        || acted.any()
+        || views.iter().any(|v| v.draining || v.terminating());
+    Ok(Action::requeue(if waiting { SETTLING } else { RESYNC }))
+}
+
+/// Lists the workers that hold tasks of the QWorker's queue, for the sweep; `None` when the
+/// broker cannot be asked now (the sweep is tried again at the next reconcile).
+async fn sweep(ctx: &Context, qw: &QWorker) -> Option<Vec<String>> {
+    let sc = &qw.spec.scale_config;
+    let ns = qw.namespace().unwrap_or_default();
+    let broker = match ctx.brokers.get(&ns, &sc.scaler_config_ref).await {
+        Ok(b) => b,
+        Err(e) => {
+            debug!(reason = e.reason, "in-flight sweep postponed");
+            return None;
+        }
+    };
+    match broker.holders(&sc.queue).await {
+        Ok(holders) => Some(holders),
+        Err(e) => {
+            debug!(error = %e, "in-flight sweep postponed");
+            None
+        }
+    }
+}
+
+/// What [`act`] did.
+#[derive(Default)]
+struct Acted {
+    created: usize,
+    drained: usize,
+    deleted: usize,
+}
+
+impl Acted {
+    fn any(&self) -> bool {
+        self.created + self.drained + self.deleted > 0
+    }
+}
+
+/// Carries out `plan`: recoveries first, then deletions (of pods whose tasks are safe), drains
+/// and creations, with an Event for each kind of change.
+async fn act(
+    qw: &QWorker,
+    ctx: &Context,
+    plan: &plan::Plan,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    hash: &str,
+) -> Result<Acted> {
+    let ns = qw.namespace().unwrap_or_default();
+    let name = qw.name_any();
+    let uid = qw.metadata.uid.clone().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), &ns);
     let labels = crate::metrics::QWorkerLabels {
         namespace: ns.clone(),
         qworker: name.clone(),
     };
+    let mut acted = Acted::default();
 
-    // Return the tasks of pods that are gone, and of finished pods before deleting them.
-    let existing: HashSet<String> = views
-        .iter()
-        .filter(|v| !v.terminal())
-        .map(|v| v.name.clone())
-        .collect();
-    let mut to_recover = ctx.expectations.vanished(&k, existing);
-    to_recover.extend(plan.delete.iter().cloned());
-    let unrecovered = recover(ctx, qw, to_recover).await;
-    for dead in &plan.delete {
-        if unrecovered.contains(dead) {
-            continue;
-        }
-        match pods.delete(dead, &DeleteParams::background()).await {
-            Ok(_) => info!(pod = %dead, "deleted finished worker pod"),
+    let unrecovered = recover(ctx, qw, &plan.recover).await;
+    let mut deleted = Vec::new();
+    for pod in plan.delete.iter().filter(|p| !unrecovered.contains(*p)) {
+        match pods.delete(pod, &DeleteParams::background()).await {
+            Ok(_) => deleted.push(pod.clone()),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
     }
-    ctx.expectations.unrecovered(&k, unrecovered);
+    if !deleted.is_empty() {
+        info!(pods = ?deleted, "deleted worker pods whose work is over");
+        acted.deleted = deleted.len();
+        ctx.shared
+            .event(
+                &qw.object_ref(&()),
+                false,
+                "Deleted",
+                "DeletePod",
+                format!(
+                    "Deleted {} worker pod(s) that finished, drained or never started: {}",
+                    deleted.len(),
+                    deleted.join(", ")
+                ),
+            )
+            .await;
+    }
 
-    // Ask the chosen pods to finish their task and exit.
     let mut drained: Vec<String> = Vec::new();
     for (pod, reason) in &plan.drain {
         let patch = serde_json::json!({
@@ -286,7 +365,7 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
         };
         match pods.patch(pod, &params, &Patch::Merge(&patch)).await {
             Ok(_) => {
-                ctx.expectations.drained(&k, pod);
+                ctx.expectations.drained(&uid, pod);
                 ctx.shared
                     .metrics
                     .drains_requested
@@ -299,6 +378,7 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
         }
     }
     if !drained.is_empty() {
+        acted.drained = drained.len();
         let scale_down = plan.drain.iter().any(|(_, r)| *r == DrainReason::ScaleDown);
         ctx.shared
             .event(
@@ -319,78 +399,55 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
             .await;
     }
 
-    // Create the missing workers.
     let mut created = Vec::new();
+    let mut failure = None;
     for _ in 0..plan.create {
         let pod_name = build::pod_name(&name);
-        let pod = build::pod(qw, &spec, &hash, &pod_name);
+        let pod = build::pod(qw, spec, hash, &pod_name);
         let params = PostParams {
             field_manager: Some(crate::FIELD_MANAGER.into()),
             ..PostParams::default()
         };
         match pods.create(&params, &pod).await {
             Ok(_) => {
-                ctx.expectations.created(&k, &pod_name);
+                ctx.expectations.created(&uid, &pod_name);
                 ctx.shared.metrics.pods_created.get_or_create(&labels).inc();
                 created.push(pod_name);
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => {
-                if !created.is_empty() {
-                    report_created(ctx, qw, &created).await;
-                }
-                return Err(e.into());
+                failure = Some(e);
+                break;
             }
         }
     }
     if !created.is_empty() {
-        report_created(ctx, qw, &created).await;
+        acted.created = created.len();
+        ctx.shared
+            .event(
+                &qw.object_ref(&()),
+                false,
+                "Created",
+                "CreatePod",
+                format!(
+                    "Created {} worker pod(s): {}",
+                    created.len(),
+                    created.join(", ")
+                ),
+            )
+            .await;
     }
-
-    let current = plan.current + created.len() as i32;
-    write_status(
-        qw,
-        ctx,
-        &plan,
-        current,
-        desired,
-        &hash,
-        &views,
-        !created.is_empty() || !drained.is_empty(),
-    )
-    .await?;
-    let waiting = pending_creates > 0
-        || !pending_drains.is_empty()
-        || plan.create > 0
-        || !plan.drain.is_empty();
-    Ok(Action::requeue(if waiting {
-        Duration::from_secs(5)
-    } else {
-        Duration::from_secs(300)
-    }))
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(acted),
+    }
 }
 
-async fn report_created(ctx: &Context, qw: &QWorker, created: &[String]) {
-    ctx.shared
-        .event(
-            &qw.object_ref(&()),
-            false,
-            "Created",
-            "CreatePod",
-            format!(
-                "Created {} worker pod(s): {}",
-                created.len(),
-                created.join(", ")
-            ),
-        )
-        .await;
-}
-
-/// Moves the in-flight tasks of `names` back to the queue; returns the names that could not
-/// be recovered now (the broker is unreachable), to be tried again.
-async fn recover(ctx: &Context, qw: &QWorker, names: HashSet<String>) -> HashSet<String> {
+/// Moves the in-flight tasks of the workers `names` (which no longer run) back to the queue;
+/// returns the names whose tasks could not be returned now (the broker is unreachable).
+async fn recover(ctx: &Context, qw: &QWorker, names: &[String]) -> HashSet<String> {
     if names.is_empty() {
-        return names;
+        return HashSet::new();
     }
     let sc = &qw.spec.scale_config;
     let ns = qw.namespace().unwrap_or_default();
@@ -401,12 +458,12 @@ async fn recover(ctx: &Context, qw: &QWorker, names: HashSet<String>) -> HashSet
                 reason = e.reason,
                 "cannot recover tasks of gone workers yet"
             );
-            return names;
+            return names.iter().cloned().collect();
         }
     };
     let mut failed = HashSet::new();
     for pod in names {
-        match broker.recover(&sc.queue, &pod).await {
+        match broker.recover(&sc.queue, pod).await {
             Ok(0) => {}
             Ok(n) => {
                 info!(%pod, tasks = n, "returned the tasks of a gone worker to the queue");
@@ -425,7 +482,7 @@ async fn recover(ctx: &Context, qw: &QWorker, names: HashSet<String>) -> HashSet
             }
             Err(e) => {
                 warn!(%pod, error = %e, "could not recover tasks");
-                failed.insert(pod);
+                failed.insert(pod.clone());
             }
         }
     }
@@ -436,7 +493,7 @@ async fn recover(ctx: &Context, qw: &QWorker, names: HashSet<String>) -> HashSet
 async fn write_status(
     qw: &QWorker,
     ctx: &Context,
-    plan: &build::Plan,
+    plan: &plan::Plan,
     current: i32,
     desired: i32,
     hash: &str,
@@ -451,7 +508,7 @@ async fn write_status(
         .filter(|v| {
             v.ready
                 && !v.terminal()
-                && !v.terminating
+                && !v.terminating()
                 && !v.draining
                 && v.hash.as_deref() == Some(hash)
         })
@@ -528,7 +585,13 @@ pub fn error_policy(qw: Arc<QWorker>, err: &Error, ctx: Arc<Context>) -> Action 
     Action::requeue(delay)
 }
 
-/// The controller's caches and the future that runs it (and the pod watch) until `shutdown`.
+/// The QWorker cache, the autoscaler, and the future that runs the QWorker controller and the
+/// pod [`release`] controller (and their watches) until `shutdown`.
+///
+/// One pod watch feeds both: its cache is what the reconciler and the autoscaler read, and each
+/// pod event triggers the pod's own release check and a reconcile of its QWorker. The watches
+/// run on a standby too (its caches stay warm and `/readyz` answers); its reconciles wait at
+/// the gate, and every object is reconciled when it becomes the leader.
 pub fn controller(
     shared: Shared,
     brokers: crate::autoscaler::brokers::Brokers,
@@ -540,46 +603,58 @@ pub fn controller(
     impl std::future::Future<Output = ()> + Send,
 ) {
     let client = shared.client.clone();
-    let (pod_reader, pod_writer) = reflector::store_shared::<Pod>(1024);
-    let pod_events = pod_writer.subscribe();
-    let pod_watch = watcher(
+    let readiness = shared.gate.readiness.clone();
+    let (pods, pod_events) = cache::watch(
         scoped::<Pod>(&client, namespace),
         watcher::Config::default().labels(POD_SELECTOR),
-    )
-    .default_backoff()
-    .modify(|p| p.managed_fields_mut().clear())
-    .reflect_shared(pod_writer)
-    .for_each(|_| futures::future::ready(()));
-    let mut controller = Controller::new(
+        readiness.track("pods"),
+    );
+    let (qworkers, qworker_events) = cache::watch(
         scoped::<QWorker>(&client, namespace),
         watcher::Config::default(),
+        readiness.track("qworkers"),
     );
-    if let Some(events) = pod_events {
-        controller = controller.owns_shared_stream(events);
-    }
-    let store = controller.store();
+    let (owners_tx, owners_rx) = futures::channel::mpsc::unbounded();
+    let pod_events = pod_events.inspect(move |event| {
+        if let Ok(pod) = event
+            && let Some(owner) = cache::controller_owner::<QWorker, _>(pod)
+        {
+            // The receiver lives as long as the controller; a send error means shutdown.
+            let _ = owners_tx.unbounded_send(owner);
+        }
+    });
     let autoscaler = Autoscaler::new(
         shared.clone(),
         brokers.clone(),
-        store.clone(),
-        pod_reader.clone(),
+        qworkers.clone(),
+        pods.clone(),
     );
+    let release_ctx = Arc::new(release::Context {
+        shared: shared.clone(),
+        qworkers: qworkers.clone(),
+        brokers: brokers.clone(),
+    });
     let ctx = Arc::new(Context {
-        shared,
-        pods: pod_reader,
+        shared: shared.clone(),
+        pods: pods.clone(),
         brokers,
         autoscaler: Some(autoscaler.clone()),
         expectations: Expectations::default(),
     });
-    let run = controller
-        .graceful_shutdown_on(shutdown)
+    let shutdown = shutdown.shared();
+    let run = Controller::for_stream(qworker_events, qworkers.clone())
+        .reconcile_on(owners_rx)
+        .reconcile_all_on(shared.gate.on_leadership())
+        .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
+    let release_run = Controller::for_stream(pod_events, pods)
+        .reconcile_all_on(shared.gate.on_leadership())
+        .graceful_shutdown_on(shutdown)
+        .run(release::reconcile, release::error_policy, release_ctx)
+        .for_each(|_| futures::future::ready(()));
     let future = async move {
-        tokio::select! {
-            _ = run => {},
-            _ = pod_watch => {},
-        }
+        futures::future::join(run, release_run).await;
     };
-    (store, autoscaler, future)
+    (qworkers, autoscaler, future)
 }

@@ -22,6 +22,10 @@ pub const DEFAULT_PORT_COUNT: i32 = 4;
 pub const DEFAULT_STORM_IMAGE: &str = "storm";
 /// Default worker image tag.
 pub const DEFAULT_STORM_TAG: &str = "2.6.4";
+/// Longest StormWorkerPool name: the headless Service `<pool>-headless` must be a DNS-1035
+/// label of at most 63 characters, and `-headless` is the longest suffix the operator appends
+/// to a name that must be such a label. The CRD's CEL rule on `metadata.name` says the same.
+pub const MAX_POOL_NAME_LENGTH: usize = 54;
 
 /// A pool of Storm worker pods serving one topology.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -36,6 +40,8 @@ pub const DEFAULT_STORM_TAG: &str = "2.6.4";
     derive = "PartialEq",
     derive = "Default",
     doc = "A pool of Apache Storm worker pods for one topology: a Deployment, an optional HPA, a headless Service and the pool's storm.yaml.",
+    validation = Rule::new("self.metadata.name.size() <= 54").message("metadata.name must be at most 54 characters: the pool's headless Service <name>-headless must be a DNS label of at most 63 characters"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]')").message("metadata.name must start with a lowercase letter: the pool's headless Service <name>-headless must be a DNS-1035 label"),
     printcolumn(name = "Topology", type_ = "string", json_path = ".spec.topologyRef"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Desired", type_ = "integer", json_path = ".status.replicas"),
@@ -422,5 +428,47 @@ impl StormWorkerPoolSpec {
     /// The slot ports, with defaults applied.
     pub fn ports(&self) -> PortsSpec {
         self.ports.clone().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+
+    use super::*;
+
+    /// The CEL rules on the root of the StormWorkerPool schema, as (rule, message).
+    fn root_rules() -> Vec<(String, String)> {
+        let crd = StormWorkerPool::crd();
+        let schema = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("schema");
+        schema
+            .x_kubernetes_validations
+            .iter()
+            .flatten()
+            .map(|r| (r.rule.clone(), r.message.clone().unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn crd_limits_the_pool_name_to_what_the_headless_service_allows() {
+        let rules = root_rules();
+        let rule = format!("self.metadata.name.size() <= {MAX_POOL_NAME_LENGTH}");
+        let (_, message) = rules
+            .iter()
+            .find(|(r, _)| *r == rule)
+            .unwrap_or_else(|| panic!("no rule {rule:?} in {rules:?}"));
+        assert!(message.contains("at most 54 characters"), "{message}");
+        assert!(message.contains("-headless"), "{message}");
+        assert_eq!(MAX_POOL_NAME_LENGTH + "-headless".len(), 63);
+        assert!(
+            rules
+                .iter()
+                .any(|(r, _)| r == "self.metadata.name.matches('^[a-z]')"),
+            "{rules:?}"
+        );
     }
 }

@@ -80,8 +80,81 @@ fn not_found() -> Value {
     support::status_error(404, "NotFound", "not found")
 }
 
+/// The `fieldManager` of a request and whether it forces.
+fn manager(seen: &support::Seen) -> (String, bool) {
+    let params: Vec<&str> = seen.query.split('&').collect();
+    let manager = params
+        .iter()
+        .find_map(|p| p.strip_prefix("fieldManager="))
+        .unwrap_or_default()
+        .to_string();
+    (manager, params.contains(&"force=true"))
+}
+
+/// Expects a server-side apply of the operator's own field manager (forced) to `path`.
+async fn expect_operator_apply(
+    api: &mut support::ApiServer,
+    path: &str,
+    extra: Value,
+) -> support::Seen {
+    let seen = api.expect_apply(path, extra).await;
+    assert_eq!(
+        manager(&seen),
+        ("workerpool-operator".to_string(), true),
+        "{path}"
+    );
+    seen
+}
+
+/// Expects a server-side apply of the hand-off field manager to `path` (forced or not) and
+/// answers with the applied object.
+async fn expect_handoff(api: &mut support::ApiServer, path: &str, force: bool) -> support::Seen {
+    let (seen, send) = api.next().await;
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        ("PATCH", path),
+        "unexpected request (query {:?}, body {})",
+        seen.query,
+        seen.body
+    );
+    assert_eq!(
+        manager(&seen),
+        ("workerpool-operator-handoff".to_string(), force),
+        "{}",
+        seen.query
+    );
+    let mut stored = seen.body.clone();
+    support::merge(
+        &mut stored,
+        json!({"metadata": {"namespace": NS, "resourceVersion": "1", "generation": 1}}),
+    );
+    send.send_response(
+        http::Response::builder()
+            .status(200)
+            .body(kube::client::Body::from(
+                serde_json::to_vec(&stored).expect("json"),
+            ))
+            .expect("response"),
+    );
+    seen
+}
+
+/// The hand-off manager's body that holds `spec.replicas` alone.
+fn replicas_only(replicas: i32) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "autoscale-workers-deployment"}, "spec": {"replicas": replicas}})
+}
+
+/// A live object as the server returns it, controlled by the pool with `uid`.
+fn owned_by(api_version: &str, kind: &str, name: &str, uid: &str) -> Value {
+    json!({"apiVersion": api_version, "kind": kind,
+        "metadata": {"name": name, "namespace": NS, "uid": format!("{name}-uid"),
+            "ownerReferences": [{"apiVersion": "storm.apache.org/v1beta1", "kind": "StormWorkerPool",
+                "name": "autoscale-workers", "uid": uid, "controller": true}]}})
+}
+
 #[tokio::test]
-async fn autoscaled_pool_applies_children_without_replicas_and_reports_the_hpa() {
+async fn autoscaled_pool_is_created_at_its_initial_count_without_the_operator_owning_it() {
     let (client, mut api) = support::mock();
     let p = pool(include_str!(
         "../../../examples/storm-autoscale-worker-pool.yaml"
@@ -89,36 +162,47 @@ async fn autoscaled_pool_applies_children_without_replicas_and_reports_the_hpa()
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
 
     expect_running_references(&mut api, "streaming-topology").await;
-    let cm = api
-        .expect_apply(
-            &path("v1", "configmaps", "autoscale-workers-storm-config"),
-            json!({}),
-        )
-        .await;
+    let cm = expect_operator_apply(
+        &mut api,
+        &path("v1", "configmaps", "autoscale-workers-storm-config"),
+        json!({}),
+    )
+    .await;
     assert!(
         cm.body["data"]["storm.yaml"]
             .as_str()
             .expect("storm.yaml")
             .contains("nimbus-0")
     );
-    // Autoscaling is being turned on: the operator looks for a Deployment whose replicas it owns.
-    api.expect(
-        "GET",
-        &path("apps/v1", "deployments", "autoscale-workers-deployment"),
-        404,
-        not_found(),
+    let deploy_path = path("apps/v1", "deployments", "autoscale-workers-deployment");
+    // Autoscaling is on: the operator reads the Deployment to see who owns its replicas.
+    api.expect("GET", &deploy_path, 404, not_found()).await;
+    // It does not exist: the hand-off manager creates it, not forced, at clamp(2, 2, 20).
+    let create = expect_handoff(&mut api, &deploy_path, false).await;
+    assert_eq!(create.body["spec"]["replicas"], 2, "the initial count");
+    assert_eq!(
+        create.body["spec"]["template"]["spec"]["containers"][0]["name"], "worker",
+        "a full Deployment, so that the create is valid"
+    );
+    assert_eq!(
+        create.body["metadata"]["ownerReferences"][0]["uid"],
+        "0000-1111"
+    );
+    // The operator's apply takes every other field and never sets replicas.
+    let deploy = expect_operator_apply(
+        &mut api,
+        &deploy_path,
+        json!({"spec": {"replicas": 2}, "status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2, "updatedReplicas": 2}}),
     )
     .await;
-    let deploy = api
-        .expect_apply(
-            &path("apps/v1", "deployments", "autoscale-workers-deployment"),
-            json!({"status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2, "updatedReplicas": 2}}),
-        )
-        .await;
     assert!(
         deploy.body["spec"].get("replicas").is_none(),
         "replicas must be left to the HPA: {}",
         deploy.body["spec"]
+    );
+    assert_eq!(
+        deploy.body["spec"]["template"],
+        create.body["spec"]["template"]
     );
     assert_eq!(
         deploy.body["metadata"]["ownerReferences"][0]["kind"],
@@ -128,29 +212,34 @@ async fn autoscaled_pool_applies_children_without_replicas_and_reports_the_hpa()
         deploy.body["metadata"]["ownerReferences"][0]["controller"],
         true
     );
-    api.expect_apply(
+    // The hand-off manager then gives up everything but replicas, at the same count.
+    let release = expect_handoff(&mut api, &deploy_path, false).await;
+    assert_eq!(release.body, replicas_only(2));
+    expect_operator_apply(
+        &mut api,
         &path("v1", "services", "autoscale-workers-headless"),
         json!({}),
     )
     .await;
-    let hpa = api
-        .expect_apply(
-            &path(
-                "autoscaling/v2",
-                "horizontalpodautoscalers",
-                "autoscale-workers-hpa",
-            ),
-            json!({"status": {"currentReplicas": 5, "desiredReplicas": 5}}),
-        )
-        .await;
+    let hpa = expect_operator_apply(
+        &mut api,
+        &path(
+            "autoscaling/v2",
+            "horizontalpodautoscalers",
+            "autoscale-workers-hpa",
+        ),
+        json!({}),
+    )
+    .await;
     assert_eq!(hpa.body["spec"]["minReplicas"], 2);
     assert_eq!(hpa.body["spec"]["maxReplicas"], 20);
     assert_eq!(
         hpa.body["spec"]["metrics"][2]["pods"]["metric"]["name"],
         "storm_pending_messages"
     );
+    // No PodDisruptionBudget is configured: one is deleted only if the pool controls it.
     api.expect(
-        "DELETE",
+        "GET",
         &path("policy/v1", "poddisruptionbudgets", "autoscale-workers-pdb"),
         404,
         not_found(),
@@ -185,10 +274,14 @@ async fn autoscaled_pool_applies_children_without_replicas_and_reports_the_hpa()
         .iter()
         .find(|c| c["type"] == "Autoscaling")
         .expect("Autoscaling");
-    assert_eq!(auto["reason"], "HPAActive");
+    assert_eq!(
+        (auto["status"].as_str(), auto["reason"].as_str()),
+        (Some("False"), Some("HPANotReported")),
+        "a new HPA has no conditions yet"
+    );
     assert_eq!(
         auto["message"],
-        "HPA is active (current: 5, min: 2, max: 20)"
+        "HPA autoscale-workers-hpa has not reported whether it can scale yet (min: 2, max: 20)"
     );
 
     api.finish(task).await.expect("reconcile ok");
@@ -207,6 +300,136 @@ async fn autoscaled_pool_applies_children_without_replicas_and_reports_the_hpa()
             "Created HorizontalPodAutoscaler autoscale-workers-hpa",
         ]
     );
+}
+
+#[tokio::test]
+async fn later_reconciles_leave_the_hpa_count_alone_and_report_the_hpa_conditions() {
+    let (client, mut api) = support::mock();
+    let p = pool(include_str!(
+        "../../../examples/storm-autoscale-worker-pool.yaml"
+    ));
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
+    expect_running_references(&mut api, "streaming-topology").await;
+    expect_operator_apply(
+        &mut api,
+        &path("v1", "configmaps", "autoscale-workers-storm-config"),
+        json!({}),
+    )
+    .await;
+    let deploy_path = path("apps/v1", "deployments", "autoscale-workers-deployment");
+    // The HPA scaled to 6 through the scale subresource; the hand-off manager let go.
+    let live = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "autoscale-workers-deployment", "namespace": NS, "managedFields": [
+            {"manager": "workerpool-operator", "operation": "Apply", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:metadata": {"f:labels": {}}, "f:spec": {"f:selector": {}, "f:template": {}}}},
+            {"manager": "kube-controller-manager", "operation": "Update", "subresource": "scale",
+             "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
+        "spec": {"replicas": 6, "selector": {}, "template": {}}});
+    api.expect("GET", &deploy_path, 200, live).await;
+    let deploy = expect_operator_apply(
+        &mut api,
+        &deploy_path,
+        json!({"spec": {"replicas": 6}, "status": {"replicas": 6, "readyReplicas": 6, "availableReplicas": 6, "updatedReplicas": 6}}),
+    )
+    .await;
+    assert!(deploy.body["spec"].get("replicas").is_none());
+    // No hand-off request: the next request is the Service.
+    expect_operator_apply(
+        &mut api,
+        &path("v1", "services", "autoscale-workers-headless"),
+        json!({}),
+    )
+    .await;
+    let no_metrics = "the HPA was unable to compute the replica count: failed to get cpu utilization: unable to get metrics for resource cpu: no metrics returned from resource metrics API";
+    expect_operator_apply(
+        &mut api,
+        &path(
+            "autoscaling/v2",
+            "horizontalpodautoscalers",
+            "autoscale-workers-hpa",
+        ),
+        json!({"status": {"currentReplicas": 6, "desiredReplicas": 6, "conditions": [
+            {"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale", "message": "the HPA controller was able to get the target's current scale"},
+            {"type": "ScalingActive", "status": "False", "reason": "FailedGetResourceMetric", "message": no_metrics}]}}),
+    )
+    .await;
+    api.expect(
+        "GET",
+        &path("policy/v1", "poddisruptionbudgets", "autoscale-workers-pdb"),
+        404,
+        not_found(),
+    )
+    .await;
+    let status = api
+        .expect_apply(
+            &path(
+                "storm.apache.org/v1beta1",
+                "stormworkerpools",
+                "autoscale-workers/status",
+            ),
+            stored(&p),
+        )
+        .await;
+    let s = &status.body["status"];
+    assert_eq!(s["replicas"], 6, "the HPA's count");
+    let auto = s["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Autoscaling")
+        .cloned()
+        .expect("Autoscaling");
+    assert_eq!(auto["status"], "False");
+    assert_eq!(auto["reason"], "FailedGetResourceMetric");
+    assert_eq!(
+        auto["message"],
+        format!(
+            "HPA autoscale-workers-hpa cannot scale (ScalingActive=False): {no_metrics} (current: 6, min: 2, max: 20)"
+        )
+    );
+    api.finish(task).await.expect("reconcile ok");
+}
+
+#[tokio::test]
+async fn an_interrupted_create_is_released_at_the_current_count() {
+    let (client, mut api) = support::mock();
+    let p = pool(include_str!(
+        "../../../examples/storm-autoscale-worker-pool.yaml"
+    ));
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
+    expect_running_references(&mut api, "streaming-topology").await;
+    expect_operator_apply(
+        &mut api,
+        &path("v1", "configmaps", "autoscale-workers-storm-config"),
+        json!({}),
+    )
+    .await;
+    let deploy_path = path("apps/v1", "deployments", "autoscale-workers-deployment");
+    // The hand-off manager created the Deployment, then the reconcile failed; the HPA has
+    // since scaled it to 4.
+    let live = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "autoscale-workers-deployment", "namespace": NS, "managedFields": [
+            {"manager": "workerpool-operator-handoff", "operation": "Apply", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:metadata": {"f:labels": {}}, "f:spec": {"f:selector": {}, "f:template": {}}}},
+            {"manager": "kube-controller-manager", "operation": "Update", "subresource": "scale",
+             "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
+        "spec": {"replicas": 4, "selector": {}, "template": {}}});
+    api.expect("GET", &deploy_path, 200, live).await;
+    let deploy = expect_operator_apply(&mut api, &deploy_path, json!({})).await;
+    assert!(deploy.body["spec"].get("replicas").is_none());
+    let release = expect_handoff(&mut api, &deploy_path, false).await;
+    assert_eq!(
+        release.body,
+        replicas_only(4),
+        "the live count, not the initial one"
+    );
+    expect_operator_apply(
+        &mut api,
+        &path("v1", "services", "autoscale-workers-headless"),
+        json!({}),
+    )
+    .await;
+    task.abort();
 }
 
 #[tokio::test]
@@ -234,35 +457,27 @@ async fn turning_autoscaling_on_hands_replicas_over_before_dropping_them() {
         existing,
     )
     .await;
-    let (handoff, send) = api.next().await;
-    assert_eq!(handoff.method, "PATCH");
-    assert!(
-        handoff
-            .query
-            .contains("fieldManager=workerpool-operator-handoff"),
-        "{}",
-        handoff.query
-    );
-    assert_eq!(
-        handoff.body["spec"],
-        json!({"replicas": 7}),
-        "the current count is kept"
-    );
-    send.send_response(
-        http::Response::builder()
-            .status(200)
-            .body(kube::client::Body::from(
-                serde_json::to_vec(&handoff.body).expect("json"),
-            ))
-            .expect("response"),
-    );
-    let deploy = api
-        .expect_apply(
-            &path("apps/v1", "deployments", "autoscale-workers-deployment"),
-            json!({}),
-        )
-        .await;
+    let handoff = expect_handoff(
+        &mut api,
+        &path("apps/v1", "deployments", "autoscale-workers-deployment"),
+        true,
+    )
+    .await;
+    assert_eq!(handoff.body, replicas_only(7), "the current count is kept");
+    let deploy = expect_operator_apply(
+        &mut api,
+        &path("apps/v1", "deployments", "autoscale-workers-deployment"),
+        json!({}),
+    )
+    .await;
     assert!(deploy.body["spec"].get("replicas").is_none());
+    // The hand-off applied replicas alone; there is nothing to release afterwards.
+    expect_operator_apply(
+        &mut api,
+        &path("v1", "services", "autoscale-workers-headless"),
+        json!({}),
+    )
+    .await;
     task.abort();
 }
 
@@ -385,51 +600,71 @@ async fn invalid_custom_metric_fails_the_pool_without_touching_children() {
 }
 
 #[tokio::test]
-async fn disabling_autoscaling_deletes_the_hpa_and_restores_replicas() {
+async fn disabling_autoscaling_deletes_the_owned_hpa_even_without_hpa_name_and_restores_replicas() {
     let (client, mut api) = support::mock();
     let mut p = pool(include_str!(
         "../../../examples/storm-autoscale-worker-pool.yaml"
     ));
     p.spec.autoscaling.as_mut().expect("autoscaling").enabled = false;
-    p.status = Some(workerpool_api::StormWorkerPoolStatus {
-        hpa_name: Some("autoscale-workers-hpa".into()),
-        ..Default::default()
-    });
+    // The status write that would have recorded the HPA failed: the status does not name it.
+    p.status = None;
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
     expect_running_references(&mut api, "streaming-topology").await;
-    api.expect_apply(
+    expect_operator_apply(
+        &mut api,
         &path("v1", "configmaps", "autoscale-workers-storm-config"),
         json!({}),
     )
     .await;
-    let deploy = api
-        .expect_apply(
-            &path("apps/v1", "deployments", "autoscale-workers-deployment"),
-            json!({}),
-        )
-        .await;
+    let deploy = expect_operator_apply(
+        &mut api,
+        &path("apps/v1", "deployments", "autoscale-workers-deployment"),
+        json!({}),
+    )
+    .await;
     assert_eq!(
         deploy.body["spec"]["replicas"], 2,
         "spec.replicas is restored"
     );
-    api.expect_apply(
+    expect_operator_apply(
+        &mut api,
         &path("v1", "services", "autoscale-workers-headless"),
         json!({}),
     )
     .await;
+    let hpa_path = path(
+        "autoscaling/v2",
+        "horizontalpodautoscalers",
+        "autoscale-workers-hpa",
+    );
     api.expect(
-        "DELETE",
-        &path(
-            "autoscaling/v2",
-            "horizontalpodautoscalers",
-            "autoscale-workers-hpa",
-        ),
+        "GET",
+        &hpa_path,
         200,
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+        owned_by(
+            "autoscaling/v2",
+            "HorizontalPodAutoscaler",
+            "autoscale-workers-hpa",
+            "0000-1111",
+        ),
     )
     .await;
+    let delete = api
+        .expect(
+            "DELETE",
+            &hpa_path,
+            200,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+        )
+        .await;
+    assert_eq!(
+        delete.body["preconditions"]["uid"], "autoscale-workers-hpa-uid",
+        "only the HPA that was read is deleted: {}",
+        delete.body
+    );
+    assert_eq!(delete.body["propagationPolicy"], "Background");
     api.expect(
-        "DELETE",
+        "GET",
         &path("policy/v1", "poddisruptionbudgets", "autoscale-workers-pdb"),
         404,
         not_found(),
@@ -461,6 +696,113 @@ async fn disabling_autoscaling_deletes_the_hpa_and_restores_replicas() {
         api.events
             .iter()
             .any(|e| e.1 == "Deleted" && e.2.contains("autoscale-workers-hpa"))
+    );
+}
+
+#[tokio::test]
+async fn no_delete_is_sent_for_a_missing_hpa_or_a_child_of_another_owner() {
+    let (client, mut api) = support::mock();
+    let mut p = pool(include_str!(
+        "../../../examples/storm-autoscale-worker-pool.yaml"
+    ));
+    p.spec.autoscaling.as_mut().expect("autoscaling").enabled = false;
+    // A stale status still names an HPA that no longer exists.
+    p.status = Some(workerpool_api::StormWorkerPoolStatus {
+        hpa_name: Some("autoscale-workers-hpa".into()),
+        ..Default::default()
+    });
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
+    expect_running_references(&mut api, "streaming-topology").await;
+    for (kind, name) in [
+        ("configmaps", "autoscale-workers-storm-config"),
+        ("deployments", "autoscale-workers-deployment"),
+        ("services", "autoscale-workers-headless"),
+    ] {
+        let gv = if kind == "deployments" {
+            "apps/v1"
+        } else {
+            "v1"
+        };
+        expect_operator_apply(&mut api, &path(gv, kind, name), json!({})).await;
+    }
+    api.expect(
+        "GET",
+        &path(
+            "autoscaling/v2",
+            "horizontalpodautoscalers",
+            "autoscale-workers-hpa",
+        ),
+        404,
+        not_found(),
+    )
+    .await;
+    // A PodDisruptionBudget of the same name that another pool controls is left alone.
+    api.expect(
+        "GET",
+        &path("policy/v1", "poddisruptionbudgets", "autoscale-workers-pdb"),
+        200,
+        owned_by(
+            "policy/v1",
+            "PodDisruptionBudget",
+            "autoscale-workers-pdb",
+            "another-pool",
+        ),
+    )
+    .await;
+    let status = api
+        .expect_apply(
+            &path(
+                "storm.apache.org/v1beta1",
+                "stormworkerpools",
+                "autoscale-workers/status",
+            ),
+            stored(&p),
+        )
+        .await;
+    assert!(status.body["status"].get("hpaName").is_none());
+    api.finish(task).await.expect("reconcile ok");
+    assert!(
+        !api.events.iter().any(|e| e.1 == "Deleted"),
+        "{:?}",
+        api.events
+    );
+}
+
+#[tokio::test]
+async fn a_name_too_long_for_the_headless_service_fails_the_pool_without_touching_children() {
+    let (client, mut api) = support::mock();
+    let mut p = pool(include_str!(
+        "../../../examples/storm-basic-worker-pool.yaml"
+    ));
+    let name = "w".repeat(55);
+    p.metadata.name = Some(name.clone());
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
+    let status = api
+        .expect_apply(
+            &path(
+                "storm.apache.org/v1beta1",
+                "stormworkerpools",
+                &format!("{name}/status"),
+            ),
+            stored(&p),
+        )
+        .await;
+    let s = &status.body["status"];
+    assert_eq!(s["phase"], "Failed");
+    assert_eq!(s["conditions"][0]["reason"], "InvalidSpec");
+    assert_eq!(s["conditions"][0]["status"], "False");
+    assert_eq!(
+        s["message"],
+        format!(
+            "invalid spec: metadata.name {name:?} has 55 characters; at most 54 are allowed, because the headless Service {name}-headless must be a DNS label of at most 63 characters"
+        )
+    );
+    let action = api.finish(task).await.expect("reported, not retried");
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    assert_eq!(api.events.len(), 1);
+    assert_eq!(
+        (api.events[0].0.as_str(), api.events[0].1.as_str()),
+        ("Warning", "InvalidSpec")
     );
 }
 

@@ -20,7 +20,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use workerpool_api::storm::{
-    DEFAULT_STORM_IMAGE, DEFAULT_STORM_TAG, MetricSourceType, StormCluster, StormWorkerPool,
+    DEFAULT_STORM_IMAGE, DEFAULT_STORM_TAG, MAX_POOL_NAME_LENGTH, MetricSourceType, StormCluster,
+    StormWorkerPool,
 };
 
 use crate::MANAGED_BY;
@@ -62,8 +63,30 @@ pub fn pdb_name(pool: &str) -> String {
     format!("{pool}-pdb")
 }
 
-/// Checks what the schema cannot: quantities of custom-metric targets and container names.
+/// Checks the pool's name against [`MAX_POOL_NAME_LENGTH`], for API servers that skip the CRD's
+/// CEL rules: a longer name makes the headless Service name (a DNS-1035 label) too long, and every
+/// create of a child would be rejected.
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.len() > MAX_POOL_NAME_LENGTH {
+        return Err(Error::InvalidSpec(format!(
+            "metadata.name {name:?} has {} characters; at most {MAX_POOL_NAME_LENGTH} are allowed, because the headless Service {} must be a DNS label of at most 63 characters",
+            name.len(),
+            service_name(name)
+        )));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(Error::InvalidSpec(format!(
+            "metadata.name {name:?} must start with a lowercase letter, because the headless Service {} must be a DNS-1035 label",
+            service_name(name)
+        )));
+    }
+    Ok(())
+}
+
+/// Checks what the schema cannot (or what a server that skips CEL rules lets through): the
+/// name, quantities of custom-metric targets and container names.
 pub fn validate(pool: &StormWorkerPool) -> Result<()> {
+    validate_name(&pool.name_any())?;
     if let Some(auto) = pool.spec.enabled_autoscaling() {
         let max = auto.max_replicas.ok_or_else(|| {
             Error::InvalidSpec(
@@ -188,6 +211,18 @@ fn label_value(v: &str) -> String {
 
 fn owner_reference(pool: &StormWorkerPool) -> Vec<OwnerReference> {
     pool.controller_owner_ref(&()).into_iter().collect()
+}
+
+/// Whether `object` has a controller ownerReference to this pool (same uid), i.e. the operator
+/// made it for this pool and may delete it.
+pub fn controlled_by<K: Resource>(object: &K, pool: &StormWorkerPool) -> bool {
+    let Some(uid) = pool.uid() else {
+        return false;
+    };
+    object
+        .owner_references()
+        .iter()
+        .any(|r| r.controller == Some(true) && r.uid == uid)
 }
 
 fn metadata(pool: &StormWorkerPool, name: String) -> ObjectMeta {
@@ -433,6 +468,37 @@ pub fn deployment(pool: &StormWorkerPool, cluster: &StormCluster, config_hash: &
         }),
         status: None,
     }
+}
+
+/// The replica count a Deployment is created with while autoscaling is enabled:
+/// `spec.replicas` (default 1) clamped to `autoscaling.minReplicas ..= autoscaling.maxReplicas`.
+/// `None` when autoscaling is disabled (the operator's apply then sets `spec.replicas` itself).
+pub fn initial_replicas(pool: &StormWorkerPool) -> Option<i32> {
+    let auto = pool.spec.enabled_autoscaling()?;
+    let min = auto.min_replicas.unwrap_or(1);
+    let max = auto.max_replicas.unwrap_or(min).max(min);
+    Some(pool.spec.replicas.unwrap_or(1).clamp(min, max))
+}
+
+/// `desired` with `spec.replicas` set: the object that creates an autoscaled pool's Deployment
+/// at its initial count (applied by the hand-off field manager, never by the operator's own).
+pub fn with_replicas(desired: &Deployment, replicas: i32) -> Deployment {
+    let mut d = desired.clone();
+    if let Some(spec) = d.spec.as_mut() {
+        spec.replicas = Some(replicas);
+    }
+    d
+}
+
+/// The apply body of the hand-off field manager: the Deployment's `spec.replicas` and nothing
+/// else, so that the manager owns only that field.
+pub fn replicas_patch(deployment: &str, replicas: i32) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": deployment },
+        "spec": { "replicas": replicas },
+    })
 }
 
 /// Headless Service `<pool>-headless` exposing the slot ports.
@@ -1015,5 +1081,102 @@ mod tests {
                 other => panic!("expected InvalidSpec containing {want:?}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn pool_names_are_limited_by_the_headless_service() {
+        let longest = "a".repeat(MAX_POOL_NAME_LENGTH);
+        assert_eq!(service_name(&longest).len(), 63, "a DNS label at most");
+        let cases = [
+            (longest.clone(), None),
+            (
+                "p".repeat(55),
+                Some("has 55 characters; at most 54 are allowed"),
+            ),
+            (
+                "1-workers".to_string(),
+                Some("must start with a lowercase letter"),
+            ),
+            ("my-workers".to_string(), None),
+        ];
+        for (name, want) in cases {
+            let mut pool = basic();
+            pool.metadata.name = Some(name.clone());
+            match (validate(&pool), want) {
+                (Ok(()), None) => {}
+                (Err(Error::InvalidSpec(msg)), Some(want)) => {
+                    assert!(
+                        msg.contains(want),
+                        "{name}: {msg:?} should contain {want:?}"
+                    );
+                    assert!(msg.contains(&service_name(&name)), "{msg}");
+                }
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+        let mut too_long = basic();
+        too_long.metadata.name = Some("w".repeat(55));
+        assert!(matches!(
+            children(&too_long, &cluster()),
+            Err(Error::InvalidSpec(_))
+        ));
+    }
+
+    #[test]
+    fn autoscaled_deployments_start_at_the_clamped_replica_count() {
+        // (spec.replicas, minReplicas, maxReplicas) -> initial count
+        let cases = [
+            (Some(2), Some(2), 10, 2),
+            (None, Some(2), 10, 2),
+            (Some(1), Some(2), 10, 2),
+            (Some(15), Some(2), 10, 10),
+            (Some(0), None, 5, 1),
+            (Some(5), None, 10, 5),
+        ];
+        for (replicas, min, max, want) in cases {
+            let mut pool = autoscale();
+            pool.spec.replicas = replicas;
+            let auto = pool.spec.autoscaling.as_mut().expect("autoscaling");
+            auto.min_replicas = min;
+            auto.max_replicas = Some(max);
+            assert_eq!(
+                initial_replicas(&pool),
+                Some(want),
+                "replicas {replicas:?}, min {min:?}, max {max}"
+            );
+        }
+        assert_eq!(initial_replicas(&basic()), None, "no autoscaling");
+        let c = children(&autoscale(), &cluster()).expect("valid");
+        let create = with_replicas(&c.deployment, 2);
+        assert_eq!(create.spec.as_ref().and_then(|s| s.replicas), Some(2));
+        assert_eq!(
+            create.spec.as_ref().map(|s| &s.template),
+            c.deployment.spec.as_ref().map(|s| &s.template)
+        );
+        assert_eq!(
+            replicas_patch("autoscale-workers-deployment", 2),
+            serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "autoscale-workers-deployment"}, "spec": {"replicas": 2}})
+        );
+    }
+
+    #[test]
+    fn only_children_controlled_by_this_pool_count_as_owned() {
+        let pool = autoscale();
+        let owned = hpa(&pool).expect("hpa");
+        assert!(controlled_by(&owned, &pool));
+        let mut other = owned.clone();
+        if let Some(refs) = other.metadata.owner_references.as_mut() {
+            refs[0].uid = "someone-else".into();
+        }
+        assert!(!controlled_by(&other, &pool), "another pool's uid");
+        let mut not_controller = owned.clone();
+        if let Some(refs) = not_controller.metadata.owner_references.as_mut() {
+            refs[0].controller = None;
+        }
+        assert!(!controlled_by(&not_controller, &pool), "not the controller");
+        let mut unowned = owned;
+        unowned.metadata.owner_references = None;
+        assert!(!controlled_by(&unowned, &pool), "no ownerReferences");
     }
 }

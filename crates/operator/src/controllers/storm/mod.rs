@@ -2,6 +2,7 @@
 //! children built by [`build`], and writes the status computed by [`status`].
 
 pub mod build;
+pub mod replicas;
 pub mod status;
 
 use std::sync::Arc;
@@ -13,14 +14,14 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 use workerpool_api::conditions::{self, READY};
 use workerpool_api::storm::{StormCluster, StormTopology, StormWorkerPool, StormWorkerPoolStatus};
 
@@ -28,12 +29,12 @@ use crate::apply;
 use crate::context::Shared;
 use crate::controllers::{ChildTracker, MANAGED_SELECTOR, scoped};
 use crate::error::{Error, Result};
+use replicas::BeforeApply;
+pub use replicas::{HANDOFF_MANAGER, manager_owns};
 use status::Blocked;
 
 /// Controller name used in metrics and logs.
 pub const CONTROLLER: &str = "stormworkerpool";
-/// Field manager that keeps `spec.replicas` while ownership passes from the operator to the HPA.
-pub const HANDOFF_MANAGER: &str = "workerpool-operator-handoff";
 /// How often a healthy pool is reconciled again without any change.
 pub const RESYNC: Duration = Duration::from_secs(300);
 
@@ -53,6 +54,9 @@ fn object_ref(pool: &StormWorkerPool) -> ObjectReference {
 /// return `Ok`; API failures return `Err` and are retried with backoff.
 #[instrument(skip_all, fields(pool = %pool.name_any(), namespace = pool.namespace().unwrap_or_default()))]
 pub async fn reconcile(pool: Arc<StormWorkerPool>, ctx: Arc<Context>) -> Result<Action> {
+    if let Some(action) = ctx.shared.gate.closed() {
+        return Ok(action);
+    }
     let _timer = ctx.shared.metrics.reconcile_started(CONTROLLER);
     let key = format!(
         "{}/{}",
@@ -122,21 +126,13 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
 
     apply_child(ctx, pool, &config_maps, &children.config_map).await?;
-    let had_hpa = pool
-        .status
-        .as_ref()
-        .and_then(|s| s.hpa_name.as_ref())
-        .is_some();
-    if children.hpa.is_some() && !had_hpa {
-        hand_off_replicas(&deployments, &children.deployment).await?;
-    }
-    let deployment = apply_child(ctx, pool, &deployments, &children.deployment).await?;
+    let deployment = apply_deployment(ctx, pool, &deployments, &children.deployment).await?;
     apply_child(ctx, pool, &services, &children.service).await?;
     let hpa = match &children.hpa {
         Some(hpa) => Some(apply_child(ctx, pool, &hpas, hpa).await?),
         None => {
             let name = build::hpa_name(&pool.name_any());
-            if had_hpa && apply::delete_if_exists(&hpas, &name).await? {
+            if delete_owned(pool, &hpas, &name).await? {
                 ctx.children.forget::<HorizontalPodAutoscaler>(&ns, &name);
                 ctx.shared
                     .event(
@@ -157,7 +153,7 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
         }
         None => {
             let name = build::pdb_name(&pool.name_any());
-            if apply::delete_if_exists(&pdbs, &name).await? {
+            if delete_owned(pool, &pdbs, &name).await? {
                 ctx.children.forget::<PodDisruptionBudget>(&ns, &name);
                 ctx.shared
                     .event(
@@ -262,51 +258,89 @@ async fn report_invalid(
     Ok(Action::await_change())
 }
 
-/// When autoscaling is turned on, gives `spec.replicas` to a second field manager before the
-/// operator's own apply stops setting it, so that the field is not reset to 1 while the HPA
-/// takes it over. Costs one GET, only on that transition.
-async fn hand_off_replicas(api: &Api<Deployment>, desired: &Deployment) -> Result<()> {
-    let Some(current) = api.get_opt(&desired.name_any()).await? else {
-        return Ok(());
+/// Applies the Deployment. Without autoscaling this is the operator's apply, `spec.replicas`
+/// included. With autoscaling the operator's apply leaves `spec.replicas` to the HPA, and the
+/// hand-off manager creates the Deployment at its initial count or keeps the count the
+/// operator set before, as [`replicas::plan`] decides from the live Deployment (one GET).
+async fn apply_deployment(
+    ctx: &Context,
+    pool: &StormWorkerPool,
+    api: &Api<Deployment>,
+    desired: &Deployment,
+) -> Result<Deployment> {
+    let Some(initial) = build::initial_replicas(pool) else {
+        return apply_child(ctx, pool, api, desired).await;
     };
-    if !manager_owns(&current, crate::FIELD_MANAGER, &["f:spec", "f:replicas"]) {
-        return Ok(());
+    let name = desired.name_any();
+    let current = api.get_opt(&name).await?;
+    let plan = replicas::plan(current.as_ref(), initial);
+    match plan.before {
+        BeforeApply::Nothing => {}
+        BeforeApply::Create(replicas) => {
+            api.patch(
+                &name,
+                &PatchParams::apply(HANDOFF_MANAGER),
+                &Patch::Apply(&build::with_replicas(desired, replicas)),
+            )
+            .await?;
+            info!(
+                replicas,
+                "created the Deployment at its initial replica count for the HPA"
+            );
+        }
+        BeforeApply::HandOff(replicas) => {
+            api.patch(
+                &name,
+                &PatchParams::apply(HANDOFF_MANAGER).force(),
+                &Patch::Apply(&build::replicas_patch(&name, replicas)),
+            )
+            .await?;
+            info!(replicas, "handed spec.replicas over for the HPA");
+        }
     }
-    let Some(replicas) = current.spec.as_ref().and_then(|s| s.replicas) else {
-        return Ok(());
-    };
-    let patch = serde_json::json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": { "name": desired.name_any() },
-        "spec": { "replicas": replicas },
-    });
-    api.patch(
-        &desired.name_any(),
-        &PatchParams::apply(HANDOFF_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    info!(replicas, "handed spec.replicas over for the HPA");
-    Ok(())
+    let applied = apply_child(ctx, pool, api, desired).await?;
+    if let Some(replicas) = plan.release_at {
+        api.patch(
+            &name,
+            &PatchParams::apply(HANDOFF_MANAGER),
+            &Patch::Apply(&build::replicas_patch(&name, replicas)),
+        )
+        .await?;
+    }
+    Ok(applied)
 }
 
-/// Whether `manager` owns the field at `path` (managedFields `FieldsV1` keys) by an apply.
-pub fn manager_owns<K: Resource>(object: &K, manager: &str, path: &[&str]) -> bool {
-    object
-        .meta()
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|m| {
-            m.manager.as_deref() == Some(manager) && m.operation.as_deref() == Some("Apply")
-        })
-        .filter_map(|m| m.fields_v1.as_ref())
-        .any(|f| {
-            path.iter()
-                .try_fold(&f.0, |node, key| node.get(key))
-                .is_some()
-        })
+/// Deletes the child `name` if it exists and this pool controls it (its uid as a precondition,
+/// so an object recreated meanwhile is kept); returns whether it was deleted. Decided from the
+/// live object, not from the pool's status, so a child left behind by a failed status write is
+/// still removed and nothing is sent for a child that does not exist.
+async fn delete_owned<K>(pool: &StormWorkerPool, api: &Api<K>, name: &str) -> Result<bool>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    let Some(current) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    if !build::controlled_by(&current, pool) {
+        debug!(
+            kind = K::kind(&()).as_ref(),
+            name, "not deleting a child this pool does not control"
+        );
+        return Ok(false);
+    }
+    let params = DeleteParams {
+        preconditions: current.uid().map(|uid| Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        // Gone, or replaced by another object of the same name (uid precondition failed).
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn apply_child<K>(
@@ -375,18 +409,20 @@ pub fn controller(
     let client = shared.client.clone();
     let ns = namespace;
     let labelled = watcher::Config::default().labels(MANAGED_SELECTOR);
-    let controller = Controller::new(
+    let (store, pools) = crate::cache::watch(
         scoped::<StormWorkerPool>(&client, ns),
         watcher::Config::default(),
+        shared.gate.readiness.track("stormworkerpools"),
     );
-    let store = controller.store();
     let by_topology = store.clone();
     let by_cluster = store.clone();
+    let leadership = shared.gate.on_leadership();
     let ctx = Arc::new(Context {
         shared,
         children: ChildTracker::default(),
     });
-    let future = controller
+    let future = Controller::for_stream(pools, store.clone())
+        .reconcile_all_on(leadership)
         .owns(scoped::<Deployment>(&client, ns), labelled.clone())
         .owns(scoped::<ConfigMap>(&client, ns), labelled.clone())
         .owns(scoped::<Service>(&client, ns), labelled.clone())

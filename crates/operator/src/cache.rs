@@ -124,7 +124,14 @@ impl Gate {
     /// drive a controller directly).
     pub fn open() -> Self {
         let readiness = Readiness::default();
-        readiness.track("none").mark();
+        readiness
+            .caches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Synced {
+                name: "none",
+                tx: Arc::new(watch::channel(true).0),
+            });
         Self::always_leader(readiness)
     }
 

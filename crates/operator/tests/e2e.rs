@@ -8,15 +8,21 @@
 //! `e2e: skipped — ...` and passes (`WPO_E2E_REQUIRE_CLUSTER=1` makes it fail instead).
 //!
 //! The suite is written for a cluster with an API server and a controller-manager but no nodes,
-//! no scheduler and no metrics-server (pods stay Pending; readiness and finished workers are
-//! simulated through status subresources; the broker is an in-process fake Redis).
+//! no scheduler and no metrics-server: an in-process node stand-in (`e2e/kubelet.rs`) binds the
+//! worker pods and reports them running, as a kubelet would; finished workers are written
+//! through the status subresource; the broker is the machine's real Redis (a database of its
+//! own, `e2e/redis.rs`).
 
-#[path = "e2e/fake_redis.rs"]
-mod fake_redis;
 #[path = "e2e/harness.rs"]
 mod harness;
+#[path = "e2e/kubelet.rs"]
+mod kubelet;
 #[path = "e2e/qworker.rs"]
 mod qworker;
+#[path = "e2e/recovery.rs"]
+mod recovery;
+#[path = "e2e/redis.rs"]
+mod redis;
 #[path = "e2e/selfcheck.rs"]
 mod selfcheck;
 #[path = "e2e/storm.rs"]
@@ -34,4 +40,13 @@ async fn storm_worker_pools() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn qworkers() {
     harness::scenario("qworker", qworker::run).await;
+}
+
+/// What must survive the operator's restarts: readiness within seconds, a restart with live
+/// workers (never a pod beyond the desired count), a busy worker force-deleted while the
+/// operator is down (its task back on the queue), drained pods with a sidecar and drained pods
+/// that never started (deleted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recovery() {
+    harness::scenario("recovery", recovery::run).await;
 }

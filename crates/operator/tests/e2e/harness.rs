@@ -39,6 +39,9 @@ pub const POLL: Duration = Duration::from_millis(500);
 pub const WAIT: Duration = Duration::from_secs(60);
 /// Bound of a wait that depends on a backed-off retry of the operator (broker polls back off to 30 s).
 pub const LONG_WAIT: Duration = Duration::from_secs(120);
+/// The worker pods the node stand-in serves (QWorker pods; Storm pools' pods stay Pending).
+pub const WORKER_PODS: &str =
+    "app.kubernetes.io/managed-by=workerpool-operator,app.kubernetes.io/name=qworker";
 /// Label put on every namespace the suite creates, for manual clean-up after an interrupted run.
 pub const NAMESPACE_LABEL: &str = "app.kubernetes.io/created-by";
 
@@ -165,6 +168,9 @@ pub struct Operator {
     pub port: u16,
     /// File with the operator's stdout and stderr.
     pub log: PathBuf,
+    namespace: String,
+    kubeconfig: Option<PathBuf>,
+    extra: Vec<String>,
 }
 
 /// A port of 127.0.0.1 that was free a moment ago.
@@ -186,24 +192,57 @@ impl Operator {
     /// Starts `workerpool-operator run` watching only `namespace`, with its log in a file;
     /// `kubeconfig` replaces the inherited `KUBECONFIG` (for the suite's self-check).
     pub fn start(namespace: &str, kubeconfig: Option<&Path>) -> Result<Self, String> {
+        Self::start_with(namespace, kubeconfig, &[], "")
+    }
+
+    /// Like [`Operator::start`], with extra arguments of `run` and a log name suffix.
+    pub fn start_with(
+        namespace: &str,
+        kubeconfig: Option<&Path>,
+        extra: &[&str],
+        log_suffix: &str,
+    ) -> Result<Self, String> {
         let port = free_port().obs("cannot pick a free port")?;
         let dir = logs_dir();
         std::fs::create_dir_all(&dir).obs(&format!("cannot create {}", dir.display()))?;
-        let log = dir.join(format!("{namespace}.log"));
-        let stderr = File::create(&log).obs(&format!("cannot create {}", log.display()))?;
+        let log = dir.join(format!("{namespace}{log_suffix}.log"));
+        File::create(&log).obs(&format!("cannot create {}", log.display()))?;
+        let operator = Self {
+            child: Mutex::new(None),
+            port,
+            log,
+            namespace: namespace.to_string(),
+            kubeconfig: kubeconfig.map(Path::to_path_buf),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+        };
+        operator.spawn()?;
+        Ok(operator)
+    }
+
+    /// Starts the process (appending to the log) unless it runs.
+    fn spawn(&self) -> Result<(), String> {
+        let mut slot = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            return Ok(());
+        }
+        let stderr = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .obs(&format!("cannot open {}", self.log.display()))?;
         let stdout = stderr.try_clone().obs("cannot clone the log file handle")?;
         let mut command = Command::new(OPERATOR_BIN);
-        if let Some(path) = kubeconfig {
+        if let Some(path) = &self.kubeconfig {
             command.env("KUBECONFIG", path);
         }
         let child = command
             .args([
                 "run",
                 "--namespace",
-                namespace,
+                &self.namespace,
                 "--metrics-addr",
-                &format!("127.0.0.1:{port}"),
+                &format!("127.0.0.1:{}", self.port),
             ])
+            .args(&self.extra)
             .env("RUST_LOG", "info")
             .env("LOG_FORMAT", "text")
             .env("NO_COLOR", "1")
@@ -216,20 +255,28 @@ impl Operator {
             .stderr(stderr)
             .spawn()
             .obs(&format!("cannot start {OPERATOR_BIN}"))?;
-        Ok(Self {
-            child: Mutex::new(Some(child)),
-            port,
-            log,
-        })
+        *slot = Some(child);
+        Ok(())
     }
 
-    /// Kills the process (idempotent).
+    /// Starts the process again after [`Operator::stop`] (same port and log).
+    pub fn restart(&self) -> Result<(), String> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// Kills the process with SIGKILL (idempotent).
     pub fn stop(&self) {
         let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(mut c) = child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Starts the process again if a scenario left it stopped.
+    pub fn restart_if_stopped(&self) -> Result<(), String> {
+        self.spawn()
     }
 
     /// The exit status if the process has ended.
@@ -297,6 +344,8 @@ pub struct Scenario {
     pub ns: String,
     /// The operator process watching `ns`.
     pub operator: Arc<Operator>,
+    /// The node stand-in serving the namespace's worker pods (kept until the namespace is gone).
+    pub kubelet: Arc<crate::kubelet::Kubelet>,
 }
 
 /// Runs `body` as a scenario named `name`: skips without a cluster; otherwise installs the
@@ -351,10 +400,16 @@ where
         operator.port,
         operator.log.display()
     );
+    let kubelet = Arc::new(crate::kubelet::Kubelet::start(
+        client.clone(),
+        &ns,
+        WORKER_PODS,
+    ));
     let s = Scenario {
         client: client.clone(),
         ns: ns.clone(),
         operator: operator.clone(),
+        kubelet: kubelet.clone(),
     };
     let outcome = AssertUnwindSafe(async {
         s.wait_operator_ready().await;
@@ -363,12 +418,24 @@ where
     .catch_unwind()
     .await;
 
-    operator.stop();
     if env_flag("WPO_E2E_KEEP_NAMESPACE") {
+        operator.stop();
         eprintln!("e2e[{name}]: keeping namespace {ns} (WPO_E2E_KEEP_NAMESPACE)");
     } else {
+        // The operator keeps running while the namespace goes: it releases the task-recovery
+        // finalizers of the worker pods being deleted.
+        let _ = operator.restart_if_stopped();
         delete_namespace(&namespaces, &ns).await;
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline && matches!(namespaces.get_opt(&ns).await, Ok(Some(_))) {
+            tokio::time::sleep(POLL).await;
+        }
+        if matches!(namespaces.get_opt(&ns).await, Ok(Some(_))) {
+            eprintln!("e2e[{name}]: namespace {ns} still exists {WAIT:?} after its deletion");
+        }
+        operator.stop();
     }
+    drop(kubelet);
     match outcome {
         Ok(()) => eprintln!(
             "e2e[{name}]: passed (operator log: {})",
@@ -477,8 +544,10 @@ impl Scenario {
         }
     }
 
-    async fn wait_operator_ready(&self) {
+    /// Waits until the operator's `/readyz` answers 200 and returns how long that took.
+    pub async fn wait_operator_ready(&self) -> Duration {
         let port = self.operator.port;
+        let started = Instant::now();
         self.eventually(
             "the operator's /readyz to answer 200",
             WAIT,
@@ -488,7 +557,12 @@ impl Scenario {
             },
         )
         .await;
-        self.note("operator ready");
+        let took = started.elapsed();
+        self.note(format!(
+            "operator ready ({} ms after the first check)",
+            took.as_millis()
+        ));
+        took
     }
 
     /// Waits for the namespace's `default` ServiceAccount (created by kube-controller-manager);

@@ -1,5 +1,5 @@
 //! The QWorker scenario: the seed's QWorker with a ScalerConfig whose broker is unreachable,
-//! then reachable (an in-process fake Redis): bare worker pods, the scale subresource, a
+//! then reachable (the machine's real Redis, a database of its own): bare worker pods, the scale subresource, a
 //! rollout by pod-spec hash, drains chosen by the operator, a finished worker, queue-driven
 //! scaling, metrics, and the CRDs' CEL rules on a real API server.
 
@@ -14,11 +14,11 @@ use workerpool_api::{
     SecretValue,
 };
 
-use crate::fake_redis::FakeRedis;
 use crate::harness::{
     FIELD_MANAGER, LONG_WAIT, Observe, Scenario, WAIT, condition, controlled_by, ensure,
     expect_rejected, find_series, summarize_conditions, summarize_events,
 };
+use crate::redis::TestRedis;
 
 pub const SCALER_CONFIG: &str = include_str!("../../../../examples/scalerconfig.yaml");
 pub const QWORKER: &str = include_str!("../../../../examples/qworker.yaml");
@@ -388,6 +388,8 @@ pub async fn run(s: Scenario) {
     let s = &s;
     cel_rules(s).await;
     s.wait_default_service_account().await;
+    let redis = TestRedis::connect().await.unwrap_or_else(|e| s.fail(e));
+    redis.del(&[QUEUE.to_string()]).await;
 
     // An unreachable broker: `.invalid` never resolves (RFC 2606).
     s.apply_yaml("scalerconfig.yaml", SCALER_CONFIG, |doc| {
@@ -535,14 +537,21 @@ pub async fn run(s: Scenario) {
     expect_serving(s, &hash, 3, Duration::from_secs(5), Towards::Up).await;
     expect_total(s, 3, Duration::from_secs(1)).await;
     expect_current(s, 3).await;
-    let q = get_qw(s).await.unwrap_or_else(|e| s.fail(e));
-    let desired = q.status.as_ref().map_or(0, |st| st.desired_replicas);
-    if desired < 3 {
-        s.note(format!(
-            "NOTE: status.desiredReplicas is {desired} while minReplicas is 3 and 3 workers run (the autoscaler keeps its last answer on broker errors without clamping it to minReplicas; legacy workers comparing desiredReplicas with currentReplicas would exit)"
-        ));
-    }
-    s.note("scaled to 3 worker pods, no over-creation");
+    // Legacy workers compare desiredReplicas with currentReplicas: the desired count follows
+    // the new bounds at once, broker or not.
+    s.eventually(
+        "desiredReplicas 3 after minReplicas 3, with the broker unreachable",
+        Duration::from_secs(5),
+        || async move {
+            let q = get_qw(s).await?;
+            ensure(
+                q.status.as_ref().is_some_and(|st| st.desired_replicas == 3),
+                || describe_qw(&q),
+            )
+        },
+    )
+    .await;
+    s.note("scaled to 3 worker pods, no over-creation, desiredReplicas 3");
 
     // A new image: a new hash, stale workers asked to drain, new ones created.
     patch_qw(
@@ -602,11 +611,14 @@ pub async fn run(s: Scenario) {
         .await;
     s.note(format!("rolled out: hash {hash} -> {new_hash}"));
 
-    // Back to one worker: the operator picks exactly two to drain.
+    // Back to one worker: the operator picks exactly two to drain. The broker is still
+    // unreachable, so the autoscaler keeps its last answer within the bounds: lowering the
+    // floor alone keeps 3 workers (an error never scales down); lowering the ceiling to 1 is
+    // the user's own limit and applies at once.
     patch_qw(
         s,
-        "set minReplicas to 1",
-        json!({"spec": {"scaleConfig": {"minReplicas": 1}}}),
+        "set minReplicas and maxReplicas to 1",
+        json!({"spec": {"scaleConfig": {"minReplicas": 1, "maxReplicas": 1}}}),
     )
     .await;
     s.eventually(
@@ -670,22 +682,32 @@ pub async fn run(s: Scenario) {
         ),
     });
 
-    // The broker becomes reachable: a fake Redis on 127.0.0.1, with two tasks in the finished
-    // worker's processing list.
-    let fake =
-        FakeRedis::start().unwrap_or_else(|e| s.fail(format!("cannot start the fake Redis: {e}")));
+    // The broker becomes reachable: the real Redis, with two tasks in the finished worker's
+    // processing list (held back by the task-recovery finalizer until they can be returned).
     let processing = workerpool_queue::processing_list(QUEUE, &finished);
-    fake.set_len(&processing, 2);
-    let patch = json!({"spec": {"config": {"host": "127.0.0.1", "port": fake.port.to_string()}}});
+    redis
+        .set_len(&processing, 2)
+        .await
+        .unwrap_or_else(|e| s.fail(e));
     let scalers: Api<ScalerConfig> = s.api();
     if let Err(e) = scalers
-        .patch(SCALER, &merge_params(), &Patch::Merge(&patch))
+        .patch(
+            SCALER,
+            &merge_params(),
+            &Patch::Merge(&redis.scaler_config_patch()),
+        )
         .await
     {
         s.fail(format!(
-            "cannot point the ScalerConfig at the fake Redis: {e}"
+            "cannot point the ScalerConfig at the local Redis: {e}"
         ));
     }
+    patch_qw(
+        s,
+        "set maxReplicas back to 10",
+        json!({"spec": {"scaleConfig": {"maxReplicas": 10}}}),
+    )
+    .await;
     let scalers_ref = &scalers;
     s.eventually(
         "ScalerConfig healthy=true with Ready=True",
@@ -706,22 +728,20 @@ pub async fn run(s: Scenario) {
         },
     )
     .await;
-    let fake_ref = &fake;
+    let redis_ref = &redis;
     let processing_ref = processing.as_str();
     s.eventually(
-        "the finished pod deleted after its 2 in-flight tasks went back to the queue",
+        "the finished pod gone after its 2 in-flight tasks went back to the queue",
         LONG_WAIT,
         || async move {
-            gone(()).await?;
-            ensure(fake_ref.len(processing_ref) == 0, || {
-                format!(
-                    "{processing_ref} still holds {} task(s)",
-                    fake_ref.len(processing_ref)
-                )
+            let pod = pod_api_ref.get_opt(finished_ref).await.obs("get pod")?;
+            ensure(pod.is_none(), || format!("pod {finished_ref} still exists"))?;
+            let held = redis_ref.len(processing_ref).await?;
+            ensure(held == 0, || {
+                format!("{processing_ref} still holds {held} task(s)")
             })?;
-            ensure(fake_ref.received(&["LMOVE", processing_ref, QUEUE]), || {
-                format!("no LMOVE {processing_ref} {QUEUE} received")
-            })
+            let queued = redis_ref.len(QUEUE).await?;
+            ensure(queued == 2, || format!("{QUEUE} holds {queued} task(s)"))
         },
     )
     .await;
@@ -742,14 +762,7 @@ pub async fn run(s: Scenario) {
                 .is_some_and(|c| c.status == "True")
                 && st.queue_length == Some(2)
                 && st.desired_replicas == 4;
-            ensure(ok, || {
-                format!(
-                    "{}; queue {} = {}",
-                    describe_qw(&q),
-                    QUEUE,
-                    fake_ref.len(QUEUE)
-                )
-            })
+            ensure(ok, || format!("{}; queue {}", describe_qw(&q), QUEUE))
         },
     )
     .await;
@@ -771,7 +784,7 @@ pub async fn run(s: Scenario) {
     s.note("scaled up to 4 on a queue of 2 tasks");
 
     // The queue empties: back to minReplicas.
-    fake.set_len(QUEUE, 0);
+    redis.set_len(QUEUE, 0).await.unwrap_or_else(|e| s.fail(e));
     s.eventually("desiredReplicas 1 on an empty queue", WAIT, || async move {
         let q = get_qw(s).await?;
         let st = q.status.clone().unwrap_or_default();
@@ -797,9 +810,6 @@ pub async fn run(s: Scenario) {
         Ok(())
     })
     .await;
-    s.note(format!(
-        "metrics exported; the fake Redis answered {} command(s)",
-        fake.command_count()
-    ));
-    drop(fake);
+    s.note(format!("metrics exported (Redis database {})", redis.db));
+    redis.del(&[QUEUE.to_string(), processing]).await;
 }

@@ -19,9 +19,7 @@ use workerpool_api::{
 use workerpool_operator::controllers::qworker::build as qbuild;
 use workerpool_operator::controllers::storm::{build as sbuild, status as sstatus};
 use workerpool_operator::metrics::{ResourceCollector, encode};
-use workerpool_queue::{BrokerConfig, RedisConfig};
 
-use crate::fake_redis::FakeRedis;
 use crate::harness::{Operator, documents, find_series, free_port, http_get, logs_dir};
 use crate::{qworker, storm};
 
@@ -253,40 +251,6 @@ fn selfcheck_metrics_series_as_the_operator_encodes_them() {
     assert!(desired.ends_with(" 1"), "{desired}");
     find_series(&body, "qworker_current_replicas", &labels).expect("current");
     find_series(&body, "qworker_queue_length", &labels).expect("queue length");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn selfcheck_fake_redis_speaks_the_redis_adapter_protocol() {
-    let fake = FakeRedis::start().expect("fake redis");
-    let processing = workerpool_queue::processing_list(qworker::QUEUE, "w-1");
-    fake.set_len(qworker::QUEUE, 2);
-    fake.set_len(&processing, 1);
-    let config = BrokerConfig::Redis(RedisConfig {
-        host: "127.0.0.1".into(),
-        port: fake.port,
-        password: Some("change-me".into()),
-        db: 0,
-        tls: false,
-    });
-    let broker = workerpool_queue::connect(&config).await.expect("connect");
-    broker.ping().await.expect("ping");
-    let depth = broker
-        .depth(qworker::QUEUE, &["w-1".to_string(), "w-2".to_string()])
-        .await
-        .expect("depth");
-    assert_eq!(depth, 3, "2 waiting + 1 in flight");
-    assert_eq!(
-        broker
-            .recover(qworker::QUEUE, "w-1")
-            .await
-            .expect("recover"),
-        1
-    );
-    assert_eq!(fake.len(&processing), 0);
-    assert_eq!(fake.len(qworker::QUEUE), 3);
-    assert!(fake.received(&["LMOVE", &processing, qworker::QUEUE]));
-    assert!(fake.received(&["AUTH", "change-me"]));
-    assert!(fake.command_count() > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -234,12 +234,19 @@ fn check_replica_ownership(case: &PoolCase, dep: &Deployment) -> Result<(), Stri
     let operator_owns_replicas =
         applied_field_owned_by(&dep.metadata, OPERATOR, &["f:spec", "f:replicas"]);
     match case.autoscaling {
-        Some(_) => ensure(!operator_owns_replicas, || {
-            format!(
-                "{what}: autoscaling is on, yet the operator's apply sets spec.replicas (managedFields: {:?})",
-                dep.metadata.managed_fields
-            )
-        }),
+        Some((min, max)) => {
+            ensure(!operator_owns_replicas, || {
+                format!(
+                    "{what}: autoscaling is on, yet the operator's apply sets spec.replicas (managedFields: {:?})",
+                    dep.metadata.managed_fields
+                )
+            })?;
+            // Created at clamp(spec.replicas, min, max), not at the API's default of 1.
+            let replicas = dep.spec.as_ref().and_then(|s| s.replicas);
+            ensure(replicas.is_some_and(|r| r >= min && r <= max), || {
+                format!("{what}: spec.replicas {replicas:?}, want within [{min}, {max}]")
+            })
+        }
         None => ensure(operator_owns_replicas, || {
             format!("{what}: the operator's apply does not set spec.replicas")
         }),
@@ -554,7 +561,7 @@ fn check_status(case: &PoolCase, pool: &StormWorkerPool) -> Result<(), String> {
         && st.phase.is_some_and(|p| p != PoolPhase::Failed)
         && condition(&st.conditions, "Ready").is_some()
         && condition(&st.conditions, "Autoscaling").is_some_and(|c| match case.autoscaling {
-            Some(_) => c.reason == "HPAActive" || c.reason == "HPAInactive",
+            Some(_) => c.reason != "Disabled",
             None => c.reason == "Disabled",
         });
     ensure(ok, || {

@@ -331,6 +331,7 @@ mod tests {
         }
     }
 
+    #[derive(Default)]
     struct Case {
         name: &'static str,
         pods: Vec<PodView>,
@@ -343,24 +344,6 @@ mod tests {
         delete: Vec<&'static str>,
         recover: Vec<&'static str>,
         current: i32,
-    }
-
-    impl Default for Case {
-        fn default() -> Self {
-            Self {
-                name: "",
-                pods: vec![],
-                desired: 0,
-                pending_creates: vec![],
-                holders: None,
-                known: vec![],
-                create: 0,
-                drain: vec![],
-                delete: vec![],
-                recover: vec![],
-                current: 0,
-            }
-        }
     }
 
     fn with(mut p: PodView, f: impl FnOnce(&mut PodView)) -> PodView {

@@ -212,6 +212,29 @@ where
     (reader, stream)
 }
 
+/// Passes `events` (a [`watch`] stream) through, calling `on_delete` with each object that its
+/// cache `store` no longer holds under the same uid: the watch reported it deleted. Whatever the
+/// operator keeps per object (connections, tasks, metric series, expectations) is freed there.
+pub fn on_deleted<K, S, F>(
+    events: S,
+    store: Store<K>,
+    on_delete: F,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    S: Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    F: Fn(&K) + Send + 'static,
+{
+    events.inspect(move |event| {
+        if let Ok(object) = event {
+            let cached = store.get(&reflector::ObjectRef::from_obj(object));
+            if cached.is_none_or(|c| c.meta().uid != object.meta().uid) {
+                on_delete(object);
+            }
+        }
+    })
+}
+
 /// The `kube` object reference of the controller owner of `object` of kind `K`, if any.
 pub fn controller_owner<K, O>(object: &O) -> Option<reflector::ObjectRef<K>>
 where

@@ -51,6 +51,16 @@ pub struct BrokerErrorLabels {
     pub category: &'static str,
 }
 
+/// Every value of [`BrokerErrorLabels::category`].
+pub const BROKER_ERROR_CATEGORIES: [&str; 6] = [
+    "connect",
+    "auth",
+    "not_found",
+    "timeout",
+    "protocol",
+    "config",
+];
+
 /// Every metric the operator updates.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -141,6 +151,24 @@ impl Metrics {
                 .get_or_create(&ControllerLabels { controller })
                 .clone(),
             start: std::time::Instant::now(),
+        }
+    }
+
+    /// Drops every series of the QWorker `namespace/qworker` (it was deleted).
+    pub fn forget_qworker(&self, namespace: &str, qworker: &str) {
+        let labels = QWorkerLabels {
+            namespace: namespace.to_string(),
+            qworker: qworker.to_string(),
+        };
+        self.pods_created.remove(&labels);
+        self.drains_requested.remove(&labels);
+        self.poll_duration.remove(&labels);
+        for category in BROKER_ERROR_CATEGORIES {
+            self.broker_errors.remove(&BrokerErrorLabels {
+                namespace: namespace.to_string(),
+                qworker: qworker.to_string(),
+                category,
+            });
         }
     }
 

@@ -585,3 +585,69 @@ async fn a_deleted_pod_is_released_only_after_its_worker_stopped_and_its_tasks_r
     api.finish(task).await.expect("released");
     let _: () = conn.del(&[&queue, &processing]).await.expect("cleanup");
 }
+
+#[tokio::test]
+async fn a_deleted_qworker_leaves_no_expectations_nor_metric_series_behind() {
+    let (client, mut api) = support::mock();
+    let mut h = harness(client);
+    h.with_pods(vec![]);
+    let q = qworker(2);
+    let task = tokio::spawn(reconcile(Arc::new(q.clone()), h.ctx.clone()));
+    for _ in 0..2 {
+        api.expect(
+            "POST",
+            PODS,
+            201,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "created", "namespace": NS}}),
+        )
+        .await;
+    }
+    api.expect_apply(&status_path("example-qworker"), stored(&q))
+        .await;
+    api.finish(task).await.expect("reconcile ok");
+    assert_eq!(h.ctx.expectations.len(), 1, "two creates are expected");
+    let series = |metrics: &Metrics| {
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        workerpool_operator::metrics::encode(&registry)
+            .expect("encode")
+            .lines()
+            .filter(|l| l.contains("qworker=\"example-qworker\""))
+            .count()
+    };
+    assert!(
+        series(&h.ctx.shared.metrics) > 0,
+        "pods_created counts the creates"
+    );
+
+    workerpool_operator::controllers::qworker::forget(&h.ctx, &q);
+    assert!(h.ctx.expectations.is_empty(), "expectations freed");
+    assert_eq!(series(&h.ctx.shared.metrics), 0, "metric series gone");
+}
+
+#[tokio::test]
+async fn a_deleted_scalerconfig_closes_its_broker_connection() {
+    let (client, _api) = support::mock();
+    let (config_reader, mut configs) = reflector::store();
+    configs.apply_watcher_event(&watcher::Event::Apply(redis_config()));
+    let brokers = Brokers::new(client, config_reader);
+    let broker = brokers
+        .get(NS, "example-scaler-config")
+        .await
+        .unwrap_or_else(|e| panic!("connect to the local Redis: {e}"));
+    broker.ping().await.expect("ping");
+    let connection = Arc::downgrade(&broker);
+    drop(broker);
+    assert!(
+        connection.upgrade().is_some(),
+        "the pool keeps the connection"
+    );
+    assert_eq!(brokers.len(), 1);
+
+    brokers.remove(NS, "example-scaler-config");
+    assert!(
+        connection.upgrade().is_none(),
+        "the connection is dropped (closed) with its ScalerConfig"
+    );
+    assert!(brokers.is_empty());
+}

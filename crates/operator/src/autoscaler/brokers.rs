@@ -137,6 +137,22 @@ impl Brokers {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.remove(&key(namespace, name));
     }
+
+    /// Closes and forgets the connection of the ScalerConfig `namespace/name` (it was deleted);
+    /// a ScalerConfig created again under that name starts clean.
+    pub fn remove(&self, namespace: &str, name: &str) {
+        self.invalidate(namespace, name);
+    }
+
+    /// Number of ScalerConfigs with a connection slot.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no ScalerConfig has a connection slot.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 async fn secret_value(

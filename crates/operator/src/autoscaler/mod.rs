@@ -66,6 +66,7 @@ struct Task {
     uid: String,
     generation: Option<i64>,
     wake: Arc<tokio::sync::Notify>,
+    answered: Arc<std::sync::atomic::AtomicBool>,
     handle: tokio::task::JoinHandle<()>,
 }
 
@@ -125,6 +126,7 @@ impl Autoscaler {
             return;
         }
         let wake = Arc::new(tokio::sync::Notify::new());
+        let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let poller = Poller {
             scaler: self.clone(),
             object: ObjectRef::from_obj(qw),
@@ -137,6 +139,7 @@ impl Autoscaler {
             last: None,
             vpa: VpaState::default(),
             wake: wake.clone(),
+            answered: answered.clone(),
         };
         debug!(qworker = %k, "starting autoscaler poll");
         tasks.insert(
@@ -145,9 +148,28 @@ impl Autoscaler {
                 uid,
                 generation: qw.metadata.generation,
                 wake,
+                answered,
                 handle: tokio::spawn(poller.run()),
             },
         );
+    }
+
+    /// Whether the poll of `qw` has looked at the queue at least once since it started (a
+    /// desired count written before may be stale after an operator restart).
+    pub fn answered(&self, qw: &QWorker) -> bool {
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.get(&key(qw)).is_some_and(|t| {
+            Some(t.uid.as_str()) == qw.metadata.uid.as_deref()
+                && t.answered.load(std::sync::atomic::Ordering::SeqCst)
+        })
+    }
+
+    /// Stops the poll of a deleted QWorker and forgets it (its activateVPA memory goes with it).
+    pub fn forget(&self, qw: &QWorker) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(task) = tasks.remove(&key(qw)) {
+            task.handle.abort();
+        }
     }
 
     /// Number of running poll tasks.
@@ -176,6 +198,7 @@ struct Poller {
     last: Option<Written>,
     vpa: VpaState,
     wake: Arc<tokio::sync::Notify>,
+    answered: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// activateVPA state of one poller: the usage record and when it was last sampled.
@@ -219,7 +242,10 @@ impl Poller {
             }
             let interval =
                 Duration::from_secs(u64::from(qw.spec.scale_config.poll_interval_seconds()));
-            let delay = match self.poll(&qw).await {
+            let outcome = self.poll(&qw).await;
+            self.answered
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let delay = match outcome {
                 Ok(()) => {
                     self.failures = 0;
                     interval

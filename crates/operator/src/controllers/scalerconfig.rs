@@ -135,6 +135,11 @@ pub fn controller(
         shared.gate.readiness.track("scalerconfigs"),
     );
     let brokers = Brokers::new(shared.client.clone(), store.clone());
+    let on_delete = brokers.clone();
+    let events = crate::cache::on_deleted(events, store.clone(), move |sc: &ScalerConfig| {
+        on_delete.remove(&sc.namespace().unwrap_or_default(), &sc.name_any());
+        tracing::debug!(scalerconfig = %sc.name_any(), "ScalerConfig deleted; its broker connection is closed");
+    });
     let leadership = shared.gate.on_leadership();
     let ctx = Arc::new(Context {
         shared,

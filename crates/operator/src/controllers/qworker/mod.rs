@@ -111,6 +111,24 @@ impl Expectations {
     fn swept(&self, uid: &str) {
         self.with(uid, |p| p.last_sweep = Some(Instant::now()));
     }
+
+    /// Forgets everything about the QWorker `uid` (it was deleted).
+    pub fn forget(&self, uid: &str) {
+        self.by_uid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
+    }
+
+    /// Number of QWorkers with expectations.
+    pub fn len(&self) -> usize {
+        self.by_uid.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no QWorker has expectations.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// State of the QWorker controller.
@@ -128,7 +146,26 @@ pub struct Context {
 }
 
 fn key(qw: &QWorker) -> String {
-    format!("{}/{}", qw.namespace().unwrap_or_default(), qw.name_any())
+    format!(
+        "qworker/{}/{}",
+        qw.namespace().unwrap_or_default(),
+        qw.name_any()
+    )
+}
+
+/// Frees what the controller keeps about a deleted QWorker: expectations, the autoscaler's
+/// poll task and its memory, the backoff counter and the per-QWorker metric series.
+pub fn forget(ctx: &Context, qw: &QWorker) {
+    let uid = qw.metadata.uid.clone().unwrap_or_default();
+    ctx.expectations.forget(&uid);
+    if let Some(autoscaler) = &ctx.autoscaler {
+        autoscaler.forget(qw);
+    }
+    ctx.shared.reset_backoff(&key(qw));
+    ctx.shared
+        .metrics
+        .forget_qworker(&qw.namespace().unwrap_or_default(), &qw.name_any());
+    debug!(qworker = %key(qw), "QWorker deleted; its state is freed");
 }
 
 /// Reconciles one QWorker.
@@ -212,6 +249,11 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
     build::validate(qw).map_err(Error::InvalidSpec)?;
     if let Some(autoscaler) = &ctx.autoscaler {
         autoscaler.ensure(qw);
+        if !autoscaler.answered(qw) {
+            // After a start, decide nothing from a desired count older than the autoscaler's
+            // first look at the queue (it comes within one poll).
+            return Ok(Action::requeue(cache::NOT_READY_RETRY));
+        }
     }
     let sc = &qw.spec.scale_config;
     let ns = qw.namespace().unwrap_or_default();
@@ -640,6 +682,10 @@ pub fn controller(
         brokers,
         autoscaler: Some(autoscaler.clone()),
         expectations: Expectations::default(),
+    });
+    let forget_ctx = ctx.clone();
+    let qworker_events = cache::on_deleted(qworker_events, qworkers.clone(), move |qw| {
+        forget(&forget_ctx, qw);
     });
     let shutdown = shutdown.shared();
     let run = Controller::for_stream(qworker_events, qworkers.clone())

@@ -16,8 +16,8 @@ pub mod schema;
 pub mod storm;
 
 pub use qworker::{
-    BrokerConnection, BrokerType, QWorker, QWorkerSpec, QWorkerStatus, ScaleConfig, ScalerConfig,
-    ScalerConfigSpec, ScalerConfigStatus, SecretKeyRef, SecretValue,
+    BrokerConnection, BrokerType, OomKill, QWorker, QWorkerSpec, QWorkerStatus, ScaleConfig,
+    ScalerConfig, ScalerConfigSpec, ScalerConfigStatus, SecretKeyRef, SecretValue,
 };
 pub use storm::{
     AutoscalingSpec, CustomMetric, ImageSpec, MetricSourceType, PodDisruptionBudgetSpec, PoolPhase,

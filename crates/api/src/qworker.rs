@@ -16,8 +16,16 @@ use crate::storm::TemplateMetadata;
 pub const DEFAULT_POLL_INTERVAL_SECONDS: u32 = 1;
 /// Default scale-down stabilization window, in seconds (0: act at once, as the reference system).
 pub const DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS: u32 = 0;
+/// Default `targetDrainSeconds` of the `Rate` scaling policy.
+pub const DEFAULT_TARGET_DRAIN_SECONDS: u32 = 10;
+/// Default `maxSurgePercent` of the `Rate` scaling policy.
+pub const DEFAULT_MAX_SURGE_PERCENT: u32 = 10;
 /// Default headroom added to the recorded maximum usage by activateVPA, in percent.
 pub const DEFAULT_VPA_HEADROOM_PERCENT: u32 = 20;
+/// Default largest memory activateVPA records or requests for a container without a memory limit.
+pub const DEFAULT_VPA_MAX_MEMORY: &str = "8Gi";
+/// How many OOM kills `status.oomKillsSeen` remembers (the newest).
+pub const OOM_KILLS_SEEN_LIMIT: usize = 32;
 
 /// Worker pods that consume a message queue, scaled on its length.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -97,6 +105,24 @@ pub struct ScaleConfig {
     /// Track the largest resource use per container and size new pods from it.
     #[serde(default, rename = "activateVPA")]
     pub activate_vpa: bool,
+    /// `Rate`: size for the arrival rate (Little's law) plus the backlog that will still wait
+    /// when a new worker is ready, counting starting workers, and hold the count when more
+    /// workers do not raise the completion rate; `QueueLength` (default): the specification's
+    /// `ceil(queueLength × scalingFactor)` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling_policy: Option<ScalingPolicy>,
+    /// `Rate`: the time in which `scalingFactor` clears the queue (default 10). A worker is
+    /// assumed to complete `1 / (scalingFactor × targetDrainSeconds)` tasks per second, and a
+    /// backlog is drained at that pace while `maxSurgePercent` allows, within ten times this
+    /// time at the latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub target_drain_seconds: Option<u32>,
+    /// `Rate`: workers added for a backlog, at most this percent of the arrivals' need (default
+    /// 10; the limit on overshoot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_surge_percent: Option<u32>,
     /// How often the broker is polled, in seconds (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3600))]
@@ -109,6 +135,10 @@ pub struct ScaleConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub vpa_headroom_percent: Option<u32>,
+    /// Largest memory activateVPA records or requests for a container that sets no memory
+    /// limit (the limit caps it otherwise); default 8Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpa_max_memory: Option<Quantity>,
 }
 
 fn default_scaling_factor() -> f64 {
@@ -129,10 +159,34 @@ impl ScaleConfig {
             .unwrap_or(DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS)
     }
 
+    /// The scaling policy with its default.
+    pub fn scaling_policy(&self) -> ScalingPolicy {
+        self.scaling_policy.unwrap_or_default()
+    }
+
+    /// `targetDrainSeconds` with its default.
+    pub fn target_drain_seconds(&self) -> u32 {
+        self.target_drain_seconds
+            .unwrap_or(DEFAULT_TARGET_DRAIN_SECONDS)
+            .max(1)
+    }
+
+    /// `maxSurgePercent` with its default.
+    pub fn max_surge_percent(&self) -> u32 {
+        self.max_surge_percent.unwrap_or(DEFAULT_MAX_SURGE_PERCENT)
+    }
+
     /// The activateVPA headroom with its default.
     pub fn vpa_headroom_percent(&self) -> u32 {
         self.vpa_headroom_percent
             .unwrap_or(DEFAULT_VPA_HEADROOM_PERCENT)
+    }
+
+    /// The activateVPA memory maximum with its default.
+    pub fn vpa_max_memory(&self) -> Quantity {
+        self.vpa_max_memory
+            .clone()
+            .unwrap_or_else(|| Quantity(DEFAULT_VPA_MAX_MEMORY.into()))
     }
 }
 
@@ -152,6 +206,17 @@ pub struct QWorkerStatus {
     /// Largest observed usage per container name (activateVPA).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub max_container_resources_usage: BTreeMap<String, BTreeMap<String, Quantity>>,
+    /// OOM kills activateVPA has taken into account (the newest, at most 32), so that an
+    /// operator restart does not count them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oom_kills_seen: Vec<OomKill>,
+    /// When activateVPA last raised a memory record after an OOM kill (at most one raise per
+    /// window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_oom_raise_time: Option<Time>,
+    /// The autoscaler's last change of the desired count and the numbers behind it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_decision: Option<ScaleDecision>,
     /// Last observed queue length (waiting plus in flight).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_length: Option<i64>,
@@ -168,6 +233,70 @@ pub struct QWorkerStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// One OOM kill of a worker container, as activateVPA saw it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OomKill {
+    /// Pod name.
+    pub pod: String,
+    /// Pod uid.
+    pub pod_uid: String,
+    /// Container name.
+    pub container: String,
+    /// When the container was killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+}
+
+/// How a QWorker's desired count is decided (`scaleConfig.scalingPolicy`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ScalingPolicy {
+    /// Arrival and completion rates, start-up times and the backlog.
+    Rate,
+    /// `ceil(queueLength × scalingFactor)` (the default: an absent extension keeps the
+    /// specification's behaviour).
+    #[default]
+    QueueLength,
+}
+
+/// One change of `desiredReplicas` and why (`status.lastScaleDecision`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleDecision {
+    /// When.
+    pub time: Time,
+    /// Desired workers before.
+    pub from: i32,
+    /// Desired workers after.
+    pub to: i32,
+    /// The term that decided: `QueueLength`, `Arrivals`, `Backlog`, `Tolerance`, `Starting`,
+    /// `Stabilization`, `Ineffective`, `Probe`, `MinReplicas`, `MaxReplicas`.
+    pub term: String,
+    /// Queue length read (waiting plus in flight).
+    pub queue_length: i64,
+    /// Ready workers that are not draining (`Rate` only: the pods are read for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_workers: Option<i32>,
+    /// Workers created but not ready yet (`Rate` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting_workers: Option<i32>,
+    /// Estimated arrivals, tasks per second (absent before the rates are known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrival_rate: Option<f64>,
+    /// Estimated completions, tasks per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_rate: Option<f64>,
+    /// Tasks per second assumed for one worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_throughput: Option<f64>,
+    /// Typical seconds from a worker's creation to its readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_seconds: Option<f64>,
+    /// The decision in words, with the evidence when scaling is ineffective.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// How to reach a message broker.

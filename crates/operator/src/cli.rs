@@ -60,6 +60,25 @@ pub struct RunArgs {
     /// This replica's identity (the pod name), used in Events and the Lease.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// Read every Secret a ScalerConfig references from this namespace (usually the operator's
+    /// own: KEDA-style central credentials) instead of the ScalerConfig's namespace (empty means
+    /// the ScalerConfig's). The Secret must still permit the ScalerConfig: its annotation
+    /// `quickube.com/scaler-configs` names it as `<namespace>/<name>` (or `<namespace>/*`, `*/*`).
+    #[arg(long, env = "CREDENTIALS_NAMESPACE")]
+    pub credentials_namespace: Option<String>,
+    /// Append every distinct Kubernetes API call (RBAC verb, group, resource, scope) to this
+    /// file, for checking the chart's RBAC against what the operator really does.
+    #[arg(long, env = "RECORD_API_CALLS", value_name = "FILE")]
+    pub record_api_calls: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The `--credentials-namespace`, `None` when unset or empty.
+    pub fn credentials_namespace(&self) -> Option<&str> {
+        self.credentials_namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+    }
 }
 
 /// Options of `render`.
@@ -108,6 +127,17 @@ pub struct SimulateArgs {
     /// Our scale-down stabilization window, in seconds.
     #[arg(long, default_value_t = 30.0)]
     pub stabilization: f64,
+    /// Our scaling policy: `rate` (arrival and completion rates, start-up times, backlog; the
+    /// default) or `queue-length` (the specification's `ceil(queueLength × scalingFactor)`).
+    #[arg(long, value_enum, default_value_t = crate::simulate::PolicyArg::Rate)]
+    pub policy: crate::simulate::PolicyArg,
+    /// Ours (`rate`): `targetDrainSeconds`, the time in which the specification's rule clears the
+    /// queue (a worker is assumed to complete 1/(scaling factor × this) tasks/s until measured).
+    #[arg(long, default_value_t = 10.0)]
+    pub target_drain_seconds: f64,
+    /// Ours (`rate`): `maxSurgePercent`, workers beyond the arrivals' need for the backlog.
+    #[arg(long, default_value_t = 10.0)]
+    pub max_surge_percent: f64,
     /// Directory for `replicas.csv` and `replicas.png` (one sub-directory per trace with `--all`).
     #[arg(long, default_value = "target/simulate")]
     pub out: PathBuf,
@@ -143,4 +173,28 @@ pub struct SimulateArgs {
     /// instead of a fresh one).
     #[arg(long)]
     pub keda_cached_metrics: bool,
+}
+
+#[cfg(test)]
+mod credentials_namespace_tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let argv = ["workerpool-operator", "run"]
+            .into_iter()
+            .chain(args.iter().copied());
+        let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match cli.command {
+            Command::Run(run) => run,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn credentials_namespace_flag() {
+        let args = run_args(&["--credentials-namespace", "workerpool-system"]);
+        assert_eq!(args.credentials_namespace(), Some("workerpool-system"));
+        let args = run_args(&["--credentials-namespace", ""]);
+        assert_eq!(args.credentials_namespace(), None);
+    }
 }

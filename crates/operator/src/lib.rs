@@ -3,6 +3,7 @@
 //! The binary's subcommands live in [`cli`]; each controller is one module under
 //! [`controllers`], split into pure builders and the code that talks to the API.
 
+pub mod api_calls;
 pub mod apply;
 pub mod autoscaler;
 pub mod cache;

@@ -10,9 +10,10 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use workerpool_api::{QWorker, StormWorkerPool};
 
 /// Labels naming a controller.
@@ -78,6 +79,48 @@ pub struct Metrics {
     pub broker_errors: Family<BrokerErrorLabels, Counter>,
     /// Duration of one queue-depth poll.
     pub poll_duration: Family<QWorkerLabels, Histogram>,
+    /// The autoscaler's estimates at its last poll, by quantity (see [`ScalingLabels`]).
+    pub scaling: Family<ScalingLabels, Gauge<f64, AtomicU64>>,
+    /// Changes of the desired count, by the term that decided.
+    pub scale_decisions: Family<DecisionLabels, Counter>,
+}
+
+/// Labels of the autoscaler's estimates.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScalingLabels {
+    /// Namespace of the QWorker.
+    pub namespace: String,
+    /// Name of the QWorker.
+    pub qworker: String,
+    /// One of [`SCALING_QUANTITIES`].
+    pub quantity: &'static str,
+}
+
+/// Every value of [`ScalingLabels::quantity`]: arrivals and completions (tasks/s), the
+/// throughput assumed per worker (tasks/s), the arrivals' need (workers), the projected backlog
+/// (tasks), ready and starting workers, the typical start-up (s), and 1 while scaling is held as
+/// ineffective.
+pub const SCALING_QUANTITIES: [&str; 9] = [
+    "arrival_rate",
+    "completion_rate",
+    "worker_throughput",
+    "arrival_need",
+    "projected_backlog",
+    "ready_workers",
+    "starting_workers",
+    "startup_seconds",
+    "ineffective",
+];
+
+/// Labels of a change of the desired count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// Namespace of the QWorker.
+    pub namespace: String,
+    /// Name of the QWorker.
+    pub qworker: String,
+    /// The deciding term ([`crate::autoscaler::policy::Term::as_str`]).
+    pub term: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -96,6 +139,8 @@ impl Default for Metrics {
             drains_requested: Family::default(),
             broker_errors: Family::default(),
             poll_duration: Family::new_with_constructor(latency_histogram),
+            scaling: Family::default(),
+            scale_decisions: Family::default(),
         }
     }
 }
@@ -138,6 +183,16 @@ impl Metrics {
             "Duration of one queue-depth poll",
             self.poll_duration.clone(),
         );
+        registry.register(
+            "qworker_scaling",
+            "The autoscaler's estimates at its last poll, by quantity",
+            self.scaling.clone(),
+        );
+        registry.register(
+            "qworker_scale_decisions",
+            "Changes of the desired worker count, by the term that decided",
+            self.scale_decisions.clone(),
+        );
     }
 
     /// Counts a reconcile and returns a guard that records its duration when dropped.
@@ -163,6 +218,20 @@ impl Metrics {
         self.pods_created.remove(&labels);
         self.drains_requested.remove(&labels);
         self.poll_duration.remove(&labels);
+        for quantity in SCALING_QUANTITIES {
+            self.scaling.remove(&ScalingLabels {
+                namespace: namespace.to_string(),
+                qworker: qworker.to_string(),
+                quantity,
+            });
+        }
+        for term in crate::autoscaler::policy::Term::ALL {
+            self.scale_decisions.remove(&DecisionLabels {
+                namespace: namespace.to_string(),
+                qworker: qworker.to_string(),
+                term: term.as_str(),
+            });
+        }
         for category in BROKER_ERROR_CATEGORIES {
             self.broker_errors.remove(&BrokerErrorLabels {
                 namespace: namespace.to_string(),

@@ -49,7 +49,7 @@ fn cancel_on_signal(token: CancellationToken) {
 /// leader; losing the Lease stops the process so that a new election starts.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(&args.log_level, args.log_format);
-    let client = Client::try_default()
+    let client = crate::api_calls::client(args.record_api_calls.as_deref())
         .await
         .context("cannot build a Kubernetes client from KUBECONFIG or the in-cluster config")?;
     let token = CancellationToken::new();
@@ -66,8 +66,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ns = args.namespace.as_deref().filter(|n| !n.is_empty());
 
     let (pools, storm_fut) = storm::controller(shared.clone(), ns, token.clone().cancelled_owned());
-    let (brokers, scaler_fut) =
-        scalerconfig::controller(shared.clone(), ns, token.clone().cancelled_owned());
+    let credentials_ns = args.credentials_namespace();
+    if let Some(credentials_ns) = credentials_ns {
+        info!(namespace = %credentials_ns, "ScalerConfig Secrets are read from this namespace");
+    }
+    let (brokers, scaler_fut) = scalerconfig::controller(
+        shared.clone(),
+        ns,
+        credentials_ns,
+        token.clone().cancelled_owned(),
+    );
     let (qworkers, _autoscaler, qworker_fut) =
         qworker::controller(shared.clone(), brokers, ns, token.clone().cancelled_owned());
     registry.register_collector(Box::new(ResourceCollector {

@@ -167,3 +167,141 @@ async fn a_cluster_without_metrics_server_still_scales() {
     assert_eq!(broker["status"], "True");
     let _: () = redis.del(&queue).await.expect("cleanup");
 }
+
+/// Like [`start`], with `pods` in the pod cache and `q` as the QWorker (its status included).
+async fn start_with(
+    q: QWorker,
+    pods: Vec<Pod>,
+    tasks: &[&str],
+) -> (support::ApiServer, redis::aio::MultiplexedConnection) {
+    let queue = q.spec.scale_config.queue.clone();
+    let (client, api) = support::mock();
+    let (qw_reader, mut qw_writer) = reflector::store::<QWorker>();
+    let (pod_reader, mut pod_writer) = reflector::store::<Pod>();
+    let (sc_reader, mut sc_writer) = reflector::store::<ScalerConfig>();
+    pod_writer.apply_watcher_event(&watcher::Event::InitDone);
+    for p in pods {
+        pod_writer.apply_watcher_event(&watcher::Event::Apply(p));
+    }
+    sc_writer.apply_watcher_event(&watcher::Event::Apply(
+        serde_json::from_value(json!({
+            "apiVersion": "quickube.com/v1alpha1", "kind": "ScalerConfig",
+            "metadata": {"name": "redis", "namespace": NS, "uid": "sc", "generation": 1},
+            "spec": {"type": "redis", "config": {"host": "127.0.0.1", "port": "6379"}}
+        }))
+        .expect("scaler config"),
+    ));
+    qw_writer.apply_watcher_event(&watcher::Event::Apply(q.clone()));
+    let redis = redis::Client::open("redis://127.0.0.1:6379/")
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("local Redis at 127.0.0.1:6379");
+    let mut conn = redis.clone();
+    let _: () = conn.del(&queue).await.expect("del");
+    let _: () = conn.lpush(&queue, tasks).await.expect("lpush");
+    let shared = Shared::new(client.clone(), Arc::new(Metrics::default()), None);
+    let autoscaler = Autoscaler::new(
+        shared,
+        Brokers::new(client, sc_reader),
+        qw_reader,
+        pod_reader,
+    );
+    autoscaler.ensure(&q);
+    std::mem::forget((qw_writer, pod_writer, sc_writer));
+    (api, redis)
+}
+
+/// A worker pod of `sized` whose worker container was OOM-killed at `finished` and restarted.
+fn oom_pod(name: &str, finished: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
+            "labels": {"quickube.com/qworker": "sized"},
+            "ownerReferences": [{"apiVersion": "quickube.com/v1alpha1", "kind": "QWorker",
+                "name": "sized", "uid": "sized-uid", "controller": true}]},
+        "spec": {"containers": [{"name": "worker", "image": "w:1"}]},
+        "status": {"phase": "Running", "containerStatuses": [{"name": "worker", "image": "",
+            "imageID": "", "ready": true, "restartCount": 1, "state": {"running": {}},
+            "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                "finishedAt": finished}}}]}
+    }))
+    .expect("pod")
+}
+
+async fn first_status(api: &mut support::ApiServer, q: &QWorker) -> serde_json::Value {
+    api.expect(
+        "GET",
+        "/apis/metrics.k8s.io/v1beta1/namespaces/vpa/pods",
+        200,
+        json!({"apiVersion": "metrics.k8s.io/v1beta1", "kind": "PodMetricsList",
+               "metadata": {}, "items": []}),
+    )
+    .await;
+    let status = api
+        .expect_apply(
+            "/apis/quickube.com/v1alpha1/namespaces/vpa/qworkers/sized/status",
+            serde_json::to_value(q).expect("json"),
+        )
+        .await;
+    status.body["status"].clone()
+}
+
+#[tokio::test]
+async fn simultaneous_oom_kills_raise_memory_once_and_name_the_evidence() {
+    let queue = format!("vpa-oom-{}", std::process::id());
+    let q = qworker(&queue);
+    let pods = vec![
+        oom_pod("sized-aaaaa", "2026-11-23T10:00:00Z"),
+        oom_pod("sized-bbbbb", "2026-11-23T10:00:01Z"),
+        oom_pod("sized-ccccc", "2026-11-23T10:00:02Z"),
+    ];
+    let (mut api, mut redis) = start_with(q.clone(), pods, &["a"]).await;
+    let s = first_status(&mut api, &q).await;
+    assert_eq!(
+        s["maxContainerResourcesUsage"]["worker"]["memory"], "96Mi",
+        "request 64Mi × 1.5 once, not × 1.5³"
+    );
+    assert_eq!(s["oomKillsSeen"].as_array().map(Vec::len), Some(3));
+    assert!(s["lastOomRaiseTime"].is_string());
+    let ooms: Vec<_> = api.events.iter().filter(|e| e.1 == "OOMKilled").collect();
+    assert_eq!(ooms.len(), 1, "{:?}", api.events);
+    assert!(
+        ooms[0].2.contains("sized-ccccc") && ooms[0].2.contains("2026-11-23T10:00:02Z"),
+        "{}",
+        ooms[0].2
+    );
+    assert!(ooms[0].2.contains("none -> 96Mi"), "{}", ooms[0].2);
+    let _: () = redis.del(&queue).await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn an_operator_restart_does_not_count_the_same_oom_kills_again() {
+    let queue = format!("vpa-oom-restart-{}", std::process::id());
+    let mut q = qworker(&queue);
+    let kill = |pod: &str, at: &str| json!({"pod": pod, "podUid": format!("uid-{pod}"), "container": "worker", "finishedAt": at});
+    // What the operator wrote before it restarted (long ago: the window is over).
+    q.status = Some(
+        serde_json::from_value(json!({
+            "maxContainerResourcesUsage": {"worker": {"memory": "96Mi"}},
+            "oomKillsSeen": [kill("sized-aaaaa", "2026-11-23T10:00:00Z"),
+                             kill("sized-bbbbb", "2026-11-23T10:00:01Z")],
+            "lastOomRaiseTime": "2026-11-23T10:00:05Z"
+        }))
+        .expect("status"),
+    );
+    let pods = vec![
+        oom_pod("sized-aaaaa", "2026-11-23T10:00:00Z"),
+        oom_pod("sized-bbbbb", "2026-11-23T10:00:01Z"),
+    ];
+    let (mut api, mut redis) = start_with(q.clone(), pods, &["a", "b"]).await;
+    let s = first_status(&mut api, &q).await;
+    assert_eq!(s["maxContainerResourcesUsage"]["worker"]["memory"], "96Mi");
+    assert_eq!(s["oomKillsSeen"].as_array().map(Vec::len), Some(2));
+    assert!(
+        !api.events.iter().any(|e| e.1 == "OOMKilled"),
+        "{:?}",
+        api.events
+    );
+    let _: () = redis.del(&queue).await.expect("cleanup");
+}

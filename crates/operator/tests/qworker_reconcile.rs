@@ -651,3 +651,76 @@ async fn a_deleted_scalerconfig_closes_its_broker_connection() {
     );
     assert!(brokers.is_empty());
 }
+
+#[tokio::test]
+async fn a_crashed_pod_is_kept_its_tasks_returned_and_its_replacement_backs_off() {
+    let queue = format!("test-crash-{}", std::process::id());
+    let mut conn = redis().await;
+    let processing = workerpool_queue::processing_list(&queue, "example-qworker-crash");
+    let _: () = conn.del(&[&queue, &processing]).await.expect("del");
+    let _: () = conn.lpush(&processing, "task-7").await.expect("lpush");
+
+    let (client, mut api) = support::mock();
+    let mut h = harness(client);
+    let mut q = qworker(1);
+    q.spec.scale_config.queue = queue.clone();
+    q.spec.pod_spec.restart_policy = Some("Never".into());
+    let hash = current_hash(&q);
+    let mut crashed = pod(
+        &q,
+        "example-qworker-crash",
+        &hash,
+        false,
+        "2026-11-23T10:00:00Z",
+    );
+    // Crashed on start-up just now (restartPolicy Never): the pod is Failed.
+    let finished = k8s_openapi::jiff::Timestamp::now().to_string();
+    crashed.status = Some(
+        serde_json::from_value(json!({
+            "phase": "Failed",
+            "containerStatuses": [{"name": "worker", "image": "", "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": {"terminated": {"exitCode": 3, "reason": "Error", "finishedAt": finished}}}]
+        }))
+        .expect("status"),
+    );
+    h.with_pods(vec![crashed]);
+    h.configs
+        .apply_watcher_event(&watcher::Event::Apply(redis_config()));
+
+    let task = tokio::spawn(reconcile(Arc::new(q.clone()), h.ctx.clone()));
+    // Kept, not deleted: its task goes back first, then it is marked with its crash streak.
+    let mark = api
+        .expect(
+            "PATCH",
+            &format!("{PODS}/example-qworker-crash"),
+            200,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "example-qworker-crash"}}),
+        )
+        .await;
+    assert_eq!(
+        mark.body["metadata"]["annotations"]["quickube.com/crash-streak"],
+        "1"
+    );
+    let moved: Vec<String> = conn.lrange(&queue, 0, -1).await.expect("lrange");
+    assert_eq!(moved, vec!["task-7"], "the crashed worker's task is back");
+    // No replacement yet: the status says why.
+    let status = api
+        .expect_apply(&status_path("example-qworker"), stored(&q))
+        .await;
+    let scaling = status.body["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Scaling"))
+        .cloned()
+        .expect("Scaling condition");
+    assert_eq!(scaling["status"], "False");
+    assert_eq!(scaling["reason"], "CrashLooping");
+    let message = scaling["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("example-qworker-crash") && message.contains("exit code 3"),
+        "{message}"
+    );
+    assert_eq!(status.body["status"]["currentReplicas"], 0);
+    api.finish(task).await.expect("reconcile ok");
+    let _: () = conn.del(&[&queue, &processing]).await.expect("cleanup");
+}

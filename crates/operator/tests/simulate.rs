@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use workerpool_operator::autoscaler::policy::Mode;
 use workerpool_operator::simulate::{Outcome, Params, Policy, Stats, Trace, compare, simulate};
 
 fn trace(segments: &[(f64, f64)], length: f64) -> Trace {
@@ -93,9 +94,10 @@ fn hpa_scale_down_stabilization_holds_replicas_for_300_seconds() {
         replicas_at(&hpa, 700) < before,
         "hpa scales down once the window has passed"
     );
-    // Ours scales down after its own 30 s window.
+    // Ours scales down after its own 30 s window. (It starts with the warm start's backlog of
+    // ten seconds of work per worker, which it drains with at most 10 % more workers.)
     let ours = simulate(&t, &params, Policy::Ours);
-    assert_eq!(replicas_at(&ours, 299), 50);
+    assert!((50..=55).contains(&replicas_at(&ours, 299)));
     assert!(replicas_at(&ours, 400) < 50, "ours released within 100 s");
 }
 
@@ -111,6 +113,21 @@ fn constant_load_holds_the_needed_workers_in_both_policies() {
         let t = trace(&[(0.0, rate)], 1800.0);
         for policy in [Policy::Ours, Policy::Hpa] {
             let o = simulate(&t, &params, policy);
+            assert_conserved(policy.name(), &o.stats);
+            if policy == Policy::Ours {
+                // The warm start's backlog (ten seconds of work per worker, the queue-length
+                // rule's steady state) is drained with at most 10 % (or two) more workers (a poll's in-flight count can
+                // read up to one 100 ms step of arrivals high).
+                let surge = want + ((f64::from(want) * 0.1).ceil() as i32).max(2);
+                assert!(
+                    o.samples
+                        .iter()
+                        .all(|s| (want..=surge).contains(&s.replicas)),
+                    "ours: {rate}/s at {service_rate}/s per worker"
+                );
+                assert!(o.stats.scale_events <= 4, "{:?}", o.stats);
+                continue;
+            }
             let seen: std::collections::BTreeSet<i32> =
                 o.samples.iter().map(|s| s.replicas).collect();
             assert_eq!(
@@ -120,28 +137,134 @@ fn constant_load_holds_the_needed_workers_in_both_policies() {
                 policy.name()
             );
             assert_eq!(o.stats.scale_events, 0, "{}", policy.name());
-            assert_conserved(policy.name(), &o.stats);
         }
     }
 }
 
 #[test]
 fn after_a_step_ours_settles_around_the_needed_workers() {
-    // From the steady state of 5/s to a constant 20/s. Ours does not come to rest exactly: its
-    // immediate scale-up, 30 s hold and 10 s start-up make it hunt around the need; the average
-    // of the last 10 minutes is within 5 % of 20 and no value is more than 15 % off. (The HPA
-    // model does not settle at all: it cycles with its 300 s window; see the module docs.)
+    // From the steady state of 5/s to a constant 20/s: the rate policy comes to rest within 5 %
+    // of the need (the queue-length rule hunted between 17 and 22 here).
     let t = trace(&[(0.0, 5.0), (60.0, 20.0)], 2460.0);
     let o = simulate(&t, &Params::default(), Policy::Ours);
     let tail = &o.samples[o.samples.len() - 600..];
-    let mean = tail.iter().map(|s| f64::from(s.replicas)).sum::<f64>() / tail.len() as f64;
-    assert!((mean - 20.0).abs() <= 1.0, "mean {mean}");
     assert!(
-        tail.iter().all(|s| (17..=23).contains(&s.replicas)),
+        tail.iter().all(|s| (20..=21).contains(&s.replicas)),
         "{:?}",
         tail.iter()
             .map(|s| s.replicas)
             .collect::<std::collections::BTreeSet<_>>()
+    );
+    // The specification's rule alone still hunts around the need.
+    let spec = Params {
+        mode: Mode::QueueLength,
+        ..Params::default()
+    };
+    let q = simulate(&t, &spec, Policy::Ours);
+    assert!(
+        q.stats.scale_events > 10 * o.stats.scale_events.max(1),
+        "{:?} vs {:?}",
+        q.stats,
+        o.stats
+    );
+}
+
+/// The targets on the built-in traces, at the default start-up delay and at 60 s (see
+/// the README's table): at least 25 % fewer worker-seconds than the HPA model at an equal or lower
+/// p95 wait everywhere; after the step at 10 s start-up: overshoot <= 10 %, settled within ±5 %
+/// in <= 120 s, at least 10x fewer changes of desiredReplicas than the queue-length rule.
+#[test]
+fn targets_on_the_built_in_traces() {
+    for delay in [10.0, 60.0] {
+        let params = Params {
+            startup_delay: delay,
+            ..Params::default()
+        };
+        let spec = Params {
+            mode: Mode::QueueLength,
+            ..params.clone()
+        };
+        for name in ["step", "spike", "daily-sine"] {
+            let t = Trace::built_in(name).expect("built-in");
+            let c = compare(&t, &params);
+            let label = format!("{name} at {delay} s");
+            assert!(
+                c.meets_target(),
+                "{label}: {:+.1} % worker-seconds, p95 {:.1} vs {:.1}",
+                c.worker_seconds_change(),
+                c.ours.stats.p95_wait,
+                c.hpa.stats.p95_wait
+            );
+            assert_eq!(c.ours.stats.requeued + c.ours.stats.lost, 0, "{label}");
+            let before = simulate(&t, &spec, Policy::Ours);
+            assert!(
+                c.ours.stats.scale_events * 3 <= before.stats.scale_events.max(3),
+                "{label}: {} changes vs {} with the queue-length rule",
+                c.ours.stats.scale_events,
+                before.stats.scale_events
+            );
+            if name == "step" {
+                let s = c.step_ours.expect("step response");
+                assert_eq!(s.need, 50);
+                assert!(
+                    c.ours.stats.scale_events * 10 <= before.stats.scale_events,
+                    "{label}: {} vs {}",
+                    c.ours.stats.scale_events,
+                    before.stats.scale_events
+                );
+                if delay == 10.0 {
+                    assert!(s.overshoot_percent <= 10.0 + 1e-9, "{label}: {s:?}");
+                    assert!(
+                        s.settle_seconds.is_some_and(|t| t <= 120.0),
+                        "{label}: {s:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_capped_downstream_holds_the_count_and_scaling_resumes_when_it_is_lifted() {
+    // 40/s from minute 10 while a downstream completes at most 20/s in all until minute 20.
+    let t = Trace::built_in("capped-downstream").expect("built-in");
+    let params = Params::default();
+    let c = compare(&t, &params);
+    let ours = &c.ours;
+    // Held near the 20 workers that help (a probe adds a few now and then), well below the
+    // HPA model, which goes to its maximum.
+    let held = &ours.samples[700..1200];
+    assert!(
+        held.iter().all(|s| s.replicas <= 25),
+        "{:?}",
+        held.iter().map(|s| s.replicas).max()
+    );
+    assert!(c.hpa.samples[700..1200].iter().any(|s| s.replicas == 100));
+    let terms: std::collections::BTreeSet<_> = ours
+        .decisions
+        .iter()
+        .map(|(_, d)| d.term.as_str())
+        .collect();
+    assert!(terms.contains("Ineffective"), "{terms:?}");
+    let evidence = ours
+        .decisions
+        .iter()
+        .find_map(|(_, d)| d.evidence)
+        .expect("evidence");
+    assert!(evidence.observed < 0.25 * evidence.expected, "{evidence:?}");
+    // The limit is lifted at minute 20: a probe helps and the backlog is drained.
+    assert!(
+        ours.samples[1200..1500].iter().any(|s| s.replicas > 40),
+        "scaling resumed"
+    );
+    assert!(
+        ours.samples.last().map_or(0, |s| s.queue_length) < 100,
+        "the backlog is drained"
+    );
+    assert!(
+        c.worker_seconds_change() <= -25.0,
+        "{:+.1} %",
+        c.worker_seconds_change()
     );
 }
 

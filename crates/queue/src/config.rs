@@ -227,7 +227,8 @@ impl fmt::Debug for RabbitMqConfig {
 #[derive(Clone, PartialEq, Eq)]
 pub struct NatsConfig {
     /// Server URL, e.g. `nats://nats:4222` (`tls://` for TLS). Should not carry credentials;
-    /// use the fields below.
+    /// use the fields below. `ws://` and `wss://` are refused: the client would not put TLS
+    /// on them.
     pub url: String,
     /// The JetStream stream; each queue is a durable pull consumer of it.
     pub stream: String,
@@ -237,7 +238,7 @@ pub struct NatsConfig {
     pub password: Option<String>,
     /// Token for token authentication.
     pub token: Option<String>,
-    /// Require TLS.
+    /// Require TLS (the server certificate is checked against the system roots).
     pub tls: bool,
 }
 

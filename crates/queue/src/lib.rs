@@ -35,6 +35,7 @@ use async_trait::async_trait;
 pub use config::{BrokerConfig, NatsConfig, RabbitMqConfig, RedisConfig, amqp_url};
 pub use error::{BrokerKind, QueueError};
 pub use nats::{ensure_nats_queue, nats_subject};
+pub use rabbitmq::in_flight_queue;
 
 /// Time limit of one broker call (a command, a request, an acknowledgement).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -50,7 +51,9 @@ pub trait QueueBroker: Send + Sync {
     /// Tasks waiting plus tasks in flight for `queue`.
     ///
     /// `workers` are the names of the live worker pods: on Redis their processing lists are
-    /// counted as in flight. The other brokers count unacknowledged messages themselves.
+    /// counted as in flight. NATS counts unacknowledged messages itself; RabbitMQ through its
+    /// management API, else as the workers marked busy on [`in_flight_queue`] (idle workers
+    /// count nothing).
     async fn depth(&self, queue: &str, workers: &[String]) -> Result<u64, QueueError>;
 
     /// Returns every task held by worker `worker` (a pod that is gone) to `queue`, so that it is

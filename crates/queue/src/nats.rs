@@ -51,7 +51,28 @@ fn map_consumer(err: ConsumerError, stream: &str, queue: &str) -> QueueError {
     }
 }
 
+/// Refuses URLs whose connections would not honour [`NatsConfig::tls`]: the client puts no TLS
+/// on `ws://` URLs even when it is required (and without its websocket support, which this
+/// crate does not enable, it speaks plain NATS over TCP to them). Only `nats://`, `tls://` and
+/// scheme-less `host:port` are accepted.
+fn check_url(cfg: &NatsConfig) -> Result<(), QueueError> {
+    let scheme = cfg
+        .url
+        .split_once("://")
+        .map_or("nats", |(scheme, _)| scheme)
+        .to_ascii_lowercase();
+    if matches!(scheme.as_str(), "nats" | "tls") {
+        Ok(())
+    } else {
+        Err(QueueError::config(
+            KIND,
+            format!("the URL must be nats:// or tls://, not {scheme}://"),
+        ))
+    }
+}
+
 async fn client(cfg: &NatsConfig) -> Result<async_nats::Client, QueueError> {
+    check_url(cfg)?;
     let mut options = ConnectOptions::new()
         .connection_timeout(CALL_TIMEOUT)
         .request_timeout(Some(CALL_TIMEOUT));

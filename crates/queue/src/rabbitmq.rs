@@ -1,12 +1,21 @@
 //! RabbitMQ over AMQP 0-9-1: consumer with prefetch 1 and manual acknowledgement.
+//!
+//! AMQP tells the ready messages of a queue and its consumers, not the unacknowledged ones. So
+//! that the operator can count work in flight without the management API, a worker marks
+//! itself busy while it holds a task: it consumes from the queue [`in_flight_queue`] (which
+//! never holds messages) from taking a task until it waits for the next one and none is there
+//! (a message prefetched meanwhile is held, so the mark stays). The marker goes with the
+//! worker's connection, so a worker that dies is unmarked at once, as its unacknowledged
+//! message is returned.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::FieldTable;
@@ -21,6 +30,13 @@ use crate::{
 };
 
 const KIND: BrokerKind = BrokerKind::RabbitMq;
+
+/// The queue whose consumers are the workers of `queue` that hold a task: `{queue}:in-flight`.
+/// Workers declare it (durable, empty) and consume from it while busy; the operator reads its
+/// consumer count.
+pub fn in_flight_queue(queue: &str) -> String {
+    format!("{queue}:in-flight")
+}
 
 /// Maps a lapin error; `queue` names the queue for `not_found`.
 fn map_err(err: lapin::Error, queue: &str) -> QueueError {
@@ -148,10 +164,13 @@ impl QueueBroker for RabbitBroker {
     /// Ready plus unacknowledged messages.
     ///
     /// With a management URL both come from the management HTTP API
-    /// (`messages_ready + messages_unacknowledged`). Without one, AMQP only tells the ready
-    /// messages and the number of consumers, so the depth is `message_count + consumer_count`:
-    /// an upper bound of the in-flight work, exact while every consumer is busy, because SDK
-    /// workers use prefetch 1 (each consumer holds at most one unacknowledged message).
+    /// (`messages_ready + messages_unacknowledged`). Without one, AMQP tells the ready messages
+    /// (`message_count`) and the consumers; the workers that hold a task are the consumers of
+    /// [`in_flight_queue`], so the depth is `ready + min(busy, consumers)`, and idle workers
+    /// count nothing: the pool can scale to zero. Workers use prefetch 1, so each busy one holds
+    /// one unacknowledged message. When the marker queue does not exist (workers of an SDK that
+    /// does not mark themselves), the depth falls back to `ready + consumers`, an upper bound
+    /// that never falls below the number of connected workers.
     async fn depth(&self, queue: &str, _workers: &[String]) -> Result<u64, QueueError> {
         if let Some(management) = &self.management
             && let Some(depth) = management.depth(queue).await?
@@ -160,7 +179,14 @@ impl QueueBroker for RabbitBroker {
         }
         let channel = self.link.channel().await?;
         let declared = declare_passive(&channel, queue).await?;
-        Ok(u64::from(declared.message_count()) + u64::from(declared.consumer_count()))
+        let ready = u64::from(declared.message_count());
+        let consumers = u64::from(declared.consumer_count());
+        match declare_passive(&channel, &in_flight_queue(queue)).await {
+            Ok(marker) => Ok(ready + u64::from(marker.consumer_count()).min(consumers)),
+            // The failed declare closed the channel; the next call opens a new one.
+            Err(e) if e.category() == "not_found" => Ok(ready + consumers),
+            Err(e) => Err(e),
+        }
     }
 
     async fn recover(&self, _queue: &str, _worker: &str) -> Result<u64, QueueError> {
@@ -187,12 +213,17 @@ impl QueueBroker for RabbitBroker {
     }
 }
 
-/// Worker side: one connection, one channel with prefetch 1, one consumer.
+/// Worker side: one connection, one channel with prefetch 1, one consumer; and a second
+/// channel that consumes from [`in_flight_queue`] while a task is held (the busy marker).
 pub(crate) struct RabbitSource {
     url: String,
     queue: String,
     tag: String,
     state: Option<(Connection, Channel, Consumer)>,
+    /// The marker channel, when the marker queue could be declared.
+    marker: Option<Channel>,
+    /// The marker consumer while a task is held.
+    busy: Option<Consumer>,
 }
 
 impl RabbitSource {
@@ -206,6 +237,8 @@ impl RabbitSource {
             queue: queue.to_owned(),
             tag: worker.to_owned(),
             state: None,
+            marker: None,
+            busy: None,
         };
         source.consumer().await?;
         Ok(source)
@@ -236,11 +269,57 @@ impl RabbitSource {
                     .map_err(|e| map_err(e, queue))
             })
             .await?;
+            self.marker = open_marker(&connection, queue).await;
+            self.busy = None;
             self.state = Some((connection, channel, consumer));
         }
         match self.state.as_mut() {
             Some((_, _, consumer)) => Ok(consumer),
             None => Err(QueueError::connect(KIND, "no consumer")),
+        }
+    }
+
+    /// Marks this worker busy (a consumer of the marker queue); a failure is only logged: the
+    /// task is held all the same, and the operator then counts it as waiting for a moment.
+    async fn mark_busy(&mut self) {
+        let Some(marker) = &self.marker else { return };
+        let queue = in_flight_queue(&self.queue);
+        let result = timed(KIND, "basic.consume", CALL_TIMEOUT, async {
+            marker
+                .basic_consume(
+                    queue.as_str().into(),
+                    self.tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| map_err(e, &queue))
+        })
+        .await;
+        match result {
+            Ok(consumer) => self.busy = Some(consumer),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot mark the worker busy");
+                self.marker = None;
+            }
+        }
+    }
+
+    /// Removes the busy mark: the worker waits for a task and holds none.
+    async fn mark_idle(&mut self) {
+        let Some(busy) = self.busy.take() else { return };
+        let Some(marker) = &self.marker else { return };
+        let result = timed(KIND, "basic.cancel", CALL_TIMEOUT, async {
+            marker
+                .basic_cancel(busy.tag(), BasicCancelOptions::default())
+                .await
+                .map_err(|e| map_err(e, ""))
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot unmark the worker; reconnecting");
+            self.state = None;
+            self.marker = None;
         }
     }
 
@@ -272,16 +351,31 @@ fn settled(result: lapin::Result<bool>, what: &str) -> Result<(), QueueError> {
 #[async_trait]
 impl TaskSource for RabbitSource {
     async fn take(&mut self, wait: Duration) -> Result<Option<Task>, QueueError> {
+        use futures::FutureExt as _;
+        // A message prefetched while the last task ran is taken at once, the worker still
+        // marked busy; otherwise the worker is idle while it waits.
         let consumer = self.consumer().await?;
-        let next = match tokio::time::timeout(wait, consumer.next()).await {
-            Err(_) => return Ok(None),
-            Ok(next) => next,
+        let next = match consumer.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                self.mark_idle().await;
+                let consumer = self.consumer().await?;
+                match tokio::time::timeout(wait, consumer.next()).await {
+                    Err(_) => return Ok(None),
+                    Ok(next) => next,
+                }
+            }
         };
         match next {
-            Some(Ok(delivery)) => Ok(Some(Task {
-                payload: delivery.data,
-                handle: Handle::RabbitMq(delivery.acker),
-            })),
+            Some(Ok(delivery)) => {
+                if self.busy.is_none() {
+                    self.mark_busy().await;
+                }
+                Ok(Some(Task {
+                    payload: delivery.data,
+                    handle: Handle::RabbitMq(delivery.acker),
+                }))
+            }
             Some(Err(err)) => {
                 self.state = None;
                 Err(map_err(err, &self.queue))
@@ -304,6 +398,7 @@ impl TaskSource for RabbitSource {
         .await;
         if result.is_err() {
             self.state = None;
+            self.busy = None;
         }
         result
     }
@@ -320,11 +415,14 @@ impl TaskSource for RabbitSource {
         .await;
         if result.is_err() {
             self.state = None;
+            self.busy = None;
         }
         result
     }
 
     async fn close(&mut self) -> Result<(), QueueError> {
+        // The marker goes with the connection; it is dropped only after the close.
+        let _marker = (self.busy.take(), self.marker.take());
         if let Some((connection, channel, _)) = self.state.take() {
             timed(KIND, "close", CALL_TIMEOUT, async {
                 // A prefetched, unacknowledged message goes back to the queue with the channel.
@@ -340,6 +438,36 @@ impl TaskSource for RabbitSource {
             .await?;
         }
         Ok(())
+    }
+}
+
+/// Opens the marker channel and declares [`in_flight_queue`] on it (durable, never holds
+/// messages). `None` when that fails (e.g. no configure permission): the worker then runs
+/// unmarked and the operator counts connected consumers instead.
+async fn open_marker(connection: &Connection, queue: &str) -> Option<Channel> {
+    let marker = in_flight_queue(queue);
+    let result = async {
+        let channel = open_channel(connection).await?;
+        timed(KIND, "queue.declare", CALL_TIMEOUT, async {
+            channel
+                .queue_declare(
+                    marker.as_str().into(),
+                    QueueDeclareOptions::durable(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| map_err(e, &marker))
+        })
+        .await?;
+        Ok::<_, QueueError>(channel)
+    }
+    .await;
+    match result {
+        Ok(channel) => Some(channel),
+        Err(e) => {
+            tracing::warn!(error = %e, queue = %marker, "cannot declare the in-flight marker queue; the operator will count this worker as busy");
+            None
+        }
     }
 }
 

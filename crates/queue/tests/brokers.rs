@@ -232,9 +232,14 @@ async fn rabbit_delete(queue: &str) {
     if let Ok(conn) = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await
         && let Ok(channel) = conn.create_channel().await
     {
-        let _ = channel
-            .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
-            .await;
+        for q in [queue.to_owned(), workerpool_queue::in_flight_queue(queue)] {
+            let _ = channel
+                .queue_delete(
+                    q.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await;
+        }
         let _ = conn.close(200, "bye".into()).await;
     }
 }

@@ -1,7 +1,8 @@
 //! Rust worker SDK for QWorker pods (design section 4, the queue-worker protocol).
 //!
 //! A [`Worker`] takes one task at a time with a reliable primitive (Redis `BLMOVE` into its own
-//! processing list, RabbitMQ manual ack with prefetch 1, NATS JetStream explicit ack), runs the
+//! processing list, RabbitMQ manual ack with prefetch 1 and a busy mark on `<queue>:in-flight`
+//! so that the operator can count work in flight, NATS JetStream explicit ack), runs the
 //! handler, and acknowledges the task when the handler succeeds or requeues it when it fails.
 //! Between tasks it reads the pod's annotations (downward-API volume file) and exits when asked
 //! to drain or when its pod-spec hash is stale. On SIGTERM or SIGINT it stops taking tasks, lets

@@ -311,12 +311,14 @@ async fn runs_on_rabbitmq() {
     if let Ok(conn) = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await
         && let Ok(channel) = conn.create_channel().await
     {
-        let _ = channel
-            .queue_delete(
-                queue.as_str().into(),
-                lapin::options::QueueDeleteOptions::default(),
-            )
-            .await;
+        for q in [queue.clone(), workerpool_queue::in_flight_queue(&queue)] {
+            let _ = channel
+                .queue_delete(
+                    q.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await;
+        }
     }
 }
 

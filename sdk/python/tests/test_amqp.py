@@ -68,6 +68,7 @@ def rabbit() -> Iterator[Rabbit]:
     yield rb
     try:
         rb.ch.queue_delete(rb.queue)
+        rb.ch.queue_delete(f"{rb.queue}:in-flight")  # the workers' busy-marker queue
     finally:
         rb.conn.close()
 
@@ -244,3 +245,38 @@ def test_broker_password_replaces_the_url_password(rabbit: Rabbit, make_amqp_wor
     assert run_bounded(worker) is ExitReason.STOPPED
     assert seen == [b"t1"]
     assert rabbit.ready() == 0
+
+
+def test_busy_workers_mark_themselves_idle_ones_do_not(rabbit: Rabbit) -> None:
+    """The operator counts in-flight work as the consumers of ``{queue}:in-flight``."""
+    from qworker.sources._amqp import AmqpSource, in_flight_queue
+
+    marker = in_flight_queue(rabbit.queue)
+    sources = [AmqpSource(AMQP_URL, rabbit.queue, f"w-{i}", 0.1) for i in range(2)]
+    try:
+        for s in sources:
+            s.connect()
+            assert s.take(0.1) is None
+
+        def busy() -> int:
+            return int(rabbit.ch.queue_declare(marker, passive=True).method.consumer_count)
+
+        assert busy() == 0
+        rabbit.publish(b"t1")
+        held = None
+        deadline = time.monotonic() + 5
+        while held is None and time.monotonic() < deadline:
+            for s in sources:
+                d = s.take(0.1)
+                if d is not None:
+                    held = (s, d)
+                    break
+        assert held is not None
+        assert busy() == 1
+        s, d = held
+        s.ack(d)
+        assert s.take(0.1) is None
+        assert busy() == 0
+    finally:
+        for s in sources:
+            s.close()

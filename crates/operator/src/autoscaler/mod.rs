@@ -32,9 +32,156 @@ use brokers::{BrokerUnavailable, Brokers};
 /// `lastScaleTime`, the `BrokerReachable` condition).
 pub const AUTOSCALER_MANAGER: &str = "workerpool-operator-autoscaler";
 /// Longest wait between polls while the broker fails.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// An unchanged desired count with a changed queue length is written at most this often.
 pub const QUEUE_LENGTH_REFRESH: Duration = Duration::from_secs(15);
+
+/// The policy's settings from a QWorker's `scaleConfig`.
+pub fn knobs(sc: &workerpool_api::ScaleConfig) -> policy::Knobs {
+    policy::Knobs {
+        scaling_factor: sc.scaling_factor,
+        min: sc.min_replicas,
+        max: sc.max_replicas,
+        mode: match sc.scaling_policy() {
+            workerpool_api::qworker::ScalingPolicy::Rate => policy::Mode::Rate,
+            workerpool_api::qworker::ScalingPolicy::QueueLength => policy::Mode::QueueLength,
+        },
+        target_drain_seconds: f64::from(sc.target_drain_seconds()),
+        max_surge: f64::from(sc.max_surge_percent()) / 100.0,
+    }
+}
+
+/// What a poll sees of a QWorker's pods in the cache, at `now`: ready workers (not draining),
+/// ready workers asked to drain, the ages of those not ready yet, and the median start-up time
+/// (creation to the Ready condition's last transition) of the ready ones.
+pub fn pod_observation(
+    pods: &[Arc<Pod>],
+    qw: &QWorker,
+    at: Duration,
+    queue_length: u64,
+    now: Timestamp,
+) -> policy::Observation {
+    use crate::controllers::qworker::build::DRAIN_ANNOTATION;
+    let uid = qw.metadata.uid.as_deref();
+    let mut obs = policy::Observation {
+        at,
+        queue_length,
+        ..policy::Observation::default()
+    };
+    let mut startups = Vec::new();
+    for pod in pods {
+        if pod.namespace() != qw.namespace()
+            || !owned_by(pod, uid)
+            || pod.metadata.deletion_timestamp.is_some()
+            || matches!(
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        {
+            continue;
+        }
+        let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let ready = pod
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .find(|c| c.type_ == "Ready" && c.status == "True");
+        let draining = pod.annotations().contains_key(DRAIN_ANNOTATION);
+        match (ready, draining) {
+            (Some(_), true) => obs.draining += 1,
+            (Some(c), false) => {
+                obs.ready += 1;
+                if let (Some(created), Some(t)) = (created, c.last_transition_time.as_ref()) {
+                    startups.push(seconds_between(created, t.0));
+                }
+            }
+            (None, true) => {}
+            (None, false) => obs
+                .starting
+                .push(created.map_or(0.0, |c| seconds_between(c, now))),
+        }
+    }
+    if !startups.is_empty() {
+        startups.sort_by(f64::total_cmp);
+        obs.startup_seconds = Some(startups[startups.len() / 2]);
+    }
+    obs
+}
+
+fn seconds_between(from: Timestamp, to: Timestamp) -> f64 {
+    (to.as_millisecond() - from.as_millisecond()).max(0) as f64 / 1000.0
+}
+
+/// `status.lastScaleDecision` for a change from `from` decided by `d` on `obs`.
+pub fn scale_decision(
+    from: i32,
+    obs: &policy::Observation,
+    d: &policy::Decision,
+    sc: &workerpool_api::ScaleConfig,
+) -> workerpool_api::qworker::ScaleDecision {
+    let round = |v: f64| (v * 100.0).round() / 100.0;
+    let rate = sc.scaling_policy() == workerpool_api::qworker::ScalingPolicy::Rate;
+    let starting = i32::try_from(obs.starting.len()).unwrap_or(i32::MAX);
+    let ready = i32::try_from(obs.ready).unwrap_or(i32::MAX);
+    let mut message = format!(
+        "Desired workers {from} -> {} by {}: queue length {}",
+        d.replicas,
+        d.term.as_str(),
+        obs.queue_length,
+    );
+    if rate {
+        message.push_str(&format!(
+            ", {ready} ready and {starting} starting worker(s)"
+        ));
+    }
+    match d.rates {
+        Some(r) if d.term != policy::Term::QueueLength => {
+            message.push_str(&format!(
+                ", arrivals {:.2}/s, completions {:.2}/s at {:.2}/s per worker: {:.1} worker(s) for the arrivals, {:.1} for a backlog of {:.0} task(s) expected when a new worker is ready",
+                r.arrival,
+                r.completion,
+                r.throughput,
+                d.arrival_need,
+                d.backlog_workers,
+                d.projected_backlog
+            ));
+        }
+        _ => message.push_str(&format!(", scalingFactor {}", sc.scaling_factor)),
+    }
+    if let Some(e) = d.evidence {
+        message.push_str(&format!("; scaling is ineffective: {e}"));
+    }
+    workerpool_api::qworker::ScaleDecision {
+        time: Time(Timestamp::now()),
+        from,
+        to: d.replicas,
+        term: d.term.as_str().to_string(),
+        queue_length: i64::try_from(obs.queue_length).unwrap_or(i64::MAX),
+        ready_workers: rate.then_some(ready),
+        starting_workers: rate.then_some(starting),
+        arrival_rate: d.rates.map(|r| round(r.arrival)),
+        completion_rate: d.rates.map(|r| round(r.completion)),
+        worker_throughput: d.rates.map(|r| round(r.throughput)),
+        startup_seconds: obs.startup_seconds.map(round),
+        message,
+    }
+}
+
+/// `Scaling=False` with reason `Ineffective` while the autoscaler holds the count because more
+/// workers did not raise the completion rate (its last decision says so, with the rates).
+pub fn ineffective_condition(status: &workerpool_api::QWorkerStatus) -> Option<NewCondition> {
+    let d = status.last_scale_decision.as_ref()?;
+    let held =
+        d.term == policy::Term::Ineffective.as_str() || d.term == policy::Term::Probe.as_str();
+    held.then(|| {
+        NewCondition::new(
+            workerpool_api::conditions::SCALING,
+            false,
+            "Ineffective",
+            d.message.clone(),
+        )
+    })
+}
 
 /// The live pods of a QWorker, by the controller ownerReference (terminal and terminating pods excluded).
 pub fn live_worker_names(pods: &Store<Pod>, qw: &QWorker) -> Vec<String> {
@@ -131,9 +278,11 @@ impl Autoscaler {
             scaler: self.clone(),
             object: ObjectRef::from_obj(qw),
             uid: uid.clone(),
-            stabilizer: policy::Stabilizer::new(Duration::from_secs(u64::from(
+            scaling: policy::Scaler::new(Duration::from_secs(u64::from(
                 qw.spec.scale_config.scale_down_stabilization_seconds(),
             ))),
+            last_decision: None,
+            ineffective: false,
             origin: Instant::now(),
             failures: 0,
             last: None,
@@ -192,7 +341,13 @@ struct Poller {
     scaler: Autoscaler,
     object: ObjectRef<QWorker>,
     uid: String,
-    stabilizer: policy::Stabilizer,
+    /// Rate estimates, effectiveness test and scale-down window (in memory: after a restart
+    /// the first decisions fall back to the specification's rule).
+    scaling: policy::Scaler,
+    /// `status.lastScaleDecision` as this manager last applied it (repeated in every apply).
+    last_decision: Option<serde_json::Value>,
+    /// Whether scaling is held as ineffective (for the Events of the change).
+    ineffective: bool,
     origin: Instant,
     failures: u32,
     last: Option<Written>,
@@ -208,7 +363,8 @@ struct VpaState {
     record: Option<crate::controllers::qworker::vpa::Usage>,
     condition: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
     last_sample: Option<Instant>,
-    ooms_seen: std::collections::HashSet<String>,
+    /// OOM kills taken into account and the last raise; loaded from the status with `record`.
+    ooms: crate::controllers::qworker::vpa::OomMemory,
     dirty: bool,
 }
 
@@ -273,7 +429,7 @@ impl Poller {
     async fn poll(&mut self, qw: &QWorker) -> Result<(), ()> {
         let sc = &qw.spec.scale_config;
         let ns = qw.namespace().unwrap_or_default();
-        self.stabilizer.set_window(Duration::from_secs(u64::from(
+        self.scaling.set_window(Duration::from_secs(u64::from(
             sc.scale_down_stabilization_seconds(),
         )));
         let started = Instant::now();
@@ -303,10 +459,40 @@ impl Poller {
         }
         match depth {
             Ok(length) => {
-                let recommendation =
-                    policy::recommend(length, sc.scaling_factor, sc.min_replicas, sc.max_replicas);
-                let desired = self.stabilizer.next(self.origin.elapsed(), recommendation);
-                self.write(qw, desired, Some(length), None).await;
+                // The pod cache is read only for the rate policy (the specification's rule needs
+                // the queue length alone, and a poll stays as cheap as before).
+                let observation = match sc.scaling_policy() {
+                    workerpool_api::qworker::ScalingPolicy::Rate => pod_observation(
+                        &self.scaler.pods.state(),
+                        qw,
+                        self.origin.elapsed(),
+                        length,
+                        Timestamp::now(),
+                    ),
+                    workerpool_api::qworker::ScalingPolicy::QueueLength => policy::Observation {
+                        at: self.origin.elapsed(),
+                        queue_length: length,
+                        ..policy::Observation::default()
+                    },
+                };
+                let current = self.last.as_ref().map_or_else(
+                    || {
+                        qw.status
+                            .as_ref()
+                            .map_or(sc.min_replicas, |s| s.desired_replicas)
+                    },
+                    |w| w.desired,
+                );
+                let decision = self.scaling.step(&observation, &knobs(sc), current);
+                self.record_decision(qw, &observation, &decision);
+                self.write(
+                    qw,
+                    decision.replicas,
+                    Some(length),
+                    None,
+                    Some((&observation, &decision)),
+                )
+                .await;
                 Ok(())
             }
             Err(e) => {
@@ -329,7 +515,7 @@ impl Poller {
                     .map_or(sc.min_replicas, |s| s.desired_replicas)
                     // Keep the last answer, within bounds that may have changed since.
                     .clamp(sc.min_replicas.max(0), sc.max_replicas.max(0));
-                self.write(qw, desired, None, Some(&e)).await;
+                self.write(qw, desired, None, Some(&e), None).await;
                 Err(())
             }
         }
@@ -344,6 +530,12 @@ impl Poller {
         use workerpool_api::conditions::RESOURCE_METRICS_AVAILABLE;
         self.vpa.last_sample = Some(Instant::now());
         let status = qw.status.clone().unwrap_or_default();
+        if self.vpa.record.is_none() {
+            self.vpa.ooms = vpa::OomMemory {
+                seen: status.oom_kills_seen.clone(),
+                last_raise: status.last_oom_raise_time.as_ref().map(|t| t.0),
+            };
+        }
         let record = self
             .vpa
             .record
@@ -402,41 +594,32 @@ impl Poller {
                 ),
             ),
         };
+        // OOM kills: each counted once (the seen ones are kept in the status), at most one
+        // raise per window, capped; an Event names the evidence of each raise.
         let uid = qw.metadata.uid.as_deref();
-        for pod in self.scaler.pods.state() {
-            if pod.namespace() != qw.namespace() || !owned_by(&pod, uid) {
-                continue;
-            }
-            for cs in pod
-                .status
-                .iter()
-                .flat_map(|s| s.container_statuses.iter().flatten())
-            {
-                let Some(t) = cs.last_state.as_ref().and_then(|l| l.terminated.as_ref()) else {
-                    continue;
-                };
-                if t.reason.as_deref() != Some("OOMKilled") {
-                    continue;
-                }
-                let key = format!("{}/{}/{}", pod.name_any(), cs.name, cs.restart_count);
-                if self.vpa.ooms_seen.insert(key) && vpa::oom_killed(record, qw, &cs.name) {
-                    changed = true;
-                    self.scaler
-                        .shared
-                        .event(
-                            &qw.object_ref(&()),
-                            true,
-                            "OOMKilled",
-                            "ActivateVPA",
-                            format!(
-                                "Container {} of pod {} was OOM-killed; raising its memory record",
-                                cs.name,
-                                pod.name_any()
-                            ),
-                        )
-                        .await;
-                }
-            }
+        let evidence: Vec<workerpool_api::OomKill> = self
+            .scaler
+            .pods
+            .state()
+            .iter()
+            .filter(|p| p.namespace() == qw.namespace() && owned_by(p, uid))
+            .flat_map(|p| vpa::oom_evidence(p))
+            .collect();
+        let (raises, oom_changed) =
+            vpa::oom_kills(record, &mut self.vpa.ooms, qw, &evidence, Timestamp::now());
+        changed |= oom_changed;
+        for raise in &raises {
+            info!(qworker = %self.object, pod = %raise.evidence.pod, container = %raise.evidence.container, new = %raise.new.0, "OOM kill raises the memory record");
+            self.scaler
+                .shared
+                .event(
+                    &qw.object_ref(&()),
+                    true,
+                    "OOMKilled",
+                    "ActivateVPA",
+                    raise.message(),
+                )
+                .await;
         }
         let mut conds = status.conditions.clone();
         conditions::set_condition(
@@ -452,6 +635,89 @@ impl Poller {
         self.vpa.dirty |= changed || condition_changed;
     }
 
+    /// The decision's numbers on `/metrics`.
+    fn record_decision(
+        &self,
+        qw: &QWorker,
+        obs: &policy::Observation,
+        decision: &policy::Decision,
+    ) {
+        if qw.spec.scale_config.scaling_policy() != workerpool_api::qworker::ScalingPolicy::Rate {
+            return;
+        }
+        let m = &self.scaler.shared.metrics;
+        let set = |quantity: &'static str, value: f64| {
+            m.scaling
+                .get_or_create(&crate::metrics::ScalingLabels {
+                    namespace: qw.namespace().unwrap_or_default(),
+                    qworker: qw.name_any(),
+                    quantity,
+                })
+                .set(value);
+        };
+        if let Some(r) = decision.rates {
+            set("arrival_rate", r.arrival);
+            set("completion_rate", r.completion);
+            set("worker_throughput", r.throughput);
+        }
+        set("arrival_need", decision.arrival_need);
+        set("projected_backlog", decision.projected_backlog);
+        set("ready_workers", f64::from(obs.ready));
+        set("starting_workers", obs.starting.len() as f64);
+        set("startup_seconds", obs.startup_seconds.unwrap_or(0.0));
+        set(
+            "ineffective",
+            if decision.evidence.is_some() {
+                1.0
+            } else {
+                0.0
+            },
+        );
+    }
+
+    /// A Warning Event when scaling becomes ineffective (with the evidence), a Normal one when
+    /// it helps again.
+    async fn ineffective_events(&mut self, qw: &QWorker, decision: Option<&policy::Decision>) {
+        let Some(d) = decision else { return };
+        let now = d.evidence.is_some();
+        if now == self.ineffective {
+            return;
+        }
+        self.ineffective = now;
+        let object = qw.object_ref(&());
+        match d.evidence {
+            Some(e) => {
+                warn!(qworker = %self.object, evidence = %e, "scaling is ineffective; holding the worker count");
+                self.scaler
+                    .shared
+                    .event(
+                        &object,
+                        true,
+                        "Ineffective",
+                        "Autoscale",
+                        format!(
+                            "More workers do not raise the completion rate ({e}); holding at most {} worker(s) and probing every {} s",
+                            d.replicas,
+                            policy::PROBE_SECONDS
+                        ),
+                    )
+                    .await;
+            }
+            None => {
+                self.scaler
+                    .shared
+                    .event(
+                        &object,
+                        false,
+                        "Effective",
+                        "Autoscale",
+                        "More workers raise the completion rate again; scaling resumes".into(),
+                    )
+                    .await;
+            }
+        }
+    }
+
     /// Writes the autoscaler's part of the status if it changed.
     async fn write(
         &mut self,
@@ -459,6 +725,7 @@ impl Poller {
         desired: i32,
         length: Option<u64>,
         error: Option<&BrokerUnavailable>,
+        decision: Option<(&policy::Observation, &policy::Decision)>,
     ) {
         let reachable = error.map(|e| e.reason);
         let status = qw.status.clone().unwrap_or_default();
@@ -471,11 +738,48 @@ impl Poller {
         });
         let reachable_key = reachable.or(Some(""));
         let changed_desired = previous.desired != desired;
+        if self.last_decision.is_none() {
+            // First write since the start: the status says what was decided before (a hold
+            // recorded before a restart is lifted by the next decision, which starts afresh).
+            self.last_decision = status
+                .last_scale_decision
+                .as_ref()
+                .and_then(|d| serde_json::to_value(d).ok());
+            self.ineffective = ineffective_condition(&status).is_some();
+        }
+        let mut new_decision = None;
+        // Whether scaling became ineffective or effective again: recorded even without a change
+        // of the count, so that the Scaling condition follows.
+        let changed_effect =
+            decision.is_some_and(|(_, d)| d.evidence.is_some() != self.ineffective);
+        if (changed_desired || changed_effect)
+            && let Some((obs, d)) = decision
+        {
+            let record = scale_decision(previous.desired, obs, d, &qw.spec.scale_config);
+            self.scaler
+                .shared
+                .metrics
+                .scale_decisions
+                .get_or_create(&crate::metrics::DecisionLabels {
+                    namespace: qw.namespace().unwrap_or_default(),
+                    qworker: qw.name_any(),
+                    term: d.term.as_str(),
+                })
+                .inc();
+            self.last_decision = serde_json::to_value(&record).ok();
+            new_decision = Some(record);
+        }
+        self.ineffective_events(qw, decision.map(|(_, d)| d)).await;
         let changed_reachability = previous.reachable != reachable_key;
         let stale_length = length.is_some()
             && previous.queue_length != length
             && previous.at.elapsed() >= QUEUE_LENGTH_REFRESH;
-        if !(changed_desired || changed_reachability || stale_length || self.vpa.dirty) {
+        if !(changed_desired
+            || changed_effect
+            || changed_reachability
+            || stale_length
+            || self.vpa.dirty)
+        {
             return;
         }
         let now = Timestamp::now();
@@ -508,8 +812,15 @@ impl Poller {
         if let Some(t) = last_scale_time {
             patch["status"]["lastScaleTime"] = serde_json::json!(t);
         }
+        if let Some(d) = &self.last_decision {
+            patch["status"]["lastScaleDecision"] = d.clone();
+        }
         if let Some(record) = &self.vpa.record {
             patch["status"]["maxContainerResourcesUsage"] = serde_json::json!(record);
+            patch["status"]["oomKillsSeen"] = serde_json::json!(self.vpa.ooms.seen);
+            if let Some(t) = self.vpa.ooms.last_raise {
+                patch["status"]["lastOomRaiseTime"] = serde_json::json!(Time(t));
+            }
         }
         if let Some(c) = &self.vpa.condition
             && let Some(list) = patch["status"]["conditions"].as_array_mut()
@@ -553,21 +864,21 @@ impl Poller {
             } else {
                 "ScaledDown"
             };
-            info!(qworker = %self.object, from = previous.desired, to = desired, queue_length = ?length, "desired workers changed");
-            self.scaler
-                .shared
-                .event(
-                    &object,
-                    false,
-                    direction,
-                    "Autoscale",
+            info!(qworker = %self.object, from = previous.desired, to = desired, queue_length = ?length, term = new_decision.as_ref().map(|d| d.term.as_str()), "desired workers changed");
+            let message = new_decision.map_or_else(
+                || {
                     format!(
                         "Desired workers {} -> {desired} (queue length {}, scalingFactor {})",
                         previous.desired,
                         length.map_or_else(|| "unknown".to_string(), |l| l.to_string()),
                         qw.spec.scale_config.scaling_factor
-                    ),
-                )
+                    )
+                },
+                |d| d.message,
+            );
+            self.scaler
+                .shared
+                .event(&object, false, direction, "Autoscale", message)
                 .await;
         }
         if changed_reachability {
@@ -600,5 +911,125 @@ impl Poller {
                 None => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod observation_tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn qworker() -> QWorker {
+        let mut qw = QWorker::new("w", Default::default());
+        qw.metadata.namespace = Some("ns".into());
+        qw.metadata.uid = Some("uid-1".into());
+        qw
+    }
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + s).expect("timestamp")
+    }
+
+    /// A pod created at `created`, ready since `ready_at` (if any), maybe draining or ended.
+    fn pod(name: &str, created: i64, ready_at: Option<i64>, drain: bool, phase: &str) -> Arc<Pod> {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.into());
+        p.metadata.namespace = Some("ns".into());
+        p.metadata.creation_timestamp = Some(Time(t(created)));
+        p.metadata.owner_references = Some(vec![OwnerReference {
+            uid: "uid-1".into(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        }]);
+        if drain {
+            p.metadata.annotations = Some(
+                [(
+                    crate::controllers::qworker::build::DRAIN_ANNOTATION.to_string(),
+                    "scale-down".to_string(),
+                )]
+                .into(),
+            );
+        }
+        p.status = Some(PodStatus {
+            phase: Some(phase.into()),
+            conditions: ready_at.map(|r| {
+                vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    last_transition_time: Some(Time(t(r))),
+                    ..PodCondition::default()
+                }]
+            }),
+            ..PodStatus::default()
+        });
+        Arc::new(p)
+    }
+
+    #[test]
+    fn observation_counts_ready_draining_and_starting_pods_and_the_startup_time() {
+        let pods = vec![
+            pod("a", 0, Some(10), false, "Running"),
+            pod("b", 0, Some(20), false, "Running"),
+            pod("c", 0, Some(12), false, "Running"),
+            pod("d", 0, Some(5), true, "Running"),
+            pod("e", 90, None, false, "Pending"),
+            pod("f", 0, Some(5), false, "Succeeded"),
+        ];
+        let mut foreign = (*pod("g", 0, Some(3), false, "Running")).clone();
+        foreign.metadata.owner_references = None;
+        let mut pods = pods;
+        pods.push(Arc::new(foreign));
+        let obs = pod_observation(&pods, &qworker(), Duration::from_secs(7), 42, t(100));
+        assert_eq!(obs.at, Duration::from_secs(7));
+        assert_eq!(obs.queue_length, 42);
+        assert_eq!((obs.ready, obs.draining), (3, 1));
+        assert_eq!(obs.starting, vec![10.0]);
+        assert_eq!(obs.startup_seconds, Some(12.0), "median of 10, 12 and 20 s");
+    }
+
+    #[test]
+    fn decision_record_names_the_term_and_the_rates() {
+        let obs = policy::Observation {
+            queue_length: 450,
+            ready: 5,
+            starting: vec![1.0, 2.0],
+            startup_seconds: Some(10.0),
+            ..policy::Observation::default()
+        };
+        let d = policy::Decision {
+            replicas: 55,
+            term: policy::Term::Backlog,
+            arrival_need: 50.0,
+            backlog_workers: 5.0,
+            projected_backlog: 895.0,
+            rates: Some(policy::Rates {
+                arrival: 50.004,
+                completion: 5.0,
+                throughput: 1.0,
+            }),
+            evidence: None,
+        };
+        let sc = qworker().spec.scale_config;
+        let r = scale_decision(5, &obs, &d, &sc);
+        assert_eq!(
+            (r.queue_length, r.ready_workers, r.starting_workers),
+            (450, None, None),
+            "QueueLength reads no pods"
+        );
+        let mut rated = qworker().spec.scale_config;
+        rated.scaling_policy = Some(workerpool_api::qworker::ScalingPolicy::Rate);
+        let r = scale_decision(5, &obs, &d, &rated);
+        assert_eq!((r.from, r.to, r.term.as_str()), (5, 55, "Backlog"));
+        assert_eq!((r.ready_workers, r.starting_workers), (Some(5), Some(2)));
+        assert_eq!(r.arrival_rate, Some(50.0));
+        assert!(r.message.contains("arrivals 50.00/s"), "{}", r.message);
+        let mut status = workerpool_api::QWorkerStatus::default();
+        assert!(ineffective_condition(&status).is_none());
+        let mut held = r.clone();
+        held.term = "Ineffective".into();
+        status.last_scale_decision = Some(held);
+        let c = ineffective_condition(&status).expect("condition");
+        assert_eq!((c.status, c.reason.as_str()), (false, "Ineffective"));
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::autoscaler::policy::{Stabilizer, recommend};
+use crate::autoscaler::policy::{Decision, Knobs, Observation, Scaler};
 
 use super::engine::{TICK_MS, View};
 use super::{HpaBehavior, Params};
@@ -13,6 +13,10 @@ pub trait Controller {
     fn start(&mut self, replicas: i32);
     /// Runs the loop at `now_ms`; answers the requested replica count when it acted.
     fn tick(&mut self, now_ms: u64, view: &View) -> Option<i32>;
+    /// Our decisions that changed the count (none for models of other systems).
+    fn decisions(&self) -> &[(u64, Decision)] {
+        &[]
+    }
 }
 
 /// Milliseconds of `seconds`, at least one time step.
@@ -44,44 +48,61 @@ fn due(next: &mut u64, period: u64, now: u64) -> bool {
     true
 }
 
-/// Ours: every poll interval, `recommend(waiting + in flight)` through the scale-down
-/// [`Stabilizer`], both from `crate::autoscaler::policy`, exactly as the live autoscaler does.
+/// Ours: every poll interval, the observation a poll makes (queue length, ready and starting
+/// pods, their start-up time) through [`Scaler::step`] from `crate::autoscaler::policy`,
+/// exactly as the live autoscaler does.
 pub struct OursModel {
-    factor: f64,
-    min: i32,
-    max: i32,
+    knobs: Knobs,
     poll_ms: u64,
     next_ms: u64,
-    stabilizer: Stabilizer,
+    scaler: Scaler,
+    current: i32,
+    /// Every decision, for the report.
+    pub decisions: Vec<(u64, Decision)>,
 }
 
 impl OursModel {
-    /// Our loop with the bounds, factor, poll interval and window of `params`.
+    /// Our loop with the bounds, factor, policy, poll interval and window of `params`.
     pub fn new(params: &Params) -> Self {
         let poll_ms = period_ms(params.poll_interval);
         Self {
-            factor: params.scaling_factor,
-            min: params.min_replicas,
-            max: params.max_replicas,
+            knobs: params.knobs(),
             poll_ms,
             next_ms: phase_ms(params.seed, 1, poll_ms),
-            stabilizer: Stabilizer::new(Duration::from_secs_f64(params.stabilization)),
+            scaler: Scaler::new(Duration::from_secs_f64(params.stabilization)),
+            current: 0,
+            decisions: Vec::new(),
         }
     }
 }
 
 impl Controller for OursModel {
-    fn start(&mut self, _replicas: i32) {}
+    fn start(&mut self, replicas: i32) {
+        self.current = replicas;
+    }
 
     fn tick(&mut self, now_ms: u64, view: &View) -> Option<i32> {
         if !due(&mut self.next_ms, self.poll_ms, now_ms) {
             return None;
         }
-        let recommendation = recommend(view.queue_length, self.factor, self.min, self.max);
-        Some(
-            self.stabilizer
-                .next(Duration::from_millis(now_ms), recommendation),
-        )
+        let observation = Observation {
+            at: Duration::from_millis(now_ms),
+            queue_length: view.queue_length,
+            ready: view.ready,
+            draining: view.draining,
+            starting: view.starting.clone(),
+            startup_seconds: view.startup_seconds,
+        };
+        let decision = self.scaler.step(&observation, &self.knobs, self.current);
+        if decision.replicas != self.current {
+            self.decisions.push((now_ms, decision));
+        }
+        self.current = decision.replicas;
+        Some(decision.replicas)
+    }
+
+    fn decisions(&self) -> &[(u64, Decision)] {
+        &self.decisions
     }
 }
 
@@ -357,7 +378,11 @@ mod tests {
     }
 
     fn view(queue_length: u64, pods: u32) -> View {
-        View { queue_length, pods }
+        View {
+            queue_length,
+            pods,
+            ..View::default()
+        }
     }
 
     #[test]

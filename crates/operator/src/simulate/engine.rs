@@ -15,13 +15,21 @@ pub const TICK: f64 = TICK_MS as f64 / 1000.0;
 const EPS: f64 = 1e-9;
 
 /// What a controller observes when it runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct View {
     /// Tasks waiting plus tasks in flight, as the operator measures queue length.
     pub queue_length: u64,
     /// Pods that exist and are not on their way out (ours: not draining; HPA: all pods, since
     /// removed pods vanish at once).
     pub pods: u32,
+    /// Ready pods that are not draining (what the operator's pod cache shows).
+    pub ready: u32,
+    /// Ready pods that are draining (finishing their task).
+    pub draining: u32,
+    /// Ages in seconds of the pods not ready yet (not draining).
+    pub starting: Vec<f64>,
+    /// Median seconds from creation to readiness of the ready pods (`None`: no ready pod).
+    pub startup_seconds: Option<f64>,
 }
 
 /// The figures of one run. Times are seconds; only the simulated window `[0, duration)` counts.
@@ -82,6 +90,8 @@ pub struct Outcome {
     pub stats: Stats,
     /// One sample per simulated second.
     pub samples: Vec<Sample>,
+    /// Ours: every decision that changed the count, with its time in seconds.
+    pub decisions: Vec<(f64, crate::autoscaler::policy::Decision)>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -141,15 +151,34 @@ impl World {
         self.busy
     }
 
-    fn view(&self) -> View {
+    fn view(&self, now: f64) -> View {
         let pods = match self.policy {
             Policy::Ours => self.workers.len() - self.draining,
             Policy::Hpa => self.workers.len(),
         };
-        View {
+        let mut view = View {
             queue_length: self.waiting() + self.in_flight(),
             pods: u32::try_from(pods).unwrap_or(u32::MAX),
+            ..View::default()
+        };
+        if self.policy == Policy::Ours {
+            // The pod cache's view: readiness, ages, start-up times (only ours reads them).
+            let mut startups = Vec::new();
+            for w in &self.workers {
+                if w.draining {
+                    view.draining += u32::from(w.ready(now));
+                } else if w.ready(now) {
+                    view.ready += 1;
+                    startups.push(w.ready_at - w.created);
+                } else {
+                    view.starting.push(now - w.created);
+                }
+            }
+            if !startups.is_empty() {
+                view.startup_seconds = Some(percentile(&mut startups, 0.5).max(0.0));
+            }
         }
+        view
     }
 
     /// Brings the pods to the requested count, the way each policy's actuator does.
@@ -250,8 +279,11 @@ impl World {
 
     /// One step of service: every ready worker has `service_rate × TICK` tasks of capacity and
     /// takes tasks from the head of the queue while it has capacity left.
-    fn serve(&mut self, now: f64) {
-        let rate = self.service_rate;
+    /// With a downstream limit of `downstream` tasks per second in all, the ready workers share
+    /// it equally (each at most `service_rate`).
+    fn serve(&mut self, now: f64, downstream: f64) {
+        let ready = self.workers.iter().filter(|w| w.ready(now)).count().max(1);
+        let rate = self.service_rate.min(downstream / ready as f64).max(1e-9);
         let capacity = rate * TICK;
         let Self {
             workers,
@@ -368,7 +400,11 @@ pub fn simulate(trace: &Trace, params: &Params, policy: Policy) -> Outcome {
         let now_ms = k * TICK_MS;
         let now = k as f64 * TICK;
         let rate = trace.rate_at(now);
-        let view = world.view();
+        // The step's arrivals come first, so that a poll counts every task in service for its
+        // whole service time (a task that completes at the end of a step is replaced by one that
+        // arrived at its start), as a broker's in-flight count does.
+        world.arrive(rate, now);
+        let view = world.view(now);
         if let Some(replicas) = controller.tick(now_ms, &view)
             && replicas != world.requested
         {
@@ -382,13 +418,18 @@ pub fn simulate(trace: &Trace, params: &Params, policy: Policy) -> Outcome {
             samples.push(world.sample(now, rate));
         }
         world.stats.worker_seconds += world.workers.len() as f64 * TICK;
-        world.arrive(rate, now);
-        world.serve(now);
+        world.serve(now, trace.downstream_at(now));
         world.stats.backlog_seconds += world.waiting() as f64 * TICK;
     }
     let end = ticks as f64 * TICK;
     samples.push(world.sample(end, trace.rate_at(end)));
-    finish(world, end, policy, samples)
+    let mut outcome = finish(world, end, policy, samples);
+    outcome.decisions = controller
+        .decisions()
+        .iter()
+        .map(|&(ms, d)| (ms as f64 / 1000.0, d))
+        .collect();
+    outcome
 }
 
 /// Warm start (default): the steady state of the first rate `r0`, i.e. `n0 = ceil(r0 / μ)`
@@ -462,6 +503,7 @@ fn finish(mut world: World, end: f64, policy: Policy, samples: Vec<Sample>) -> O
         policy,
         stats,
         samples,
+        decisions: Vec::new(),
     }
 }
 

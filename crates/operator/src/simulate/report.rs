@@ -18,6 +18,70 @@ pub struct Comparison {
     pub ours: Outcome,
     /// The HPA model's run.
     pub hpa: Outcome,
+    /// Ours after the trace's largest step up (`None`: no step up that lasts two minutes).
+    pub step_ours: Option<StepResponse>,
+    /// The HPA model after the same step.
+    pub step_hpa: Option<StepResponse>,
+}
+
+/// How the requested replicas answer the trace's largest step up of the arrival rate that lasts
+/// at least two minutes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepResponse {
+    /// Second of the step.
+    pub at: f64,
+    /// Seconds until the next change of the rate (or the end).
+    pub until: f64,
+    /// The steady need after the step, `ceil(rate / service rate)` within the bounds.
+    pub need: i32,
+    /// Highest requested count above the need until the next change, percent of the need.
+    pub overshoot_percent: f64,
+    /// Seconds from the step until the requested count stays within ±5 % of the need (`None`:
+    /// not before the next change).
+    pub settle_seconds: Option<f64>,
+}
+
+/// The step response of `o` on `trace` (see [`StepResponse`]).
+pub fn step_response(
+    o: &Outcome,
+    trace: &super::Trace,
+    service_rate: f64,
+    max_replicas: i32,
+) -> Option<StepResponse> {
+    let segs = trace.segments();
+    let mut best: Option<(f64, f64, f64)> = None;
+    for (i, &(start, rate)) in segs.iter().enumerate() {
+        let previous = if i == 0 { 0.0 } else { segs[i - 1].1 };
+        let end = segs.get(i + 1).map_or(trace.length(), |s| s.0);
+        if i == 0 || end - start < 120.0 || rate <= previous {
+            continue;
+        }
+        if best.is_none_or(|(_, _, jump)| rate - previous > jump) {
+            best = Some((start, end, rate - previous));
+        }
+    }
+    let (at, until, _) = best?;
+    let rate = trace.rate_at(at);
+    let need = ((rate / service_rate - 1e-9).ceil() as i32).clamp(1, max_replicas.max(1));
+    let window: Vec<_> = o
+        .samples
+        .iter()
+        .filter(|s| s.time >= at && s.time < until)
+        .collect();
+    let peak = window.iter().map(|s| s.replicas).max().unwrap_or(need);
+    let band = |r: i32| (f64::from(r) - f64::from(need)).abs() <= 0.05 * f64::from(need) + 1e-9;
+    let settle_seconds = match window.iter().rposition(|s| !band(s.replicas)) {
+        None => Some(0.0),
+        Some(i) if i + 1 < window.len() => Some(window[i + 1].time - at),
+        Some(_) => None,
+    };
+    Some(StepResponse {
+        at,
+        until,
+        need,
+        overshoot_percent: (f64::from(peak - need) / f64::from(need) * 100.0).max(0.0),
+        settle_seconds,
+    })
 }
 
 impl Comparison {
@@ -131,6 +195,34 @@ pub fn table(params: &Params, comparisons: &[Comparison]) -> String {
             o.p95_wait - h.p95_wait,
             if c.meets_target() { "met" } else { "missed" },
         );
+    }
+    let steps: Vec<_> = comparisons
+        .iter()
+        .filter_map(|c| Some((c, c.step_ours?, c.step_hpa?)))
+        .collect();
+    if !steps.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "after the largest step up (target: overshoot <= 10 %, settled within ±5 % in <= 120 s, 10x fewer changes than the queue-length rule)"
+        );
+        let settle =
+            |s: Option<f64>| s.map_or_else(|| "never".to_string(), |v| format!("{v:.0} s"));
+        for (c, o, h) in steps {
+            let _ = writeln!(
+                out,
+                "{:<12} at {:.0} s (need {}): overshoot ours {:.0} % / hpa {:.0} %, settled ours {} / hpa {}, desiredReplicas changes ours {} / hpa {}",
+                c.trace,
+                o.at,
+                o.need,
+                o.overshoot_percent,
+                h.overshoot_percent,
+                settle(o.settle_seconds),
+                settle(h.settle_seconds),
+                c.ours.stats.scale_events,
+                c.hpa.stats.scale_events,
+            );
+        }
     }
     out
 }

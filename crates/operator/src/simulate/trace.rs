@@ -18,6 +18,9 @@ pub struct Trace {
     segments: Vec<(f64, f64)>,
     /// Length in seconds.
     length: f64,
+    /// `(start second, tasks per second)`: a downstream limit on the completions of all workers
+    /// together (none before the first segment; `f64::INFINITY`: none).
+    downstream: Vec<(f64, f64)>,
 }
 
 impl Trace {
@@ -42,6 +45,7 @@ impl Trace {
             name: name.to_owned(),
             segments,
             length,
+            downstream: Vec::new(),
         })
     }
 
@@ -61,6 +65,22 @@ impl Trace {
         if i == 0 { 0.0 } else { self.segments[i - 1].1 }
     }
 
+    /// The downstream limit (tasks per second, all workers together) at second `t`.
+    pub fn downstream_at(&self, t: f64) -> f64 {
+        let i = self.downstream.partition_point(|&(start, _)| start <= t);
+        if i == 0 {
+            f64::INFINITY
+        } else {
+            self.downstream[i - 1].1
+        }
+    }
+
+    /// The same trace with a downstream limit: `(start second, tasks per second)` segments.
+    pub fn with_downstream(mut self, downstream: Vec<(f64, f64)>) -> Self {
+        self.downstream = downstream;
+        self
+    }
+
     /// The highest rate of the trace.
     pub fn peak(&self) -> f64 {
         self.segments.iter().map(|&(_, r)| r).fold(0.0, f64::max)
@@ -72,6 +92,9 @@ impl Trace {
     /// - `spike`: 5/s for 10 min, 100/s for 2 min, 5/s for 18 min (30 min).
     /// - `daily-sine`: a day compressed into 2 h, `21 − 19·cos(2πt/7200)` tasks/s (2/s at the
     ///   start and end, 40/s after one hour), held constant over 30-second segments.
+    /// - `capped-downstream` (not part of `--all`): the step's load, 5/s, 40/s from 10 to 30 min,
+    ///   5/s to 40 min, while a downstream service completes at most 20 tasks/s in all (whatever
+    ///   the number of workers) from the start until minute 20; then the limit is lifted.
     pub fn built_in(name: &str) -> Option<Self> {
         const MIN: f64 = 60.0;
         let (segments, length) = match name {
@@ -97,6 +120,15 @@ impl Trace {
                     .collect();
                 (segments, period)
             }
+            "capped-downstream" => {
+                let trace = Self::new(
+                    "capped-downstream",
+                    vec![(0.0, 5.0), (10.0 * MIN, 40.0), (30.0 * MIN, 5.0)],
+                    40.0 * MIN,
+                )
+                .ok()?;
+                return Some(trace.with_downstream(vec![(0.0, 20.0), (20.0 * MIN, f64::INFINITY)]));
+            }
             _ => return None,
         };
         let name = if name == "sine" { "daily-sine" } else { name };
@@ -104,6 +136,7 @@ impl Trace {
             name: name.to_owned(),
             segments,
             length,
+            downstream: Vec::new(),
         })
     }
 

@@ -234,6 +234,14 @@ impl Operator {
         if let Some(path) = &self.kubeconfig {
             command.env("KUBECONFIG", path);
         }
+        // Every API call of the operator, for the suite's RBAC check (e2e/rbac.rs).
+        let calls = crate::rbac::calls_file(&self.log);
+        if self.kubeconfig.is_none() {
+            // WPO_E2E_CHART_RBAC=1: as the chart's ServiceAccount, with the chart's RBAC only.
+            if let Some(user) = crate::rbac::chart_identity(&self.namespace)? {
+                command.env("KUBE_RS_DEBUG_IMPERSONATE_USER", user);
+            }
+        }
         let child = command
             .args([
                 "run",
@@ -242,6 +250,8 @@ impl Operator {
                 "--metrics-addr",
                 &format!("127.0.0.1:{}", self.port),
             ])
+            .arg("--record-api-calls")
+            .arg(&calls)
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .env("LOG_FORMAT", "text")
@@ -255,6 +265,7 @@ impl Operator {
             .stderr(stderr)
             .spawn()
             .obs(&format!("cannot start {OPERATOR_BIN}"))?;
+        crate::rbac::register(&self.namespace, &calls, child.id());
         *slot = Some(child);
         Ok(())
     }

@@ -31,6 +31,10 @@ pub const PODINFO_DIR: &str = "/etc/qworker";
 pub const QUEUE_ANNOTATION: &str = "quickube.com/queue";
 /// Annotation with the ScalerConfig the pod's worker uses (read when its tasks are recovered).
 pub const SCALER_CONFIG_ANNOTATION: &str = "quickube.com/scaler-config";
+/// Annotation that lets the cluster autoscaler remove a node running a worker pod: a drained
+/// or evicted worker loses nothing (its task goes back to the queue). Set to `"true"` unless
+/// `spec.template.annotations` sets it.
+pub const SAFE_TO_EVICT_ANNOTATION: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
 
 /// Checks what the CRD schema may not have checked (an API server without CEL, or an object
 /// stored before a rule existed). The error says what to change.
@@ -167,6 +171,9 @@ pub fn pod(qw: &QWorker, spec: &PodSpec, hash: &str, name: &str) -> Pod {
         (POD_SPEC_HASH_LABEL.to_string(), hash.to_string()),
     ]);
     let mut annotations = template.annotations.unwrap_or_default();
+    annotations
+        .entry(SAFE_TO_EVICT_ANNOTATION.into())
+        .or_insert_with(|| "true".into());
     annotations.insert(CURRENT_HASH_ANNOTATION.into(), hash.into());
     annotations.insert(QUEUE_ANNOTATION.into(), qw.spec.scale_config.queue.clone());
     annotations.insert(
@@ -339,6 +346,24 @@ mod tests {
             .and_then(|r| r.requests.clone())
             .expect("requests");
         assert_eq!(requests["cpu"].0, "500m");
+    }
+
+    #[test]
+    fn pods_are_safe_to_evict_unless_the_template_says_otherwise() {
+        let q = qw();
+        let spec = template_spec(&q, &BTreeMap::new());
+        let p = pod(&q, &spec, "abc123", "example-qworker-x2b4c");
+        assert_eq!(p.annotations()[SAFE_TO_EVICT_ANNOTATION], "true");
+        let mut pinned = q.clone();
+        pinned.spec.template = Some(workerpool_api::TemplateMetadata {
+            annotations: Some(BTreeMap::from([(
+                SAFE_TO_EVICT_ANNOTATION.to_string(),
+                "false".to_string(),
+            )])),
+            ..Default::default()
+        });
+        let p = pod(&pinned, &spec, "abc123", "example-qworker-x2b4c");
+        assert_eq!(p.annotations()[SAFE_TO_EVICT_ANNOTATION], "false");
     }
 
     #[test]

@@ -296,6 +296,7 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
         pending_drains: &pending_drains,
         holders: holders.as_deref(),
         known_pods: &known,
+        now: Timestamp::now(),
     });
     if holders.is_some() {
         ctx.expectations.swept(&uid);
@@ -309,7 +310,12 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
         || !pending_drains.is_empty()
         || acted.any()
         || views.iter().any(|v| v.draining || v.terminating());
-    Ok(Action::requeue(if waiting { SETTLING } else { RESYNC }))
+    let next = if waiting { SETTLING } else { RESYNC };
+    Ok(Action::requeue(match &plan.crash_loop {
+        // Look again when the crash backoff ends.
+        Some(l) => next.min(l.retry_in.max(Duration::from_secs(1))),
+        None => next,
+    }))
 }
 
 /// Lists the workers that hold tasks of the QWorker's queue, for the sweep; `None` when the
@@ -367,6 +373,7 @@ async fn act(
     let mut acted = Acted::default();
 
     let unrecovered = recover(ctx, qw, &plan.recover).await;
+    mark_crashed(ctx, qw, &pods, &plan.mark_crashed).await?;
     let mut deleted = Vec::new();
     for pod in plan.delete.iter().filter(|p| !unrecovered.contains(*p)) {
         match pods.delete(pod, &DeleteParams::background()).await {
@@ -485,6 +492,50 @@ async fn act(
     }
 }
 
+/// Crashed pods kept for inspection, seen for the first time: their in-flight tasks go back to
+/// the queue, then the pod is annotated with its place in the crash streak (which also says its
+/// tasks were returned). A pod whose tasks cannot be returned now is tried again next time.
+async fn mark_crashed(
+    ctx: &Context,
+    qw: &QWorker,
+    pods: &Api<Pod>,
+    marks: &[(String, u32)],
+) -> Result<()> {
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = marks.iter().map(|(n, _)| n.clone()).collect();
+    let unrecovered = recover(ctx, qw, &names).await;
+    let params = PatchParams {
+        field_manager: Some(crate::FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    for (pod, streak) in marks.iter().filter(|(n, _)| !unrecovered.contains(n)) {
+        let patch = serde_json::json!({
+            "metadata": { "annotations": { plan::CRASH_STREAK_ANNOTATION: streak.to_string() } }
+        });
+        match pods.patch(pod, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                info!(%pod, streak, "crashed worker pod kept for inspection");
+                ctx.shared
+                    .event(
+                        &qw.object_ref(&()),
+                        true,
+                        "CrashLooping",
+                        "KeepFailedPod",
+                        format!(
+                            "Worker pod {pod} failed ({streak} crash(es) in a row); its tasks are back on the queue and the pod is kept for inspection"
+                        ),
+                    )
+                    .await;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Moves the in-flight tasks of the workers `names` (which no longer run) back to the queue;
 /// returns the names whose tasks could not be returned now (the broker is unreachable).
 async fn recover(ctx: &Context, qw: &QWorker, names: &[String]) -> HashSet<String> {
@@ -573,7 +624,12 @@ async fn write_status(
     };
     conditions::set_condition(&mut conds, ready_cond, generation, now);
     let leaving = views.iter().filter(|v| v.draining && !v.terminal()).count() + plan.drain.len();
-    let scaling = if acted || current != desired || leaving > 0 {
+    let scaling = if let Some(crash_loop) = &plan.crash_loop {
+        NewCondition::new(SCALING, false, "CrashLooping", crash_loop.message())
+    } else if let Some(ineffective) = crate::autoscaler::ineffective_condition(&status) {
+        // The autoscaler holds the count: more workers did not raise the completion rate.
+        ineffective
+    } else if acted || current != desired || leaving > 0 {
         NewCondition::new(
             SCALING,
             true,

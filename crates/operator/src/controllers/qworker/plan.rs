@@ -2,6 +2,11 @@
 //! create, drain and delete, which in-flight task lists to return to the queue, and when the
 //! task-recovery finalizer of a deleted pod may be released.
 //!
+//! Crashed pods (phase Failed, the worker exited non-zero, as under `restartPolicy: Never`) are
+//! kept for inspection, the newest [`KEEP_FAILED`], and their replacements back off
+//! exponentially ([`crash_backoff`]); the state of the backoff is in the API: the pods'
+//! `finishedAt` and their [`CRASH_STREAK_ANNOTATION`].
+//!
 //! The worker container is the first container of the pod spec; sidecars come after it (or are
 //! init containers). Only the worker container takes tasks, so a pod's work is over when its
 //! worker container has terminated, whatever the pod's phase.
@@ -24,6 +29,21 @@ pub const STOP_MARGIN: Duration = Duration::from_secs(10);
 /// How long a stopped pod's finalizer is held while its tasks cannot be returned (the broker
 /// is unreachable); then it is released and the periodic sweep returns the tasks later.
 pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How many crashed pods (phase Failed, worker exited non-zero) are kept for inspection, newest
+/// first; older ones are deleted.
+pub const KEEP_FAILED: usize = 3;
+/// A kept crashed pod is deleted this long after its worker ended.
+pub const FAILED_RETENTION: Duration = Duration::from_secs(3600);
+/// Wait before replacing the first crashed pod of a streak; doubled for each further crash.
+pub const CRASH_BACKOFF_BASE: Duration = Duration::from_secs(10);
+/// Longest wait before replacing crashed pods.
+pub const CRASH_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A crash that ends this long or more after the previous one starts a new streak.
+pub const CRASH_STREAK_RESET: Duration = Duration::from_secs(600);
+/// Annotation a crashed pod gets once its in-flight tasks went back to the queue: its place
+/// (1, 2, ...) in the QWorker's streak of crashes. Kept in the API, so an operator restart does
+/// not reset the backoff.
+pub const CRASH_STREAK_ANNOTATION: &str = "quickube.com/crash-streak";
 
 /// Why a pod is asked to drain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +100,30 @@ pub struct PodView {
     pub worker: Worker,
     /// Carries [`RECOVERY_FINALIZER`].
     pub finalizer: bool,
+    /// The worker container's exit, when it terminated: (exit code, reason, finishedAt).
+    pub exit: Option<Exit>,
+    /// The [`CRASH_STREAK_ANNOTATION`] value: the pod's crash was counted and its tasks returned.
+    pub streak: Option<u32>,
+}
+
+/// How a worker container ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code.
+    pub code: i32,
+    /// The kubelet's reason (`Error`, `OOMKilled`, ...).
+    pub reason: Option<String>,
+    /// When it ended.
+    pub finished: Option<Timestamp>,
+}
+
+fn worker_exit(status: Option<&ContainerStatus>) -> Option<Exit> {
+    let t = status?.state.as_ref()?.terminated.as_ref()?;
+    Some(Exit {
+        code: t.exit_code,
+        reason: t.reason.clone(),
+        finished: t.finished_at.as_ref().map(|t| t.0),
+    })
 }
 
 fn worker_state(status: Option<&ContainerStatus>) -> Worker {
@@ -129,7 +173,22 @@ impl PodView {
             bound: spec.and_then(|s| s.node_name.as_ref()).is_some(),
             worker: worker_state(worker_status),
             finalizer: pod.finalizers().iter().any(|f| f == RECOVERY_FINALIZER),
+            exit: worker_exit(worker_status),
+            streak: pod
+                .annotations()
+                .get(CRASH_STREAK_ANNOTATION)
+                .and_then(|v| v.parse().ok()),
         }
+    }
+
+    /// The pod failed because its worker exited with a non-zero code (not, e.g., evicted).
+    pub fn crashed(&self) -> bool {
+        self.phase.as_deref() == Some("Failed") && self.exit.as_ref().is_some_and(|e| e.code != 0)
+    }
+
+    /// When the worker ended, else when the pod was created.
+    fn ended(&self) -> Option<Timestamp> {
+        self.exit.as_ref().and_then(|e| e.finished).or(self.created)
     }
 
     /// Succeeded or Failed: the pod's containers will not run again.
@@ -189,6 +248,46 @@ pub struct Observed<'a> {
     pub holders: Option<&'a [String]>,
     /// Every worker pod name of the namespace in the cache (all QWorkers, terminating ones too).
     pub known_pods: &'a HashSet<String>,
+    /// The time of the decision.
+    pub now: Timestamp,
+}
+
+/// Replacements of crashed pods wait: the pool is crash-looping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrashLoop {
+    /// The newest crashed pod.
+    pub pod: String,
+    /// Its worker's exit code.
+    pub exit_code: i32,
+    /// Its worker's exit reason.
+    pub reason: Option<String>,
+    /// Crashes in a row.
+    pub streak: u32,
+    /// When pods may be created again, from now.
+    pub retry_in: Duration,
+}
+
+impl CrashLoop {
+    /// The `Scaling=False, CrashLooping` condition message.
+    pub fn message(&self) -> String {
+        format!(
+            "worker pod {} failed with exit code {} ({}), {} crash(es) in a row; the next pod is created {}s after that crash (the pod is kept for inspection: kubectl logs {})",
+            self.pod,
+            self.exit_code,
+            self.reason.as_deref().unwrap_or("no reason"),
+            self.streak,
+            crash_backoff(self.streak).as_secs(),
+            self.pod
+        )
+    }
+}
+
+/// The wait before replacing a pod after `streak` crashes in a row.
+pub fn crash_backoff(streak: u32) -> Duration {
+    let factor = 2u32.saturating_pow(streak.saturating_sub(1).min(16));
+    CRASH_BACKOFF_BASE
+        .saturating_mul(factor)
+        .min(CRASH_BACKOFF_MAX)
 }
 
 /// What one reconcile does to a QWorker's pods.
@@ -198,13 +297,19 @@ pub struct Plan {
     pub create: usize,
     /// Pods to ask to drain, with the reason.
     pub drain: Vec<(String, DrainReason)>,
-    /// Pods to delete: finished, drained and done, or never started.
+    /// Pods to delete: finished (crashed ones beyond those kept), drained and done, or never
+    /// started.
     pub delete: Vec<String>,
     /// Workers whose in-flight tasks go back to the queue first: pods that no longer exist,
     /// and pods to delete that carry no recovery finalizer (made by an older version).
     pub recover: Vec<String>,
     /// Live workers after the plan: not terminal, not terminating, not draining.
     pub current: i32,
+    /// Crashed pods kept for inspection, seen for the first time: return their in-flight
+    /// tasks to the queue, then annotate them with their place in the crash streak.
+    pub mark_crashed: Vec<(String, u32)>,
+    /// Set while creations wait for the crash backoff.
+    pub crash_loop: Option<CrashLoop>,
 }
 
 /// Plans creations, drains, deletions and recoveries so that exactly `desired` live,
@@ -221,8 +326,62 @@ pub fn plan(o: &Observed<'_>) -> Plan {
             out.recover.push(p.name.clone());
         }
     };
+    let mut crashed: Vec<&PodView> = o
+        .pods
+        .iter()
+        .filter(|p| !p.terminating() && p.crashed())
+        .collect();
+    // Oldest first, so that each crash's streak follows from the one before.
+    crashed.sort_by(|a, b| a.ended().cmp(&b.ended()).then_with(|| a.name.cmp(&b.name)));
+    let mut streaks: Vec<u32> = Vec::with_capacity(crashed.len());
+    for (i, p) in crashed.iter().enumerate() {
+        let streak = p.streak.unwrap_or_else(|| match i.checked_sub(1) {
+            Some(prev) => {
+                let gap = match (crashed[prev].ended(), p.ended()) {
+                    (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+                    _ => 0.0,
+                };
+                if gap < CRASH_STREAK_RESET.as_secs_f64() {
+                    streaks[prev].saturating_add(1)
+                } else {
+                    1
+                }
+            }
+            None => 1,
+        });
+        streaks.push(streak);
+    }
+    let keep_from = crashed.len().saturating_sub(KEEP_FAILED);
+    let mut kept: HashSet<&str> = HashSet::new();
+    for (i, p) in crashed.iter().enumerate() {
+        let expired = p.ended().is_some_and(|t| {
+            o.now.duration_since(t).as_secs_f64() >= FAILED_RETENTION.as_secs_f64()
+        });
+        if i >= keep_from && !expired {
+            kept.insert(p.name.as_str());
+            if p.streak.is_none() {
+                out.mark_crashed.push((p.name.clone(), streaks[i]));
+            }
+        }
+    }
+    let mut backoff = None;
+    if let (Some(newest), Some(&streak)) = (crashed.last(), streaks.last()) {
+        let since = newest
+            .ended()
+            .map_or(0.0, |t| o.now.duration_since(t).as_secs_f64().max(0.0));
+        let wait = crash_backoff(streak).as_secs_f64() - since;
+        if wait > 0.0 {
+            backoff = Some(CrashLoop {
+                pod: newest.name.clone(),
+                exit_code: newest.exit.as_ref().map_or(0, |e| e.code),
+                reason: newest.exit.as_ref().and_then(|e| e.reason.clone()),
+                streak,
+                retry_in: Duration::from_secs_f64(wait),
+            });
+        }
+    }
     for p in o.pods {
-        if p.terminating() {
+        if p.terminating() || kept.contains(p.name.as_str()) {
             continue;
         }
         if p.terminal() {
@@ -247,7 +406,11 @@ pub fn plan(o: &Observed<'_>) -> Plan {
     let pending_creates = o.pending_creates.len();
     let have = fresh.len() + pending_creates;
     if have < desired {
-        out.create = desired - have;
+        // Crashed pods are replaced only after the backoff.
+        match backoff {
+            Some(crash_loop) => out.crash_loop = Some(crash_loop),
+            None => out.create = desired - have,
+        }
     } else if have > desired {
         let excess = (have - desired).min(fresh.len());
         // Victims: never started first, then not ready, then the youngest, then by name.
@@ -328,7 +491,23 @@ mod tests {
             bound: true,
             worker: Worker::Ran,
             finalizer: true,
+            exit: None,
+            streak: None,
         }
+    }
+
+    /// A pod whose worker exited with `code` at `at(ended)` (phase Failed under `Never`).
+    fn failed(name: &str, code: i32, ended: i64, streak: Option<u32>) -> PodView {
+        with(view(name, "cur", false, 100), |p| {
+            p.phase = Some("Failed".into());
+            p.worker = Worker::Terminated;
+            p.exit = Some(Exit {
+                code,
+                reason: Some("Error".into()),
+                finished: Some(at(ended)),
+            });
+            p.streak = streak;
+        })
     }
 
     #[derive(Default)]
@@ -344,6 +523,11 @@ mod tests {
         delete: Vec<&'static str>,
         recover: Vec<&'static str>,
         current: i32,
+        /// Seconds after the reference time the decision is taken at.
+        now: i64,
+        mark: Vec<(&'static str, u32)>,
+        /// (pod, exit code, streak, seconds to wait) of the crash loop.
+        crash_loop: Option<(&'static str, i32, u32, u64)>,
     }
 
     fn with(mut p: PodView, f: impl FnOnce(&mut PodView)) -> PodView {
@@ -478,6 +662,77 @@ mod tests {
                 ..Case::default()
             },
             Case {
+                name: "a crashed pod is kept, its tasks returned, its replacement waits",
+                pods: vec![failed("w-ccccc", 1, 0, None)],
+                desired: 1,
+                now: 3,
+                mark: vec![("w-ccccc", 1)],
+                crash_loop: Some(("w-ccccc", 1, 1, 7)),
+                ..Case::default()
+            },
+            Case {
+                name: "after the backoff the crashed pod is replaced and still kept",
+                pods: vec![failed("w-ccccc", 1, 0, Some(1))],
+                desired: 1,
+                now: 10,
+                create: 1,
+                current: 0,
+                ..Case::default()
+            },
+            Case {
+                name: "crashes in a row double the wait; only the newest three are kept",
+                pods: vec![
+                    failed("c1", 2, 0, Some(1)),
+                    failed("c2", 2, 15, Some(2)),
+                    failed("c3", 2, 40, Some(3)),
+                    failed("c4", 137, 85, None),
+                ],
+                desired: 2,
+                now: 90,
+                delete: vec!["c1"],
+                mark: vec![("c4", 4)],
+                crash_loop: Some(("c4", 137, 4, 75)),
+                ..Case::default()
+            },
+            Case {
+                name: "the streak survives a restart: annotations carry it",
+                pods: vec![failed("c2", 2, 15, Some(6)), failed("c3", 2, 40, Some(7))],
+                desired: 1,
+                now: 100,
+                crash_loop: Some(("c3", 2, 7, 240)),
+                ..Case::default()
+            },
+            Case {
+                name: "a crash long after the last one starts a new streak",
+                pods: vec![failed("c1", 2, 0, Some(5)), failed("c2", 2, 700, None)],
+                desired: 1,
+                now: 701,
+                mark: vec![("c2", 1)],
+                crash_loop: Some(("c2", 2, 1, 9)),
+                ..Case::default()
+            },
+            Case {
+                name: "crashed pods do not count and do not block a pool that is full",
+                pods: vec![failed("c1", 1, 0, Some(1)), view("a", h, true, 10)],
+                desired: 1,
+                now: 1,
+                current: 1,
+                ..Case::default()
+            },
+            Case {
+                name: "kept crashed pods go after the retention; evicted pods at once",
+                pods: vec![
+                    failed("old", 1, 0, Some(1)),
+                    with(view("evicted", h, false, 5), |p| {
+                        p.phase = Some("Failed".into());
+                    }),
+                ],
+                desired: 0,
+                now: 3600,
+                delete: vec!["old", "evicted"],
+                ..Case::default()
+            },
+            Case {
                 name: "scale to zero",
                 pods: vec![view("a", h, true, 10), view("b", h, true, 5)],
                 desired: 0,
@@ -521,6 +776,7 @@ mod tests {
                 pending_drains: &none,
                 holders: holders.as_deref(),
                 known_pods: &known,
+                now: at(c.now),
             });
             let drained: Vec<&str> = p.drain.iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(p.create, c.create, "{}: create", c.name);
@@ -528,6 +784,17 @@ mod tests {
             assert_eq!(p.delete, c.delete, "{}: delete", c.name);
             assert_eq!(p.recover, c.recover, "{}: recover", c.name);
             assert_eq!(p.current, c.current, "{}: current", c.name);
+            let mark: Vec<(&str, u32)> = p
+                .mark_crashed
+                .iter()
+                .map(|(n, s)| (n.as_str(), *s))
+                .collect();
+            assert_eq!(mark, c.mark, "{}: mark", c.name);
+            let crash = p
+                .crash_loop
+                .as_ref()
+                .map(|l| (l.pod.as_str(), l.exit_code, l.streak, l.retry_in.as_secs()));
+            assert_eq!(crash, c.crash_loop, "{}: crash loop", c.name);
         }
     }
 

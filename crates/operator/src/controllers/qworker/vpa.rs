@@ -7,9 +7,13 @@
 //! pod-spec hash and is rolled out by the drain protocol, so no running task is cut.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use workerpool_api::QWorker;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use workerpool_api::qworker::OOM_KILLS_SEEN_LIMIT;
+use workerpool_api::{OomKill, QWorker};
 
 use crate::quantity;
 
@@ -22,6 +26,9 @@ pub const CPU_STEP: f64 = 0.05;
 pub const MEMORY_STEP: f64 = 64.0 * 1024.0 * 1024.0;
 /// Factor applied to the memory record after an OOM kill.
 pub const OOM_FACTOR: f64 = 1.5;
+/// At most one raise after OOM kills per window: the pods killed within it mostly ran with the
+/// requests from before the last raise.
+pub const OOM_RAISE_WINDOW: Duration = Duration::from_secs(300);
 
 fn value(q: &Quantity) -> Option<f64> {
     quantity::parse(&q.0)
@@ -55,28 +62,199 @@ pub fn record(record: &mut Usage, sample: &Usage) -> bool {
     changed
 }
 
-/// After an OOM kill of `container`, raises its memory record to at least
-/// `max(record, request) × OOM_FACTOR`; returns whether the record changed.
-pub fn oom_killed(record: &mut Usage, qw: &QWorker, container: &str) -> bool {
-    let request = qw
+fn user_memory(qw: &QWorker, container: &str, limits: bool) -> Option<f64> {
+    let resources = qw
         .spec
         .pod_spec
         .containers
         .iter()
         .find(|c| c.name == container)
-        .and_then(|c| c.resources.as_ref())
-        .and_then(|r| r.requests.as_ref())
-        .and_then(|r| r.get("memory"))
-        .and_then(value)
-        .unwrap_or(0.0);
+        .and_then(|c| c.resources.as_ref())?;
+    let map = if limits {
+        resources.limits.as_ref()
+    } else {
+        resources.requests.as_ref()
+    };
+    map.and_then(|r| r.get("memory")).and_then(value)
+}
+
+/// The most memory activateVPA records or requests for `container`: its memory limit, else
+/// `scaleConfig.vpaMaxMemory` (default 8Gi).
+pub fn memory_cap(qw: &QWorker, container: &str) -> f64 {
+    user_memory(qw, container, true)
+        .or_else(|| value(&qw.spec.scale_config.vpa_max_memory()))
+        .unwrap_or(f64::INFINITY)
+}
+
+/// After an OOM kill of `container`, raises its memory record to
+/// `max(record, request) × OOM_FACTOR`, at most [`memory_cap`]; returns the old and new record
+/// when it changed.
+pub fn oom_killed(
+    record: &mut Usage,
+    qw: &QWorker,
+    container: &str,
+) -> Option<(Option<Quantity>, Quantity)> {
+    let request = user_memory(qw, container, false).unwrap_or(0.0);
+    let cap = memory_cap(qw, container);
     let entry = record.entry(container.to_string()).or_default();
-    let current = entry.get("memory").and_then(value).unwrap_or(0.0);
-    let raised = current.max(request) * OOM_FACTOR;
+    let old = entry.get("memory").cloned();
+    let current = old.as_ref().and_then(value).unwrap_or(0.0);
+    let raised = (current.max(request) * OOM_FACTOR).min(cap);
     if raised > current {
-        entry.insert("memory".into(), format("memory", raised));
-        return true;
+        let new = format("memory", raised);
+        entry.insert("memory".into(), new.clone());
+        return Some((old, new));
     }
-    false
+    None
+}
+
+/// What activateVPA remembers of OOM kills (in the status, so a restart does not repeat them).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OomMemory {
+    /// OOM kills already taken into account, oldest first, at most [`OOM_KILLS_SEEN_LIMIT`].
+    pub seen: Vec<OomKill>,
+    /// When the last raise happened.
+    pub last_raise: Option<Timestamp>,
+}
+
+/// One raise of a container's memory record, with the OOM kill that caused it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Raise {
+    /// The OOM kill.
+    pub evidence: OomKill,
+    /// The record before.
+    pub old: Option<Quantity>,
+    /// The record after.
+    pub new: Quantity,
+}
+
+impl Raise {
+    /// The Event message naming the evidence.
+    pub fn message(&self) -> String {
+        format!(
+            "Container {} of pod {} was OOM-killed at {}; its memory record goes {} -> {}",
+            self.evidence.container,
+            self.evidence.pod,
+            self.evidence
+                .finished_at
+                .as_ref()
+                .map_or_else(|| "an unknown time".to_string(), |t| t.0.to_string()),
+            self.old.as_ref().map_or("none", |q| q.0.as_str()),
+            self.new.0
+        )
+    }
+}
+
+fn same_kill(a: &OomKill, b: &OomKill) -> bool {
+    a.pod_uid == b.pod_uid && a.container == b.container && a.finished_at == b.finished_at
+}
+
+/// Takes the OOM kills visible now (`evidence`, from the pods' container statuses) into
+/// account: each kill is counted once (keyed by pod uid, container and `finishedAt`, remembered
+/// in `memory`), records are raised at most once per [`OOM_RAISE_WINDOW`] (each OOM-killed
+/// container once, by [`OOM_FACTOR`]) and never above [`memory_cap`]. Returns the raises and
+/// whether `memory` changed.
+pub fn oom_kills(
+    record: &mut Usage,
+    memory: &mut OomMemory,
+    qw: &QWorker,
+    evidence: &[OomKill],
+    now: Timestamp,
+) -> (Vec<Raise>, bool) {
+    // When the list is full, kills older than its oldest entry were seen and forgotten.
+    let horizon = (memory.seen.len() >= OOM_KILLS_SEEN_LIMIT)
+        .then(|| memory.seen.first().and_then(|k| k.finished_at.clone()))
+        .flatten();
+    let mut new: Vec<OomKill> = Vec::new();
+    for kill in evidence {
+        let forgotten = horizon
+            .as_ref()
+            .is_some_and(|h| kill.finished_at.as_ref().is_none_or(|t| t.0 <= h.0));
+        if forgotten
+            || memory.seen.iter().any(|k| same_kill(k, kill))
+            || new.iter().any(|k| same_kill(k, kill))
+        {
+            continue;
+        }
+        new.push(kill.clone());
+    }
+    if new.is_empty() {
+        return (Vec::new(), false);
+    }
+    memory.seen.extend(new.iter().cloned());
+    memory.seen.sort_by(|a, b| {
+        a.finished_at
+            .as_ref()
+            .map(|t| t.0)
+            .cmp(&b.finished_at.as_ref().map(|t| t.0))
+    });
+    let excess = memory.seen.len().saturating_sub(OOM_KILLS_SEEN_LIMIT);
+    memory.seen.drain(..excess);
+    let in_window = memory
+        .last_raise
+        .is_some_and(|t| now.duration_since(t).as_secs_f64() < OOM_RAISE_WINDOW.as_secs_f64());
+    let mut raises: Vec<Raise> = Vec::new();
+    if !in_window {
+        // The newest kill of each container is the evidence of its raise.
+        new.sort_by(|a, b| {
+            b.finished_at
+                .as_ref()
+                .map(|t| t.0)
+                .cmp(&a.finished_at.as_ref().map(|t| t.0))
+        });
+        for kill in &new {
+            if raises
+                .iter()
+                .any(|r| r.evidence.container == kill.container)
+            {
+                continue;
+            }
+            if let Some((old, new)) = oom_killed(record, qw, &kill.container) {
+                raises.push(Raise {
+                    evidence: kill.clone(),
+                    old,
+                    new,
+                });
+            }
+        }
+        if !raises.is_empty() {
+            memory.last_raise = Some(now);
+        }
+    }
+    (raises, true)
+}
+
+/// The OOM kills visible in `pod`'s container statuses (current and last state).
+pub fn oom_evidence(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<OomKill> {
+    let mut out = Vec::new();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    for cs in pod
+        .status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+    {
+        let states = [
+            cs.state.as_ref().and_then(|s| s.terminated.as_ref()),
+            cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()),
+        ];
+        for t in states.into_iter().flatten() {
+            if t.reason.as_deref() == Some("OOMKilled") {
+                out.push(OomKill {
+                    pod: name.clone(),
+                    pod_uid: uid.clone(),
+                    container: cs.name.clone(),
+                    finished_at: t.finished_at.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// `finishedAt` as a [`Time`], for tests and callers that build evidence.
+pub fn time(t: Timestamp) -> Time {
+    Time(t)
 }
 
 /// The requests new pods get from `record` (container → resource → quantity string), or
@@ -118,6 +296,8 @@ pub fn requests(qw: &QWorker, record: &Usage) -> BTreeMap<String, BTreeMap<Strin
             }
             if let Some(cap) = user_limit(resource) {
                 want = want.min(cap);
+            } else if resource == "memory" {
+                want = want.min(memory_cap(qw, &c.name));
             }
             if user_request(resource).is_some_and(|r| (r - want).abs() < f64::EPSILON) {
                 continue;
@@ -214,10 +394,114 @@ mod tests {
         assert!(requests(&qw(false), &usage("worker", "4", "4Gi")).is_empty());
         let q = qw(true);
         let mut r = usage("worker", "100m", "200Mi");
-        assert!(oom_killed(&mut r, &q, "worker"));
+        assert!(oom_killed(&mut r, &q, "worker").is_some());
         assert_eq!(
             r["worker"]["memory"].0, "384Mi",
             "max(200Mi, request 256Mi) × 1.5"
         );
+    }
+
+    fn kill(pod: &str, container: &str, secs: i64) -> OomKill {
+        OomKill {
+            pod: pod.into(),
+            pod_uid: format!("uid-{pod}"),
+            container: container.into(),
+            finished_at: Some(time(at(secs))),
+        }
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_000_000 + secs).expect("time")
+    }
+
+    #[test]
+    fn simultaneous_ooms_raise_once() {
+        let q = qw(true);
+        let mut r = usage("worker", "100m", "200Mi");
+        let mut memory = OomMemory::default();
+        let evidence: Vec<OomKill> = (0..5)
+            .map(|i| kill(&format!("p{i}"), "worker", i))
+            .collect();
+        let (raises, changed) = oom_kills(&mut r, &mut memory, &q, &evidence, at(10));
+        assert!(changed);
+        assert_eq!(raises.len(), 1, "{raises:?}");
+        assert_eq!(
+            r["worker"]["memory"].0, "384Mi",
+            "one raise by 1.5, not 1.5^5"
+        );
+        assert_eq!(raises[0].evidence.pod, "p4", "the newest kill is named");
+        assert!(
+            raises[0].message().contains("p4") && raises[0].message().contains("200Mi -> 384Mi")
+        );
+        assert_eq!(memory.seen.len(), 5);
+        // The same kills seen again (the next sample) change nothing.
+        let (raises, changed) = oom_kills(&mut r, &mut memory, &q, &evidence, at(25));
+        assert!(raises.is_empty() && !changed);
+        // A new kill within the window is remembered but does not raise.
+        let (raises, changed) =
+            oom_kills(&mut r, &mut memory, &q, &[kill("p9", "worker", 60)], at(70));
+        assert!(raises.is_empty() && changed);
+        assert_eq!(r["worker"]["memory"].0, "384Mi");
+        // After the window a new kill raises again.
+        let (raises, _) = oom_kills(
+            &mut r,
+            &mut memory,
+            &q,
+            &[kill("p10", "worker", 400)],
+            at(410),
+        );
+        assert_eq!(raises.len(), 1);
+        assert_eq!(r["worker"]["memory"].0, "576Mi");
+    }
+
+    #[test]
+    fn a_restart_does_not_count_the_same_ooms_again() {
+        let q = qw(true);
+        let mut r = usage("worker", "100m", "200Mi");
+        let mut memory = OomMemory::default();
+        let evidence = vec![kill("p1", "worker", 0), kill("p2", "worker", 1)];
+        let (raises, _) = oom_kills(&mut r, &mut memory, &q, &evidence, at(10));
+        assert_eq!(raises.len(), 1);
+        // The status carries the record and the seen kills through a restart.
+        let mut status = workerpool_api::QWorkerStatus {
+            max_container_resources_usage: r.clone(),
+            oom_kills_seen: memory.seen.clone(),
+            last_oom_raise_time: memory.last_raise.map(time),
+            ..Default::default()
+        };
+        status =
+            serde_json::from_value(serde_json::to_value(&status).expect("json")).expect("status");
+        let mut r2 = status.max_container_resources_usage.clone();
+        let mut restored = OomMemory {
+            seen: status.oom_kills_seen.clone(),
+            last_raise: status.last_oom_raise_time.map(|t| t.0),
+        };
+        // Long after the window: only a new kill may raise, the old ones never again.
+        let (raises, changed) = oom_kills(&mut r2, &mut restored, &q, &evidence, at(10_000));
+        assert!(raises.is_empty() && !changed);
+        assert_eq!(r2, r);
+    }
+
+    #[test]
+    fn raises_stop_at_the_limit_or_the_maximum() {
+        let mut q = qw(true);
+        let mut r = usage("worker", "100m", "7Gi");
+        assert!(oom_killed(&mut r, &q, "worker").is_some());
+        assert_eq!(r["worker"]["memory"].0, "8192Mi", "default maximum 8Gi");
+        assert!(oom_killed(&mut r, &q, "worker").is_none(), "at the cap");
+        q.spec.pod_spec.containers[0]
+            .resources
+            .get_or_insert_default()
+            .limits = Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity("1Gi".into()),
+        )]));
+        let mut r = usage("worker", "100m", "900Mi");
+        assert!(oom_killed(&mut r, &q, "worker").is_some());
+        assert_eq!(r["worker"]["memory"].0, "1024Mi", "the container's limit");
+        q.spec.pod_spec.containers[0].resources = None;
+        q.spec.scale_config.vpa_max_memory = Some(Quantity("2Gi".into()));
+        let r = usage("worker", "100m", "4Gi");
+        assert_eq!(requests(&q, &r)["worker"]["memory"], "2048Mi");
     }
 }

@@ -18,7 +18,7 @@ from pika.spec import Basic, BasicProperties
 from ..errors import BrokerError
 from ._base import Delivery, Source
 
-__all__ = ["AmqpSource"]
+__all__ = ["AmqpSource", "in_flight_queue"]
 
 log = logging.getLogger("qworker")
 
@@ -26,6 +26,15 @@ log = logging.getLogger("qworker")
 class _Tag:
     generation: int
     delivery_tag: int
+
+
+def in_flight_queue(queue: str) -> str:
+    """The queue whose consumers are the busy workers of ``queue`` (same as the Rust SDK).
+
+    AMQP does not tell unacknowledged messages, so a worker consumes from this (always empty)
+    queue while it holds a task; the operator counts its consumers as work in flight, and idle
+    workers count nothing. The mark goes with the connection when a worker dies."""
+    return f"{queue}:in-flight"
 
 
 _Consumer = Generator[tuple[Basic.Deliver, BasicProperties, bytes] | tuple[None, None, None]]
@@ -45,6 +54,8 @@ class AmqpSource(Source):
         self._channel: BlockingChannel | None = None
         self._consumer: _Consumer | None = None
         self._generation = 0
+        self._marker: BlockingChannel | None = None
+        self._busy = False
 
     @property
     def description(self) -> str:
@@ -69,7 +80,8 @@ class AmqpSource(Source):
 
     def _drop(self) -> None:
         conn = self._conn
-        self._conn = self._channel = self._consumer = None
+        self._conn = self._channel = self._consumer = self._marker = None
+        self._busy = False
         if conn is not None and conn.is_open:
             try:
                 conn.close()
@@ -89,6 +101,38 @@ class AmqpSource(Source):
                 self.queue, auto_ack=False, inactivity_timeout=self._poll_interval
             )
             self._generation += 1
+        self._busy = False
+        self._marker = self._open_marker(conn)
+
+    def _open_marker(self, conn: BlockingConnection) -> BlockingChannel | None:
+        marker = in_flight_queue(self.queue)
+        try:
+            channel = conn.channel()
+            channel.queue_declare(marker, durable=True)
+            return channel
+        except (pe.AMQPError, OSError) as exc:
+            log.warning("cannot declare the in-flight marker queue %r (%r); the operator counts this worker as busy", marker, exc)
+            return None
+
+    def _mark(self, busy: bool) -> None:
+        """Consume from the marker queue while a task is held; best effort."""
+        marker = self._marker
+        if marker is None or busy == self._busy:
+            return
+        try:
+            if busy:
+                marker.basic_consume(
+                    in_flight_queue(self.queue),
+                    on_message_callback=lambda *_: None,
+                    auto_ack=False,
+                    consumer_tag=self._pod_name,
+                )
+            else:
+                marker.basic_cancel(self._pod_name)
+            self._busy = busy
+        except (pe.AMQPError, OSError) as exc:
+            log.warning("cannot mark the worker %s: %r", "busy" if busy else "idle", exc)
+            self._marker = None
 
     def recover(self) -> int:
         return 0  # the broker requeues what a closed connection had not acknowledged
@@ -96,10 +140,16 @@ class AmqpSource(Source):
     def take(self, timeout: float) -> Delivery | None:
         if self._consumer is None:
             raise BrokerError("rabbitmq source is not connected", transient=True)
+        channel = self._channel
+        if self._busy and channel is not None and channel.get_waiting_message_count() == 0:
+            # Nothing prefetched while the last task ran: idle while waiting.
+            self._mark(False)
         with self._errors("consume"):
             method, _props, body = next(self._consumer)
         if method is None or body is None or method.delivery_tag is None:
+            self._mark(False)
             return None
+        self._mark(True)
         return Delivery(bytes(body), token=_Tag(self._generation, method.delivery_tag))
 
     def _tag(self, delivery: Delivery, what: str) -> int | None:
@@ -137,7 +187,8 @@ class AmqpSource(Source):
 
     def close(self) -> None:
         channel, conn = self._channel, self._conn
-        self._conn = self._channel = self._consumer = None
+        self._conn = self._channel = self._consumer = self._marker = None
+        self._busy = False
         try:
             if channel is not None and channel.is_open:
                 channel.cancel()  # returns prefetched, unacknowledged deliveries

@@ -1,0 +1,543 @@
+//! Records the Kubernetes API calls of `run` (`--record-api-calls FILE`), so that the chart's
+//! RBAC can be checked against what the operator really asks for (the end-to-end suite's
+//! `zz_rbac_matches_recorded_calls`).
+//!
+//! Every request the client sends — the controllers', the watches', the Event recorder's and
+//! the Lease manager's, since they all share the one [`Client`] — is mapped to the verb and
+//! resource an RBAC rule names ([`classify`]) and written to FILE as one line, each distinct
+//! line once, at once (the process may be killed at any moment):
+//!
+//! ```text
+//! VERB GROUP RESOURCE[/SUBRESOURCE] SCOPE     e.g.  patch storm.apache.org stormworkerpools/status namespace
+//! VERB nonresource PATH -                     e.g.  get nonresource /version -
+//! ```
+//!
+//! `GROUP` is `""` for the core group; `SCOPE` is `namespace` for a request inside one
+//! namespace and `cluster` otherwise (a cluster-scoped resource, or a list or watch across all
+//! namespaces: both need a ClusterRole). A server-side apply that creates its object (answered
+//! `201 Created`) is recorded as `patch` and `create`: the API server authorizes both then.
+//! Without the flag the client is built exactly as before, with no recording layer.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
+use kube::Client;
+use kube::client::ClientBuilder;
+
+/// The content type of a server-side apply patch.
+const APPLY_PATCH: &str = "application/apply-patch+yaml";
+
+/// One API call as RBAC sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ApiCall {
+    /// A call on a resource (or one of its subresources).
+    Resource {
+        /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, `deletecollection`.
+        verb: String,
+        /// API group; empty for the core group.
+        group: String,
+        /// Resource, with `/subresource` when there is one.
+        resource: String,
+        /// Whether the call is inside one namespace (a Role can grant it).
+        namespaced: bool,
+    },
+    /// A call on a non-resource URL (`/version`, discovery, ...).
+    NonResource {
+        /// The HTTP method in lower case.
+        verb: String,
+        /// The path.
+        path: String,
+    },
+}
+
+impl ApiCall {
+    /// A resource call (for tables of cases).
+    pub fn resource(verb: &str, group: &str, resource: &str, namespaced: bool) -> Self {
+        Self::Resource {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            namespaced,
+        }
+    }
+
+    /// The same call with another verb.
+    fn with_verb(&self, verb: &str) -> Self {
+        let mut call = self.clone();
+        match &mut call {
+            Self::Resource { verb: v, .. } | Self::NonResource { verb: v, .. } => {
+                *v = verb.into();
+            }
+        }
+        call
+    }
+
+    /// Parses a line written by the recorder (the inverse of `Display`).
+    pub fn parse(line: &str) -> Option<Self> {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [verb, group, resource, scope] = fields.as_slice() else {
+            return None;
+        };
+        if *group == "nonresource" {
+            return Some(Self::NonResource {
+                verb: (*verb).into(),
+                path: (*resource).into(),
+            });
+        }
+        let group = if *group == "\"\"" { "" } else { group };
+        let namespaced = match *scope {
+            "namespace" => true,
+            "cluster" => false,
+            _ => return None,
+        };
+        Some(Self::resource(verb, group, resource, namespaced))
+    }
+}
+
+impl fmt::Display for ApiCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Resource {
+                verb,
+                group,
+                resource,
+                namespaced,
+            } => {
+                let group = if group.is_empty() { "\"\"" } else { group };
+                let scope = if *namespaced { "namespace" } else { "cluster" };
+                write!(f, "{verb} {group} {resource} {scope}")
+            }
+            Self::NonResource { verb, path } => write!(f, "{verb} nonresource {path} -"),
+        }
+    }
+}
+
+/// Maps an HTTP request to the RBAC verb and resource the API server authorizes it as, the
+/// way the API server's `RequestInfoFactory` does: `/api/v1/...` is the core group,
+/// `/apis/GROUP/VERSION/...` a named one; `namespaces/NS/` scopes the rest (except the
+/// namespace's own `status` and `finalize`); `RESOURCE/NAME/SUBRESOURCE`. GET is `get` with a
+/// name, else `watch` with `watch=true` (or `1`), else `list`; POST `create`; PUT `update`;
+/// PATCH `patch`; DELETE `delete` with a name, else `deletecollection`. Anything else under
+/// `/api` or `/apis` without a resource (discovery), and every other path, is a non-resource
+/// call.
+pub fn classify(method: &Method, path: &str, query: Option<&str>) -> ApiCall {
+    let non_resource = || ApiCall::NonResource {
+        verb: method.as_str().to_ascii_lowercase(),
+        path: path.to_string(),
+    };
+    let parts: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .collect();
+    let (group, mut rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return non_resource(),
+    };
+    let mut legacy_watch = false;
+    if rest.first() == Some(&"watch") {
+        legacy_watch = true;
+        rest = &rest[1..];
+    }
+    let mut namespaced = false;
+    if rest.first() == Some(&"namespaces") && rest.len() > 1 {
+        namespaced = true;
+        if rest.len() > 2 && !matches!(rest[2], "status" | "finalize") {
+            rest = &rest[2..];
+        } else {
+            // The namespace object itself (cluster-scoped), or its status/finalize.
+            namespaced = false;
+        }
+    }
+    let (resource, name, subresource) = match rest {
+        [] => return non_resource(),
+        [resource] => (*resource, None, None),
+        [resource, name] => (*resource, Some(*name), None),
+        [resource, name, subresource, ..] => (*resource, Some(*name), Some(*subresource)),
+    };
+    let watch_param = query.is_some_and(|q| {
+        q.split('&')
+            .any(|kv| matches!(kv, "watch=true" | "watch=1" | "watch=True"))
+    });
+    let verb = match *method {
+        Method::GET | Method::HEAD if legacy_watch || watch_param => "watch",
+        Method::GET | Method::HEAD if name.is_some() => "get",
+        Method::GET | Method::HEAD => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if name.is_some() => "delete",
+        Method::DELETE => "deletecollection",
+        _ => return non_resource(),
+    };
+    let resource = match subresource {
+        Some(sub) => format!("{resource}/{sub}"),
+        None => resource.to_string(),
+    };
+    ApiCall::resource(verb, group, &resource, namespaced)
+}
+
+/// Appends each distinct call to a file, once, as soon as it is seen.
+struct Sink {
+    path: PathBuf,
+    state: Mutex<(File, HashSet<String>)>,
+}
+
+impl Sink {
+    fn record(&self, call: &ApiCall) {
+        let line = call.to_string();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (file, seen) = &mut *state;
+        if seen.contains(&line) {
+            return;
+        }
+        if let Err(e) = writeln!(file, "{line}") {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot record an API call");
+            return;
+        }
+        seen.insert(line);
+    }
+}
+
+/// The tower layer that records every request of a [`Client`] (see the module documentation).
+#[derive(Clone)]
+pub struct RecordLayer {
+    sink: Arc<Sink>,
+}
+
+impl RecordLayer {
+    /// Records into `path`, appending (a restarted operator adds to the same file).
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self {
+            sink: Arc::new(Sink {
+                path: path.to_path_buf(),
+                state: Mutex::new((file, HashSet::new())),
+            }),
+        })
+    }
+}
+
+impl<S> tower::Layer<S> for RecordLayer {
+    type Service = Record<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Record {
+            inner,
+            sink: self.sink.clone(),
+        }
+    }
+}
+
+/// The service of [`RecordLayer`].
+#[derive(Clone)]
+pub struct Record<S> {
+    inner: S,
+    sink: Arc<Sink>,
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for Record<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    RB: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let uri = request.uri();
+        let call = classify(request.method(), uri.path(), uri.query());
+        self.sink.record(&call);
+        let apply = request.method() == Method::PATCH
+            && request
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(APPLY_PATCH.as_bytes()));
+        let response = self.inner.call(request);
+        if !apply {
+            return response.boxed();
+        }
+        let sink = self.sink.clone();
+        async move {
+            let response = response.await?;
+            if response.status() == StatusCode::CREATED {
+                sink.record(&call.with_verb("create"));
+            }
+            Ok(response)
+        }
+        .boxed()
+    }
+}
+
+/// The operator's client: from `KUBECONFIG` or the in-cluster config as
+/// [`Client::try_default`] builds it, with a [`RecordLayer`] writing to `record` when given.
+pub async fn client(record: Option<&Path>) -> anyhow::Result<Client> {
+    use anyhow::Context as _;
+    let Some(path) = record else {
+        return Ok(Client::try_default().await?);
+    };
+    let layer = RecordLayer::open(path)
+        .with_context(|| format!("cannot open {} to record API calls", path.display()))?;
+    let config = kube::Config::infer().await?;
+    tracing::info!(file = %path.display(), "recording the API calls");
+    Ok(ClientBuilder::try_from(config)?.with_layer(&layer).build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_maps_requests_to_rbac_verbs() {
+        let ns = true;
+        let cases: &[(Method, &str, Option<&str>, ApiCall)] = &[
+            (
+                Method::GET,
+                "/apis/apps/v1/namespaces/team/deployments/web",
+                None,
+                ApiCall::resource("get", "apps", "deployments", ns),
+            ),
+            (
+                Method::GET,
+                "/apis/storm.apache.org/v1beta1/namespaces/team/stormworkerpools",
+                Some("labelSelector=a%3Db&limit=500"),
+                ApiCall::resource("list", "storm.apache.org", "stormworkerpools", ns),
+            ),
+            (
+                Method::GET,
+                "/apis/storm.apache.org/v1beta1/stormworkerpools",
+                Some("allowWatchBookmarks=true&resourceVersion=12&timeoutSeconds=290&watch=true"),
+                ApiCall::resource("watch", "storm.apache.org", "stormworkerpools", !ns),
+            ),
+            (
+                Method::GET,
+                "/api/v1/watch/namespaces/team/pods",
+                None,
+                ApiCall::resource("watch", "", "pods", ns),
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/team/pods",
+                Some("watch=1"),
+                ApiCall::resource("watch", "", "pods", ns),
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/team/pods",
+                Some("watch=false"),
+                ApiCall::resource("list", "", "pods", ns),
+            ),
+            (
+                Method::POST,
+                "/api/v1/namespaces/team/pods",
+                Some("fieldManager=workerpool-operator"),
+                ApiCall::resource("create", "", "pods", ns),
+            ),
+            (
+                Method::POST,
+                "/api/v1/namespaces/team/pods/w-1/eviction",
+                None,
+                ApiCall::resource("create", "", "pods/eviction", ns),
+            ),
+            (
+                Method::PUT,
+                "/apis/coordination.k8s.io/v1/namespaces/ops/leases/op",
+                None,
+                ApiCall::resource("update", "coordination.k8s.io", "leases", ns),
+            ),
+            (
+                Method::PATCH,
+                "/apis/quickube.com/v1alpha1/namespaces/team/qworkers/qw/status",
+                Some("fieldManager=workerpool-operator&force=true"),
+                ApiCall::resource("patch", "quickube.com", "qworkers/status", ns),
+            ),
+            (
+                Method::DELETE,
+                "/apis/policy/v1/namespaces/team/poddisruptionbudgets/p-pdb",
+                None,
+                ApiCall::resource("delete", "policy", "poddisruptionbudgets", ns),
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/team/pods",
+                Some("labelSelector=x"),
+                ApiCall::resource("deletecollection", "", "pods", ns),
+            ),
+            (
+                Method::GET,
+                "/apis/metrics.k8s.io/v1beta1/namespaces/team/pods",
+                Some("labelSelector=quickube.com%2Fqworker%3Dqw"),
+                ApiCall::resource("list", "metrics.k8s.io", "pods", ns),
+            ),
+            // The namespace itself is cluster-scoped, its status and finalize too.
+            (
+                Method::GET,
+                "/api/v1/namespaces/team",
+                None,
+                ApiCall::resource("get", "", "namespaces", !ns),
+            ),
+            (
+                Method::PUT,
+                "/api/v1/namespaces/team/finalize",
+                None,
+                ApiCall::resource("update", "", "namespaces/finalize", !ns),
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces",
+                None,
+                ApiCall::resource("list", "", "namespaces", !ns),
+            ),
+            (
+                Method::GET,
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/qworkers.quickube.com",
+                None,
+                ApiCall::resource(
+                    "get",
+                    "apiextensions.k8s.io",
+                    "customresourcedefinitions",
+                    !ns,
+                ),
+            ),
+            // Discovery and other non-resource URLs.
+            (
+                Method::GET,
+                "/version",
+                None,
+                ApiCall::NonResource {
+                    verb: "get".into(),
+                    path: "/version".into(),
+                },
+            ),
+            (
+                Method::GET,
+                "/apis/apps/v1",
+                None,
+                ApiCall::NonResource {
+                    verb: "get".into(),
+                    path: "/apis/apps/v1".into(),
+                },
+            ),
+            (
+                Method::GET,
+                "/api",
+                None,
+                ApiCall::NonResource {
+                    verb: "get".into(),
+                    path: "/api".into(),
+                },
+            ),
+        ];
+        for (method, path, query, want) in cases {
+            assert_eq!(
+                &classify(method, path, *query),
+                want,
+                "{method} {path}?{query:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lines_parse_back() {
+        let calls = [
+            ApiCall::resource("patch", "storm.apache.org", "stormworkerpools/status", true),
+            ApiCall::resource("list", "", "pods", false),
+            ApiCall::NonResource {
+                verb: "get".into(),
+                path: "/version".into(),
+            },
+        ];
+        let lines: Vec<String> = calls.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "patch storm.apache.org stormworkerpools/status namespace",
+                "list \"\" pods cluster",
+                "get nonresource /version -",
+            ]
+        );
+        for (line, call) in lines.iter().zip(&calls) {
+            assert_eq!(ApiCall::parse(line).as_ref(), Some(call), "{line}");
+        }
+        assert_eq!(ApiCall::parse("get pods"), None);
+        assert_eq!(ApiCall::parse("get \"\" pods somewhere"), None);
+    }
+
+    /// The layer records each distinct call once, and a server-side apply answered 201 as
+    /// `create` too.
+    #[tokio::test]
+    async fn layer_records_distinct_calls_and_apply_creations() {
+        use tower::{Layer as _, Service as _, ServiceExt as _};
+        let dir = std::env::temp_dir().join(format!("wpo-api-calls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("calls");
+        let _ = std::fs::remove_file(&path);
+        let layer = RecordLayer::open(&path).expect("open");
+        let mut service = layer.layer(tower::service_fn(|req: Request<()>| async move {
+            let status = if req.method() == Method::PATCH && req.uri().path().ends_with("/new") {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let mut response = Response::new(());
+            *response.status_mut() = status;
+            Ok::<_, std::convert::Infallible>(response)
+        }));
+        let apply = |name: &str| {
+            Request::patch(format!("/api/v1/namespaces/team/configmaps/{name}"))
+                .header(http::header::CONTENT_TYPE, APPLY_PATCH)
+                .body(())
+                .expect("request")
+        };
+        let requests = [
+            Request::get("/api/v1/namespaces/team/configmaps/old")
+                .body(())
+                .expect("request"),
+            Request::get("/api/v1/namespaces/team/configmaps/other")
+                .body(())
+                .expect("request"),
+            apply("old"),
+            apply("new"),
+            Request::patch("/api/v1/namespaces/team/pods/new")
+                .header(http::header::CONTENT_TYPE, "application/merge-patch+json")
+                .body(())
+                .expect("request"),
+        ];
+        for request in requests {
+            service
+                .ready()
+                .await
+                .expect("ready")
+                .call(request)
+                .await
+                .expect("call");
+        }
+        let recorded = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(
+            recorded.lines().collect::<Vec<_>>(),
+            [
+                "get \"\" configmaps namespace",
+                "patch \"\" configmaps namespace",
+                "create \"\" configmaps namespace",
+                "patch \"\" pods namespace",
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -298,6 +298,21 @@ impl PrivateBroker {
     }
 }
 
+/// Reports the worker container of `pod` exited 0, as a drained worker does.
+async fn worker_exited(pods: &Api<Pod>, pod: &Pod) {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let _ = pods
+        .patch_status(
+            &pod.name_any(),
+            &params(),
+            &Patch::Merge(&json!({"status": {"containerStatuses": [
+                {"name": "worker", "image": "", "imageID": "", "ready": false,
+                 "restartCount": 0,
+                 "state": {"terminated": {"exitCode": 0, "finishedAt": now}}}]}})),
+        )
+        .await;
+}
+
 async fn live_pods(api: &Api<Pod>, name: &str) -> Result<Vec<Pod>, String> {
     Ok(api
         .list(&ListParams::default().labels(&format!("{SELECTOR_PREFIX}{name}")))
@@ -539,17 +554,7 @@ async fn rollout_with(s: &Scenario, name: &str, interrupt: impl AsyncFnOnce()) -
             .filter(|p| p.labels().get(HASH).map(String::as_str) == Some(old_ref))
         {
             if p.annotations().contains_key(DRAIN) {
-                let now = k8s_openapi::jiff::Timestamp::now().to_string();
-                let _ = pods
-                    .patch_status(
-                        &p.name_any(),
-                        &params(),
-                        &Patch::Merge(&json!({"status": {"containerStatuses": [
-                            {"name": "worker", "image": "", "imageID": "", "ready": false,
-                             "restartCount": 0,
-                             "state": {"terminated": {"exitCode": 0, "finishedAt": now}}}]}})),
-                    )
-                    .await;
+                worker_exited(pods, p).await;
             }
         }
         let old = live
@@ -662,17 +667,7 @@ pub async fn run(s: Scenario) {
                 .filter(|p| p.annotations().contains_key(DRAIN))
                 .collect();
             for p in &drained {
-                let now = k8s_openapi::jiff::Timestamp::now().to_string();
-                let _ = pods
-                    .patch_status(
-                        &p.name_any(),
-                        &params(),
-                        &Patch::Merge(&json!({"status": {"containerStatuses": [
-                        {"name": "worker", "image": "", "imageID": "", "ready": false,
-                         "restartCount": 0,
-                         "state": {"terminated": {"exitCode": 0, "finishedAt": now}}}]}})),
-                    )
-                    .await;
+                worker_exited(pods, p).await;
             }
             ensure(live.len() == 1, || {
                 format!("{} live pods ({} draining)", live.len(), drained.len())

@@ -70,6 +70,14 @@ pub struct RunArgs {
     /// file, for checking the chart's RBAC against what the operator really does.
     #[arg(long, env = "RECORD_API_CALLS", value_name = "FILE")]
     pub record_api_calls: Option<PathBuf>,
+    /// At most this many Kubernetes API requests in flight at once (watches excepted); the rest
+    /// wait in the process, so a start-up burst neither opens a connection per request nor
+    /// overloads the API server.
+    #[arg(long, env = "MAX_API_REQUESTS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_api_requests: u16,
+    /// At most this many objects of each kind reconciled at once.
+    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
 }
 
 impl RunArgs {

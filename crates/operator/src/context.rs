@@ -22,6 +22,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Whether this replica may act (leader, caches synced).
     pub gate: Gate,
+    /// At most this many objects of one kind reconciled at once (0: unbounded).
+    pub concurrency: u16,
     /// Failure counts per object, for exponential requeue backoff.
     failures: Arc<Mutex<HashMap<String, u32>>>,
 }
@@ -39,8 +41,20 @@ impl Shared {
             client,
             metrics,
             gate: Gate::open(),
+            concurrency: 0,
             failures: Arc::default(),
         }
+    }
+
+    /// The same state with at most `n` concurrent reconciles per controller.
+    pub fn with_concurrency(mut self, n: u16) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// The kube-runtime controller configuration these settings give.
+    pub fn controller_config(&self) -> kube::runtime::controller::Config {
+        kube::runtime::controller::Config::default().concurrency(self.concurrency)
     }
 
     /// The same state with `gate` deciding when the controllers may act.

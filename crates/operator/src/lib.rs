@@ -13,6 +13,7 @@ pub mod controllers;
 pub mod crds;
 pub mod error;
 pub mod http;
+pub mod limit;
 pub mod metrics;
 pub mod quantity;
 pub mod render;

@@ -237,11 +237,13 @@ pub fn controller(
         tracing::debug!(scalerconfig = %sc.name_any(), "ScalerConfig deleted; its broker connection is closed");
     });
     let leadership = shared.gate.on_leadership();
+    let config = shared.controller_config();
     let ctx = Arc::new(Context {
         shared,
         brokers: brokers.clone(),
     });
     let future = Controller::for_stream(events, store)
+        .with_config(config)
         .reconcile_all_on(leadership)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

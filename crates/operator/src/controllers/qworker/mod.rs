@@ -745,12 +745,14 @@ pub fn controller(
     });
     let shutdown = shutdown.shared();
     let run = Controller::for_stream(qworker_events, qworkers.clone())
+        .with_config(shared.controller_config())
         .reconcile_on(owners_rx)
         .reconcile_all_on(shared.gate.on_leadership())
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
     let release_run = Controller::for_stream(pod_events, pods)
+        .with_config(shared.controller_config())
         .reconcile_all_on(shared.gate.on_leadership())
         .graceful_shutdown_on(shutdown)
         .run(release::reconcile, release::error_policy, release_ctx)

@@ -1,0 +1,173 @@
+//! A bound on the operator's concurrent API requests: a tower layer on the kube client that
+//! lets at most N requests (other than watches, which stay open for minutes) be in flight, so
+//! that a burst of reconciles and status writes at start-up queues inside the process instead
+//! of opening one connection per request and overloading the API server.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::Request;
+use tokio::sync::Semaphore;
+
+/// The layer; see the module documentation.
+#[derive(Clone)]
+pub struct LimitLayer {
+    permits: Arc<Semaphore>,
+}
+
+impl LimitLayer {
+    /// At most `max` requests (watches excepted) in flight at once (`max` is at least 1).
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max.max(1))),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for LimitLayer {
+    type Service = Limit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Limit {
+            inner,
+            permits: self.permits.clone(),
+            poll: tokio_util::sync::PollSemaphore::new(self.permits.clone()),
+            permit: None,
+        }
+    }
+}
+
+/// The service of [`LimitLayer`]: like tower's concurrency limit, it takes a permit when the
+/// caller asks whether it is ready, and holds it until the response has arrived; a watch gives
+/// its permit back at once.
+pub struct Limit<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+    poll: tokio_util::sync::PollSemaphore,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl<S: Clone> Clone for Limit<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            permits: self.permits.clone(),
+            poll: tokio_util::sync::PollSemaphore::new(self.permits.clone()),
+            permit: None,
+        }
+    }
+}
+
+/// Whether a request opens a watch (query `watch=true` or `watch=1`).
+pub fn is_watch(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"))
+}
+
+impl<S, B> tower::Service<Request<B>> for Limit<S>
+where
+    S: tower::Service<Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.permit.is_none() {
+            // The semaphore is never closed, so `None` cannot happen; wait again if it did.
+            match self.poll.poll_acquire(cx) {
+                Poll::Ready(Some(permit)) => self.permit = Some(permit),
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let permit = self.permit.take();
+        let watch = is_watch(request.uri().query());
+        let response = self.inner.call(request);
+        if watch {
+            drop(permit);
+            return Box::pin(response);
+        }
+        Box::pin(async move {
+            let result = response.await;
+            drop(permit);
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tower::{Layer, Service, ServiceExt};
+
+    #[test]
+    fn watches_are_recognised() {
+        assert!(is_watch(Some(
+            "labelSelector=a&watch=true&resourceVersion=1"
+        )));
+        assert!(is_watch(Some("watch=1")));
+        assert!(!is_watch(Some("watch=false")));
+        assert!(!is_watch(Some("allowWatchBookmarks=true")));
+        assert!(!is_watch(None));
+    }
+
+    #[tokio::test]
+    async fn at_most_n_requests_are_in_flight_and_watches_pass() {
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (f, m) = (in_flight.clone(), most.clone());
+        let inner = tower::service_fn(move |req: Request<()>| {
+            let (f, m) = (f.clone(), m.clone());
+            async move {
+                if !is_watch(req.uri().query()) {
+                    let now = f.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    f.fetch_sub(1, Ordering::SeqCst);
+                } else {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                Ok::<_, std::convert::Infallible>(())
+            }
+        });
+        let service = LimitLayer::new(3).layer(inner);
+        // Five watches that never end do not take permits.
+        let mut watches = Vec::new();
+        for _ in 0..5 {
+            let svc = service.clone();
+            watches.push(tokio::spawn(async move {
+                let req = Request::get("/api/v1/pods?watch=true")
+                    .body(())
+                    .expect("request");
+                svc.oneshot(req).await
+            }));
+        }
+        let mut calls = Vec::new();
+        for _ in 0..20 {
+            let mut svc = service.clone();
+            calls.push(tokio::spawn(async move {
+                let req = Request::get("/api/v1/pods").body(()).expect("request");
+                svc.ready().await.expect("ready").call(req).await
+            }));
+        }
+        for c in calls {
+            tokio::time::timeout(Duration::from_secs(5), c)
+                .await
+                .expect("requests finish while watches stay open")
+                .expect("task")
+                .expect("call");
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 3);
+        for w in watches {
+            w.abort();
+        }
+    }
+}

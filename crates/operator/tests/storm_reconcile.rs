@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use workerpool_api::StormWorkerPool;
 use workerpool_operator::context::Shared;
 use workerpool_operator::controllers::ChildTracker;
-use workerpool_operator::controllers::storm::{Context, reconcile};
+use workerpool_operator::controllers::storm::{ChildCaches, Context, reconcile};
 use workerpool_operator::metrics::Metrics;
 
 const NS: &str = "team-a";
@@ -26,6 +26,7 @@ fn context(client: kube::Client) -> Arc<Context> {
     Arc::new(Context {
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
         children: ChildTracker::default(),
+        caches: ChildCaches::default(),
     })
 }
 
@@ -237,14 +238,7 @@ async fn autoscaled_pool_is_created_at_its_initial_count_without_the_operator_ow
         hpa.body["spec"]["metrics"][2]["pods"]["metric"]["name"],
         "storm_pending_messages"
     );
-    // No PodDisruptionBudget is configured: one is deleted only if the pool controls it.
-    api.expect(
-        "GET",
-        &path("policy/v1", "poddisruptionbudgets", "autoscale-workers-pdb"),
-        404,
-        not_found(),
-    )
-    .await;
+    // No PodDisruptionBudget is configured and the cache shows none: nothing is read or deleted.
     let status = api
         .expect_apply(
             &path(
@@ -353,13 +347,7 @@ async fn later_reconciles_leave_the_hpa_count_alone_and_report_the_hpa_condition
             {"type": "ScalingActive", "status": "False", "reason": "FailedGetResourceMetric", "message": no_metrics}]}}),
     )
     .await;
-    api.expect(
-        "GET",
-        &path("policy/v1", "poddisruptionbudgets", "autoscale-workers-pdb"),
-        404,
-        not_found(),
-    )
-    .await;
+    // No PodDisruptionBudget is configured and the cache shows none: nothing is read or deleted.
     let status = api
         .expect_apply(
             &path(
@@ -608,7 +596,19 @@ async fn disabling_autoscaling_deletes_the_owned_hpa_even_without_hpa_name_and_r
     p.spec.autoscaling.as_mut().expect("autoscaling").enabled = false;
     // The status write that would have recorded the HPA failed: the status does not name it.
     p.status = None;
-    let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
+    let hpa: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler =
+        serde_json::from_value(owned_by(
+            "autoscaling/v2",
+            "HorizontalPodAutoscaler",
+            "autoscale-workers-hpa",
+            "0000-1111",
+        ))
+        .expect("hpa");
+    let caches = ChildCaches {
+        hpas: cache_of([hpa]),
+        ..ChildCaches::default()
+    };
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
     expect_running_references(&mut api, "streaming-topology").await;
     expect_operator_apply(
         &mut api,
@@ -663,13 +663,7 @@ async fn disabling_autoscaling_deletes_the_owned_hpa_even_without_hpa_name_and_r
         delete.body
     );
     assert_eq!(delete.body["propagationPolicy"], "Background");
-    api.expect(
-        "GET",
-        &path("policy/v1", "poddisruptionbudgets", "autoscale-workers-pdb"),
-        404,
-        not_found(),
-    )
-    .await;
+    // The cache shows no PodDisruptionBudget: nothing is read or deleted.
     let status = api
         .expect_apply(
             &path(
@@ -711,7 +705,19 @@ async fn no_delete_is_sent_for_a_missing_hpa_or_a_child_of_another_owner() {
         hpa_name: Some("autoscale-workers-hpa".into()),
         ..Default::default()
     });
-    let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
+    // A PodDisruptionBudget of the same name that another pool controls is left alone.
+    let pdb: k8s_openapi::api::policy::v1::PodDisruptionBudget = serde_json::from_value(owned_by(
+        "policy/v1",
+        "PodDisruptionBudget",
+        "autoscale-workers-pdb",
+        "another-pool",
+    ))
+    .expect("pdb");
+    let caches = ChildCaches {
+        pdbs: cache_of([pdb]),
+        ..ChildCaches::default()
+    };
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
     expect_running_references(&mut api, "streaming-topology").await;
     for (kind, name) in [
         ("configmaps", "autoscale-workers-storm-config"),
@@ -725,30 +731,8 @@ async fn no_delete_is_sent_for_a_missing_hpa_or_a_child_of_another_owner() {
         };
         expect_operator_apply(&mut api, &path(gv, kind, name), json!({})).await;
     }
-    api.expect(
-        "GET",
-        &path(
-            "autoscaling/v2",
-            "horizontalpodautoscalers",
-            "autoscale-workers-hpa",
-        ),
-        404,
-        not_found(),
-    )
-    .await;
-    // A PodDisruptionBudget of the same name that another pool controls is left alone.
-    api.expect(
-        "GET",
-        &path("policy/v1", "poddisruptionbudgets", "autoscale-workers-pdb"),
-        200,
-        owned_by(
-            "policy/v1",
-            "PodDisruptionBudget",
-            "autoscale-workers-pdb",
-            "another-pool",
-        ),
-    )
-    .await;
+    // The cache shows no HPA, and a PodDisruptionBudget of another owner: nothing is read or
+    // deleted.
     let status = api
         .expect_apply(
             &path(
@@ -830,4 +814,220 @@ async fn api_errors_are_returned_for_retry_and_reported() {
         (api.events[0].0.as_str(), api.events[0].1.as_str()),
         ("Warning", "ApiError")
     );
+}
+
+/// A cache holding `objects`, as the controller's watches fill it.
+fn cache_of<K>(objects: impl IntoIterator<Item = K>) -> kube::runtime::reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (reader, mut writer) = kube::runtime::reflector::store();
+    for object in objects {
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(object));
+    }
+    reader
+}
+
+/// The pool's children as the last apply left them (hash annotations included), in caches, with
+/// the Deployment reporting every worker ready; the pool's status is what that state gives.
+fn settled(
+    p: &mut StormWorkerPool,
+) -> (
+    ChildCaches,
+    workerpool_operator::controllers::storm::build::Children,
+) {
+    use workerpool_operator::controllers::storm::{build, status};
+    let cluster: workerpool_api::storm::StormCluster =
+        serde_json::from_value(cluster()).expect("cluster");
+    let children = build::children(p, &cluster).expect("children");
+    let mut deployment = children.deployment.clone();
+    let replicas = build::initial_replicas(p).unwrap_or(p.spec.replicas.unwrap_or(1));
+    deployment.spec.as_mut().expect("spec").replicas = Some(replicas);
+    deployment.status = Some(
+        serde_json::from_value(json!({"replicas": replicas, "readyReplicas": replicas,
+            "availableReplicas": replicas, "updatedReplicas": replicas}))
+        .expect("status"),
+    );
+    let hpa = children.hpa.clone().map(|mut h| {
+        h.status = Some(
+            serde_json::from_value(json!({"currentReplicas": replicas, "desiredReplicas": replicas,
+                "conditions": [{"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound", "message": "ok"}]}))
+            .expect("hpa status"),
+        );
+        h
+    });
+    p.status = Some(status::running(
+        p,
+        &deployment,
+        hpa.as_ref(),
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let caches = ChildCaches {
+        config_maps: cache_of([children.config_map.clone()]),
+        deployments: cache_of([deployment]),
+        services: cache_of([children.service.clone()]),
+        hpas: cache_of(hpa),
+        pdbs: cache_of(children.pdb.clone()),
+    };
+    (caches, children)
+}
+
+fn context_with(client: kube::Client, caches: ChildCaches) -> Arc<Context> {
+    Arc::new(Context {
+        shared: Shared::new(client, Arc::new(Metrics::default()), None),
+        children: ChildTracker::default(),
+        caches,
+    })
+}
+
+#[tokio::test]
+async fn a_resync_of_an_unchanged_pool_sends_no_write() {
+    let (client, mut api) = support::mock();
+    let mut p = pool(include_str!(
+        "../../../examples/storm-basic-worker-pool.yaml"
+    ));
+    let (caches, children) = settled(&mut p);
+    for (what, hash) in [
+        ("ConfigMap", &children.config_map.metadata.annotations),
+        ("Deployment", &children.deployment.metadata.annotations),
+        ("Service", &children.service.metadata.annotations),
+    ] {
+        assert_eq!(
+            hash.as_ref().expect("annotations")["workerpool-operator/applied-hash"].len(),
+            16,
+            "{what}"
+        );
+    }
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
+    expect_running_references(&mut api, "my-topology").await;
+    // Every child is cached with the hash of its body; neither an HPA nor a PodDisruptionBudget
+    // is configured, and the cache shows none. No apply, no read or delete of a child, no status
+    // write: the two reads above are all.
+    api.finish(task).await.expect("reconcile ok");
+    assert!(api.events.is_empty(), "{:?}", api.events);
+}
+
+#[tokio::test]
+async fn a_resync_of_an_unchanged_autoscaled_pool_only_reads_the_deployment() {
+    let (client, mut api) = support::mock();
+    let mut p = pool(include_str!(
+        "../../../examples/storm-autoscale-worker-pool.yaml"
+    ));
+    let (caches, children) = settled(&mut p);
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
+    expect_running_references(&mut api, "streaming-topology").await;
+    // The hand-off is done: the operator's apply does not own replicas, the hand-off manager
+    // owns replicas alone; the live Deployment carries the hash of the body.
+    let mut live = serde_json::to_value(&children.deployment).expect("json");
+    support::merge(
+        &mut live,
+        json!({"metadata": {"managedFields": [
+            {"manager": "workerpool-operator", "operation": "Apply", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:spec": {"f:template": {}}}},
+            {"manager": "workerpool-operator-handoff", "operation": "Apply", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
+            "spec": {"replicas": 2},
+            "status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2, "updatedReplicas": 2}}),
+    );
+    api.expect(
+        "GET",
+        &path("apps/v1", "deployments", "autoscale-workers-deployment"),
+        200,
+        live,
+    )
+    .await;
+    api.finish(task).await.expect("reconcile ok");
+    assert!(api.events.is_empty(), "{:?}", api.events);
+}
+
+#[tokio::test]
+async fn a_child_whose_hash_differs_is_the_only_one_applied() {
+    let (client, mut api) = support::mock();
+    let mut p = pool(include_str!(
+        "../../../examples/storm-basic-worker-pool.yaml"
+    ));
+    let (mut caches, children) = settled(&mut p);
+    let mut stale = children.config_map.clone();
+    stale.metadata.annotations.get_or_insert_default().insert(
+        "workerpool-operator/applied-hash".into(),
+        "0123456789abcdef".into(),
+    );
+    caches.config_maps = cache_of([stale]);
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
+    expect_running_references(&mut api, "my-topology").await;
+    let cm = expect_operator_apply(
+        &mut api,
+        &path("v1", "configmaps", "my-workers-storm-config"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        cm.body["metadata"]["annotations"]["workerpool-operator/applied-hash"],
+        children
+            .config_map
+            .metadata
+            .annotations
+            .as_ref()
+            .expect("annotations")["workerpool-operator/applied-hash"],
+        "the apply carries the hash of its body"
+    );
+    assert_eq!(
+        cm.body,
+        serde_json::to_value(&children.config_map).expect("json"),
+        "the body that was hashed"
+    );
+    api.finish(task).await.expect("reconcile ok");
+}
+
+#[tokio::test]
+async fn a_hand_off_left_unfinished_is_finished_even_when_the_hash_matches() {
+    let (client, mut api) = support::mock();
+    let mut p = pool(include_str!(
+        "../../../examples/storm-autoscale-worker-pool.yaml"
+    ));
+    let (caches, children) = settled(&mut p);
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
+    expect_running_references(&mut api, "streaming-topology").await;
+    // The operator's apply went through, the release after it did not: the hand-off manager
+    // still holds fields beside replicas.
+    let mut live = serde_json::to_value(&children.deployment).expect("json");
+    support::merge(
+        &mut live,
+        json!({"metadata": {"managedFields": [
+            {"manager": "workerpool-operator", "operation": "Apply", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:spec": {"f:template": {}}}},
+            {"manager": "workerpool-operator-handoff", "operation": "Apply", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:metadata": {"f:labels": {}}, "f:spec": {"f:replicas": {}, "f:template": {}}}}]},
+            "spec": {"replicas": 3}}),
+    );
+    let deploy_path = path("apps/v1", "deployments", "autoscale-workers-deployment");
+    api.expect("GET", &deploy_path, 200, live).await;
+    let deploy = expect_operator_apply(&mut api, &deploy_path, json!({})).await;
+    assert!(deploy.body["spec"].get("replicas").is_none());
+    let release = expect_handoff(&mut api, &deploy_path, false).await;
+    assert_eq!(release.body, replicas_only(3));
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_replica_count_changed_by_someone_else_is_set_back() {
+    let (client, mut api) = support::mock();
+    let mut p = pool(include_str!(
+        "../../../examples/storm-basic-worker-pool.yaml"
+    ));
+    let (mut caches, children) = settled(&mut p);
+    // `kubectl scale` left the hash as it was.
+    let mut scaled = children.deployment.clone();
+    scaled.spec.as_mut().expect("spec").replicas = Some(5);
+    caches.deployments = cache_of([scaled]);
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
+    expect_running_references(&mut api, "my-topology").await;
+    let deploy = expect_operator_apply(
+        &mut api,
+        &path("apps/v1", "deployments", "my-workers-deployment"),
+        json!({"status": {"replicas": 3, "readyReplicas": 3, "availableReplicas": 3, "updatedReplicas": 3}}),
+    )
+    .await;
+    assert_eq!(deploy.body["spec"]["replicas"], 3);
+    api.finish(task).await.expect("reconcile ok");
 }

@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use workerpool_api::storm::{
     DEFAULT_STORM_IMAGE, DEFAULT_STORM_TAG, MAX_POOL_NAME_LENGTH, MetricSourceType, StormCluster,
@@ -37,6 +38,9 @@ pub const CONFIG_VOLUME: &str = "storm-config";
 pub const CONFIG_DIR: &str = "/conf";
 /// Pod template annotation carrying the hash of the storm.yaml, so a config change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "storm.apache.org/config-hash";
+/// Annotation on every child the operator applies: [`applied_hash`] of the apply body, so that
+/// a reconcile can skip an apply whose body the child already carries.
+pub const APPLIED_HASH_ANNOTATION: &str = "workerpool-operator/applied-hash";
 /// Label naming the pool on every child.
 pub const POOL_LABEL: &str = "storm.apache.org/pool";
 /// Label naming the topology on every child.
@@ -268,6 +272,47 @@ pub fn short_hash(data: &str) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
+/// A short hash of the apply body `object` as serialized, [`APPLIED_HASH_ANNOTATION`] left out
+/// (pure: the same desired object always gives the same hash).
+pub fn applied_hash<K: Resource + Serialize + Clone>(object: &K) -> String {
+    let mut body = object.clone();
+    if let Some(annotations) = body.meta_mut().annotations.as_mut() {
+        annotations.remove(APPLIED_HASH_ANNOTATION);
+        if annotations.is_empty() {
+            body.meta_mut().annotations = None;
+        }
+    }
+    short_hash(&serde_json::to_string(&body).unwrap_or_default())
+}
+
+/// `object` carrying its [`applied_hash`] in [`APPLIED_HASH_ANNOTATION`].
+pub fn with_applied_hash<K: Resource + Serialize + Clone>(mut object: K) -> K {
+    let hash = applied_hash(&object);
+    object
+        .annotations_mut()
+        .insert(APPLIED_HASH_ANNOTATION.into(), hash);
+    object
+}
+
+/// The [`APPLIED_HASH_ANNOTATION`] of `object`, if any.
+pub fn applied_hash_of<K: Resource>(object: &K) -> Option<&str> {
+    object
+        .meta()
+        .annotations
+        .as_ref()?
+        .get(APPLIED_HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Whether the live child `current` already holds the apply body `desired`: it is controlled by
+/// this pool, is not being deleted, and carries the same [`APPLIED_HASH_ANNOTATION`].
+pub fn up_to_date<K: Resource>(current: &K, desired: &K, pool: &StormWorkerPool) -> bool {
+    controlled_by(current, pool)
+        && current.meta().deletion_timestamp.is_none()
+        && applied_hash_of(desired).is_some()
+        && applied_hash_of(current) == applied_hash_of(desired)
+}
+
 /// ConfigMap `<pool>-storm-config`.
 pub fn config_map(pool: &StormWorkerPool, storm_yaml: &str) -> ConfigMap {
     ConfigMap {
@@ -482,8 +527,15 @@ pub fn initial_replicas(pool: &StormWorkerPool) -> Option<i32> {
 
 /// `desired` with `spec.replicas` set: the object that creates an autoscaled pool's Deployment
 /// at its initial count (applied by the hand-off field manager, never by the operator's own).
+/// The hash annotation is left out: it records the operator's own apply, which follows.
 pub fn with_replicas(desired: &Deployment, replicas: i32) -> Deployment {
     let mut d = desired.clone();
+    if let Some(annotations) = d.metadata.annotations.as_mut() {
+        annotations.remove(APPLIED_HASH_ANNOTATION);
+        if annotations.is_empty() {
+            d.metadata.annotations = None;
+        }
+    }
     if let Some(spec) = d.spec.as_mut() {
         spec.replicas = Some(replicas);
     }
@@ -644,17 +696,18 @@ pub struct Children {
     pub pdb: Option<PodDisruptionBudget>,
 }
 
-/// Validates the pool and builds all of its children.
+/// Validates the pool and builds all of its children, each carrying its
+/// [`APPLIED_HASH_ANNOTATION`].
 pub fn children(pool: &StormWorkerPool, cluster: &StormCluster) -> Result<Children> {
     validate(pool)?;
     let yaml = storm_yaml(pool, cluster)?;
     let hash = short_hash(&yaml);
     Ok(Children {
-        config_map: config_map(pool, &yaml),
-        deployment: deployment(pool, cluster, &hash),
-        service: service(pool),
-        hpa: hpa(pool),
-        pdb: pdb(pool),
+        config_map: with_applied_hash(config_map(pool, &yaml)),
+        deployment: with_applied_hash(deployment(pool, cluster, &hash)),
+        service: with_applied_hash(service(pool)),
+        hpa: hpa(pool).map(with_applied_hash),
+        pdb: pdb(pool).map(with_applied_hash),
     })
 }
 
@@ -1158,6 +1211,48 @@ mod tests {
             serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": {"name": "autoscale-workers-deployment"}, "spec": {"replicas": 2}})
         );
+    }
+
+    #[test]
+    fn every_child_carries_the_hash_of_its_apply_body() {
+        let pool = autoscale();
+        let c = children(&pool, &cluster()).expect("children");
+        let hash = |m: &ObjectMeta| {
+            m.annotations.as_ref().expect("annotations")[APPLIED_HASH_ANNOTATION].clone()
+        };
+        let cm = hash(&c.config_map.metadata);
+        assert_eq!(
+            cm,
+            applied_hash(&c.config_map),
+            "the annotation is left out"
+        );
+        assert_eq!(
+            cm,
+            applied_hash(&config_map(
+                &pool,
+                &storm_yaml(&pool, &cluster()).expect("yaml")
+            ))
+        );
+        assert_eq!(hash(&c.deployment.metadata), applied_hash(&c.deployment));
+        assert_eq!(hash(&c.service.metadata), applied_hash(&c.service));
+        let hpa = c.hpa.as_ref().expect("hpa");
+        assert_eq!(hash(&hpa.metadata), applied_hash(hpa));
+        // Another body, another hash; the same body, the same hash.
+        let mut other = pool.clone();
+        other.spec.worker_config = Some(BTreeMap::from([("a".into(), serde_json::json!(1))]));
+        let o = children(&other, &cluster()).expect("children");
+        assert_ne!(hash(&o.config_map.metadata), cm);
+        assert_ne!(hash(&o.deployment.metadata), hash(&c.deployment.metadata));
+        assert_eq!(hash(&o.service.metadata), hash(&c.service.metadata));
+        // The hand-off manager's create does not claim the operator's apply.
+        let create = with_replicas(&c.deployment, 2);
+        assert_eq!(applied_hash_of(&create), None);
+        // Up to date: controlled by the pool, same hash.
+        assert!(up_to_date(&c.config_map, &c.config_map, &pool));
+        assert!(!up_to_date(&o.config_map, &c.config_map, &pool));
+        let mut foreign = c.config_map.clone();
+        foreign.metadata.owner_references = None;
+        assert!(!up_to_date(&foreign, &c.config_map, &pool));
     }
 
     #[test]

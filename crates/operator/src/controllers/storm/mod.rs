@@ -16,7 +16,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -44,6 +44,53 @@ pub struct Context {
     pub shared: Shared,
     /// Last seen version of each child, to tell created from updated in Events.
     pub children: ChildTracker,
+    /// The watch caches of the pools' children, read before each apply.
+    pub caches: ChildCaches,
+}
+
+/// The caches of the children (labelled [`MANAGED_SELECTOR`], managedFields stripped) that the
+/// controller's own watches of its children fill. A child whose cached copy is controlled by its
+/// pool and carries the hash of the body the reconciler would apply
+/// ([`build::APPLIED_HASH_ANNOTATION`]) is not applied again, so that the periodic reconcile of a
+/// pool where nothing changed sends no write. A cache may lag: a child it shows as missing or
+/// older is simply applied (an apply is idempotent), and a change of a child that it has not
+/// seen yet triggers another reconcile when the watch delivers it.
+#[derive(Clone)]
+pub struct ChildCaches {
+    /// ConfigMaps.
+    pub config_maps: Store<ConfigMap>,
+    /// Deployments.
+    pub deployments: Store<Deployment>,
+    /// Services.
+    pub services: Store<Service>,
+    /// HorizontalPodAutoscalers.
+    pub hpas: Store<HorizontalPodAutoscaler>,
+    /// PodDisruptionBudgets.
+    pub pdbs: Store<PodDisruptionBudget>,
+}
+
+impl Default for ChildCaches {
+    /// Empty caches that nothing fills (every child is applied): tests and tools that drive the
+    /// reconciler directly.
+    fn default() -> Self {
+        Self {
+            config_maps: reflector::store().0,
+            deployments: reflector::store().0,
+            services: reflector::store().0,
+            hpas: reflector::store().0,
+            pdbs: reflector::store().0,
+        }
+    }
+}
+
+/// The cached copy of the child `desired` (same namespace and name), if any.
+fn cached<K>(store: &Store<K>, desired: &K) -> Option<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .get(&ObjectRef::from_obj(desired))
+        .map(|c| (*c).clone())
 }
 
 fn object_ref(pool: &StormWorkerPool) -> ObjectReference {
@@ -125,14 +172,17 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
 
-    apply_child(ctx, pool, &config_maps, &children.config_map).await?;
+    let caches = &ctx.caches;
+    let cm = &children.config_map;
+    apply_child(ctx, pool, &config_maps, cm, cached(&caches.config_maps, cm)).await?;
     let deployment = apply_deployment(ctx, pool, &deployments, &children.deployment).await?;
-    apply_child(ctx, pool, &services, &children.service).await?;
+    let svc = &children.service;
+    apply_child(ctx, pool, &services, svc, cached(&caches.services, svc)).await?;
     let hpa = match &children.hpa {
-        Some(hpa) => Some(apply_child(ctx, pool, &hpas, hpa).await?),
+        Some(hpa) => Some(apply_child(ctx, pool, &hpas, hpa, cached(&caches.hpas, hpa)).await?),
         None => {
             let name = build::hpa_name(&pool.name_any());
-            if delete_owned(pool, &hpas, &name).await? {
+            if delete_owned(pool, &hpas, &caches.hpas, &name).await? {
                 ctx.children.forget::<HorizontalPodAutoscaler>(&ns, &name);
                 ctx.shared
                     .event(
@@ -149,11 +199,11 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
     };
     match &children.pdb {
         Some(pdb) => {
-            apply_child(ctx, pool, &pdbs, pdb).await?;
+            apply_child(ctx, pool, &pdbs, pdb, cached(&caches.pdbs, pdb)).await?;
         }
         None => {
             let name = build::pdb_name(&pool.name_any());
-            if delete_owned(pool, &pdbs, &name).await? {
+            if delete_owned(pool, &pdbs, &caches.pdbs, &name).await? {
                 ctx.children.forget::<PodDisruptionBudget>(&ns, &name);
                 ctx.shared
                     .event(
@@ -259,9 +309,12 @@ async fn report_invalid(
 }
 
 /// Applies the Deployment. Without autoscaling this is the operator's apply, `spec.replicas`
-/// included. With autoscaling the operator's apply leaves `spec.replicas` to the HPA, and the
-/// hand-off manager creates the Deployment at its initial count or keeps the count the
-/// operator set before, as [`replicas::plan`] decides from the live Deployment (one GET).
+/// included, skipped when the cached Deployment carries the body's hash and the desired count
+/// (a count changed by someone else is set back). With autoscaling the operator's apply leaves
+/// `spec.replicas` to the HPA, and the hand-off manager creates the Deployment at its initial
+/// count or keeps the count the operator set before, as [`replicas::plan`] decides from the live
+/// Deployment (one GET: the plan reads managedFields, which the cache strips); everything is
+/// skipped when the plan has nothing to do and the live Deployment carries the body's hash.
 async fn apply_deployment(
     ctx: &Context,
     pool: &StormWorkerPool,
@@ -269,11 +322,21 @@ async fn apply_deployment(
     desired: &Deployment,
 ) -> Result<Deployment> {
     let Some(initial) = build::initial_replicas(pool) else {
-        return apply_child(ctx, pool, api, desired).await;
+        let desired_replicas = desired.spec.as_ref().and_then(|s| s.replicas);
+        let current = cached(&ctx.caches.deployments, desired)
+            .filter(|c| c.spec.as_ref().and_then(|s| s.replicas) == desired_replicas);
+        return apply_child(ctx, pool, api, desired, current).await;
     };
     let name = desired.name_any();
     let current = api.get_opt(&name).await?;
     let plan = replicas::plan(current.as_ref(), initial);
+    if plan.before == BeforeApply::Nothing
+        && plan.release_at.is_none()
+        && let Some(current) = current.filter(|c| build::up_to_date(c, desired, pool))
+    {
+        debug!(name, "Deployment is up to date, not applied");
+        return Ok(current);
+    }
     match plan.before {
         BeforeApply::Nothing => {}
         BeforeApply::Create(replicas) => {
@@ -298,7 +361,7 @@ async fn apply_deployment(
             info!(replicas, "handed spec.replicas over for the HPA");
         }
     }
-    let applied = apply_child(ctx, pool, api, desired).await?;
+    let applied = apply_child(ctx, pool, api, desired, None).await?;
     if let Some(replicas) = plan.release_at {
         api.patch(
             &name,
@@ -312,12 +375,26 @@ async fn apply_deployment(
 
 /// Deletes the child `name` if it exists and this pool controls it (its uid as a precondition,
 /// so an object recreated meanwhile is kept); returns whether it was deleted. Decided from the
-/// live object, not from the pool's status, so a child left behind by a failed status write is
-/// still removed and nothing is sent for a child that does not exist.
-async fn delete_owned<K>(pool: &StormWorkerPool, api: &Api<K>, name: &str) -> Result<bool>
+/// child itself, not from the pool's status, so a child left behind by a failed status write is
+/// still removed and nothing is sent for a child that does not exist: nothing at all when the
+/// cache shows no child of this pool by that name (a child the cache has not seen yet triggers
+/// another reconcile when the watch delivers it), otherwise a GET of the live child first.
+async fn delete_owned<K>(
+    pool: &StormWorkerPool,
+    api: &Api<K>,
+    cache: &Store<K>,
+    name: &str,
+) -> Result<bool>
 where
-    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + std::fmt::Debug + 'static,
 {
+    let key = ObjectRef::new(name).within(&pool.namespace().unwrap_or_default());
+    if cache
+        .get(&key)
+        .is_none_or(|c| !build::controlled_by(&*c, pool))
+    {
+        return Ok(false);
+    }
     let Some(current) = api.get_opt(name).await? else {
         return Ok(false);
     };
@@ -343,15 +420,26 @@ where
     }
 }
 
+/// Applies the child `object`, unless `current` (what the cache shows of it) is up to date
+/// ([`build::up_to_date`]); returns the child as stored.
 async fn apply_child<K>(
     ctx: &Context,
     pool: &StormWorkerPool,
     api: &Api<K>,
     object: &K,
+    current: Option<K>,
 ) -> Result<K>
 where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
 {
+    if let Some(current) = current.filter(|c| build::up_to_date(c, object, pool)) {
+        debug!(
+            kind = K::kind(&()).as_ref(),
+            name = current.name_any(),
+            "child is up to date, not applied"
+        );
+        return Ok(current);
+    }
     let applied = apply::apply(api, object).await?;
     if let Some(change) = ctx.children.observe(&applied) {
         ctx.shared
@@ -372,7 +460,7 @@ async fn write_status(
     ctx: &Context,
     status: StormWorkerPoolStatus,
 ) -> Result<()> {
-    if pool.status.as_ref() == Some(&status) {
+    if status::unchanged(pool.status.as_ref(), &status) {
         return Ok(());
     }
     let api: Api<StormWorkerPool> = Api::namespaced(
@@ -417,20 +505,53 @@ pub fn controller(
     let by_topology = store.clone();
     let by_cluster = store.clone();
     let leadership = shared.gate.on_leadership();
+    let config = shared.controller_config();
+    let readiness = &shared.gate.readiness;
+    let (deployments, deployment_events) = crate::cache::watch(
+        scoped::<Deployment>(&client, ns),
+        labelled.clone(),
+        readiness.track("storm-deployments"),
+    );
+    let (config_maps, config_map_events) = crate::cache::watch(
+        scoped::<ConfigMap>(&client, ns),
+        labelled.clone(),
+        readiness.track("storm-configmaps"),
+    );
+    let (services, service_events) = crate::cache::watch(
+        scoped::<Service>(&client, ns),
+        labelled.clone(),
+        readiness.track("storm-services"),
+    );
+    let (hpas, hpa_events) = crate::cache::watch(
+        scoped::<HorizontalPodAutoscaler>(&client, ns),
+        labelled.clone(),
+        readiness.track("storm-hpas"),
+    );
+    let (pdbs, pdb_events) = crate::cache::watch(
+        scoped::<PodDisruptionBudget>(&client, ns),
+        labelled,
+        readiness.track("storm-pdbs"),
+    );
     let ctx = Arc::new(Context {
         shared,
         children: ChildTracker::default(),
+        caches: ChildCaches {
+            config_maps,
+            deployments,
+            services,
+            hpas,
+            pdbs,
+        },
     });
+    // The same watches that fill the caches trigger the owner's reconcile on a child's change.
     let future = Controller::for_stream(pools, store.clone())
+        .with_config(config)
         .reconcile_all_on(leadership)
-        .owns(scoped::<Deployment>(&client, ns), labelled.clone())
-        .owns(scoped::<ConfigMap>(&client, ns), labelled.clone())
-        .owns(scoped::<Service>(&client, ns), labelled.clone())
-        .owns(
-            scoped::<HorizontalPodAutoscaler>(&client, ns),
-            labelled.clone(),
-        )
-        .owns(scoped::<PodDisruptionBudget>(&client, ns), labelled)
+        .owns_stream(deployment_events)
+        .owns_stream(config_map_events)
+        .owns_stream(service_events)
+        .owns_stream(hpa_events)
+        .owns_stream(pdb_events)
         .watches(
             scoped::<StormTopology>(&client, ns),
             watcher::Config::default(),

@@ -212,6 +212,25 @@ fn autoscaling(pool: &StormWorkerPool, hpa: Option<&HorizontalPodAutoscaler>) ->
     NewCondition::new(AUTOSCALING, true, "HPAActive", message)
 }
 
+/// Whether writing `new` would change nothing: it equals `current`, where a condition whose
+/// status did not change counts as equal whatever its `lastTransitionTime` ([`running`],
+/// [`blocked`] and [`failed`] keep that time anyway; this also tolerates a time that the server
+/// stored at a coarser precision).
+pub fn unchanged(current: Option<&StormWorkerPoolStatus>, new: &StormWorkerPoolStatus) -> bool {
+    let Some(current) = current else {
+        return false;
+    };
+    let mut new = new.clone();
+    for c in &mut new.conditions {
+        if let Some(old) = conditions::find(&current.conditions, &c.type_)
+            && old.status == c.status
+        {
+            c.last_transition_time = old.last_transition_time.clone();
+        }
+    }
+    *current == new
+}
+
 /// Status of a pool that waits for its topology or cluster (phase `Pending`).
 pub fn blocked(pool: &StormWorkerPool, why: &Blocked, now: Timestamp) -> StormWorkerPoolStatus {
     let mut status = pool.status.clone().unwrap_or_default();
@@ -473,6 +492,37 @@ mod tests {
             )
         );
         assert_eq!(s.hpa_name, None);
+    }
+
+    #[test]
+    fn an_unchanged_status_is_recognised_whatever_the_transition_times() {
+        let d = deployment(
+            3,
+            json!({"replicas": 3, "readyReplicas": 3, "availableReplicas": 3, "updatedReplicas": 3}),
+        );
+        let mut p = basic();
+        assert!(!unchanged(
+            None,
+            &running(&p, &d, None, Timestamp::UNIX_EPOCH)
+        ));
+        p.status = Some(running(&p, &d, None, Timestamp::UNIX_EPOCH));
+        let later = Timestamp::UNIX_EPOCH + std::time::Duration::from_secs(600);
+        let again = running(&p, &d, None, later);
+        assert!(unchanged(p.status.as_ref(), &again));
+        let mut moved = again.clone();
+        moved.conditions[0].last_transition_time.0 = later;
+        assert!(
+            unchanged(p.status.as_ref(), &moved),
+            "same status, other time"
+        );
+        let scaled = deployment(
+            3,
+            json!({"replicas": 3, "readyReplicas": 2, "updatedReplicas": 3}),
+        );
+        assert!(!unchanged(
+            p.status.as_ref(),
+            &running(&p, &scaled, None, later)
+        ));
     }
 
     #[test]

@@ -1064,6 +1064,34 @@ pub async fn run(s: Scenario) {
     // field manager before the operator's apply stops setting it).
     hand_back_to_the_hpa(s).await;
 
+    // The PodDisruptionBudget removed from the spec: the operator deletes the one it owns.
+    let patch = json!({"spec": {"podDisruptionBudget": null}});
+    if let Err(e) = pools
+        .patch("full-workers", &merge_params(), &Patch::Merge(&patch))
+        .await
+    {
+        s.fail(format!(
+            "cannot remove the podDisruptionBudget of full-workers: {e}"
+        ));
+    }
+    s.eventually("full-workers-pdb deleted", WAIT, || async move {
+        let pdbs: Api<PodDisruptionBudget> = s.api();
+        let pdb = pdbs.get_opt("full-workers-pdb").await.obs("get PDB")?;
+        ensure(pdb.is_none(), || {
+            "full-workers-pdb still exists".to_string()
+        })
+    })
+    .await;
+    s.expect_event(
+        "StormWorkerPool",
+        "full-workers",
+        "Normal",
+        "Deleted",
+        "full-workers-pdb",
+    )
+    .await;
+    s.note("full-workers: PodDisruptionBudget removed from the spec, deleted");
+
     // An invalid custom metric target: Failed, InvalidSpec, a Warning Event.
     let patch = json!({"spec": {"autoscaling": {"customMetrics": [
         {"name": "storm_pending_messages", "type": "pods", "targetAverageValue": "lots"},

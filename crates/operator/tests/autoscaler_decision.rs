@@ -42,14 +42,9 @@ async fn a_change_of_the_desired_count_records_the_decision_and_its_rates() {
     let (pod_reader, mut pod_writer) = reflector::store::<Pod>();
     let (sc_reader, mut sc_writer) = reflector::store::<ScalerConfig>();
     pod_writer.apply_watcher_event(&watcher::Event::InitDone);
-    sc_writer.apply_watcher_event(&watcher::Event::Apply(
-        serde_json::from_value(json!({
-            "apiVersion": "quickube.com/v1alpha1", "kind": "ScalerConfig",
-            "metadata": {"name": "redis", "namespace": NS, "uid": "sc", "generation": 1},
-            "spec": {"type": "redis", "config": {"host": "127.0.0.1", "port": "6379"}}
-        }))
-        .expect("scaler config"),
-    ));
+    sc_writer.apply_watcher_event(&watcher::Event::Apply(support::local_redis(
+        NS, "redis", "sc",
+    )));
     let q = qworker(&queue);
     qw_writer.apply_watcher_event(&watcher::Event::Apply(q.clone()));
     let mut redis = redis::Client::open("redis://127.0.0.1:6379/")

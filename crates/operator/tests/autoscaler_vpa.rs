@@ -41,14 +41,9 @@ async fn start(
     let (pod_reader, mut pod_writer) = reflector::store::<Pod>();
     let (sc_reader, mut sc_writer) = reflector::store::<ScalerConfig>();
     pod_writer.apply_watcher_event(&watcher::Event::InitDone);
-    sc_writer.apply_watcher_event(&watcher::Event::Apply(
-        serde_json::from_value(json!({
-            "apiVersion": "quickube.com/v1alpha1", "kind": "ScalerConfig",
-            "metadata": {"name": "redis", "namespace": NS, "uid": "sc", "generation": 1},
-            "spec": {"type": "redis", "config": {"host": "127.0.0.1", "port": "6379"}}
-        }))
-        .expect("scaler config"),
-    ));
+    sc_writer.apply_watcher_event(&watcher::Event::Apply(support::local_redis(
+        NS, "redis", "sc",
+    )));
     let q = qworker(queue);
     qw_writer.apply_watcher_event(&watcher::Event::Apply(q.clone()));
     let redis = redis::Client::open("redis://127.0.0.1:6379/")
@@ -183,14 +178,9 @@ async fn start_with(
     for p in pods {
         pod_writer.apply_watcher_event(&watcher::Event::Apply(p));
     }
-    sc_writer.apply_watcher_event(&watcher::Event::Apply(
-        serde_json::from_value(json!({
-            "apiVersion": "quickube.com/v1alpha1", "kind": "ScalerConfig",
-            "metadata": {"name": "redis", "namespace": NS, "uid": "sc", "generation": 1},
-            "spec": {"type": "redis", "config": {"host": "127.0.0.1", "port": "6379"}}
-        }))
-        .expect("scaler config"),
-    ));
+    sc_writer.apply_watcher_event(&watcher::Event::Apply(support::local_redis(
+        NS, "redis", "sc",
+    )));
     qw_writer.apply_watcher_event(&watcher::Event::Apply(q.clone()));
     let redis = redis::Client::open("redis://127.0.0.1:6379/")
         .expect("url")

@@ -381,12 +381,7 @@ async fn finished_pods_without_finalizer_are_deleted_after_their_tasks_return_to
             "2026-11-23T10:00:00Z",
         ),
     ]);
-    let config: ScalerConfig = serde_json::from_value(json!({
-        "apiVersion": "quickube.com/v1alpha1", "kind": "ScalerConfig",
-        "metadata": {"name": "example-scaler-config", "namespace": NS, "uid": "sc-uid", "generation": 1},
-        "spec": {"type": "redis", "config": {"host": "127.0.0.1", "port": "6379"}}
-    }))
-    .expect("config");
+    let config: ScalerConfig = support::local_redis(NS, "example-scaler-config", "sc-uid");
     h.configs
         .apply_watcher_event(&watcher::Event::Apply(config));
 
@@ -440,12 +435,7 @@ async fn min_above_max_is_reported_on_the_status() {
 }
 
 fn redis_config() -> ScalerConfig {
-    serde_json::from_value(json!({
-        "apiVersion": "quickube.com/v1alpha1", "kind": "ScalerConfig",
-        "metadata": {"name": "example-scaler-config", "namespace": NS, "uid": "sc-uid", "generation": 1},
-        "spec": {"type": "redis", "config": {"host": "127.0.0.1", "port": "6379"}}
-    }))
-    .expect("config")
+    support::local_redis(NS, "example-scaler-config", "sc-uid")
 }
 
 async fn redis() -> redis::aio::MultiplexedConnection {

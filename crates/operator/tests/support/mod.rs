@@ -185,3 +185,13 @@ pub fn merge(target: &mut Value, extra: Value) {
         (t, e) => *t = e,
     }
 }
+
+/// A ScalerConfig `namespace/name` (uid `uid`) for the machine's local Redis on 127.0.0.1:6379.
+pub fn local_redis(namespace: &str, name: &str, uid: &str) -> workerpool_api::ScalerConfig {
+    serde_json::from_value(json!({
+        "apiVersion": "quickube.com/v1alpha1", "kind": "ScalerConfig",
+        "metadata": {"name": name, "namespace": namespace, "uid": uid, "generation": 1},
+        "spec": {"type": "redis", "config": {"host": "127.0.0.1", "port": "6379"}}
+    }))
+    .expect("a ScalerConfig")
+}

@@ -20,9 +20,11 @@ pub use qworker::{
     ScalerConfig, ScalerConfigSpec, ScalerConfigStatus, SecretKeyRef, SecretValue,
 };
 pub use storm::{
-    AutoscalingSpec, CustomMetric, ImageSpec, MetricSourceType, PodDisruptionBudgetSpec, PoolPhase,
-    PoolPodTemplate, PortsSpec, StormCluster, StormClusterSpec, StormTopology, StormTopologySpec,
-    StormWorkerPool, StormWorkerPoolSpec, StormWorkerPoolStatus, TemplateMetadata,
+    AutoscalingSpec, ClusterMode, ClusterPhase, CustomMetric, ImageSpec, JarSource,
+    MetricSourceType, NimbusSpec, PodDisruptionBudgetSpec, PoolPhase, PoolPodTemplate, PortsSpec,
+    RebalanceRecord, RebalanceSpec, StormCluster, StormClusterSpec, StormClusterStatus,
+    StormTopology, StormTopologySpec, StormTopologyStatus, StormWorkerPool, StormWorkerPoolSpec,
+    StormWorkerPoolStatus, TemplateMetadata, TopologyPhase, UiSpec,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscalerBehavior,
 };
-use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::{PodSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
@@ -320,8 +320,28 @@ pub struct StormWorkerPoolStatus {
     pub observed_generation: Option<i64>,
 }
 
-/// A Storm topology; pools read its `clusterRef` and `status.phase`.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// Longest Storm topology name the operator submits: Job names `<topology>-submit-<hash8>`
+/// must stay DNS labels of at most 63 characters.
+pub const MAX_TOPOLOGY_NAME_LENGTH: usize = 45;
+/// Longest StormCluster name: `<cluster>-nimbus-<n>` pod names and `<cluster>-nimbus` Service
+/// names must stay DNS labels.
+pub const MAX_CLUSTER_NAME_LENGTH: usize = 40;
+/// Default seconds between two looks at a cluster's or topology's Storm UI REST API.
+pub const DEFAULT_POLL_INTERVAL_SECONDS: i32 = 15;
+/// Default seconds Storm waits between deactivating and killing a topology.
+pub const DEFAULT_KILL_WAIT_SECONDS: i32 = 30;
+/// Default shortest time between two rebalances of one topology, in seconds.
+pub const DEFAULT_REBALANCE_INTERVAL_SECONDS: i32 = 300;
+/// Default seconds Storm waits before redistributing workers in a rebalance.
+pub const DEFAULT_REBALANCE_WAIT_SECONDS: i32 = 30;
+/// Nimbus Thrift port (`nimbus.thrift.port`).
+pub const NIMBUS_THRIFT_PORT: i32 = 6627;
+/// Storm UI port (`ui.port`).
+pub const UI_PORT: i32 = 8080;
+
+/// A Storm topology: submitted with `storm jar` from a Job, observed through the Storm UI REST
+/// API, killed on delete when the operator submitted it, and rebalanced when its pools' slots change.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "storm.apache.org",
     version = "v1beta1",
@@ -332,9 +352,12 @@ pub struct StormWorkerPoolStatus {
     category = "storm",
     derive = "PartialEq",
     derive = "Default",
-    doc = "An Apache Storm topology. Worker pools wait for it to be Running.",
+    doc = "An Apache Storm topology: submitted by a Job running `storm jar`, status read from the Storm UI REST API, killed on delete, rebalanced when its pools' slots change.",
+    validation = Rule::new("self.metadata.name.size() <= 45").message("metadata.name must be at most 45 characters: Jobs named <topology>-submit-<hash> must be DNS labels of at most 63 characters"),
     printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.clusterRef"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Storm-Id", type_ = "string", json_path = ".status.topologyId"),
+    printcolumn(name = "Workers", type_ = "integer", json_path = ".status.workers"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -346,32 +369,222 @@ pub struct StormTopologySpec {
     /// The StormCluster this topology runs on (same namespace).
     #[schemars(length(min = 1))]
     pub cluster_ref: String,
-    /// Location of the topology jar.
+    /// The name in Storm; defaults to `metadata.name`. A topology without `jar` is only
+    /// observed: the operator finds it by this name and never submits nor kills it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jar: Option<String>,
-    /// Main class that submits the topology.
+    #[x_kube(validation = Rule::new("!self.contains('/') && !self.contains('.') && !self.contains(':') && !self.contains('\\\\')").message("topologyName may not contain '/', '.', ':' or a backslash (Storm rejects such names)"))]
+    pub topology_name: Option<String>,
+    /// Where the topology jar comes from. Without it the topology is submitted by someone else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jar: Option<JarSource>,
+    /// Main class that builds and submits the topology (`storm jar <jar> <mainClass> <name> [args]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub main_class: Option<String>,
-    /// Topology configuration entries.
+    /// Arguments after the topology name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Topology configuration entries, passed to `storm jar` as `-c key=value`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_map")]
     pub config: Option<BTreeMap<String, serde_json::Value>>,
+    /// `true` deactivates the topology in Storm, `false` activates it again.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Seconds Storm waits between deactivating and killing the topology (delete, redeploy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub kill_wait_seconds: Option<i32>,
+    /// Rebalancing when the slots of the pools that serve this topology change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<RebalanceSpec>,
 }
 
-/// Observed state of a StormTopology (written by whatever submits it).
+/// Where a topology's jar comes from: a URL, or a path inside an image.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.url) != has(self.image)").message("jar needs exactly one of url or image"),
+    validation = Rule::new("has(self.image) == has(self.path)").message("jar.image and jar.path go together: the path of the jar inside the image")
+)]
+pub struct JarSource {
+    /// An http(s) URL, fetched by an init container of the submission Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("jar.url must be an http:// or https:// URL"))]
+    pub url: Option<String>,
+    /// An image that holds the jar; copied out by an init container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Absolute path of the jar inside `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("jar.path must be an absolute path"))]
+    pub path: Option<String>,
+    /// Expected SHA-256 of the jar (64 hex digits); the submission fails when it differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub sha256: Option<String>,
+}
+
+/// How a topology follows the slots of its pools.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalanceSpec {
+    /// Rebalance when the pools' ready slots change (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Shortest time between two rebalances, in seconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_interval_seconds: Option<i32>,
+    /// Seconds Storm waits before redistributing (`storm rebalance -w`, default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub wait_seconds: Option<i32>,
+    /// Upper bound of the worker count a rebalance asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_workers: Option<i32>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for RebalanceSpec {
+    fn default() -> Self {
+        RebalanceSpec {
+            enabled: true,
+            min_interval_seconds: None,
+            wait_seconds: None,
+            max_workers: None,
+        }
+    }
+}
+
+/// Lifecycle phase of a StormTopology.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum TopologyPhase {
+    /// Waiting for its cluster, or for someone else to submit it.
+    #[default]
+    Pending,
+    /// A submission Job is running.
+    Submitting,
+    /// Storm reports the topology `ACTIVE`.
+    Running,
+    /// Storm reports the topology `INACTIVE` (`suspend: true`, or deactivated in Storm).
+    Suspended,
+    /// Storm reports the topology `REBALANCING`.
+    Rebalancing,
+    /// The topology is being killed (delete or redeploy).
+    Killing,
+    /// The submission failed or the spec is invalid.
+    Failed,
+}
+
+impl TopologyPhase {
+    /// The phase as written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopologyPhase::Pending => "Pending",
+            TopologyPhase::Submitting => "Submitting",
+            TopologyPhase::Running => "Running",
+            TopologyPhase::Suspended => "Suspended",
+            TopologyPhase::Rebalancing => "Rebalancing",
+            TopologyPhase::Killing => "Killing",
+            TopologyPhase::Failed => "Failed",
+        }
+    }
+
+    /// Whether pools of this topology should run their workers: the topology exists in Storm
+    /// and is not being killed.
+    pub fn serves_pools(self) -> bool {
+        matches!(
+            self,
+            TopologyPhase::Running | TopologyPhase::Rebalancing | TopologyPhase::Suspended
+        )
+    }
+}
+
+/// One rebalance the operator decided, as recorded in status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalanceRecord {
+    /// When the rebalance was started (RFC 3339).
+    pub time: String,
+    /// Worker count before.
+    pub from_workers: i32,
+    /// Worker count asked for.
+    pub to_workers: i32,
+    /// Why, e.g. `ready slots of pools 4 -> 8`.
+    pub reason: String,
+    /// The rebalance Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// `Running`, `Succeeded` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+}
+
+/// Observed state of a StormTopology.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StormTopologyStatus {
-    /// Phase, e.g. `Pending`, `Running`, `Failed`. Pools need `Running`.
+    /// Lifecycle phase. Pools run their workers while it is `Running`, `Rebalancing` or `Suspended`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<TopologyPhase>,
     /// Human readable detail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Storm's id of the running topology (`<name>-<n>-<epoch>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_id: Option<String>,
+    /// Storm's status: `ACTIVE`, `INACTIVE`, `REBALANCING` or `KILLED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm_status: Option<String>,
+    /// Workers assigned in Storm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<i32>,
+    /// Executors in Storm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executors: Option<i32>,
+    /// Tasks in Storm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<i32>,
+    /// When the running topology was launched (RFC 3339, from Storm's uptime; the uptime itself
+    /// is the metric `storm_topology_uptime_seconds`, so that status does not change every poll).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_time: Option<String>,
+    /// The last error Storm reports for any component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Hash of the jar, main class, arguments and config of the last submission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_hash: Option<String>,
+    /// The submission Job of the current spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_job: Option<String>,
+    /// The last rebalance the operator started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rebalance: Option<RebalanceRecord>,
+    /// Conditions: `Ready`, `ClusterReady`, `Submitted`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// How the operator relates to a Storm cluster.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ClusterMode {
+    /// The operator runs Nimbus (a StatefulSet) and the UI (a Deployment) from `image`.
+    #[default]
+    Managed,
+    /// The cluster runs elsewhere; the operator only reads its UI REST API at `uiUrl`.
+    External,
 }
 
 /// A Storm cluster: ZooKeeper, Nimbus and the default image and config of its workers.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "storm.apache.org",
     version = "v1beta1",
@@ -382,41 +595,254 @@ pub struct StormTopologyStatus {
     category = "storm",
     derive = "PartialEq",
     derive = "Default",
-    doc = "An Apache Storm cluster. Worker pools take ZooKeeper servers, Nimbus seeds, image and config from it.",
+    doc = "An Apache Storm cluster, managed (Nimbus StatefulSet, UI Deployment, storm.yaml) or external (observed through its UI REST API). Pools and topologies take ZooKeeper servers, Nimbus seeds, image and config from it.",
+    validation = Rule::new("self.metadata.name.size() <= 40").message("metadata.name must be at most 40 characters: <cluster>-nimbus-<n> must be a DNS label"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]')").message("metadata.name must start with a lowercase letter: <cluster>-nimbus and <cluster>-ui are Service names"),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Leader", type_ = "string", json_path = ".status.nimbusLeader"),
+    printcolumn(name = "Supervisors", type_ = "integer", json_path = ".status.supervisors"),
+    printcolumn(name = "Free-Slots", type_ = "integer", json_path = ".status.slotsFree"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".status.stormVersion", priority = 1),
     printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(
+    validation = Rule::new("self.mode != 'External' || (has(self.uiUrl) && has(self.nimbusSeeds) && size(self.nimbusSeeds) > 0)").message("an External cluster needs uiUrl and nimbusSeeds"),
+    validation = Rule::new("self.mode != 'Managed' || !has(self.nimbusSeeds) || size(self.nimbusSeeds) == 0").message("a Managed cluster's nimbusSeeds are its Nimbus pods; leave nimbusSeeds empty (or set mode: External)")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct StormClusterSpec {
-    /// Default worker image of the cluster.
+    /// `Managed` (default): the operator runs Nimbus and the UI. `External`: observed only.
+    #[serde(default)]
+    pub mode: ClusterMode,
+    /// Image of the cluster's daemons and default worker image (default `storm:2.6.4`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageSpec>,
     /// ZooKeeper servers (`storm.zookeeper.servers`).
     #[schemars(length(min = 1))]
     pub zookeeper_servers: Vec<String>,
-    /// Nimbus seeds (`nimbus.seeds`).
-    #[schemars(length(min = 1))]
+    /// Nimbus seeds (`nimbus.seeds`) of an External cluster; a Managed cluster's are its Nimbus pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nimbus_seeds: Vec<String>,
+    /// Base URL of the Storm UI (e.g. `http://storm-ui.storm:8080`); required when External,
+    /// the `<cluster>-ui` Service when Managed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("uiUrl must be an http:// or https:// URL"))]
+    pub ui_url: Option<String>,
     /// Cluster-wide storm.yaml entries; a pool's `workerConfig` overrides them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_map")]
     pub storm_config: Option<BTreeMap<String, serde_json::Value>>,
+    /// Nimbus of a Managed cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nimbus: Option<NimbusSpec>,
+    /// UI of a Managed cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ui: Option<UiSpec>,
+    /// Seconds between two looks at the UI REST API (default 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub poll_interval_seconds: Option<i32>,
 }
 
-/// Observed state of a StormCluster (written by whatever runs it).
+/// Nimbus daemons of a Managed cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NimbusSpec {
+    /// Nimbus pods (default 1; more give leader fail-over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 5))]
+    pub replicas: Option<i32>,
+    /// Size of each Nimbus pod's volume for its local state and blob store (default `1Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_size: Option<String>,
+    /// StorageClass of that volume (the cluster's default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Resources of the Nimbus container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// UI daemon of a Managed cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UiSpec {
+    /// UI pods (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3))]
+    pub replicas: Option<i32>,
+    /// Resources of the UI container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Lifecycle phase of a StormCluster.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ClusterPhase {
+    /// Daemons starting, or the UI REST API not answering yet.
+    #[default]
+    Pending,
+    /// A Nimbus leader answers through the UI REST API.
+    Running,
+    /// Storm answers but something is wrong: no leader, an offline Nimbus seed, a daemon not ready.
+    Degraded,
+    /// The spec is invalid or the cluster's objects cannot be applied.
+    Failed,
+}
+
+impl ClusterPhase {
+    /// The phase as written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterPhase::Pending => "Pending",
+            ClusterPhase::Running => "Running",
+            ClusterPhase::Degraded => "Degraded",
+            ClusterPhase::Failed => "Failed",
+        }
+    }
+}
+
+/// Observed state of a StormCluster, read from the Storm UI REST API.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StormClusterStatus {
-    /// Phase, e.g. `Pending`, `Running`. Pools need `Running`.
+    /// Lifecycle phase. Pools and topologies need `Running`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<ClusterPhase>,
     /// Human readable detail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The UI REST API the operator reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ui_url: Option<String>,
+    /// The Nimbus seeds pools and topologies use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nimbus_seeds: Vec<String>,
+    /// `host:port` of the leading Nimbus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nimbus_leader: Option<String>,
+    /// Storm's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm_version: Option<String>,
+    /// Supervisors known to Nimbus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisors: Option<i32>,
+    /// Worker slots in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots_total: Option<i32>,
+    /// Worker slots in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots_used: Option<i32>,
+    /// Worker slots free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots_free: Option<i32>,
+    /// Topologies known to Nimbus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topologies: Option<i32>,
+    /// Conditions: `Ready`, `Reachable`, `DaemonsReady` (Managed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl StormCluster {
+    /// Name of a Managed cluster's Nimbus StatefulSet and its headless Service.
+    pub fn nimbus_name(&self) -> String {
+        format!(
+            "{}-nimbus",
+            self.metadata.name.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// Name of a Managed cluster's UI Deployment and Service.
+    pub fn ui_name(&self) -> String {
+        format!("{}-ui", self.metadata.name.as_deref().unwrap_or_default())
+    }
+
+    /// Name of a Managed cluster's storm.yaml ConfigMap.
+    pub fn config_name(&self) -> String {
+        format!(
+            "{}-config",
+            self.metadata.name.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// Nimbus replicas of a Managed cluster (default 1).
+    pub fn nimbus_replicas(&self) -> i32 {
+        self.spec
+            .nimbus
+            .as_ref()
+            .and_then(|n| n.replicas)
+            .unwrap_or(1)
+    }
+
+    /// The Nimbus seeds pools, topologies and the UI use: the spec's when External, the stable
+    /// DNS names of the Nimbus pods (`<cluster>-nimbus-<i>.<cluster>-nimbus.<ns>.svc`) when Managed.
+    pub fn nimbus_seeds(&self) -> Vec<String> {
+        match self.spec.mode {
+            ClusterMode::External => self.spec.nimbus_seeds.clone(),
+            ClusterMode::Managed => {
+                let ns = self.metadata.namespace.as_deref().unwrap_or("default");
+                let svc = self.nimbus_name();
+                (0..self.nimbus_replicas())
+                    .map(|i| format!("{svc}-{i}.{svc}.{ns}.svc"))
+                    .collect()
+            }
+        }
+    }
+
+    /// The Storm UI base URL: the spec's when External, the `<cluster>-ui` Service when Managed.
+    pub fn ui_url(&self) -> Option<String> {
+        match self.spec.mode {
+            ClusterMode::External => self.spec.ui_url.clone(),
+            ClusterMode::Managed => Some(self.spec.ui_url.clone().unwrap_or_else(|| {
+                let ns = self.metadata.namespace.as_deref().unwrap_or("default");
+                format!("http://{}.{ns}.svc:{UI_PORT}", self.ui_name())
+            })),
+        }
+    }
+
+    /// Seconds between two looks at the UI REST API.
+    pub fn poll_interval_seconds(&self) -> i32 {
+        self.spec
+            .poll_interval_seconds
+            .unwrap_or(DEFAULT_POLL_INTERVAL_SECONDS)
+    }
+
+    /// Whether pools and topologies may use the cluster.
+    pub fn is_running(&self) -> bool {
+        self.status.as_ref().and_then(|s| s.phase) == Some(ClusterPhase::Running)
+    }
+}
+
+impl StormTopology {
+    /// The topology's name in Storm: `spec.topologyName`, else `metadata.name`.
+    pub fn storm_name(&self) -> String {
+        self.spec
+            .topology_name
+            .clone()
+            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    /// Whether the operator submits (and kills) this topology: it has a jar.
+    pub fn is_submitted_by_operator(&self) -> bool {
+        self.spec.jar.is_some()
+    }
+
+    /// Whether pools of this topology should run their workers.
+    pub fn serves_pools(&self) -> bool {
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(TopologyPhase::serves_pools)
+    }
 }
 
 impl StormWorkerPoolSpec {

@@ -84,7 +84,7 @@ fn mock_api(
                     200,
                     &json!({"apiVersion": "storm.apache.org/v1beta1", "kind": "StormCluster",
                         "metadata": {"name": name, "namespace": NS},
-                        "spec": {"zookeeperServers": ["zk"], "nimbusSeeds": ["nimbus"]},
+                        "spec": {"mode": "External", "uiUrl": "http://storm-ui:8080", "zookeeperServers": ["zk"], "nimbusSeeds": ["nimbus"]},
                         "status": {"phase": "Running"}}),
                 ),
                 "PATCH" if path.ends_with("/status") => {

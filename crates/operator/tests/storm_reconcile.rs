@@ -39,7 +39,7 @@ fn topology(name: &str, phase: &str) -> Value {
 fn cluster() -> Value {
     json!({"apiVersion": "storm.apache.org/v1beta1", "kind": "StormCluster",
         "metadata": {"name": "storm", "namespace": NS},
-        "spec": {"zookeeperServers": ["zk-0"], "nimbusSeeds": ["nimbus-0"], "image": {"repository": "storm", "tag": "2.6.4"}},
+        "spec": {"mode": "External", "uiUrl": "http://storm-ui:8080", "zookeeperServers": ["zk-0"], "nimbusSeeds": ["nimbus-0"], "image": {"repository": "storm", "tag": "2.6.4"}},
         "status": {"phase": "Running"}})
 }
 

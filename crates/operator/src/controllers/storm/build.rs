@@ -251,7 +251,7 @@ pub fn storm_yaml(pool: &StormWorkerPool, cluster: &StormCluster) -> Result<Stri
     );
     conf.insert(
         "nimbus.seeds".into(),
-        serde_json::json!(cluster.spec.nimbus_seeds),
+        serde_json::json!(cluster.nimbus_seeds()),
     );
     let ports = pool.spec.ports();
     let slots: Vec<i32> = (ports.start..ports.start + ports.count).collect();
@@ -768,6 +768,9 @@ mod tests {
                         serde_json::json!(30),
                     ),
                 ])),
+                mode: workerpool_api::ClusterMode::External,
+                ui_url: Some("http://storm-ui:8080".into()),
+                ..StormClusterSpec::default()
             },
         )
     }

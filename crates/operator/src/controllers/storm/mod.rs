@@ -238,13 +238,13 @@ async fn resolve(
             message: format!("StormTopology {ns}/{topology_name} does not exist"),
         }));
     };
-    let phase = topology.status.as_ref().and_then(|s| s.phase.clone());
-    if phase.as_deref() != Some("Running") {
+    if !topology.serves_pools() {
+        let phase = topology.status.as_ref().and_then(|s| s.phase);
         return Ok(Err(Blocked {
             reason: "TopologyNotRunning",
             message: format!(
                 "StormTopology {ns}/{topology_name} is {}, waiting for Running",
-                phase.as_deref().unwrap_or("without a phase")
+                phase.map_or("without a phase", |p| p.as_str())
             ),
         }));
     }
@@ -259,13 +259,13 @@ async fn resolve(
             message: format!("StormCluster {ns}/{cluster_name} does not exist"),
         }));
     };
-    let phase = cluster.status.as_ref().and_then(|s| s.phase.clone());
-    if phase.as_deref() != Some("Running") {
+    if !cluster.is_running() {
+        let phase = cluster.status.as_ref().and_then(|s| s.phase);
         return Ok(Err(Blocked {
             reason: "ClusterNotRunning",
             message: format!(
                 "StormCluster {ns}/{cluster_name} is {}, waiting for Running",
-                phase.as_deref().unwrap_or("without a phase")
+                phase.map_or("without a phase", |p| p.as_str())
             ),
         }));
     }

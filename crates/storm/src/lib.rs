@@ -10,6 +10,8 @@
 pub mod command;
 pub mod model;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 pub use model::{
@@ -93,4 +95,11 @@ pub trait StormApi: Send + Sync {
             .into_iter()
             .find(|t| t.name == name))
     }
+}
+
+/// Makes the [`StormApi`] of a cluster from its UI base URL. The operator's connects over HTTP;
+/// controller tests hand out fakes.
+pub trait Connector: Send + Sync {
+    /// The API at `ui_url` (e.g. `http://storm-ui.storm.svc:8080`); an error when the URL is unusable.
+    fn connect(&self, ui_url: &str) -> Result<Arc<dyn StormApi>>;
 }

@@ -4,6 +4,21 @@
 //! change its worker count (Storm 2.x ignores the rebalance body), so both run as `storm`
 //! commands. Every command carries the cluster's Nimbus seeds as `-c` options, so that the
 //! Job needs no storm.yaml of its own.
+//!
+//! How Storm 2.6–2.8's `bin/storm.py` reads these command lines (checked against its source):
+//! - `-c key=value` is an option of each **subcommand** (`add_common_options(sub_parser)`), not
+//!   of `storm` itself: `storm -c k=v jar ...` fails with `invalid choice: 'k=v'`. So the `-c`
+//!   options come right after the subcommand, each as two arguments (`remove_common_options`
+//!   only filters the two-argument form out of what it hands to Java).
+//! - storm.py passes the `-c` values to Java as `-Dstorm.options=<url-encoded k=v,...>`;
+//!   Storm's `Utils.readCommandLineOpts` parses each value as **JSON**, falling back to the
+//!   plain string. So values are written as JSON (`nimbus.seeds=["a","b"]`, `k="text"`).
+//! - `storm jar <jar> <mainClass> [args...]` parses the main class's arguments with argparse
+//!   too: an argument that looks like a storm.py option (`-c`, `--config`, `--jars`, or an
+//!   abbreviation such as `--conf`) would be taken by storm.py. A `--` after the main class
+//!   ends storm.py's options; argparse drops it, so the main class never sees it.
+//! - `storm rebalance <name> -w <secs> -n <workers>` hands `<name> -w <secs> -n <workers>` to
+//!   `org.apache.storm.command.Rebalance` (commons-cli); `-w` must be ≥ 0 and `-n` ≥ 1.
 
 use std::collections::BTreeMap;
 
@@ -18,58 +33,165 @@ pub struct Submission<'a> {
     pub topology_name: &'a str,
     /// Further arguments of the main class.
     pub args: &'a [String],
-    /// Topology configuration, passed as `-c key=<json>` (Storm reads the value as YAML).
+    /// Topology configuration, passed as `-c key=<json>` (Storm parses the value as JSON and
+    /// `StormSubmitter` merges it into the topology's configuration).
     pub config: &'a BTreeMap<String, serde_json::Value>,
     /// The cluster's Nimbus seeds.
     pub nimbus_seeds: &'a [String],
 }
 
-/// `-c` options of the Nimbus seeds and `config`.
+/// `-c` options of the Nimbus seeds (none when there are no seeds: then the image's
+/// storm.yaml decides) and of `config`, each value as JSON.
 fn config_options(
     nimbus_seeds: &[String],
     config: &BTreeMap<String, serde_json::Value>,
 ) -> Vec<String> {
-    let mut out = vec![
-        "-c".to_string(),
-        format!("nimbus.seeds={}", serde_json::json!(nimbus_seeds)),
-    ];
+    let mut out = Vec::with_capacity(2 * (config.len() + 1));
+    if !nimbus_seeds.is_empty() {
+        out.push("-c".to_string());
+        out.push(format!("nimbus.seeds={}", serde_json::json!(nimbus_seeds)));
+    }
     for (key, value) in config {
-        out.push("-c".into());
+        out.push("-c".to_string());
         out.push(format!("{key}={value}"));
     }
     out
 }
 
-/// `storm jar <jar> <mainClass> <name> [args...]` with the seeds and config as `-c` options.
+/// `storm jar -c nimbus.seeds=[...] [-c key=<json>...] <jar> <mainClass> -- <name> [args...]`.
+///
+/// The `-c` options follow the subcommand (storm.py has no global `-c`); the `--` keeps the
+/// topology's own arguments away from storm.py's option parser, and storm.py drops it.
 pub fn submit(s: &Submission<'_>) -> Vec<String> {
-    let mut argv = vec!["storm".to_string()];
+    let mut argv = vec!["storm".to_string(), "jar".to_string()];
     argv.extend(config_options(s.nimbus_seeds, s.config));
     argv.extend([
-        "jar".to_string(),
         s.jar_path.to_string(),
         s.main_class.to_string(),
+        "--".to_string(),
         s.topology_name.to_string(),
     ]);
     argv.extend(s.args.iter().cloned());
     argv
 }
 
-/// `storm rebalance <name> -w <wait> -n <workers>` (by name: the CLI takes the name, not the id).
+/// `storm rebalance -c nimbus.seeds=[...] <name> -w <wait> -n <workers>` (by name: the CLI takes
+/// the name, not the id).
+///
+/// `workers` must be at least 1 (storm.py rejects `-n 0`). Storm's `Rebalance` also sends the
+/// `-c` options to Nimbus as topology configuration overrides, so the topology's
+/// `nimbus.seeds` becomes the seeds given here (the cluster's own, so nothing changes).
 pub fn rebalance(
     topology_name: &str,
     wait_secs: u32,
     workers: u32,
     nimbus_seeds: &[String],
 ) -> Vec<String> {
-    let mut argv = vec!["storm".to_string()];
+    let mut argv = vec!["storm".to_string(), "rebalance".to_string()];
     argv.extend(config_options(nimbus_seeds, &BTreeMap::new()));
     argv.extend([
-        "rebalance".to_string(),
         topology_name.to_string(),
-        "-w".into(),
+        "-w".to_string(),
         wait_secs.to_string(),
-        "-n".into(),
+        "-n".to_string(),
         workers.to_string(),
     ]);
     argv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn submit_puts_options_after_the_subcommand_and_args_after_a_double_dash() {
+        let seeds = strings(&["storm-nimbus-0.storm-nimbus", "storm-nimbus-1.storm-nimbus"]);
+        let args = strings(&["--input", "/data/in", "-c", "x"]);
+        let mut config = BTreeMap::new();
+        config.insert("topology.workers".to_string(), json!(3));
+        config.insert("topology.debug".to_string(), json!(false));
+        config.insert("topology.environment".to_string(), json!({"MODE": "a b,c"}));
+        config.insert("topology.owner.note".to_string(), json!("plain text"));
+        let argv = submit(&Submission {
+            jar_path: "/app/topology.jar",
+            main_class: "com.example.WordCount",
+            topology_name: "wordcount",
+            args: &args,
+            config: &config,
+            nimbus_seeds: &seeds,
+        });
+        assert_eq!(
+            argv,
+            strings(&[
+                "storm",
+                "jar",
+                "-c",
+                r#"nimbus.seeds=["storm-nimbus-0.storm-nimbus","storm-nimbus-1.storm-nimbus"]"#,
+                "-c",
+                "topology.debug=false",
+                "-c",
+                r#"topology.environment={"MODE":"a b,c"}"#,
+                "-c",
+                r#"topology.owner.note="plain text""#,
+                "-c",
+                "topology.workers=3",
+                "/app/topology.jar",
+                "com.example.WordCount",
+                "--",
+                "wordcount",
+                "--input",
+                "/data/in",
+                "-c",
+                "x",
+            ])
+        );
+    }
+
+    #[test]
+    fn submit_without_seeds_config_or_args() {
+        let argv = submit(&Submission {
+            jar_path: "/app/t.jar",
+            main_class: "Main",
+            topology_name: "wc",
+            args: &[],
+            config: &BTreeMap::new(),
+            nimbus_seeds: &[],
+        });
+        assert_eq!(
+            argv,
+            strings(&["storm", "jar", "/app/t.jar", "Main", "--", "wc"])
+        );
+    }
+
+    #[test]
+    fn rebalance_by_name_with_seeds_after_the_subcommand() {
+        let argv = rebalance("wordcount", 30, 2, &strings(&["nimbus-0", "nimbus-1"]));
+        assert_eq!(
+            argv,
+            strings(&[
+                "storm",
+                "rebalance",
+                "-c",
+                r#"nimbus.seeds=["nimbus-0","nimbus-1"]"#,
+                "wordcount",
+                "-w",
+                "30",
+                "-n",
+                "2",
+            ])
+        );
+    }
+
+    #[test]
+    fn rebalance_without_seeds() {
+        assert_eq!(
+            rebalance("wc", 0, 1, &[]),
+            strings(&["storm", "rebalance", "wc", "-w", "0", "-n", "1"])
+        );
+    }
 }

@@ -6,9 +6,12 @@
 //! - [`model`]: the response shapes of Storm 2.x (camelCase, as the UI's code writes them).
 //! - [`command`]: the `storm` command lines the operator runs in Jobs (submission, rebalance),
 //!   because the REST API can neither submit a topology nor change its worker count.
+//! - [`rest`]: [`RestClient`], the [`StormApi`] over HTTP, and [`RestConnector`], the
+//!   operator's [`Connector`] (one pooled client per UI base URL).
 
 pub mod command;
 pub mod model;
+pub mod rest;
 
 use std::sync::Arc;
 
@@ -18,6 +21,7 @@ pub use model::{
     ClusterSummary, NimbusStatus, NimbusSummary, SupervisorSummary, TopologyDetail, TopologyStatus,
     TopologySummary,
 };
+pub use rest::{RestClient, RestConnector};
 
 /// What can go wrong talking to Storm.
 #[derive(Debug, thiserror::Error)]

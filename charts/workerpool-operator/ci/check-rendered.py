@@ -27,8 +27,12 @@ APPLIED = {"list", "watch", "create", "patch"}
 EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     ("storm.apache.org", "stormworkerpools"): WATCHED,
     ("storm.apache.org", "stormworkerpools/status"): {"patch"},
-    ("storm.apache.org", "stormtopologies"): WATCHED | {"get"},
+    ("storm.apache.org", "stormtopologies"): WATCHED | {"get", "patch"},
+    ("storm.apache.org", "stormtopologies/status"): {"patch"},
     ("storm.apache.org", "stormclusters"): WATCHED | {"get"},
+    ("storm.apache.org", "stormclusters/status"): {"patch"},
+    ("apps", "statefulsets"): APPLIED,
+    ("batch", "jobs"): WATCHED | {"create", "delete"},
     ("quickube.com", "qworkers"): WATCHED,
     ("quickube.com", "qworkers/status"): {"patch"},
     ("quickube.com", "scalerconfigs"): WATCHED,

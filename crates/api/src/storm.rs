@@ -687,9 +687,10 @@ pub enum ClusterPhase {
     /// Daemons starting, or the UI REST API not answering yet.
     #[default]
     Pending,
-    /// A Nimbus leader answers through the UI REST API.
+    /// A Nimbus leader answers through the UI REST API: pools and topologies may use the cluster.
     Running,
-    /// Storm answers but something is wrong: no leader, an offline Nimbus seed, a daemon not ready.
+    /// Storm answers but no Nimbus leads, or a cluster that was up stopped answering. (An offline
+    /// seed or a daemon that is not ready is reported in the message and conditions, not here.)
     Degraded,
     /// The spec is invalid or the cluster's objects cannot be applied.
     Failed,

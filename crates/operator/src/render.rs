@@ -1,7 +1,9 @@
 //! `workerpool-operator render`: prints, offline, the objects `run` would apply for the
 //! resources in the given files, using the same builders as the controllers.
 //!
-//! Pools are rendered as if their topology and cluster were `Running` (both must be in the
+//! A managed StormCluster is rendered as its daemons (ConfigMap, Services, StatefulSet, UI
+//! Deployment), a StormTopology with a `jar` as its submission Job (its cluster must be in the
+//! input). Pools are rendered as if their topology and cluster were `Running` (both must be in the
 //! input); QWorkers as their first reconcile would create them, at `minReplicas` pods with
 //! random names. Objects without a uid get the nil uid, so ownerReferences are complete.
 
@@ -18,7 +20,7 @@ use workerpool_api::{QWorker, StormCluster, StormTopology, StormWorkerPool};
 
 use crate::autoscaler::brokers::{Credentials, broker_config};
 use crate::cli::RenderArgs;
-use crate::controllers::{qworker, storm};
+use crate::controllers::{qworker, storm, stormcluster, stormtopology};
 
 /// Where a bad document is and what is wrong with it.
 #[derive(Debug)]
@@ -46,6 +48,7 @@ impl fmt::Display for InputError {
 impl std::error::Error for InputError {}
 
 /// One parsed input document.
+#[derive(Clone)]
 struct Doc {
     file: String,
     index: usize,
@@ -109,11 +112,19 @@ fn complete<K: kube::Resource>(mut obj: K) -> K {
     obj
 }
 
+/// A StormTopology or StormCluster of the input.
+enum StormResource {
+    Topology(StormTopology),
+    Cluster(StormCluster),
+}
+
 #[derive(Default)]
 struct Inputs {
     pools: Vec<(Doc, StormWorkerPool)>,
     topologies: BTreeMap<(String, String), StormTopology>,
     clusters: BTreeMap<(String, String), StormCluster>,
+    /// Every topology and cluster with its document, in input order.
+    storm: Vec<(Doc, StormResource)>,
     qworkers: Vec<(Doc, QWorker)>,
     scalers: Vec<(Doc, ScalerConfig)>,
 }
@@ -142,13 +153,15 @@ fn classify(docs: Vec<Doc>) -> Result<Inputs, InputError> {
                 let t = complete(doc.parse::<StormTopology>()?);
                 inputs
                     .topologies
-                    .insert((t.namespace().unwrap_or_default(), t.name_any()), t);
+                    .insert((t.namespace().unwrap_or_default(), t.name_any()), t.clone());
+                inputs.storm.push((doc, StormResource::Topology(t)));
             }
             ("storm.apache.org/v1beta1", "StormCluster") => {
                 let c = complete(doc.parse::<StormCluster>()?);
                 inputs
                     .clusters
-                    .insert((c.namespace().unwrap_or_default(), c.name_any()), c);
+                    .insert((c.namespace().unwrap_or_default(), c.name_any()), c.clone());
+                inputs.storm.push((doc, StormResource::Cluster(c)));
             }
             ("quickube.com/v1alpha1", "QWorker") => {
                 let q = complete(doc.parse::<QWorker>()?);
@@ -184,6 +197,46 @@ pub fn render(texts: &[(String, String)]) -> anyhow::Result<Vec<serde_json::Valu
     }
     let inputs = classify(docs)?;
     let mut out = Vec::new();
+    // A managed cluster's daemons; a submitted topology's Job (as if it were not in Storm yet).
+    for (doc, resource) in &inputs.storm {
+        match resource {
+            StormResource::Cluster(cluster) => {
+                stormcluster::build::validate(cluster)
+                    .map_err(|e| doc.error(None, e.to_string()))?;
+                if cluster.spec.mode == workerpool_api::ClusterMode::Managed {
+                    let c = stormcluster::build::children(cluster)
+                        .map_err(|e| doc.error(None, e.to_string()))?;
+                    out.push(to_json(&c.config_map)?);
+                    out.push(to_json(&c.nimbus_service)?);
+                    out.push(to_json(&c.nimbus)?);
+                    out.push(to_json(&c.ui)?);
+                    out.push(to_json(&c.ui_service)?);
+                }
+            }
+            StormResource::Topology(topology) => {
+                stormtopology::build::validate(topology)
+                    .map_err(|e| doc.error(None, e.to_string()))?;
+                if topology.spec.jar.is_none() {
+                    continue;
+                }
+                let ns = topology.namespace().unwrap_or_default();
+                let name = &topology.spec.cluster_ref;
+                let cluster = inputs
+                    .clusters
+                    .get(&(ns.clone(), name.clone()))
+                    .ok_or_else(|| {
+                        doc.error(
+                            Some("spec.clusterRef".into()),
+                            format!("StormCluster {ns}/{name} is not in the input; render needs a submitted topology's cluster"),
+                        )
+                    })?;
+                let hash = stormtopology::build::spec_hash(topology);
+                let job = stormtopology::build::submit_job(topology, cluster, &hash)
+                    .map_err(|e| doc.error(None, e.to_string()))?;
+                out.push(to_json(&job)?);
+            }
+        }
+    }
     for (doc, pool) in &inputs.pools {
         let ns = pool.namespace().unwrap_or_default();
         let topology = inputs
@@ -335,12 +388,30 @@ mod tests {
             "Service/my-workers-headless",
             "HorizontalPodAutoscaler/autoscale-workers-hpa",
             "PodDisruptionBudget/full-workers-pdb",
+            "ConfigMap/storm-config",
+            "Service/storm-nimbus",
+            "StatefulSet/storm-nimbus",
+            "Deployment/storm-ui",
+            "Service/storm-ui",
         ] {
             assert!(
                 names.contains(&want.to_string()),
                 "{want} missing from {names:?}"
             );
         }
+        // The two topologies with a jar get their submission Job; the observed one none.
+        let jobs: Vec<&String> = names.iter().filter(|n| n.starts_with("Job/")).collect();
+        assert_eq!(jobs.len(), 2, "{jobs:?}");
+        assert!(
+            jobs.iter()
+                .any(|j| j.starts_with("Job/my-topology-submit-")),
+            "{jobs:?}"
+        );
+        assert!(
+            jobs.iter()
+                .any(|j| j.starts_with("Job/streaming-topology-submit-")),
+            "{jobs:?}"
+        );
         let pods: Vec<&serde_json::Value> = objects.iter().filter(|o| o["kind"] == "Pod").collect();
         assert_eq!(
             pods.len(),
@@ -352,6 +423,28 @@ mod tests {
             "example-qworker"
         );
         assert_eq!(pods[0]["metadata"]["ownerReferences"][0]["uid"], NIL_UID);
+    }
+
+    #[test]
+    fn a_submitted_topology_needs_its_cluster_and_an_external_cluster_renders_nothing() {
+        let topology = "apiVersion: storm.apache.org/v1beta1\nkind: StormTopology\nmetadata: {name: t}\nspec: {clusterRef: c, mainClass: a.B, jar: {url: 'https://x/t.jar'}}\n";
+        let err = render(&[("t.yaml".into(), topology.into())]).expect_err("no cluster");
+        assert!(
+            err.to_string()
+                .contains("field spec.clusterRef: StormCluster default/c is not in the input"),
+            "{err}"
+        );
+        let cluster = "apiVersion: storm.apache.org/v1beta1\nkind: StormCluster\nmetadata: {name: c}\nspec: {mode: External, uiUrl: 'http://ui:8080', nimbusSeeds: [n0], zookeeperServers: [zk]}\n";
+        let objects =
+            render(&[("t.yaml".into(), format!("{cluster}---\n{topology}"))]).expect("renders");
+        let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["Job"],
+            "an External cluster has no objects of the operator's"
+        );
+        let argv = objects[0]["spec"]["template"]["spec"]["containers"][0]["command"].to_string();
+        assert!(argv.contains("nimbus.seeds=[\\\"n0\\\"]"), "{argv}");
     }
 
     #[test]

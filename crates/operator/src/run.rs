@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::cache::{Gate, Readiness};
 use crate::cli::RunArgs;
 use crate::context::Shared;
-use crate::controllers::{qworker, scalerconfig, storm};
+use crate::controllers::{qworker, scalerconfig, storm, stormcluster, stormtopology};
 use crate::http::{self, HttpState};
 use crate::metrics::{Metrics, ResourceCollector};
 use crate::telemetry;
@@ -82,6 +82,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let (qworkers, _autoscaler, qworker_fut) =
         qworker::controller(shared.clone(), brokers, ns, token.clone().cancelled_owned());
+    // One Storm UI client per cluster URL, shared by the cluster and topology controllers.
+    let connector: Arc<dyn workerpool_storm::Connector> =
+        Arc::new(workerpool_storm::RestConnector::new());
+    let cluster_metrics = Arc::new(stormcluster::ClusterMetrics::default());
+    cluster_metrics.register(&mut registry);
+    let (_clusters, cluster_fut) = stormcluster::controller(
+        shared.clone(),
+        ns,
+        connector.clone(),
+        cluster_metrics,
+        token.clone().cancelled_owned(),
+    );
+    let topology_metrics = Arc::new(stormtopology::TopologyMetrics::default());
+    topology_metrics.register(&mut registry);
+    let (_topologies, topology_fut) = stormtopology::controller(
+        shared.clone(),
+        ns,
+        connector,
+        topology_metrics,
+        token.clone().cancelled_owned(),
+    );
     registry.register_collector(Box::new(ResourceCollector {
         pools: Some(pools),
         qworkers: Some(qworkers),
@@ -99,7 +120,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         info!("caches synced");
     });
     info!("controllers started");
-    let controllers = futures::future::join3(storm_fut, qworker_fut, scaler_fut);
+    let controllers = futures::future::join5(
+        storm_fut,
+        qworker_fut,
+        scaler_fut,
+        cluster_fut,
+        topology_fut,
+    );
     if args.leader_election {
         let (leader, lease_task) = start_lease(&client, &args).await?;
         tokio::select! {

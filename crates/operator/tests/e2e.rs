@@ -31,6 +31,8 @@ mod redis;
 mod selfcheck;
 #[path = "e2e/storm.rs"]
 mod storm;
+#[path = "e2e/storm_ui.rs"]
+mod storm_ui;
 
 /// StormWorkerPool: the seed's manifests, children, status, readiness, Events, metrics,
 /// autoscaling off, an invalid spec, garbage collection and the CEL rules.

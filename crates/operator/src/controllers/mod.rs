@@ -3,6 +3,8 @@
 pub mod qworker;
 pub mod scalerconfig;
 pub mod storm;
+pub mod stormcluster;
+pub mod stormtopology;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

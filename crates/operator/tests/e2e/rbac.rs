@@ -42,7 +42,13 @@ pub const SCENARIOS: [&str; 3] = ["storm", "qworker", "recovery"];
 
 /// Granted verbs that the suite cannot make the operator use, each with the reason. Keep this
 /// list short: a verb the code never uses must leave the chart instead.
-pub const UNRECORDED: &[(&str, &str, &str, &str)] = &[];
+pub const UNRECORDED: &[(&str, &str, &str, &str)] = &[(
+    "batch",
+    "jobs",
+    "delete",
+    "a superseded submission Job is deleted once the Job of the current spec succeeded, and \
+     without nodes no Job ever succeeds (the unit tests of stormtopology cover it)",
+)];
 
 /// An operator the harness started, for the check at the end of the suite.
 struct Recording {

@@ -6,25 +6,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use serde_json::json;
-use workerpool_api::storm::{PodDisruptionBudgetSpec, PoolPhase};
+use workerpool_api::storm::{ClusterPhase, PodDisruptionBudgetSpec, PoolPhase, TopologyPhase};
 use workerpool_api::{StormCluster, StormTopology, StormWorkerPool};
 
 use crate::harness::{
     Observe, Scenario, WAIT, applied_field_owned_by, condition, controlled_by, ensure,
     expect_rejected, find_series, has_apply_entry, summarize_conditions,
 };
+use crate::storm_ui::{self, StormUi};
 
 pub const CLUSTER_AND_TOPOLOGIES: &str =
     include_str!("../../../../examples/storm-cluster-and-topologies.yaml");
@@ -147,25 +147,178 @@ async fn wait_blocked(s: &Scenario, name: &str, reason: &str) {
     s.note(format!("pool {name} is Pending ({reason})"));
 }
 
-/// Sets `status.phase: Running` on a StormTopology or StormCluster (what a Storm runner would do).
-async fn set_running<K>(s: &Scenario, name: &str)
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + DeserializeOwned,
-{
-    let api: Api<K> = s.api();
-    let patch = json!({"status": {"phase": "Running"}});
-    if let Err(e) = api
-        .patch_status(name, &merge_params(), &Patch::Merge(&patch))
+fn describe_cluster(c: &StormCluster) -> String {
+    let st = c.status.clone().unwrap_or_default();
+    format!(
+        "cluster phase {:?} ({}), leader {:?}, supervisors {:?}, slots {:?}/{:?} free, version {:?}; conditions {}",
+        st.phase,
+        st.message.unwrap_or_default(),
+        st.nimbus_leader,
+        st.supervisors,
+        st.slots_free,
+        st.slots_total,
+        st.storm_version,
+        summarize_conditions(&st.conditions)
+    )
+}
+
+async fn get_cluster(s: &Scenario) -> Result<StormCluster, String> {
+    let api: Api<StormCluster> = s.api();
+    api.get(CLUSTER).await.obs("get StormCluster")
+}
+
+fn describe_topology(t: &StormTopology) -> String {
+    let st = t.status.clone().unwrap_or_default();
+    format!(
+        "topology {} phase {:?} ({}), id {:?}, storm status {:?}, workers {:?}, last rebalance {:?}; conditions {}",
+        t.name_any(),
+        st.phase,
+        st.message.unwrap_or_default(),
+        st.topology_id,
+        st.storm_status,
+        st.workers,
+        st.last_rebalance,
+        summarize_conditions(&st.conditions)
+    )
+}
+
+/// Waits until the StormTopology `name` has `phase` (and the Storm id `id`, when given).
+async fn wait_topology(s: &Scenario, name: &str, phase: TopologyPhase, id: Option<&str>) {
+    s.eventually(
+        &format!("StormTopology {name} {}", phase.as_str()),
+        WAIT,
+        || async move {
+            let api: Api<StormTopology> = s.api();
+            let t = api.get(name).await.obs("get StormTopology")?;
+            let st = t.status.clone().unwrap_or_default();
+            let ok = st.phase == Some(phase)
+                && id.is_none_or(|id| st.topology_id.as_deref() == Some(id));
+            ensure(ok, || describe_topology(&t))
+        },
+    )
+    .await;
+}
+
+/// The managed cluster's objects: storm.yaml with the Nimbus pods as seeds, the headless
+/// Nimbus Service, the Nimbus StatefulSet (uid 1000, so the image's entrypoint never chowns the
+/// read-only config), the UI Deployment and Service, all controlled by the cluster.
+async fn check_managed_cluster(s: &Scenario) -> Result<(), String> {
+    let cluster = get_cluster(s).await?;
+    let ns = s.ns.as_str();
+    let config_maps: Api<ConfigMap> = s.api();
+    let cm = config_maps
+        .get("storm-config")
         .await
-    {
-        s.fail(format!(
-            "cannot patch the status of {} {name}: {e}",
-            K::kind(&())
+        .obs("get ConfigMap storm-config")?;
+    controlled_by("ConfigMap storm-config", &cm.metadata, &cluster)?;
+    let yaml = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("storm.yaml"))
+        .cloned()
+        .unwrap_or_default();
+    let seed = format!("storm-nimbus-0.storm-nimbus.{ns}.svc");
+    ensure(
+        yaml.contains(&seed) && yaml.contains("zookeeper-0.zookeeper"),
+        || format!("storm.yaml lacks the seed {seed} or the ZooKeeper servers:\n{yaml}"),
+    )?;
+    let services: Api<Service> = s.api();
+    let headless = services
+        .get("storm-nimbus")
+        .await
+        .obs("get Service storm-nimbus")?;
+    controlled_by("Service storm-nimbus", &headless.metadata, &cluster)?;
+    let spec = headless.spec.clone().unwrap_or_default();
+    ensure(spec.cluster_ip.as_deref() == Some("None"), || {
+        format!(
+            "Service storm-nimbus is not headless: {:?}",
+            spec.cluster_ip
+        )
+    })?;
+    ensure(spec.ports.iter().flatten().any(|p| p.port == 6627), || {
+        "Service storm-nimbus has no port 6627".to_string()
+    })?;
+    let ui = services.get("storm-ui").await.obs("get Service storm-ui")?;
+    controlled_by("Service storm-ui", &ui.metadata, &cluster)?;
+    let sets: Api<StatefulSet> = s.api();
+    let nimbus = sets
+        .get("storm-nimbus")
+        .await
+        .obs("get StatefulSet storm-nimbus")?;
+    controlled_by("StatefulSet storm-nimbus", &nimbus.metadata, &cluster)?;
+    let spec = nimbus.spec.clone().unwrap_or_default();
+    ensure(spec.service_name.as_deref() == Some("storm-nimbus"), || {
+        format!("StatefulSet serviceName {:?}", spec.service_name)
+    })?;
+    let pod = spec.template.spec.clone().unwrap_or_default();
+    let image = pod.containers.first().and_then(|c| c.image.clone());
+    ensure(image.as_deref() == Some("storm:2.6.4"), || {
+        format!("Nimbus image {image:?}")
+    })?;
+    let run_as = pod.security_context.as_ref().and_then(|c| c.run_as_user);
+    ensure(run_as == Some(1000), || {
+        format!("Nimbus runAsUser {run_as:?}")
+    })?;
+    let deployments: Api<Deployment> = s.api();
+    let ui = deployments
+        .get("storm-ui")
+        .await
+        .obs("get Deployment storm-ui")?;
+    controlled_by("Deployment storm-ui", &ui.metadata, &cluster)
+}
+
+/// The submission Job of `name`: `storm jar` with the downloaded jar, the main class and the
+/// topology's name, from the cluster's image, controlled by the topology.
+async fn check_submission(s: &Scenario, name: &str, main_class: &str) -> Result<(), String> {
+    let topologies: Api<StormTopology> = s.api();
+    let topology = topologies.get(name).await.obs("get StormTopology")?;
+    let jobs: Api<Job> = s.api();
+    let list = jobs.list(&ListParams::default()).await.obs("list Jobs")?;
+    let prefix = format!("{name}-submit-");
+    let Some(job) = list
+        .items
+        .iter()
+        .find(|j| j.name_any().starts_with(&prefix))
+    else {
+        let names: Vec<String> = list.items.iter().map(|j| j.name_any()).collect();
+        return Err(format!(
+            "no Job {prefix}*; Jobs: {names:?}; {}",
+            describe_topology(&topology)
         ));
-    }
+    };
+    controlled_by(&format!("Job {}", job.name_any()), &job.metadata, &topology)?;
+    let pod = job
+        .spec
+        .as_ref()
+        .and_then(|j| j.template.spec.clone())
+        .unwrap_or_default();
+    let argv = pod
+        .containers
+        .first()
+        .and_then(|c| c.command.clone())
+        .unwrap_or_default();
+    let jar = argv.iter().position(|a| a == "/jar/topology.jar");
+    let ok = argv.first().map(String::as_str) == Some("storm")
+        && argv.get(1).map(String::as_str) == Some("jar")
+        && jar.is_some_and(|i| argv.get(i + 1).map(String::as_str) == Some(main_class))
+        && argv.iter().any(|a| a == name)
+        && argv
+            .iter()
+            .any(|a| a.contains("storm-nimbus-0.storm-nimbus"));
+    ensure(ok, || format!("Job {} runs {argv:?}", job.name_any()))?;
+    let image = pod.containers.first().and_then(|c| c.image.clone());
+    ensure(image.as_deref() == Some("storm:2.6.4"), || {
+        format!("submission image {image:?}")
+    })?;
+    let fetch = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .flat_map(|c| c.command.clone().unwrap_or_default())
+        .any(|a| a.contains("storm-starter-2.6.4.jar"));
+    ensure(fetch, || {
+        "no init container fetches the jar URL".to_string()
+    })
 }
 
 fn managed_by_label(what: &str, meta: &ObjectMeta) -> Result<(), String> {
@@ -422,7 +575,12 @@ pub fn check_objects(
             conf["storm.zookeeper.servers"]
         )
     })?;
-    ensure(conf["nimbus.seeds"] == json!(["nimbus-0.nimbus"]), || {
+    // The managed cluster's seeds: its Nimbus pods' stable DNS names.
+    let seed = format!(
+        "storm-nimbus-0.storm-nimbus.{}.svc",
+        pool.namespace().unwrap_or_default()
+    );
+    ensure(conf["nimbus.seeds"] == json!([seed]), || {
         format!("{what}: nimbus.seeds is {}", conf["nimbus.seeds"])
     })?;
     ensure(conf["storm.zookeeper.port"] == json!(2181), || {
@@ -944,7 +1102,8 @@ pub async fn run(s: Scenario) {
     )
     .await;
 
-    // The cluster and topologies exist but nothing runs them yet.
+    // The managed cluster and its topologies: the operator creates the cluster's daemons, but
+    // the UI Service's DNS name does not resolve from the operator's host, so nothing runs yet.
     s.apply_yaml(
         "storm-cluster-and-topologies.yaml",
         CLUSTER_AND_TOPOLOGIES,
@@ -954,14 +1113,99 @@ pub async fn run(s: Scenario) {
     for case in &POOLS[1..] {
         s.apply_yaml(case.file, case.yaml, |_| {}).await;
     }
+    s.eventually("the managed cluster's daemons", WAIT, || {
+        check_managed_cluster(s)
+    })
+    .await;
+    s.note("StormCluster storm: Nimbus StatefulSet, UI Deployment, Services and storm.yaml as designed");
+    s.eventually(
+        "the cluster Pending while its UI is unreachable",
+        WAIT,
+        || async move {
+            let c = get_cluster(s).await?;
+            let st = c.status.clone().unwrap_or_default();
+            let ok = st.phase == Some(ClusterPhase::Pending)
+                && condition(&st.conditions, "Reachable").is_some_and(|c| c.status == "False");
+            ensure(ok, || describe_cluster(&c))
+        },
+    )
+    .await;
     for case in &POOLS {
         wait_blocked(s, case.name, "TopologyNotRunning").await;
     }
-    for topology in TOPOLOGIES {
-        set_running::<StormTopology>(s, topology).await;
+
+    // The UI, served from Storm's response shapes: the cluster runs, the observed topology is
+    // found by name, the two with a jar get their submission Jobs.
+    let ui = StormUi::start().await;
+    ui.add("ml-topology", "ACTIVE", 3);
+    let clusters: Api<StormCluster> = s.api();
+    let patch = json!({"spec": {"uiUrl": ui.url}});
+    if let Err(e) = clusters
+        .patch(CLUSTER, &merge_params(), &Patch::Merge(&patch))
+        .await
+    {
+        s.fail(format!("cannot set the uiUrl of the cluster: {e}"));
     }
-    wait_blocked(s, "my-workers", "ClusterNotRunning").await;
-    set_running::<StormCluster>(s, CLUSTER).await;
+    s.eventually(
+        "the cluster Running with Storm's figures",
+        WAIT,
+        || async move {
+            let c = get_cluster(s).await?;
+            let st = c.status.clone().unwrap_or_default();
+            let ok = st.phase == Some(ClusterPhase::Running)
+                && st.nimbus_leader.as_deref() == Some(storm_ui::LEADER)
+                && st.supervisors == Some(2)
+                && st.slots_total == Some(8)
+                && st.slots_free == Some(5)
+                && st.storm_version.as_deref() == Some("2.8.8");
+            ensure(ok, || describe_cluster(&c))
+        },
+    )
+    .await;
+    s.note("StormCluster storm: Running, leader, supervisors and slots from the UI REST API");
+    wait_topology(
+        s,
+        "ml-topology",
+        TopologyPhase::Running,
+        Some("ml-topology-1-1700000000"),
+    )
+    .await;
+    for (name, main_class) in [
+        ("my-topology", "org.apache.storm.starter.WordCountTopology"),
+        (
+            "streaming-topology",
+            "org.apache.storm.starter.ExclamationTopology",
+        ),
+    ] {
+        s.eventually(&format!("the submission Job of {name}"), WAIT, || {
+            check_submission(s, name, main_class)
+        })
+        .await;
+        wait_topology(s, name, TopologyPhase::Submitting, None).await;
+    }
+    s.note(
+        "my-topology, streaming-topology: submission Jobs run `storm jar` from the cluster's image",
+    );
+    // What a successful `storm jar` does: Nimbus lists the topologies.
+    ui.add("my-topology", "ACTIVE", 3);
+    ui.add("streaming-topology", "ACTIVE", 2);
+    for name in ["my-topology", "streaming-topology"] {
+        let id = format!("{name}-1-1700000000");
+        wait_topology(s, name, TopologyPhase::Running, Some(&id)).await;
+    }
+    let requests = ui.requests();
+    let by_name: Vec<&String> = requests
+        .iter()
+        .filter(|r| {
+            TOPOLOGIES
+                .iter()
+                .any(|t| r.ends_with(&format!("/topology/{t}")))
+        })
+        .collect();
+    ensure(by_name.is_empty(), || {
+        format!("the operator called a /topology/{{id}} path with a name: {by_name:?}")
+    })
+    .unwrap_or_else(|e| s.fail(e));
 
     // Every pool gets its children.
     for case in &POOLS {
@@ -1007,6 +1251,7 @@ pub async fn run(s: Scenario) {
 
     // Ready workers, simulated without nodes.
     simulate_readiness(s).await;
+    rebalance_and_suspend(s, &ui).await;
 
     // Autoscaling off: the HPA goes, the operator takes spec.replicas back.
     let patch = json!({"spec": {"autoscaling": {"enabled": false}}});
@@ -1170,4 +1415,138 @@ pub async fn run(s: Scenario) {
     )
     .await;
     s.note("gpu-workers: children garbage-collected");
+    delete_topologies(s, &ui).await;
+}
+
+/// The pools of my-topology have ready slots now: the operator rebalances it with a Job running
+/// `storm rebalance my-topology -n <slots>` and records the decision; `suspend` deactivates the
+/// topology through the UI REST API by its id, and clearing it activates it again.
+async fn rebalance_and_suspend(s: &Scenario, ui: &StormUi) {
+    let topologies: Api<StormTopology> = s.api();
+    let record = s
+        .eventually("a rebalance of my-topology recorded", WAIT, || async move {
+            let topologies: Api<StormTopology> = s.api();
+            let t = topologies
+                .get("my-topology")
+                .await
+                .obs("get StormTopology")?;
+            let st = t.status.clone().unwrap_or_default();
+            match st.last_rebalance {
+                Some(r) if r.job_name.is_some() && r.to_workers > 0 => Ok(r),
+                _ => Err(describe_topology(&t)),
+            }
+        })
+        .await;
+    let job_name = record.job_name.clone().unwrap_or_default();
+    let to = record.to_workers.to_string();
+    s.eventually(&format!("rebalance Job {job_name}"), WAIT, || {
+        let job_name = job_name.clone();
+        let to = to.clone();
+        async move {
+            let jobs: Api<Job> = s.api();
+            let job = jobs.get(&job_name).await.obs("get rebalance Job")?;
+            let argv = job
+                .spec
+                .as_ref()
+                .and_then(|j| j.template.spec.as_ref())
+                .and_then(|p| p.containers.first())
+                .and_then(|c| c.command.clone())
+                .unwrap_or_default();
+            let n = argv.iter().position(|a| a == "-n");
+            let ok = argv.iter().any(|a| a == "rebalance")
+                && argv.iter().any(|a| a == "my-topology")
+                && n.is_some_and(|i| argv.get(i + 1) == Some(&to));
+            ensure(ok, || format!("Job {job_name} runs {argv:?}"))
+        }
+    })
+    .await;
+    s.expect_event("StormTopology", "my-topology", "Normal", "Rebalancing", "")
+        .await;
+    s.note(format!(
+        "my-topology: rebalanced {} → {} workers by Job {} ({})",
+        record.from_workers,
+        record.to_workers,
+        record.job_name.unwrap_or_default(),
+        record.reason
+    ));
+
+    let id = "my-topology-1-1700000000";
+    for (suspend, op, phase) in [
+        (true, "deactivate", TopologyPhase::Suspended),
+        (false, "activate", TopologyPhase::Running),
+    ] {
+        let patch = json!({"spec": {"suspend": suspend}});
+        if let Err(e) = topologies
+            .patch("my-topology", &merge_params(), &Patch::Merge(&patch))
+            .await
+        {
+            s.fail(format!("cannot set suspend: {suspend} on my-topology: {e}"));
+        }
+        let expected = format!("POST /api/v1/topology/{id}/{op}");
+        s.eventually(&expected, WAIT, || {
+            let expected = expected.clone();
+            async move {
+                let seen = ui.requests();
+                ensure(seen.contains(&expected), || {
+                    format!(
+                        "the UI saw {:?}",
+                        seen.iter().rev().take(8).collect::<Vec<_>>()
+                    )
+                })
+            }
+        })
+        .await;
+        wait_topology(s, "my-topology", phase, Some(id)).await;
+    }
+    s.note("my-topology: suspend deactivated it by id, resume activated it");
+}
+
+/// Deleting a topology the operator submitted kills it in Storm (by id) and waits until Nimbus
+/// drops it; deleting an observed one kills nothing.
+async fn delete_topologies(s: &Scenario, ui: &StormUi) {
+    let topologies: Api<StormTopology> = s.api();
+    for name in ["streaming-topology", "ml-topology"] {
+        if let Err(e) = topologies.delete(name, &DeleteParams::background()).await {
+            s.fail(format!("cannot delete StormTopology {name}: {e}"));
+        }
+    }
+    s.eventually("both StormTopologies gone", WAIT, || async move {
+        let topologies: Api<StormTopology> = s.api();
+        let mut left = Vec::new();
+        for name in ["streaming-topology", "ml-topology"] {
+            if topologies
+                .get_opt(name)
+                .await
+                .obs("get StormTopology")?
+                .is_some()
+            {
+                left.push(name);
+            }
+        }
+        ensure(left.is_empty(), || format!("still there: {left:?}"))
+    })
+    .await;
+    let kills: Vec<String> = ui
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains("/kill/"))
+        .collect();
+    ensure(
+        kills.len() == 1
+            && kills[0].starts_with("POST /api/v1/topology/streaming-topology-1-1700000000/kill/"),
+        || format!("kill requests: {kills:?} (one, for the submitted topology, by id)"),
+    )
+    .unwrap_or_else(|e| s.fail(e));
+    ensure(ui.status("streaming-topology").is_none(), || {
+        "Storm still lists streaming-topology".to_string()
+    })
+    .unwrap_or_else(|e| s.fail(e));
+    ensure(
+        ui.status("ml-topology").as_deref() == Some("ACTIVE"),
+        || "the observed ml-topology was touched in Storm".to_string(),
+    )
+    .unwrap_or_else(|e| s.fail(e));
+    s.note(
+        "streaming-topology: killed in Storm by id on delete; ml-topology (observed) left running",
+    );
 }

@@ -1,0 +1,552 @@
+//! The StormCluster controller. A Managed cluster gets the objects built by [`build`] (storm.yaml
+//! ConfigMap, Nimbus headless Service and StatefulSet, UI Deployment and Service); an External
+//! one gets nothing. Either way the Storm UI REST API is polled every `pollIntervalSeconds` and
+//! the status computed by [`status`] is written when it changes.
+
+pub mod build;
+pub mod metrics;
+pub mod status;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{debug, info, instrument, warn};
+use workerpool_api::conditions::{self, READY};
+use workerpool_api::storm::{ClusterMode, StormCluster, StormClusterStatus};
+use workerpool_storm::Connector;
+
+use crate::apply;
+use crate::context::Shared;
+use crate::controllers::{ChildTracker, MANAGED_SELECTOR, scoped};
+use crate::error::{Error, Result};
+pub use metrics::ClusterMetrics;
+use status::{Daemons, Outcome, Poll, StormRead};
+
+/// Controller name used in metrics and logs.
+pub const CONTROLLER: &str = "stormcluster";
+/// Longest time between two polls of a UI that keeps not answering.
+pub const MAX_POLL_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The caches of a Managed cluster's objects (labelled [`MANAGED_SELECTOR`], managedFields
+/// stripped), filled by the controller's own watches. An object whose cached copy is controlled
+/// by its cluster and carries the hash of the body the reconciler would apply is not applied
+/// again, so a poll of a cluster where nothing changed sends no write.
+#[derive(Clone)]
+pub struct ChildCaches {
+    /// ConfigMaps.
+    pub config_maps: Store<ConfigMap>,
+    /// Services.
+    pub services: Store<Service>,
+    /// StatefulSets.
+    pub statefulsets: Store<StatefulSet>,
+    /// Deployments.
+    pub deployments: Store<Deployment>,
+}
+
+impl Default for ChildCaches {
+    /// Empty caches that nothing fills (every object is applied): tests and tools.
+    fn default() -> Self {
+        Self {
+            config_maps: reflector::store().0,
+            services: reflector::store().0,
+            statefulsets: reflector::store().0,
+            deployments: reflector::store().0,
+        }
+    }
+}
+
+/// State of the StormCluster controller.
+pub struct Context {
+    /// Client, recorder, operator metrics, gate, reconcile backoff.
+    pub shared: Shared,
+    /// Makes the Storm UI REST client of a cluster.
+    pub connector: Arc<dyn Connector>,
+    /// The StormCluster gauges.
+    pub metrics: Arc<ClusterMetrics>,
+    /// The watch caches of the clusters' objects.
+    pub caches: ChildCaches,
+    /// Last seen version of each applied object, to tell created from updated in Events.
+    pub children: ChildTracker,
+    /// Consecutive polls per cluster (`namespace/name`) whose UI did not answer.
+    unreachable_polls: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context with the given parts.
+    pub fn new(
+        shared: Shared,
+        connector: Arc<dyn Connector>,
+        metrics: Arc<ClusterMetrics>,
+        caches: ChildCaches,
+    ) -> Self {
+        Self {
+            shared,
+            connector,
+            metrics,
+            caches,
+            children: ChildTracker::default(),
+            unreachable_polls: Mutex::default(),
+        }
+    }
+
+    /// When to poll again after a poll with `outcome`: the cluster's interval, doubled for each
+    /// consecutive poll whose UI did not answer, up to [`MAX_POLL_BACKOFF`] (or the interval,
+    /// if longer).
+    pub fn next_poll(&self, key: &str, interval_secs: i32, outcome: Outcome) -> Duration {
+        let base = Duration::from_secs(u64::try_from(interval_secs.max(1)).unwrap_or(1));
+        let mut polls = self
+            .unreachable_polls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if outcome != Outcome::Unreachable {
+            polls.remove(key);
+            return base;
+        }
+        let n = polls.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        let factor = 1u32 << (*n - 1).min(10);
+        base.saturating_mul(factor).min(MAX_POLL_BACKOFF.max(base))
+    }
+
+    /// Forgets what is kept for the deleted cluster `namespace/name`: its gauges and poll backoff.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.metrics.forget(namespace, name);
+        self.unreachable_polls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&format!("{namespace}/{name}"));
+    }
+}
+
+fn key(cluster: &StormCluster) -> String {
+    format!(
+        "{}/{}",
+        cluster.namespace().unwrap_or_default(),
+        cluster.name_any()
+    )
+}
+
+fn object_ref(cluster: &StormCluster) -> ObjectReference {
+    cluster.object_ref(&())
+}
+
+/// The cached copy of `desired` (same namespace and name), if any.
+fn cached<K>(store: &Store<K>, desired: &K) -> Option<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .get(&ObjectRef::from_obj(desired))
+        .map(|c| (*c).clone())
+}
+
+/// Whether the API server refused an object as invalid (400 or 422): no retry helps until the
+/// spec changes.
+fn is_rejection(err: &Error) -> bool {
+    matches!(err, Error::Kube(kube::Error::Api(s)) if s.code == 400 || s.code == 422)
+}
+
+/// Reconciles one cluster: applies a Managed cluster's objects, polls Storm, writes the status
+/// when it changed, and requeues for the next poll. API failures return `Err` (retried with
+/// backoff); an apply rejected as invalid also sets the phase `Failed`.
+#[instrument(skip_all, fields(cluster = %cluster.name_any(), namespace = cluster.namespace().unwrap_or_default()))]
+pub async fn reconcile(cluster: Arc<StormCluster>, ctx: Arc<Context>) -> Result<Action> {
+    if let Some(action) = ctx.shared.gate.closed() {
+        return Ok(action);
+    }
+    let _timer = ctx.shared.metrics.reconcile_started(CONTROLLER);
+    let key = key(&cluster);
+    if cluster.metadata.deletion_timestamp.is_some() {
+        // Owner references delete the objects; only what the operator keeps is dropped.
+        ctx.forget(
+            &cluster.namespace().unwrap_or_default(),
+            &cluster.name_any(),
+        );
+        return Ok(Action::await_change());
+    }
+    match reconcile_inner(&cluster, &ctx).await {
+        Ok(action) => {
+            ctx.shared.reset_backoff(&key);
+            Ok(action)
+        }
+        Err(e) => {
+            let message = build::scrub_userinfo(&e.to_string());
+            ctx.shared
+                .event(
+                    &object_ref(&cluster),
+                    true,
+                    e.category(),
+                    "Reconcile",
+                    message.clone(),
+                )
+                .await;
+            if is_rejection(&e) {
+                let failed = status::failed(&cluster, "ApplyRejected", &message, Timestamp::now());
+                if write_status(&cluster, &ctx, &failed).await.is_ok() {
+                    observe(&cluster, &ctx, &failed);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn reconcile_inner(cluster: &StormCluster, ctx: &Context) -> Result<Action> {
+    let now = Timestamp::now();
+    if let Err(e) = build::validate(cluster) {
+        return report_invalid(cluster, ctx, &e, now).await;
+    }
+    let daemons = match cluster.spec.mode {
+        ClusterMode::External => None,
+        ClusterMode::Managed => {
+            let children = match build::children(cluster) {
+                Ok(c) => c,
+                Err(e) => return report_invalid(cluster, ctx, &e, now).await,
+            };
+            Some(apply_children(cluster, ctx, &children).await?)
+        }
+    };
+    let ui_url = cluster.ui_url().unwrap_or_default();
+    let poll = poll(ctx, &ui_url).await;
+    let outcome = status::outcome(&poll);
+    if let Err(e) = &poll {
+        debug!(error = %build::scrub_userinfo(&e.to_string()), ?outcome, "Storm UI read failed");
+    }
+    let new_status = status::compute(cluster, daemons, &poll, now);
+    let notes = status::notes(cluster.status.as_ref(), &new_status);
+    write_status(cluster, ctx, &new_status).await?;
+    for note in notes {
+        if note.warning {
+            warn!(reason = note.reason, message = %note.message, "Storm cluster");
+        } else {
+            info!(reason = note.reason, message = %note.message, "Storm cluster");
+        }
+        ctx.shared
+            .event(
+                &object_ref(cluster),
+                note.warning,
+                note.reason,
+                "PollStorm",
+                note.message,
+            )
+            .await;
+    }
+    observe(cluster, ctx, &new_status);
+    if outcome == Outcome::Invalid {
+        return Ok(Action::await_change());
+    }
+    let delay = ctx.next_poll(&key(cluster), cluster.poll_interval_seconds(), outcome);
+    Ok(Action::requeue(delay))
+}
+
+fn observe(cluster: &StormCluster, ctx: &Context, status: &StormClusterStatus) {
+    ctx.metrics.observe(
+        &cluster.namespace().unwrap_or_default(),
+        &cluster.name_any(),
+        cluster.spec.mode,
+        status,
+        status::is_reachable(status),
+    );
+}
+
+/// Reads the cluster and Nimbus summaries from the UI at `ui_url`.
+async fn poll(ctx: &Context, ui_url: &str) -> Poll {
+    let api = ctx.connector.connect(ui_url)?;
+    let summary = api.cluster_summary().await?;
+    let nimbuses = api.nimbus_summary().await?;
+    Ok(StormRead { summary, nimbuses })
+}
+
+async fn report_invalid(
+    cluster: &StormCluster,
+    ctx: &Context,
+    err: &Error,
+    now: Timestamp,
+) -> Result<Action> {
+    let message = build::scrub_userinfo(&err.to_string());
+    let unchanged = cluster
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, READY))
+        .is_some_and(|c| c.reason == "InvalidSpec" && c.message == message);
+    let failed = status::failed(cluster, "InvalidSpec", &message, now);
+    write_status(cluster, ctx, &failed).await?;
+    observe(cluster, ctx, &failed);
+    if !unchanged {
+        warn!(%message, "invalid spec");
+        ctx.shared
+            .event(
+                &object_ref(cluster),
+                true,
+                "InvalidSpec",
+                "Validate",
+                message,
+            )
+            .await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Applies a Managed cluster's objects (each skipped when its cached copy is up to date) and
+/// returns its daemons' readiness as the StatefulSet and Deployment report it.
+async fn apply_children(
+    cluster: &StormCluster,
+    ctx: &Context,
+    children: &build::Children,
+) -> Result<Daemons> {
+    let client = ctx.shared.client.clone();
+    let ns = cluster.namespace().unwrap_or_default();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client, &ns);
+    let caches = &ctx.caches;
+
+    let cm = &children.config_map;
+    apply_child(
+        ctx,
+        cluster,
+        &config_maps,
+        cm,
+        cached(&caches.config_maps, cm),
+    )
+    .await?;
+    let svc = &children.nimbus_service;
+    apply_child(ctx, cluster, &services, svc, cached(&caches.services, svc)).await?;
+    let sts = &children.nimbus;
+    let nimbus = apply_child(
+        ctx,
+        cluster,
+        &statefulsets,
+        sts,
+        cached(&caches.statefulsets, sts).filter(|c| same_replicas_sts(c, sts)),
+    )
+    .await?;
+    let ui = &children.ui;
+    let ui = apply_child(
+        ctx,
+        cluster,
+        &deployments,
+        ui,
+        cached(&caches.deployments, ui).filter(|c| same_replicas_deploy(c, ui)),
+    )
+    .await?;
+    let svc = &children.ui_service;
+    apply_child(ctx, cluster, &services, svc, cached(&caches.services, svc)).await?;
+
+    Ok(Daemons {
+        nimbus_ready: nimbus
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0),
+        nimbus_desired: cluster.nimbus_replicas(),
+        ui_ready: ui
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0),
+        ui_desired: build::ui_replicas(cluster),
+    })
+}
+
+/// A replica count changed by someone else (`kubectl scale`) keeps the hash: set it back.
+fn same_replicas_sts(current: &StatefulSet, desired: &StatefulSet) -> bool {
+    current.spec.as_ref().and_then(|s| s.replicas) == desired.spec.as_ref().and_then(|s| s.replicas)
+}
+
+fn same_replicas_deploy(current: &Deployment, desired: &Deployment) -> bool {
+    current.spec.as_ref().and_then(|s| s.replicas) == desired.spec.as_ref().and_then(|s| s.replicas)
+}
+
+/// Applies `object` unless `current` (the cached copy) is up to date; returns it as stored.
+async fn apply_child<K>(
+    ctx: &Context,
+    cluster: &StormCluster,
+    api: &Api<K>,
+    object: &K,
+    current: Option<K>,
+) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    if let Some(current) = current.filter(|c| build::up_to_date(c, object, cluster)) {
+        debug!(
+            kind = K::kind(&()).as_ref(),
+            name = current.name_any(),
+            "object is up to date, not applied"
+        );
+        return Ok(current);
+    }
+    let applied = apply::apply(api, object).await?;
+    if let Some(change) = ctx.children.observe(&applied) {
+        ctx.shared
+            .event(
+                &object_ref(cluster),
+                false,
+                change.reason(),
+                &format!("Apply{}", K::kind(&())),
+                format!("{} {} {}", change.verb(), K::kind(&()), applied.name_any()),
+            )
+            .await;
+    }
+    Ok(applied)
+}
+
+async fn write_status(
+    cluster: &StormCluster,
+    ctx: &Context,
+    status: &StormClusterStatus,
+) -> Result<()> {
+    if status::unchanged(cluster.status.as_ref(), status) {
+        return Ok(());
+    }
+    let api: Api<StormCluster> = Api::namespaced(
+        ctx.shared.client.clone(),
+        &cluster.namespace().unwrap_or_default(),
+    );
+    apply::apply_status(&api, &cluster.name_any(), status).await
+}
+
+/// Requeues a failed reconcile with per-object exponential backoff.
+pub fn error_policy(cluster: Arc<StormCluster>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.shared
+        .metrics
+        .reconcile_failed(CONTROLLER, err.category());
+    let key = key(&cluster);
+    let delay = ctx.shared.backoff(&key);
+    warn!(cluster = %key, category = err.category(), error = %build::scrub_userinfo(&err.to_string()), ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The controller's cache of StormClusters and the future that runs it until `shutdown`
+/// resolves. `connector` makes each cluster's Storm UI client; `metrics` holds the gauges
+/// (register them once with [`ClusterMetrics::register`]).
+pub fn controller(
+    shared: Shared,
+    namespace: Option<&str>,
+    connector: Arc<dyn Connector>,
+    metrics: Arc<ClusterMetrics>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> (Store<StormCluster>, impl Future<Output = ()> + Send) {
+    let client = shared.client.clone();
+    let ns = namespace;
+    let labelled = watcher::Config::default().labels(MANAGED_SELECTOR);
+    let readiness = shared.gate.readiness.clone();
+    let (store, clusters) = crate::cache::watch(
+        scoped::<StormCluster>(&client, ns),
+        watcher::Config::default(),
+        readiness.track("stormclusters"),
+    );
+    let (config_maps, config_map_events) = crate::cache::watch(
+        scoped::<ConfigMap>(&client, ns),
+        labelled.clone(),
+        readiness.track("stormcluster-configmaps"),
+    );
+    let (services, service_events) = crate::cache::watch(
+        scoped::<Service>(&client, ns),
+        labelled.clone(),
+        readiness.track("stormcluster-services"),
+    );
+    let (statefulsets, statefulset_events) = crate::cache::watch(
+        scoped::<StatefulSet>(&client, ns),
+        labelled.clone(),
+        readiness.track("stormcluster-statefulsets"),
+    );
+    let (deployments, deployment_events) = crate::cache::watch(
+        scoped::<Deployment>(&client, ns),
+        labelled,
+        readiness.track("stormcluster-deployments"),
+    );
+    let leadership = shared.gate.on_leadership();
+    let config = shared.controller_config();
+    let ctx = Arc::new(Context::new(
+        shared,
+        connector,
+        metrics,
+        ChildCaches {
+            config_maps,
+            services,
+            statefulsets,
+            deployments,
+        },
+    ));
+    let forget_ctx = ctx.clone();
+    let clusters = crate::cache::on_deleted(clusters, store.clone(), move |c: &StormCluster| {
+        forget_ctx.forget(&c.namespace().unwrap_or_default(), &c.name_any());
+    });
+    // The same watches that fill the caches trigger the owner's reconcile on a change.
+    let future = Controller::for_stream(clusters, store.clone())
+        .with_config(config)
+        .reconcile_all_on(leadership)
+        .owns_stream(config_map_events)
+        .owns_stream(service_events)
+        .owns_stream(statefulset_events)
+        .owns_stream(deployment_events)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()));
+    (store, future)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn poll_backoff_doubles_up_to_five_minutes_and_resets() {
+        let (client, _) = {
+            let (svc, handle) = tower_test::mock::pair::<
+                http::Request<kube::client::Body>,
+                http::Response<kube::client::Body>,
+            >();
+            (kube::Client::new(svc, "default"), handle)
+        };
+        let ctx = Context::new(
+            Shared::new(client, Arc::default(), None),
+            Arc::new(NoConnector),
+            Arc::default(),
+            ChildCaches::default(),
+        );
+        let s = Duration::from_secs;
+        let got: Vec<Duration> = (0..7)
+            .map(|_| ctx.next_poll("ns/a", 15, Outcome::Unreachable))
+            .collect();
+        assert_eq!(
+            got,
+            vec![s(15), s(30), s(60), s(120), s(240), s(300), s(300)]
+        );
+        assert_eq!(ctx.next_poll("ns/a", 15, Outcome::NoLeader), s(15));
+        assert_eq!(
+            ctx.next_poll("ns/a", 15, Outcome::Unreachable),
+            s(15),
+            "reset"
+        );
+        assert_eq!(ctx.next_poll("ns/b", 600, Outcome::Unreachable), s(600));
+        assert_eq!(ctx.next_poll("ns/b", 600, Outcome::Unreachable), s(600));
+        assert_eq!(ctx.next_poll("ns/c", 15, Outcome::Leader), s(15));
+    }
+
+    struct NoConnector;
+    impl Connector for NoConnector {
+        fn connect(
+            &self,
+            ui_url: &str,
+        ) -> workerpool_storm::Result<Arc<dyn workerpool_storm::StormApi>> {
+            Err(workerpool_storm::Error::Invalid(ui_url.into()))
+        }
+    }
+}

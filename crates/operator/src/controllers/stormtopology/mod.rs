@@ -1,0 +1,1328 @@
+//! The StormTopology controller: submits a topology with a Job running `storm jar` (when the
+//! topology has a `jar`), reads its state from the Storm UI REST API of its cluster, deactivates
+//! and activates it for `suspend`, kills and resubmits it when the submitted spec changes,
+//! kills it on delete (behind the [`FINALIZER`]), and rebalances it with a Job running
+//! `storm rebalance -n` when the ready slots of the pools that serve it change.
+//!
+//! Each reconcile observes (the cluster and Jobs from watch caches, the topology from Storm),
+//! decides with pure functions ([`build`], [`status`], [`rebalance`]) and acts. Everything that
+//! must survive a restart of the operator is in the status (`submittedHash`, `lastRebalance`)
+//! or in the Jobs themselves, never in memory. Status is written only when it changed, and
+//! holds nothing that changes with every poll (the uptime is a metric; the launch time is
+//! truncated to the minute).
+
+pub mod build;
+pub mod metrics;
+pub mod rebalance;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use kube::{Resource, ResourceExt};
+use tracing::{debug, info, instrument, warn};
+use workerpool_api::conditions::{self, READY};
+use workerpool_api::storm::{
+    DEFAULT_KILL_WAIT_SECONDS, RebalanceRecord, StormCluster, StormTopology, StormTopologyStatus,
+    StormWorkerPool, TopologyPhase,
+};
+use workerpool_storm::{Connector, StormApi, TopologyStatus, TopologySummary};
+
+use crate::context::Shared;
+use crate::controllers::scoped;
+use crate::error::{Error, Result};
+use build::JobState;
+pub use metrics::TopologyMetrics;
+use rebalance::{Decision, PoolView};
+use status::{CLUSTER_READY, SUBMITTED};
+
+/// Controller name used in metrics and logs.
+pub const CONTROLLER: &str = "stormtopology";
+/// Finalizer of topologies the operator submitted: removed once the topology has left Storm.
+pub const FINALIZER: &str = "storm.apache.org/topology-kill";
+/// How soon a topology whose cluster is missing or not running is looked at again.
+pub const CLUSTER_RETRY: Duration = Duration::from_secs(30);
+/// How soon a topology is looked at again while a Job runs or a kill takes effect.
+pub const SETTLING: Duration = Duration::from_secs(5);
+/// How soon a deleted topology is looked at again while its kill takes effect.
+pub const KILL_POLL: Duration = Duration::from_secs(10);
+/// How long after the deletion a topology whose kill cannot be confirmed (Storm unreachable)
+/// is released anyway.
+pub const KILL_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest wait between two looks while Storm is unreachable.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A failed topology is looked at again after this long (a spec change triggers at once).
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// A submission Job that succeeded this many seconds ago while Storm never listed the
+/// topology makes the phase `Failed` (reason `NotListed`) instead of waiting on.
+pub const NOT_LISTED_AFTER_SECS: i64 = 120;
+/// A rebalance recorded as `Running` whose Job the cache has not shown for this many seconds is
+/// created (again): the operator stopped between the status write and the create.
+pub const REBALANCE_JOB_GRACE_SECS: i64 = 30;
+/// `lastRebalance.result` of a Job that has not finished.
+pub const RESULT_RUNNING: &str = "Running";
+/// `lastRebalance.result` of a Job that completed.
+pub const RESULT_SUCCEEDED: &str = "Succeeded";
+/// `lastRebalance.result` of a Job that failed.
+pub const RESULT_FAILED: &str = "Failed";
+
+/// State of the StormTopology controller.
+pub struct Context {
+    /// Client, recorder, shared metrics, gate.
+    pub shared: Shared,
+    /// Makes the Storm UI REST client of a cluster.
+    pub connector: Arc<dyn Connector>,
+    /// The controller's own metrics.
+    pub metrics: Arc<TopologyMetrics>,
+    /// Cache of StormClusters.
+    pub clusters: Store<StormCluster>,
+    /// Cache of StormWorkerPools (the pools serving a topology give its ready slots).
+    pub pools: Store<StormWorkerPool>,
+    /// Cache of the Jobs this controller makes ([`build::JOB_SELECTOR`]).
+    pub jobs: Store<Job>,
+}
+
+fn key(t: &StormTopology) -> String {
+    format!(
+        "stormtopology/{}/{}",
+        t.namespace().unwrap_or_default(),
+        t.name_any()
+    )
+}
+
+fn object_ref(t: &StormTopology) -> ObjectReference {
+    t.object_ref(&())
+}
+
+/// Reconciles one StormTopology.
+#[instrument(skip_all, fields(topology = %topology.name_any(), namespace = topology.namespace().unwrap_or_default()))]
+pub async fn reconcile(topology: Arc<StormTopology>, ctx: Arc<Context>) -> Result<Action> {
+    if let Some(action) = ctx.shared.gate.closed() {
+        return Ok(action);
+    }
+    let _timer = ctx.shared.metrics.reconcile_started(CONTROLLER);
+    let k = key(&topology);
+    match reconcile_inner(&topology, &ctx).await {
+        Ok(action) => {
+            ctx.shared.reset_backoff(&k);
+            Ok(action)
+        }
+        Err(e) => {
+            ctx.shared
+                .event(
+                    &object_ref(&topology),
+                    true,
+                    e.category(),
+                    "Reconcile",
+                    e.to_string(),
+                )
+                .await;
+            Err(e)
+        }
+    }
+}
+
+/// Writes the status when it changed from what was last written (or read).
+struct StatusWriter<'a> {
+    topology: &'a StormTopology,
+    ctx: &'a Context,
+    current: Option<StormTopologyStatus>,
+}
+
+impl<'a> StatusWriter<'a> {
+    fn new(topology: &'a StormTopology, ctx: &'a Context) -> Self {
+        Self {
+            topology,
+            ctx,
+            current: topology.status.clone(),
+        }
+    }
+
+    async fn write(&mut self, new: &StormTopologyStatus) -> Result<()> {
+        if status::unchanged(self.current.as_ref(), new) {
+            return Ok(());
+        }
+        let api: Api<StormTopology> = Api::namespaced(
+            self.ctx.shared.client.clone(),
+            &self.topology.namespace().unwrap_or_default(),
+        );
+        crate::apply::apply_status(&api, &self.topology.name_any(), new).await?;
+        self.current = Some(new.clone());
+        Ok(())
+    }
+}
+
+/// What Storm says about the topology.
+struct Observed {
+    api: Arc<dyn StormApi>,
+    found: Option<TopologySummary>,
+    /// When nothing is listed under the name: the topology listed under the id recorded in
+    /// status (its `topologyName` changed since it was submitted).
+    previous: Option<TopologySummary>,
+    /// The last component error, when `/topology/{id}` answered.
+    last_error: Option<Option<String>>,
+}
+
+/// Looks the topology up by name in Storm (or, when no topology has that name, by the id
+/// `previous_id` recorded in status), then reads its detail by id (a failure of the latter is
+/// tolerated).
+async fn look(
+    ctx: &Context,
+    cluster: &StormCluster,
+    storm_name: &str,
+    previous_id: Option<&str>,
+) -> std::result::Result<Observed, String> {
+    let url = cluster
+        .ui_url()
+        .ok_or_else(|| format!("StormCluster {} has no Storm UI URL", cluster.name_any()))?;
+    let api = ctx.connector.connect(&url).map_err(|e| e.to_string())?;
+    let all = api.topology_summary().await.map_err(|e| e.to_string())?;
+    let found = all.iter().find(|t| t.name == storm_name).cloned();
+    let previous = match (&found, previous_id) {
+        (None, Some(id)) => all.iter().find(|t| t.id == id).cloned(),
+        _ => None,
+    };
+    let last_error = match &found {
+        Some(f) => match api.topology(&f.id).await {
+            Ok(detail) => Some(detail.last_error()),
+            Err(e) => {
+                debug!(error = %e, id = %f.id, "topology detail not read; last error kept");
+                None
+            }
+        },
+        None => None,
+    };
+    Ok(Observed {
+        api,
+        found,
+        previous,
+        last_error,
+    })
+}
+
+fn has_finalizer(t: &StormTopology) -> bool {
+    t.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// Sets the topology's finalizers to `finalizers`, guarded by the resourceVersion seen (a
+/// concurrent change makes the patch fail with 409 and the topology is reconciled again).
+async fn patch_finalizers(ctx: &Context, t: &StormTopology, finalizers: Vec<String>) -> Result<()> {
+    let patch = serde_json::json!({
+        "metadata": {
+            "resourceVersion": t.resource_version(),
+            "finalizers": finalizers,
+        }
+    });
+    let api: Api<StormTopology> = Api::namespaced(
+        ctx.shared.client.clone(),
+        &t.namespace().unwrap_or_default(),
+    );
+    match api
+        .patch(
+            &t.name_any(),
+            &PatchParams {
+                field_manager: Some(crate::FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+async fn add_finalizer(ctx: &Context, t: &StormTopology) -> Result<()> {
+    let mut finalizers = t.finalizers().to_vec();
+    finalizers.push(FINALIZER.into());
+    patch_finalizers(ctx, t, finalizers).await
+}
+
+async fn remove_finalizer(ctx: &Context, t: &StormTopology) -> Result<()> {
+    let finalizers = t
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    patch_finalizers(ctx, t, finalizers).await
+}
+
+/// The topology's cluster when it is Running; otherwise the reason and message of `ClusterReady=False`.
+fn ready_cluster(
+    t: &StormTopology,
+    ctx: &Context,
+) -> std::result::Result<StormCluster, (&'static str, String)> {
+    let ns = t.namespace().unwrap_or_default();
+    let name = &t.spec.cluster_ref;
+    let Some(cluster) = ctx.clusters.get(&ObjectRef::new(name).within(&ns)) else {
+        return Err((
+            "ClusterNotFound",
+            format!("StormCluster {ns}/{name} does not exist"),
+        ));
+    };
+    if !cluster.is_running() {
+        let phase = cluster.status.as_ref().and_then(|s| s.phase);
+        return Err((
+            "ClusterNotRunning",
+            format!(
+                "StormCluster {ns}/{name} is {}, waiting for Running",
+                phase.map_or("without a phase", |p| p.as_str())
+            ),
+        ));
+    }
+    Ok((*cluster).clone())
+}
+
+/// The Jobs in the cache that this topology controls.
+fn owned_jobs(t: &StormTopology, ctx: &Context) -> Vec<Job> {
+    let ns = t.namespace();
+    ctx.jobs
+        .state()
+        .into_iter()
+        .filter(|j| j.namespace() == ns && build::controlled_by(&**j, t))
+        .map(|j| (*j).clone())
+        .collect()
+}
+
+/// Creates `job`; an existing Job of that name counts as created (the name is deterministic).
+async fn create_job(ctx: &Context, job: &Job) -> Result<bool> {
+    let api: Api<Job> = Api::namespaced(
+        ctx.shared.client.clone(),
+        &job.namespace().unwrap_or_default(),
+    );
+    let params = PostParams {
+        field_manager: Some(crate::FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, job).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes the Job `name` (and its pods); a Job already gone is fine.
+async fn delete_job(ctx: &Context, namespace: &str, name: &str) -> Result<()> {
+    let api: Api<Job> = Api::namespaced(ctx.shared.client.clone(), namespace);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn kill_wait(t: &StormTopology) -> u32 {
+    u32::try_from(
+        t.spec
+            .kill_wait_seconds
+            .unwrap_or(DEFAULT_KILL_WAIT_SECONDS),
+    )
+    .unwrap_or(0)
+}
+
+fn condition_is(st: &StormTopologyStatus, type_: &str, reason: &str, message: &str) -> bool {
+    conditions::find(&st.conditions, type_)
+        .is_some_and(|c| c.reason == reason && c.message == message)
+}
+
+async fn reconcile_inner(t: &StormTopology, ctx: &Context) -> Result<Action> {
+    let now = Timestamp::now();
+    if t.metadata.deletion_timestamp.is_some() {
+        return finalize(t, ctx, now).await;
+    }
+    let ns = t.namespace().unwrap_or_default();
+    let name = t.name_any();
+    let generation = t.metadata.generation;
+    let mut writer = StatusWriter::new(t, ctx);
+    let mut st = t.status.clone().unwrap_or_default();
+
+    if let Err(e) = build::validate(t) {
+        let message = e.to_string();
+        let reported = condition_is(&st, READY, "InvalidSpec", &message);
+        status::set_phase(
+            &mut st,
+            TopologyPhase::Failed,
+            "InvalidSpec",
+            &message,
+            generation,
+            now,
+        );
+        writer.write(&st).await?;
+        if !reported {
+            warn!(%message, "invalid spec");
+            ctx.shared
+                .event(&object_ref(t), true, "InvalidSpec", "Validate", message)
+                .await;
+        }
+        return Ok(Action::await_change());
+    }
+
+    // Only what the operator submits is killed on delete.
+    match (t.is_submitted_by_operator(), has_finalizer(t)) {
+        (true, false) => add_finalizer(ctx, t).await?,
+        (false, true) => remove_finalizer(ctx, t).await?,
+        _ => {}
+    }
+
+    let cluster = match ready_cluster(t, ctx) {
+        Ok(c) => c,
+        Err((reason, message)) => {
+            status::set(
+                &mut st,
+                CLUSTER_READY,
+                false,
+                reason,
+                &message,
+                generation,
+                now,
+            );
+            status::set_phase(
+                &mut st,
+                TopologyPhase::Pending,
+                reason,
+                message,
+                generation,
+                now,
+            );
+            writer.write(&st).await?;
+            return Ok(Action::requeue(CLUSTER_RETRY));
+        }
+    };
+    status::set(
+        &mut st,
+        CLUSTER_READY,
+        true,
+        "ClusterRunning",
+        format!("StormCluster {ns}/{} is Running", cluster.name_any()),
+        generation,
+        now,
+    );
+    let poll =
+        Duration::from_secs(u64::try_from(cluster.poll_interval_seconds().max(1)).unwrap_or(15));
+    let storm_name = t.storm_name();
+    let storm_key = format!("storm/{}", key(t));
+
+    let observed = match look(ctx, &cluster, &storm_name, st.topology_id.as_deref()).await {
+        Ok(o) => {
+            ctx.shared.reset_backoff(&storm_key);
+            o
+        }
+        Err(message) => {
+            // Doubles from the poll interval up to MAX_BACKOFF while Storm does not answer.
+            let factor = ctx.shared.backoff(&storm_key).as_secs().max(1);
+            let delay = poll
+                .saturating_mul(u32::try_from(factor).unwrap_or(u32::MAX))
+                .min(MAX_BACKOFF);
+            warn!(%message, ?delay, "Storm is unreachable");
+            st.message = Some(message.clone());
+            status::set(
+                &mut st,
+                READY,
+                false,
+                "StormUnreachable",
+                message,
+                generation,
+                now,
+            );
+            st.observed_generation = generation;
+            writer.write(&st).await?;
+            return Ok(Action::requeue(delay));
+        }
+    };
+    match &observed.found {
+        Some(found) => ctx.metrics.observe(&ns, &name, found),
+        None => ctx.metrics.absent(&ns, &name),
+    }
+    let jobs = owned_jobs(t, ctx);
+
+    let handled = if t.is_submitted_by_operator() {
+        submission(t, ctx, &cluster, &observed, &jobs, &mut st, now).await?
+    } else {
+        conditions::remove_condition(&mut st.conditions, SUBMITTED);
+        None
+    };
+    let action = match (handled, &observed.found) {
+        (Some(action), _) => action,
+        (None, None) => {
+            status::forget_storm(&mut st);
+            status::set_phase(
+                &mut st,
+                TopologyPhase::Pending,
+                "NotSubmitted",
+                format!("waiting for {storm_name} to be submitted to Storm"),
+                generation,
+                now,
+            );
+            Action::requeue(poll)
+        }
+        (None, Some(found)) => {
+            running(
+                t,
+                ctx,
+                &cluster,
+                &observed,
+                found,
+                &jobs,
+                &mut st,
+                &mut writer,
+                now,
+            )
+            .await?;
+            Action::requeue(poll)
+        }
+    };
+    writer.write(&st).await?;
+    Ok(action)
+}
+
+/// The submission part of a topology with a `jar`: records a succeeded Job, deletes Jobs of
+/// older specs, kills an outdated topology (redeploy), and submits when the topology is not in
+/// Storm. Returns the action when it decided the phase; `None` when the topology is in Storm
+/// and runs the current spec (or one the operator did not submit).
+async fn submission(
+    t: &StormTopology,
+    ctx: &Context,
+    cluster: &StormCluster,
+    observed: &Observed,
+    jobs: &[Job],
+    st: &mut StormTopologyStatus,
+    now: Timestamp,
+) -> Result<Option<Action>> {
+    let ns = t.namespace().unwrap_or_default();
+    let name = t.name_any();
+    let generation = t.metadata.generation;
+    let storm_name = t.storm_name();
+    let hash = build::spec_hash(t);
+    let job_name = build::submit_job_name(&name, &hash);
+    let job = jobs.iter().find(|j| j.name_any() == job_name);
+    let state = job.map(build::job_state);
+
+    if state == Some(JobState::Succeeded) {
+        if st.submitted_hash.as_deref() != Some(hash.as_str()) {
+            st.submitted_hash = Some(hash.clone());
+            ctx.metrics.submission(&ns, &name, "succeeded");
+            info!(job = %job_name, "submission succeeded");
+            ctx.shared
+                .event(
+                    &object_ref(t),
+                    false,
+                    "Submitted",
+                    "Submit",
+                    format!("Job {job_name} submitted topology {storm_name} to Storm"),
+                )
+                .await;
+        }
+        // Jobs of older specs are no longer needed once the current one succeeded.
+        for old in jobs.iter().filter(|j| {
+            j.name_any() != job_name
+                && j.labels().get(build::JOB_LABEL).map(String::as_str) == Some(build::JOB_SUBMIT)
+        }) {
+            delete_job(ctx, &ns, &old.name_any()).await?;
+            debug!(job = %old.name_any(), "deleted the submission Job of an older spec");
+        }
+    }
+    if job.is_some() {
+        st.submit_job = Some(job_name.clone());
+    }
+
+    let outdated = st.submitted_hash.as_ref().is_some_and(|h| *h != hash);
+    if observed.found.is_some() {
+        match &state {
+            Some(JobState::Running) => {
+                status::set(
+                    st,
+                    SUBMITTED,
+                    false,
+                    "Submitting",
+                    format!("Job {job_name} is submitting the current spec"),
+                    generation,
+                    now,
+                );
+                return Ok(None);
+            }
+            Some(JobState::Failed(why)) => {
+                let message = format!("submission Job {job_name} failed: {why}");
+                status::set(
+                    st,
+                    SUBMITTED,
+                    false,
+                    "SubmissionFailed",
+                    message,
+                    generation,
+                    now,
+                );
+                return Ok(None);
+            }
+            Some(JobState::Succeeded) => {
+                status::set(
+                    st,
+                    SUBMITTED,
+                    true,
+                    "Submitted",
+                    format!("Job {job_name} submitted the current spec"),
+                    generation,
+                    now,
+                );
+                return Ok(None);
+            }
+            None if !outdated => {
+                if st.submitted_hash.is_none() {
+                    status::set(
+                        st,
+                        SUBMITTED,
+                        true,
+                        "FoundInStorm",
+                        format!(
+                            "{storm_name} was already in Storm; the operator did not submit it"
+                        ),
+                        generation,
+                        now,
+                    );
+                } else {
+                    status::set(
+                        st,
+                        SUBMITTED,
+                        true,
+                        "Submitted",
+                        format!("Job {job_name} submitted the current spec"),
+                        generation,
+                        now,
+                    );
+                }
+                return Ok(None);
+            }
+            None => {}
+        }
+    }
+    // Redeploy: the spec changed since the last successful submission, and no Job of the
+    // current spec exists yet. The topology to kill is the one listed under the name, or
+    // under the recorded id when the name changed.
+    let target = match (&observed.found, &state) {
+        (Some(found), _) => Some(found),
+        (None, None) if outdated => observed.previous.as_ref(),
+        _ => None,
+    };
+    if let Some(found) = target {
+        let storm_name = &found.name;
+        let wait = kill_wait(t);
+        status::observe(
+            st,
+            found,
+            observed
+                .last_error
+                .clone()
+                .unwrap_or_else(|| st.last_error.clone()),
+            now,
+        );
+        if found.status != TopologyStatus::Killed {
+            let why = format!(
+                "the jar, mainClass, args, config or topologyName changed (submitted spec {}, current {hash})",
+                st.submitted_hash.as_deref().unwrap_or_default()
+            );
+            info!(id = %found.id, %why, "redeploying");
+            ctx.shared
+                .event(
+                    &object_ref(t),
+                    false,
+                    "Redeploying",
+                    "Kill",
+                    format!("Killing {storm_name} ({}) with a wait of {wait} s to submit the new spec: {why}", found.id),
+                )
+                .await;
+            if let Err(e) = observed.api.kill(&found.id, wait).await {
+                warn!(error = %e, "kill for the redeploy failed");
+                ctx.shared
+                    .event(
+                        &object_ref(t),
+                        true,
+                        "KillFailed",
+                        "Kill",
+                        format!(
+                            "Could not kill {storm_name} ({}) for the redeploy: {e}",
+                            found.id
+                        ),
+                    )
+                    .await;
+                return Ok(Some(Action::requeue(SETTLING)));
+            }
+            st.storm_status = Some(TopologyStatus::Killed.as_str().into());
+        }
+        status::set(
+            st,
+            SUBMITTED,
+            false,
+            "Redeploying",
+            format!("waiting for {storm_name} to leave Storm before submitting the new spec"),
+            generation,
+            now,
+        );
+        status::set_phase(
+            st,
+            TopologyPhase::Killing,
+            "Redeploying",
+            format!("killing {storm_name} ({}) to submit the new spec", found.id),
+            generation,
+            now,
+        );
+        return Ok(Some(Action::requeue(SETTLING)));
+    }
+
+    // Not in Storm.
+    match state {
+        None => {
+            status::forget_storm(st);
+            let job = build::submit_job(t, cluster, &hash)?;
+            if create_job(ctx, &job).await? {
+                ctx.metrics.submission(&ns, &name, "created");
+                info!(job = %job_name, "created the submission Job");
+                ctx.shared
+                    .event(
+                        &object_ref(t),
+                        false,
+                        "Submitting",
+                        "Submit",
+                        format!("Created Job {job_name} to submit {storm_name} (spec {hash})"),
+                    )
+                    .await;
+            }
+            st.submit_job = Some(job_name.clone());
+            submitting(st, &job_name, generation, now);
+            Ok(Some(Action::requeue(SETTLING)))
+        }
+        Some(JobState::Running) => {
+            status::forget_storm(st);
+            submitting(st, &job_name, generation, now);
+            Ok(Some(Action::requeue(SETTLING)))
+        }
+        Some(JobState::Failed(why)) => {
+            status::forget_storm(st);
+            let message = format!("submission Job {job_name} failed: {why}");
+            let reported = condition_is(st, SUBMITTED, "SubmissionFailed", &message);
+            status::set(
+                st,
+                SUBMITTED,
+                false,
+                "SubmissionFailed",
+                &message,
+                generation,
+                now,
+            );
+            status::set_phase(
+                st,
+                TopologyPhase::Failed,
+                "SubmissionFailed",
+                &message,
+                generation,
+                now,
+            );
+            if !reported {
+                ctx.metrics.submission(&ns, &name, "failed");
+                warn!(%message, "submission failed");
+                ctx.shared
+                    .event(
+                        &object_ref(t),
+                        true,
+                        "SubmissionFailed",
+                        "Submit",
+                        format!(
+                            "{message}; change the spec, or delete Job {job_name}, to submit again"
+                        ),
+                    )
+                    .await;
+            }
+            Ok(Some(Action::requeue(RESYNC)))
+        }
+        Some(JobState::Succeeded) if st.topology_id.is_some() => {
+            // It ran after its submission and has left Storm since (killed from the Storm UI,
+            // or Nimbus lost it): submit it again. The id stays in status until the new Job is
+            // created, so a reconcile that still sees the deleted Job in the cache deletes it
+            // again instead of taking it for a submission that never showed up.
+            delete_job(ctx, &ns, &job_name).await?;
+            let message = format!(
+                "{storm_name} ({}) is no longer in Storm; deleted Job {job_name} to submit it again",
+                st.topology_id.as_deref().unwrap_or_default()
+            );
+            info!(%message, "resubmitting");
+            ctx.shared
+                .event(
+                    &object_ref(t),
+                    false,
+                    "Resubmitting",
+                    "Submit",
+                    message.clone(),
+                )
+                .await;
+            status::set(
+                st,
+                SUBMITTED,
+                false,
+                "Resubmitting",
+                &message,
+                generation,
+                now,
+            );
+            status::set_phase(
+                st,
+                TopologyPhase::Submitting,
+                "Resubmitting",
+                message,
+                generation,
+                now,
+            );
+            Ok(Some(Action::requeue(SETTLING)))
+        }
+        Some(JobState::Succeeded) => {
+            let done = job
+                .and_then(|j| j.status.as_ref())
+                .and_then(|s| s.completion_time.as_ref())
+                .map(|t| t.0);
+            if done.is_some_and(|d| now.as_second() - d.as_second() > NOT_LISTED_AFTER_SECS) {
+                // Never listed: the main class did not submit under the name it was given.
+                let message = format!(
+                    "Job {job_name} succeeded, but Storm has not listed a topology named {storm_name} since: does {} submit the topology under the name given as its first argument?",
+                    t.spec.main_class.as_deref().unwrap_or_default()
+                );
+                let reported = condition_is(st, SUBMITTED, "NotListed", &message);
+                status::set(st, SUBMITTED, false, "NotListed", &message, generation, now);
+                status::set_phase(
+                    st,
+                    TopologyPhase::Failed,
+                    "NotListed",
+                    &message,
+                    generation,
+                    now,
+                );
+                if !reported {
+                    warn!(%message, "submitted topology not listed");
+                    ctx.shared
+                        .event(&object_ref(t), true, "NotListed", "Submit", message)
+                        .await;
+                }
+                return Ok(Some(Action::requeue(RESYNC)));
+            }
+            status::set(
+                st,
+                SUBMITTED,
+                true,
+                "Submitted",
+                format!("Job {job_name} submitted the current spec"),
+                generation,
+                now,
+            );
+            status::set_phase(
+                st,
+                TopologyPhase::Submitting,
+                "WaitingForStorm",
+                format!("Job {job_name} succeeded; waiting for Storm to list {storm_name}"),
+                generation,
+                now,
+            );
+            Ok(Some(Action::requeue(SETTLING)))
+        }
+    }
+}
+
+fn submitting(
+    st: &mut StormTopologyStatus,
+    job_name: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let message = format!("Job {job_name} is submitting the topology");
+    status::set(
+        st,
+        SUBMITTED,
+        false,
+        "Submitting",
+        &message,
+        generation,
+        now,
+    );
+    status::set_phase(
+        st,
+        TopologyPhase::Submitting,
+        "Submitting",
+        message,
+        generation,
+        now,
+    );
+}
+
+/// A topology found in Storm that runs the current spec: status from Storm, `suspend`, and
+/// the rebalance.
+#[allow(clippy::too_many_arguments)]
+async fn running(
+    t: &StormTopology,
+    ctx: &Context,
+    cluster: &StormCluster,
+    observed: &Observed,
+    found: &TopologySummary,
+    jobs: &[Job],
+    st: &mut StormTopologyStatus,
+    writer: &mut StatusWriter<'_>,
+    now: Timestamp,
+) -> Result<()> {
+    let generation = t.metadata.generation;
+    let storm_name = t.storm_name();
+    let id = &found.id;
+    let last_error = observed
+        .last_error
+        .clone()
+        .unwrap_or_else(|| st.last_error.clone());
+    status::observe(st, found, last_error, now);
+    let mut storm_status = found.status;
+    match (t.spec.suspend, found.status) {
+        (true, TopologyStatus::Active) => match observed.api.deactivate(id).await {
+            Ok(()) => {
+                storm_status = TopologyStatus::Inactive;
+                info!(%id, "deactivated");
+                ctx.shared
+                    .event(
+                        &object_ref(t),
+                        false,
+                        "Suspended",
+                        "Deactivate",
+                        format!("Deactivated {storm_name} ({id}) in Storm: spec.suspend is true"),
+                    )
+                    .await;
+            }
+            Err(e) => {
+                ctx.shared
+                    .event(
+                        &object_ref(t),
+                        true,
+                        "SuspendFailed",
+                        "Deactivate",
+                        format!("Could not deactivate {storm_name} ({id}): {e}"),
+                    )
+                    .await;
+            }
+        },
+        (false, TopologyStatus::Inactive) => match observed.api.activate(id).await {
+            Ok(()) => {
+                storm_status = TopologyStatus::Active;
+                info!(%id, "activated");
+                ctx.shared
+                    .event(
+                        &object_ref(t),
+                        false,
+                        "Resumed",
+                        "Activate",
+                        format!("Activated {storm_name} ({id}) in Storm: spec.suspend is false"),
+                    )
+                    .await;
+            }
+            Err(e) => {
+                ctx.shared
+                    .event(
+                        &object_ref(t),
+                        true,
+                        "ResumeFailed",
+                        "Activate",
+                        format!("Could not activate {storm_name} ({id}): {e}"),
+                    )
+                    .await;
+            }
+        },
+        _ => {}
+    }
+    st.storm_status = Some(storm_status.as_str().into());
+    status::set_phase(
+        st,
+        status::phase_of(storm_status),
+        status::storm_reason(storm_status),
+        format!(
+            "Storm reports {storm_name} ({id}) {}",
+            storm_status.as_str()
+        ),
+        generation,
+        now,
+    );
+    rebalance(t, ctx, cluster, found, storm_status, jobs, st, writer, now).await
+}
+
+/// Follows the last rebalance Job and starts a new one when [`rebalance::decide`] says so.
+#[allow(clippy::too_many_arguments)]
+async fn rebalance(
+    t: &StormTopology,
+    ctx: &Context,
+    cluster: &StormCluster,
+    found: &TopologySummary,
+    storm_status: TopologyStatus,
+    jobs: &[Job],
+    st: &mut StormTopologyStatus,
+    writer: &mut StatusWriter<'_>,
+    now: Timestamp,
+) -> Result<()> {
+    let ns = t.namespace().unwrap_or_default();
+    let name = t.name_any();
+    let storm_name = t.storm_name();
+
+    // The last rebalance's Job.
+    if let Some(record) = st.last_rebalance.as_mut()
+        && record.result.as_deref() == Some(RESULT_RUNNING)
+        && let Some(job_name) = record.job_name.clone()
+    {
+        match jobs
+            .iter()
+            .find(|j| j.name_any() == job_name)
+            .map(build::job_state)
+        {
+            Some(JobState::Succeeded) => {
+                record.result = Some(RESULT_SUCCEEDED.into());
+                ctx.metrics.rebalance(&ns, &name, "succeeded");
+                ctx.shared
+                    .event(
+                        &object_ref(t),
+                        false,
+                        "Rebalanced",
+                        "Rebalance",
+                        format!(
+                            "Job {job_name} rebalanced {storm_name} to {} workers",
+                            record.to_workers
+                        ),
+                    )
+                    .await;
+            }
+            Some(JobState::Failed(why)) => {
+                record.result = Some(RESULT_FAILED.into());
+                ctx.metrics.rebalance(&ns, &name, "failed");
+                ctx.shared
+                    .event(
+                        &object_ref(t),
+                        true,
+                        "RebalanceFailed",
+                        "Rebalance",
+                        format!(
+                            "Rebalance Job {job_name} ({} → {} workers) failed: {why}",
+                            record.from_workers, record.to_workers
+                        ),
+                    )
+                    .await;
+            }
+            Some(JobState::Running) => {}
+            None => {
+                let started = record.time.parse::<Timestamp>().ok();
+                if started
+                    .is_none_or(|s| now.as_second() - s.as_second() > REBALANCE_JOB_GRACE_SECS)
+                {
+                    // Recorded but never created (the operator stopped in between), or deleted.
+                    let job = build::rebalance_job(t, cluster, &job_name, record.to_workers);
+                    if create_job(ctx, &job).await? {
+                        info!(job = %job_name, "created the recorded rebalance Job");
+                    }
+                }
+            }
+        }
+    }
+
+    let pools: Vec<PoolView> = ctx
+        .pools
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && p.spec.topology_ref == name)
+        .map(|p| PoolView::of(&p))
+        .collect();
+    let record = st.last_rebalance.as_ref();
+    let decision = rebalance::decide(&rebalance::Inputs {
+        pools: &pools,
+        workers: i32::try_from(found.workers_total.max(0)).unwrap_or(i32::MAX),
+        storm_status,
+        spec: t.spec.rebalance.as_ref(),
+        last: record.and_then(|r| r.time.parse().ok()),
+        last_running: record.is_some_and(|r| r.result.as_deref() == Some(RESULT_RUNNING)),
+        now,
+    });
+    let Decision::Rebalance { from, to, reason } = decision else {
+        if let Decision::Hold(hold) = decision {
+            debug!(hold = %hold.describe(), "no rebalance");
+        }
+        return Ok(());
+    };
+    let time = Timestamp::from_second(now.as_second()).unwrap_or(now);
+    let job_name = build::rebalance_job_name(&name, time);
+    st.last_rebalance = Some(RebalanceRecord {
+        time: time.to_string(),
+        from_workers: from,
+        to_workers: to,
+        reason: reason.clone(),
+        job_name: Some(job_name.clone()),
+        result: Some(RESULT_RUNNING.into()),
+    });
+    // Recorded first: a restart finds the record and creates the same Job, never a second one.
+    writer.write(st).await?;
+    let job = build::rebalance_job(t, cluster, &job_name, to);
+    create_job(ctx, &job).await?;
+    ctx.metrics.rebalance(&ns, &name, "started");
+    info!(from, to, %reason, job = %job_name, "rebalancing");
+    ctx.shared
+        .event(
+            &object_ref(t),
+            false,
+            "Rebalancing",
+            "Rebalance",
+            format!("workers {from} → {to}: {reason} (Job {job_name})"),
+        )
+        .await;
+    Ok(())
+}
+
+/// Removes the finalizer of a topology whose kill could not be confirmed, with a Warning Event.
+async fn release(
+    ctx: &Context,
+    t: &StormTopology,
+    reason: &'static str,
+    message: String,
+) -> Result<Action> {
+    warn!(reason, %message, "releasing without a confirmed kill");
+    ctx.shared
+        .event(&object_ref(t), true, reason, "Kill", message)
+        .await;
+    remove_finalizer(ctx, t).await?;
+    ctx.metrics
+        .forget(&t.namespace().unwrap_or_default(), &t.name_any());
+    Ok(Action::await_change())
+}
+
+/// A topology being deleted: kill it in Storm (once; `KILLED` counts as done), wait until it
+/// has left `/topology/summary`, then remove the finalizer. Released anyway, with a Warning
+/// Event, when its cluster is gone or Storm cannot confirm the kill for [`KILL_TIMEOUT`].
+async fn finalize(t: &StormTopology, ctx: &Context, now: Timestamp) -> Result<Action> {
+    let ns = t.namespace().unwrap_or_default();
+    let name = t.name_any();
+    if !has_finalizer(t) {
+        ctx.metrics.forget(&ns, &name);
+        return Ok(Action::await_change());
+    }
+    let generation = t.metadata.generation;
+    let storm_name = t.storm_name();
+    let waited = t
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map_or(0, |d| now.as_second() - d.0.as_second());
+    let wait = kill_wait(t);
+    let cluster_name = &t.spec.cluster_ref;
+    let Some(cluster) = ctx
+        .clusters
+        .get(&ObjectRef::new(cluster_name).within(&t.namespace().unwrap_or_default()))
+    else {
+        return release(
+            ctx,
+            t,
+            "ClusterGone",
+            format!("StormCluster {cluster_name} is gone: removed the finalizer without killing {storm_name} in Storm"),
+        )
+        .await;
+    };
+    let outcome = async {
+        let url = cluster
+            .ui_url()
+            .ok_or_else(|| format!("StormCluster {cluster_name} has no Storm UI URL"))?;
+        let api = ctx.connector.connect(&url).map_err(|e| e.to_string())?;
+        let found = api
+            .find_topology(&storm_name)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(f) = &found
+            && f.status != TopologyStatus::Killed
+        {
+            api.kill(&f.id, wait).await.map_err(|e| e.to_string())?;
+            info!(id = %f.id, wait, "killed");
+            ctx.shared
+                .event(
+                    &object_ref(t),
+                    false,
+                    "Killing",
+                    "Kill",
+                    format!("Killing {storm_name} ({}) in Storm with a wait of {wait} s: the StormTopology is being deleted", f.id),
+                )
+                .await;
+        }
+        Ok::<_, String>(found)
+    }
+    .await;
+
+    let mut st = t.status.clone().unwrap_or_default();
+    let mut writer = StatusWriter::new(t, ctx);
+    match outcome {
+        Ok(None) => {
+            info!("the topology has left Storm; releasing");
+            ctx.shared
+                .event(
+                    &object_ref(t),
+                    false,
+                    "Killed",
+                    "Kill",
+                    format!("{storm_name} is no longer in Storm"),
+                )
+                .await;
+            remove_finalizer(ctx, t).await?;
+            ctx.metrics.forget(&ns, &name);
+            Ok(Action::await_change())
+        }
+        Ok(Some(found)) => {
+            let limit = i64::from(wait) + KILL_TIMEOUT.as_secs() as i64;
+            if waited > limit {
+                return release(
+            ctx,
+            t,
+                    "KillTimedOut",
+                    format!("{storm_name} ({}) is still listed by Storm ({}) {waited} s after the deletion; removed the finalizer anyway", found.id, found.status.as_str()),
+                )
+                .await;
+            }
+            ctx.metrics.observe(&ns, &name, &found);
+            let last_error = st.last_error.clone();
+            status::observe(&mut st, &found, last_error, now);
+            st.storm_status = Some(TopologyStatus::Killed.as_str().into());
+            status::set_phase(
+                &mut st,
+                TopologyPhase::Killing,
+                "Deleting",
+                format!(
+                    "killing {storm_name} ({}) with a wait of {wait} s before the StormTopology is removed",
+                    found.id
+                ),
+                generation,
+                now,
+            );
+            writer.write(&st).await?;
+            Ok(Action::requeue(if wait >= 10 {
+                KILL_POLL
+            } else {
+                SETTLING
+            }))
+        }
+        Err(message) => {
+            if waited > KILL_TIMEOUT.as_secs() as i64 {
+                return release(
+            ctx,
+            t,
+                    "KillTimedOut",
+                    format!("Storm has not answered for {waited} s since the deletion ({message}); removed the finalizer without confirming that {storm_name} was killed"),
+                )
+                .await;
+            }
+            warn!(%message, "cannot kill the topology yet");
+            st.message = Some(message.clone());
+            status::set(
+                &mut st,
+                READY,
+                false,
+                "StormUnreachable",
+                message,
+                generation,
+                now,
+            );
+            writer.write(&st).await?;
+            Ok(Action::requeue(KILL_POLL))
+        }
+    }
+}
+
+/// Requeues a failed reconcile with per-object exponential backoff (a conflict soon).
+pub fn error_policy(t: Arc<StormTopology>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.shared
+        .metrics
+        .reconcile_failed(CONTROLLER, err.category());
+    let k = key(&t);
+    let delay = if err.category() == "Conflict" {
+        Duration::from_millis(500)
+    } else {
+        ctx.shared.backoff(&k)
+    };
+    warn!(topology = %k, category = err.category(), error = %err, ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The controller's cache of topologies and the future that runs it until `shutdown`.
+///
+/// Its watches: StormTopologies; the Jobs it makes ([`build::JOB_SELECTOR`], each change
+/// reconciles the owner); StormClusters (each change reconciles the topologies on it);
+/// StormWorkerPools (each change reconciles the topology in its `topologyRef`). All fill the
+/// caches the reconciler reads and register with the gate's readiness.
+pub fn controller(
+    shared: Shared,
+    namespace: Option<&str>,
+    connector: Arc<dyn Connector>,
+    metrics: Arc<TopologyMetrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> (
+    Store<StormTopology>,
+    impl std::future::Future<Output = ()> + Send,
+) {
+    let client = shared.client.clone();
+    let readiness = shared.gate.readiness.clone();
+    let (store, topology_events) = crate::cache::watch(
+        scoped::<StormTopology>(&client, namespace),
+        watcher::Config::default(),
+        readiness.track("stormtopologies"),
+    );
+    let (clusters, cluster_events) = crate::cache::watch(
+        scoped::<StormCluster>(&client, namespace),
+        watcher::Config::default(),
+        readiness.track("stormtopology-clusters"),
+    );
+    let (pools, pool_events) = crate::cache::watch(
+        scoped::<StormWorkerPool>(&client, namespace),
+        watcher::Config::default(),
+        readiness.track("stormtopology-pools"),
+    );
+    let (jobs, job_events) = crate::cache::watch(
+        scoped::<Job>(&client, namespace),
+        watcher::Config::default().labels(build::JOB_SELECTOR),
+        readiness.track("stormtopology-jobs"),
+    );
+    let forget_metrics = metrics.clone();
+    let topology_events = crate::cache::on_deleted(topology_events, store.clone(), move |t| {
+        forget_metrics.forget(&t.namespace().unwrap_or_default(), &t.name_any());
+    });
+    let by_cluster = store.clone();
+    let leadership = shared.gate.on_leadership();
+    let config = shared.controller_config();
+    let ctx = Arc::new(Context {
+        shared,
+        connector,
+        metrics,
+        clusters,
+        pools,
+        jobs,
+    });
+    let future = Controller::for_stream(topology_events, store.clone())
+        .with_config(config)
+        .reconcile_all_on(leadership)
+        .owns_stream(job_events)
+        .watches_stream(cluster_events, move |cluster: StormCluster| {
+            let ns = cluster.namespace();
+            let name = cluster.name_any();
+            by_cluster
+                .state()
+                .into_iter()
+                .filter(|t| t.namespace() == ns && t.spec.cluster_ref == name)
+                .map(|t| ObjectRef::from_obj(&*t))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(pool_events, |pool: StormWorkerPool| {
+            let topology = ObjectRef::new(&pool.spec.topology_ref);
+            Some(match pool.namespace() {
+                Some(ns) => topology.within(&ns),
+                None => topology,
+            })
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()));
+    (store, future)
+}

@@ -1,0 +1,721 @@
+//! Reconcile tests of the StormTopology controller against a mocked API server and a fake
+//! Storm (an in-test `StormApi`, no HTTP): the exact Kubernetes requests, the written status,
+//! and the Storm calls (by id, never by name).
+
+mod support;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::Resource;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use workerpool_api::storm::{StormCluster, StormTopology, StormTopologyStatus, StormWorkerPool};
+use workerpool_operator::context::Shared;
+use workerpool_operator::controllers::stormtopology::{
+    Context, FINALIZER, TopologyMetrics, build, reconcile,
+};
+use workerpool_operator::metrics::Metrics;
+use workerpool_storm::command::{self, Submission};
+use workerpool_storm::{
+    ClusterSummary, Connector, NimbusSummary, StormApi, SupervisorSummary, TopologyDetail,
+    TopologyStatus, TopologySummary,
+};
+
+const NS: &str = "team-a";
+const ID: &str = "wordcount-7-1700000000";
+
+type Fut<'a, T> = Pin<Box<dyn Future<Output = workerpool_storm::Result<T>> + Send + 'a>>;
+
+/// A Storm that holds a list of topologies and records every call.
+#[derive(Default)]
+struct FakeStorm {
+    topologies: Mutex<Vec<TopologySummary>>,
+    calls: Mutex<Vec<String>>,
+}
+
+impl FakeStorm {
+    fn with(topologies: Vec<TopologySummary>) -> Arc<Self> {
+        Arc::new(Self {
+            topologies: Mutex::new(topologies),
+            calls: Mutex::default(),
+        })
+    }
+    fn record(&self, call: String) {
+        self.calls.lock().expect("calls").push(call);
+    }
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().expect("calls").clone()
+    }
+    fn set(&self, topologies: Vec<TopologySummary>) {
+        *self.topologies.lock().expect("topologies") = topologies;
+    }
+    fn by_id(&self, id: &str) -> workerpool_storm::Result<TopologySummary> {
+        self.topologies
+            .lock()
+            .expect("topologies")
+            .iter()
+            .find(|t| t.id == id)
+            .cloned()
+            .ok_or_else(|| workerpool_storm::Error::Storm {
+                status: 500,
+                error: "500 Server Error".into(),
+                message: format!("{id} is not alive"),
+            })
+    }
+    fn set_status(&self, id: &str, status: TopologyStatus) -> workerpool_storm::Result<()> {
+        let mut all = self.topologies.lock().expect("topologies");
+        match all.iter_mut().find(|t| t.id == id) {
+            Some(t) => {
+                t.status = status;
+                Ok(())
+            }
+            None => Err(workerpool_storm::Error::Storm {
+                status: 500,
+                error: "500 Server Error".into(),
+                message: format!("{id} is not alive"),
+            }),
+        }
+    }
+}
+
+impl StormApi for FakeStorm {
+    fn cluster_summary<'life0, 'async_trait>(&'life0 self) -> Fut<'async_trait, ClusterSummary>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move { Ok(ClusterSummary::default()) })
+    }
+    fn nimbus_summary<'life0, 'async_trait>(&'life0 self) -> Fut<'async_trait, Vec<NimbusSummary>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move { Ok(Vec::new()) })
+    }
+    fn supervisor_summary<'life0, 'async_trait>(
+        &'life0 self,
+    ) -> Fut<'async_trait, Vec<SupervisorSummary>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move { Ok(Vec::new()) })
+    }
+    fn topology_summary<'life0, 'async_trait>(
+        &'life0 self,
+    ) -> Fut<'async_trait, Vec<TopologySummary>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            self.record("summary".into());
+            Ok(self.topologies.lock().expect("topologies").clone())
+        })
+    }
+    fn topology<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        id: &'life1 str,
+    ) -> Fut<'async_trait, TopologyDetail>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            self.record(format!("topology:{id}"));
+            let t = self.by_id(id)?;
+            Ok(TopologyDetail {
+                id: t.id,
+                name: t.name,
+                status: t.status,
+                uptime_seconds: t.uptime_seconds,
+                tasks_total: t.tasks_total,
+                workers_total: t.workers_total,
+                executors_total: t.executors_total,
+                spouts: Vec::new(),
+                bolts: Vec::new(),
+            })
+        })
+    }
+    fn activate<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        id: &'life1 str,
+    ) -> Fut<'async_trait, ()>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            self.record(format!("activate:{id}"));
+            self.set_status(id, TopologyStatus::Active)
+        })
+    }
+    fn deactivate<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        id: &'life1 str,
+    ) -> Fut<'async_trait, ()>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            self.record(format!("deactivate:{id}"));
+            self.set_status(id, TopologyStatus::Inactive)
+        })
+    }
+    fn kill<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        id: &'life1 str,
+        wait_secs: u32,
+    ) -> Fut<'async_trait, ()>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            self.record(format!("kill:{id}:{wait_secs}"));
+            self.set_status(id, TopologyStatus::Killed)
+        })
+    }
+}
+
+struct FakeConnector {
+    storm: Arc<FakeStorm>,
+    urls: Mutex<Vec<String>>,
+}
+
+impl Connector for FakeConnector {
+    fn connect(&self, ui_url: &str) -> workerpool_storm::Result<Arc<dyn StormApi>> {
+        self.urls.lock().expect("urls").push(ui_url.to_string());
+        Ok(self.storm.clone())
+    }
+}
+
+fn summary(status: TopologyStatus, workers: i64) -> TopologySummary {
+    TopologySummary {
+        id: ID.into(),
+        name: "wordcount".into(),
+        status,
+        uptime_seconds: 3600,
+        tasks_total: 28,
+        workers_total: workers,
+        executors_total: 28,
+    }
+}
+
+fn store<K>(objects: Vec<K>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (reader, mut writer) = reflector::store();
+    for o in objects {
+        writer.apply_watcher_event(&watcher::Event::Apply(o));
+    }
+    reader
+}
+
+fn cluster() -> StormCluster {
+    serde_json::from_value(
+        json!({"apiVersion": "storm.apache.org/v1beta1", "kind": "StormCluster",
+        "metadata": {"name": "storm", "namespace": NS},
+        "spec": {"mode": "External", "uiUrl": "http://storm-ui:8080", "zookeeperServers": ["zk-0"],
+            "nimbusSeeds": ["nimbus-0"], "image": {"repository": "storm", "tag": "2.6.4"}},
+        "status": {"phase": "Running"}}),
+    )
+    .expect("cluster")
+}
+
+/// A topology named `wordcount` with `spec` merged in.
+fn topology(spec: Value) -> StormTopology {
+    let mut v = json!({"apiVersion": "storm.apache.org/v1beta1", "kind": "StormTopology",
+        "metadata": {"name": "wordcount", "namespace": NS, "uid": "t-uid", "generation": 2, "resourceVersion": "7"},
+        "spec": {"clusterRef": "storm"}});
+    support::merge(&mut v["spec"], spec);
+    serde_json::from_value(v).expect("topology")
+}
+
+fn jar_spec() -> Value {
+    json!({"jar": {"url": "https://repo.example/wc.jar"}, "mainClass": "org.example.WordCount",
+        "args": ["--fast"]})
+}
+
+fn with_finalizer(mut t: StormTopology) -> StormTopology {
+    t.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    t
+}
+
+struct Setup {
+    storm: Arc<FakeStorm>,
+    ctx: Arc<Context>,
+}
+
+fn setup(
+    client: kube::Client,
+    found: Vec<TopologySummary>,
+    pools: Vec<StormWorkerPool>,
+    jobs: Vec<Job>,
+) -> Setup {
+    let storm = FakeStorm::with(found);
+    let ctx = Arc::new(Context {
+        shared: Shared::new(client, Arc::new(Metrics::default()), None),
+        connector: Arc::new(FakeConnector {
+            storm: storm.clone(),
+            urls: Mutex::default(),
+        }),
+        metrics: Arc::new(TopologyMetrics::default()),
+        clusters: store(vec![cluster()]),
+        pools: store(pools),
+        jobs: store(jobs),
+    });
+    Setup { storm, ctx }
+}
+
+fn path(rest: &str) -> String {
+    format!("/apis/storm.apache.org/v1beta1/namespaces/{NS}/stormtopologies/{rest}")
+}
+
+fn jobs_path() -> String {
+    format!("/apis/batch/v1/namespaces/{NS}/jobs")
+}
+
+fn stored(t: &StormTopology) -> Value {
+    let mut v = serde_json::to_value(t).expect("json");
+    v.as_object_mut().expect("object").remove("status");
+    v
+}
+
+/// The topology with the status a status apply wrote.
+fn after(t: &StormTopology, seen: &support::Seen) -> StormTopology {
+    let mut next = t.clone();
+    let status: StormTopologyStatus =
+        serde_json::from_value(seen.body["status"].clone()).expect("status");
+    next.status = Some(status);
+    next
+}
+
+fn main_argv(job: &Value) -> Vec<String> {
+    serde_json::from_value(job["spec"]["template"]["spec"]["containers"][0]["command"].clone())
+        .expect("argv")
+}
+
+#[tokio::test]
+async fn a_new_topology_gets_its_finalizer_and_a_submission_job() {
+    let (client, mut api) = support::mock();
+    let s = setup(client, vec![], vec![], vec![]);
+    let t = topology(jar_spec());
+    let task = tokio::spawn(reconcile(Arc::new(t.clone()), s.ctx.clone()));
+
+    let fin = api
+        .expect("PATCH", &path("wordcount"), 200, stored(&t))
+        .await;
+    assert_eq!(fin.body["metadata"]["finalizers"], json!([FINALIZER]));
+    assert_eq!(
+        fin.body["metadata"]["resourceVersion"], "7",
+        "guarded by resourceVersion"
+    );
+
+    let hash = build::spec_hash(&t);
+    let (seen, send) = api.next().await;
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        ("POST", jobs_path().as_str())
+    );
+    assert_eq!(
+        seen.body["metadata"]["name"],
+        format!("wordcount-submit-{}", &hash[..8])
+    );
+    assert_eq!(seen.body["metadata"]["ownerReferences"][0]["uid"], "t-uid");
+    assert_eq!(
+        seen.body["metadata"]["labels"]["storm.apache.org/job"],
+        "submit"
+    );
+    let config = Default::default();
+    assert_eq!(
+        main_argv(&seen.body),
+        command::submit(&Submission {
+            jar_path: "/jar/topology.jar",
+            main_class: "org.example.WordCount",
+            topology_name: "wordcount",
+            args: &["--fast".to_string()],
+            config: &config,
+            nimbus_seeds: &["nimbus-0".to_string()],
+        })
+    );
+    assert_eq!(
+        seen.body["spec"]["template"]["spec"]["initContainers"][0]["command"][3],
+        "https://repo.example/wc.jar"
+    );
+    send.send_response(
+        http::Response::builder()
+            .status(201)
+            .body(kube::client::Body::from(
+                serde_json::to_vec(&seen.body).expect("json"),
+            ))
+            .expect("response"),
+    );
+
+    let status = api
+        .expect_apply(&path("wordcount/status"), stored(&t))
+        .await;
+    let st = &status.body["status"];
+    assert_eq!(st["phase"], "Submitting");
+    assert_eq!(st["submitJob"], format!("wordcount-submit-{}", &hash[..8]));
+    assert!(
+        st.get("submittedHash").is_none(),
+        "recorded only once the Job succeeded"
+    );
+    api.finish(task).await.expect("reconcile ok");
+    assert_eq!(s.storm.calls(), vec!["summary"]);
+    assert!(api.events.iter().any(|e| e.1 == "Submitting"));
+}
+
+#[tokio::test]
+async fn a_topology_found_active_is_running_with_its_id() {
+    let (client, mut api) = support::mock();
+    let s = setup(
+        client,
+        vec![summary(TopologyStatus::Active, 3)],
+        vec![],
+        vec![],
+    );
+    // Observed only (no jar): no finalizer, no Job.
+    let t = topology(json!({}));
+    let task = tokio::spawn(reconcile(Arc::new(t.clone()), s.ctx.clone()));
+    let status = api
+        .expect_apply(&path("wordcount/status"), stored(&t))
+        .await;
+    let st = &status.body["status"];
+    assert_eq!(st["phase"], "Running");
+    assert_eq!(st["topologyId"], ID);
+    assert_eq!(st["stormStatus"], "ACTIVE");
+    assert_eq!(st["workers"], 3);
+    assert_eq!(st["executors"], 28);
+    assert_eq!(st["observedGeneration"], 2);
+    let ready = st["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .expect("Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("True"), Some("Active"))
+    );
+    api.finish(task).await.expect("reconcile ok");
+    assert_eq!(
+        s.storm.calls(),
+        vec!["summary".to_string(), format!("topology:{ID}")],
+        "the detail is read by id, never by name"
+    );
+}
+
+#[tokio::test]
+async fn suspend_deactivates_by_id() {
+    let (client, mut api) = support::mock();
+    let s = setup(
+        client,
+        vec![summary(TopologyStatus::Active, 3)],
+        vec![],
+        vec![],
+    );
+    let t = topology(json!({"suspend": true}));
+    let task = tokio::spawn(reconcile(Arc::new(t.clone()), s.ctx.clone()));
+    let status = api
+        .expect_apply(&path("wordcount/status"), stored(&t))
+        .await;
+    assert_eq!(status.body["status"]["phase"], "Suspended");
+    assert_eq!(status.body["status"]["stormStatus"], "INACTIVE");
+    api.finish(task).await.expect("reconcile ok");
+    assert!(
+        s.storm.calls().contains(&format!("deactivate:{ID}")),
+        "{:?}",
+        s.storm.calls()
+    );
+    assert!(api.events.iter().any(|e| e.1 == "Suspended"));
+}
+
+#[tokio::test]
+async fn delete_kills_by_id_and_keeps_the_finalizer_until_storm_drops_it() {
+    let (client, mut api) = support::mock();
+    let s = setup(
+        client,
+        vec![summary(TopologyStatus::Active, 3)],
+        vec![],
+        vec![],
+    );
+    let mut t = with_finalizer(topology(
+        json!({"jar": {"url": "https://repo.example/wc.jar"}, "mainClass": "org.example.WordCount", "killWaitSeconds": 20}),
+    ));
+    t.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+
+    // 1: the kill, phase Killing; the finalizer stays.
+    let task = tokio::spawn(reconcile(Arc::new(t.clone()), s.ctx.clone()));
+    let status = api
+        .expect_apply(&path("wordcount/status"), stored(&t))
+        .await;
+    assert_eq!(status.body["status"]["phase"], "Killing");
+    api.finish(task).await.expect("reconcile ok");
+    assert_eq!(
+        s.storm.calls(),
+        vec!["summary".to_string(), format!("kill:{ID}:20")]
+    );
+
+    // 2: Storm lists it KILLED: no second kill, nothing written, the finalizer stays.
+    let t2 = after(&t, &status);
+    let task = tokio::spawn(reconcile(Arc::new(t2.clone()), s.ctx.clone()));
+    api.finish(task).await.expect("reconcile ok");
+    let kills = s
+        .storm
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("kill:"))
+        .count();
+    assert_eq!(kills, 1, "killed once: {:?}", s.storm.calls());
+
+    // 3: it has left Storm: the finalizer is removed, guarded by resourceVersion.
+    s.storm.set(vec![]);
+    let task = tokio::spawn(reconcile(Arc::new(t2.clone()), s.ctx.clone()));
+    let fin = api
+        .expect("PATCH", &path("wordcount"), 200, stored(&t2))
+        .await;
+    assert_eq!(fin.body["metadata"]["finalizers"], json!([]));
+    assert_eq!(fin.body["metadata"]["resourceVersion"], "7");
+    api.finish(task).await.expect("reconcile ok");
+}
+
+/// A succeeded submission Job of the current spec, as the cache shows it.
+fn succeeded_job(t: &StormTopology) -> Job {
+    let hash = build::spec_hash(t);
+    let mut job = build::submit_job(t, &cluster(), &hash).expect("job");
+    job.status = serde_json::from_value(
+        json!({"succeeded": 1, "completionTime": "2026-01-01T00:00:00Z",
+        "conditions": [{"type": "Complete", "status": "True"}]}),
+    )
+    .expect("status");
+    job
+}
+
+#[tokio::test]
+async fn a_steady_topology_makes_no_write_on_the_second_reconcile() {
+    let (client, mut api) = support::mock();
+    let t = with_finalizer(topology(jar_spec()));
+    let s = setup(
+        client,
+        vec![summary(TopologyStatus::Active, 3)],
+        vec![],
+        vec![succeeded_job(&t)],
+    );
+    let task = tokio::spawn(reconcile(Arc::new(t.clone()), s.ctx.clone()));
+    let status = api
+        .expect_apply(&path("wordcount/status"), stored(&t))
+        .await;
+    let st = &status.body["status"];
+    assert_eq!(st["phase"], "Running");
+    assert_eq!(st["submittedHash"], build::spec_hash(&t));
+    api.finish(task).await.expect("reconcile ok");
+    assert!(api.events.iter().any(|e| e.1 == "Submitted"));
+
+    let events = api.events.len();
+    let task = tokio::spawn(reconcile(Arc::new(after(&t, &status)), s.ctx.clone()));
+    // `finish` fails the test on any request but an Event.
+    api.finish(task).await.expect("reconcile ok");
+    assert_eq!(
+        api.events.len(),
+        events,
+        "no Event either: {:?}",
+        api.events
+    );
+}
+
+#[tokio::test]
+async fn a_changed_spec_kills_the_running_topology_once() {
+    let (client, mut api) = support::mock();
+    let old = with_finalizer(topology(jar_spec()));
+    let mut t = with_finalizer(topology(
+        json!({"jar": {"url": "https://repo.example/wc-2.jar"}, "mainClass": "org.example.WordCount"}),
+    ));
+    t.status = Some(StormTopologyStatus {
+        submitted_hash: Some(build::spec_hash(&old)),
+        ..StormTopologyStatus::default()
+    });
+    let s = setup(
+        client,
+        vec![summary(TopologyStatus::Active, 3)],
+        vec![],
+        vec![succeeded_job(&old)],
+    );
+    let task = tokio::spawn(reconcile(Arc::new(t.clone()), s.ctx.clone()));
+    let status = api
+        .expect_apply(&path("wordcount/status"), stored(&t))
+        .await;
+    assert_eq!(status.body["status"]["phase"], "Killing");
+    api.finish(task).await.expect("reconcile ok");
+    assert!(s.storm.calls().contains(&format!("kill:{ID}:30")));
+    assert!(api.events.iter().any(|e| e.1 == "Redeploying"));
+}
+
+fn pool(ready: i32) -> StormWorkerPool {
+    serde_json::from_value(
+        json!({"apiVersion": "storm.apache.org/v1beta1", "kind": "StormWorkerPool",
+        "metadata": {"name": "wc-workers", "namespace": NS},
+        "spec": {"topologyRef": "wordcount"},
+        "status": {"replicas": ready, "readyReplicas": ready, "updatedReplicas": ready}}),
+    )
+    .expect("pool")
+}
+
+#[tokio::test]
+async fn a_rebalance_is_recorded_before_its_job_is_created() {
+    let (client, mut api) = support::mock();
+    let s = setup(
+        client,
+        vec![summary(TopologyStatus::Active, 4)],
+        vec![pool(2)],
+        vec![],
+    );
+    let t = topology(json!({}));
+    let task = tokio::spawn(reconcile(Arc::new(t.clone()), s.ctx.clone()));
+    let status = api
+        .expect_apply(&path("wordcount/status"), stored(&t))
+        .await;
+    let record = &status.body["status"]["lastRebalance"];
+    assert_eq!(record["fromWorkers"], 4);
+    assert_eq!(record["toWorkers"], 8);
+    assert_eq!(record["result"], "Running");
+    let job_name = record["jobName"].as_str().expect("jobName").to_string();
+    let job = api.expect("POST", &jobs_path(), 201, json!({})).await;
+    assert_eq!(job.body["metadata"]["name"], job_name);
+    let argv = main_argv(&job.body);
+    assert_eq!(
+        argv,
+        command::rebalance("wordcount", 30, 8, &["nimbus-0".to_string()])
+    );
+    api.finish(task).await.expect("reconcile ok");
+    assert!(
+        api.events
+            .iter()
+            .any(|e| e.1 == "Rebalancing" && e.2.contains("workers 4 → 8")),
+        "{:?}",
+        api.events
+    );
+}
+
+fn condition(status: &Value, type_: &str) -> Value {
+    status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+#[tokio::test]
+async fn a_failed_submission_job_fails_the_topology_without_a_new_job() {
+    let (client, mut api) = support::mock();
+    let t = with_finalizer(topology(jar_spec()));
+    let hash = build::spec_hash(&t);
+    let mut job = build::submit_job(&t, &cluster(), &hash).expect("job");
+    job.status = serde_json::from_value(json!({"failed": 3, "conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+         "message": "Job has reached the specified backoff limit"}]}))
+    .expect("status");
+    let s = setup(client, vec![], vec![], vec![job]);
+    let task = tokio::spawn(reconcile(Arc::new(t.clone()), s.ctx.clone()));
+    // No POST of a Job: straight to the status.
+    let status = api
+        .expect_apply(&path("wordcount/status"), stored(&t))
+        .await;
+    let st = &status.body["status"];
+    assert_eq!(st["phase"], "Failed");
+    let submitted = condition(st, "Submitted");
+    assert_eq!(submitted["status"], "False");
+    assert_eq!(submitted["reason"], "SubmissionFailed");
+    assert!(
+        submitted["message"]
+            .as_str()
+            .expect("message")
+            .contains("Job has reached the specified backoff limit"),
+        "{submitted}"
+    );
+    api.finish(task).await.expect("reconcile ok");
+    assert!(
+        api.events
+            .iter()
+            .any(|e| e.0 == "Warning" && e.1 == "SubmissionFailed"),
+        "{:?}",
+        api.events
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_that_is_not_running_leaves_the_topology_pending() {
+    let (client, mut api) = support::mock();
+    let s = setup(
+        client,
+        vec![summary(TopologyStatus::Active, 3)],
+        vec![],
+        vec![],
+    );
+    let t = topology(json!({"clusterRef": "other"}));
+    let task = tokio::spawn(reconcile(Arc::new(t.clone()), s.ctx.clone()));
+    let status = api
+        .expect_apply(&path("wordcount/status"), stored(&t))
+        .await;
+    let st = &status.body["status"];
+    assert_eq!(st["phase"], "Pending");
+    let ready = condition(st, "ClusterReady");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("ClusterNotFound"))
+    );
+    let action = api.finish(task).await.expect("reconcile ok");
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(30))
+    );
+    assert!(s.storm.calls().is_empty(), "Storm is not asked");
+}
+
+#[tokio::test]
+async fn a_renamed_topology_kills_the_one_under_the_recorded_id() {
+    let (client, mut api) = support::mock();
+    let old = with_finalizer(topology(jar_spec()));
+    let mut spec = jar_spec();
+    spec["topologyName"] = json!("wordcount-v2");
+    let mut t = with_finalizer(topology(spec));
+    t.status = Some(StormTopologyStatus {
+        submitted_hash: Some(build::spec_hash(&old)),
+        topology_id: Some(ID.into()),
+        ..StormTopologyStatus::default()
+    });
+    let s = setup(
+        client,
+        vec![summary(TopologyStatus::Active, 3)],
+        vec![],
+        vec![],
+    );
+    let task = tokio::spawn(reconcile(Arc::new(t.clone()), s.ctx.clone()));
+    let status = api
+        .expect_apply(&path("wordcount/status"), stored(&t))
+        .await;
+    assert_eq!(status.body["status"]["phase"], "Killing");
+    api.finish(task).await.expect("reconcile ok");
+    assert_eq!(
+        s.storm.calls(),
+        vec!["summary".to_string(), format!("kill:{ID}:30")],
+        "no submission while the old name still runs"
+    );
+}

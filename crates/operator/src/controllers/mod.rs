@@ -46,6 +46,75 @@ pub fn field_env(name: &str, path: &str) -> k8s_openapi::api::core::v1::EnvVar {
     }
 }
 
+/// Whether `object` is controlled by `owner`: a controller ownerReference with the owner's uid.
+pub fn controlled_by<K: Resource, O: Resource>(object: &K, owner: &O) -> bool {
+    let Some(uid) = owner.meta().uid.as_deref() else {
+        return false;
+    };
+    object
+        .owner_references()
+        .iter()
+        .any(|r| r.controller == Some(true) && r.uid == uid)
+}
+
+/// Whether `current` (a cached or live child) already holds the apply body `desired`:
+/// controlled by `owner`, not being deleted, and carrying the same applied-hash annotation
+/// ([`storm::build::APPLIED_HASH_ANNOTATION`]).
+pub fn up_to_date<K: Resource, O: Resource>(current: &K, desired: &K, owner: &O) -> bool {
+    controlled_by(current, owner)
+        && current.meta().deletion_timestamp.is_none()
+        && storm::build::applied_hash_of(desired).is_some()
+        && storm::build::applied_hash_of(current) == storm::build::applied_hash_of(desired)
+}
+
+/// The cached copy of `desired` (same namespace and name), if any.
+pub fn cached<K>(store: &kube::runtime::reflector::Store<K>, desired: &K) -> Option<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .get(&kube::runtime::reflector::ObjectRef::from_obj(desired))
+        .map(|c| (*c).clone())
+}
+
+/// Applies the child `object` of `owner` (server-side), unless `current` (what the cache shows
+/// of it) is [`up_to_date`]; publishes `Created`/`Updated` on the owner when the apply created or
+/// changed the child; returns the child as stored.
+pub async fn apply_child<O, K>(
+    shared: &crate::context::Shared,
+    children: &ChildTracker,
+    owner: &O,
+    api: &Api<K>,
+    object: &K,
+    current: Option<K>,
+) -> crate::error::Result<K>
+where
+    O: Resource<DynamicType = ()>,
+    K: Resource<DynamicType = ()> + serde::Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    if let Some(current) = current.filter(|c| up_to_date(c, object, owner)) {
+        tracing::debug!(
+            kind = K::kind(&()).as_ref(),
+            name = current.name_any(),
+            "child is up to date, not applied"
+        );
+        return Ok(current);
+    }
+    let applied = crate::apply::apply(api, object).await?;
+    if let Some(change) = children.observe(&applied) {
+        shared
+            .event(
+                &owner.object_ref(&()),
+                false,
+                change.reason(),
+                &format!("Apply{}", K::kind(&())),
+                format!("{} {} {}", change.verb(), K::kind(&()), applied.name_any()),
+            )
+            .await;
+    }
+    Ok(applied)
+}
+
 /// What an apply did to a child, as reported in an Event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChildChange {

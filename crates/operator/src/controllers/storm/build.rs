@@ -220,13 +220,7 @@ fn owner_reference(pool: &StormWorkerPool) -> Vec<OwnerReference> {
 /// Whether `object` has a controller ownerReference to this pool (same uid), i.e. the operator
 /// made it for this pool and may delete it.
 pub fn controlled_by<K: Resource>(object: &K, pool: &StormWorkerPool) -> bool {
-    let Some(uid) = pool.uid() else {
-        return false;
-    };
-    object
-        .owner_references()
-        .iter()
-        .any(|r| r.controller == Some(true) && r.uid == uid)
+    crate::controllers::controlled_by(object, pool)
 }
 
 fn metadata(pool: &StormWorkerPool, name: String) -> ObjectMeta {
@@ -307,10 +301,7 @@ pub fn applied_hash_of<K: Resource>(object: &K) -> Option<&str> {
 /// Whether the live child `current` already holds the apply body `desired`: it is controlled by
 /// this pool, is not being deleted, and carries the same [`APPLIED_HASH_ANNOTATION`].
 pub fn up_to_date<K: Resource>(current: &K, desired: &K, pool: &StormWorkerPool) -> bool {
-    controlled_by(current, pool)
-        && current.meta().deletion_timestamp.is_none()
-        && applied_hash_of(desired).is_some()
-        && applied_hash_of(current) == applied_hash_of(desired)
+    crate::controllers::up_to_date(current, desired, pool)
 }
 
 /// ConfigMap `<pool>-storm-config`.

@@ -27,7 +27,7 @@ use workerpool_api::storm::{StormCluster, StormTopology, StormWorkerPool, StormW
 
 use crate::apply;
 use crate::context::Shared;
-use crate::controllers::{ChildTracker, MANAGED_SELECTOR, scoped};
+use crate::controllers::{ChildTracker, MANAGED_SELECTOR, cached, scoped};
 use crate::error::{Error, Result};
 use replicas::BeforeApply;
 pub use replicas::{HANDOFF_MANAGER, manager_owns};
@@ -81,16 +81,6 @@ impl Default for ChildCaches {
             pdbs: reflector::store().0,
         }
     }
-}
-
-/// The cached copy of the child `desired` (same namespace and name), if any.
-fn cached<K>(store: &Store<K>, desired: &K) -> Option<K>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    store
-        .get(&ObjectRef::from_obj(desired))
-        .map(|c| (*c).clone())
 }
 
 fn object_ref(pool: &StormWorkerPool) -> ObjectReference {
@@ -420,8 +410,8 @@ where
     }
 }
 
-/// Applies the child `object`, unless `current` (what the cache shows of it) is up to date
-/// ([`build::up_to_date`]); returns the child as stored.
+/// Applies the child `object` unless the cached `current` is up to date (see
+/// [`crate::controllers::apply_child`]).
 async fn apply_child<K>(
     ctx: &Context,
     pool: &StormWorkerPool,
@@ -432,27 +422,7 @@ async fn apply_child<K>(
 where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
 {
-    if let Some(current) = current.filter(|c| build::up_to_date(c, object, pool)) {
-        debug!(
-            kind = K::kind(&()).as_ref(),
-            name = current.name_any(),
-            "child is up to date, not applied"
-        );
-        return Ok(current);
-    }
-    let applied = apply::apply(api, object).await?;
-    if let Some(change) = ctx.children.observe(&applied) {
-        ctx.shared
-            .event(
-                &object_ref(pool),
-                false,
-                change.reason(),
-                &format!("Apply{}", K::kind(&())),
-                format!("{} {} {}", change.verb(), K::kind(&()), applied.name_any()),
-            )
-            .await;
-    }
-    Ok(applied)
+    crate::controllers::apply_child(&ctx.shared, &ctx.children, pool, api, object, current).await
 }
 
 async fn write_status(

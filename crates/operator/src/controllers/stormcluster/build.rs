@@ -21,9 +21,7 @@ use workerpool_api::storm::{
 
 use crate::MANAGED_BY;
 use crate::controllers::field_env;
-use crate::controllers::storm::build::{
-    CONFIG_HASH_ANNOTATION, applied_hash_of, short_hash, with_applied_hash,
-};
+use crate::controllers::storm::build::{CONFIG_HASH_ANNOTATION, short_hash, with_applied_hash};
 use crate::error::{Error, Result};
 use crate::quantity;
 
@@ -82,22 +80,13 @@ fn metadata(cluster: &StormCluster, name: String, component: &str) -> ObjectMeta
 
 /// Whether `object` has a controller ownerReference to this cluster (same uid).
 pub fn controlled_by<K: Resource>(object: &K, cluster: &StormCluster) -> bool {
-    let Some(uid) = cluster.uid() else {
-        return false;
-    };
-    object
-        .owner_references()
-        .iter()
-        .any(|r| r.controller == Some(true) && r.uid == uid)
+    crate::controllers::controlled_by(object, cluster)
 }
 
-/// Whether the live object `current` already holds the apply body `desired`: controlled by this
-/// cluster, not being deleted, with the same [`APPLIED_HASH_ANNOTATION`](crate::controllers::storm::build::APPLIED_HASH_ANNOTATION).
+/// Whether the live object `current` already holds the apply body `desired`
+/// ([`crate::controllers::up_to_date`]).
 pub fn up_to_date<K: Resource>(current: &K, desired: &K, cluster: &StormCluster) -> bool {
-    controlled_by(current, cluster)
-        && current.meta().deletion_timestamp.is_none()
-        && applied_hash_of(desired).is_some()
-        && applied_hash_of(current) == applied_hash_of(desired)
+    crate::controllers::up_to_date(current, desired, cluster)
 }
 
 fn valid_repository(r: &str) -> bool {
@@ -598,7 +587,7 @@ pub fn children(cluster: &StormCluster) -> Result<Children> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controllers::storm::build::APPLIED_HASH_ANNOTATION;
+    use crate::controllers::storm::build::{APPLIED_HASH_ANNOTATION, applied_hash_of};
     use workerpool_api::storm::{ImageSpec, NimbusSpec, StormClusterSpec};
 
     fn cluster(mode: ClusterMode) -> StormCluster {

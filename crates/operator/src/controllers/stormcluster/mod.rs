@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -30,7 +30,7 @@ use workerpool_storm::Connector;
 
 use crate::apply;
 use crate::context::Shared;
-use crate::controllers::{ChildTracker, MANAGED_SELECTOR, scoped};
+use crate::controllers::{ChildTracker, MANAGED_SELECTOR, cached, scoped};
 use crate::error::{Error, Result};
 pub use metrics::ClusterMetrics;
 use status::{Daemons, Outcome, Poll, StormRead};
@@ -141,16 +141,6 @@ fn key(cluster: &StormCluster) -> String {
 
 fn object_ref(cluster: &StormCluster) -> ObjectReference {
     cluster.object_ref(&())
-}
-
-/// The cached copy of `desired` (same namespace and name), if any.
-fn cached<K>(store: &Store<K>, desired: &K) -> Option<K>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    store
-        .get(&ObjectRef::from_obj(desired))
-        .map(|c| (*c).clone())
 }
 
 /// Whether the API server refused an object as invalid (400 or 422): no retry helps until the
@@ -372,7 +362,8 @@ fn same_replicas_deploy(current: &Deployment, desired: &Deployment) -> bool {
     current.spec.as_ref().and_then(|s| s.replicas) == desired.spec.as_ref().and_then(|s| s.replicas)
 }
 
-/// Applies `object` unless `current` (the cached copy) is up to date; returns it as stored.
+/// Applies `object` unless the cached `current` is up to date (see
+/// [`crate::controllers::apply_child`]).
 async fn apply_child<K>(
     ctx: &Context,
     cluster: &StormCluster,
@@ -383,27 +374,7 @@ async fn apply_child<K>(
 where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
 {
-    if let Some(current) = current.filter(|c| build::up_to_date(c, object, cluster)) {
-        debug!(
-            kind = K::kind(&()).as_ref(),
-            name = current.name_any(),
-            "object is up to date, not applied"
-        );
-        return Ok(current);
-    }
-    let applied = apply::apply(api, object).await?;
-    if let Some(change) = ctx.children.observe(&applied) {
-        ctx.shared
-            .event(
-                &object_ref(cluster),
-                false,
-                change.reason(),
-                &format!("Apply{}", K::kind(&())),
-                format!("{} {} {}", change.verb(), K::kind(&()), applied.name_any()),
-            )
-            .await;
-    }
-    Ok(applied)
+    crate::controllers::apply_child(&ctx.shared, &ctx.children, cluster, api, object, current).await
 }
 
 async fn write_status(

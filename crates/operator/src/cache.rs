@@ -173,9 +173,135 @@ impl Gate {
     }
 }
 
-/// Removes what no decision needs from a cached object (managedFields).
-pub fn slim<K: Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
+/// The annotation a client-side `kubectl apply` leaves: a full copy of the object.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What a cached object keeps: only the fields some decision of the operator reads, so that the
+/// caches of thousands of objects stay small. Every kind loses `managedFields` and the
+/// last-applied annotation; the children the operator creates keep little more than their
+/// metadata (the applied-hash annotation and the ownerReferences decide whether to apply) and the
+/// status fields the owner's status is computed from. Reading anything else from a cache is a
+/// bug: read the live object instead (as the hand-off of `spec.replicas` does).
+pub trait Slim {
+    /// Drops, in place, what no decision needs.
+    fn slim(&mut self);
+}
+
+/// Strips the bulk every kind carries in its metadata.
+pub fn slim_metadata<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// Kinds whose cached copy keeps everything but the metadata bulk.
+macro_rules! slim_metadata_only {
+    ($($kind:ty),* $(,)?) => {$(
+        impl Slim for $kind {
+            fn slim(&mut self) {
+                slim_metadata(self);
+            }
+        }
+    )*};
+}
+
+slim_metadata_only!(
+    workerpool_api::QWorker,
+    workerpool_api::ScalerConfig,
+    workerpool_api::StormWorkerPool,
+    workerpool_api::StormTopology,
+    workerpool_api::StormCluster,
+    k8s_openapi::api::batch::v1::Job,
+    k8s_openapi::api::apps::v1::StatefulSet,
+);
+
+impl Slim for k8s_openapi::api::core::v1::Pod {
+    /// Keeps metadata, the containers' names (the first is the worker), the node it is bound
+    /// to and the status: everything [`PodView`](crate::controllers::qworker::plan::PodView)
+    /// and the release controller read.
+    fn slim(&mut self) {
+        slim_metadata(self);
+        if let Some(spec) = self.spec.as_mut() {
+            let containers = std::mem::take(&mut spec.containers)
+                .into_iter()
+                .map(|c| k8s_openapi::api::core::v1::Container {
+                    name: c.name,
+                    ..Default::default()
+                })
+                .collect();
+            *spec = k8s_openapi::api::core::v1::PodSpec {
+                containers,
+                node_name: spec.node_name.take(),
+                ..Default::default()
+            };
+        }
+        if let Some(status) = self.status.as_mut() {
+            status.pod_ips = None;
+            status.host_ips = None;
+            for c in status.container_statuses.iter_mut().flatten() {
+                c.image_id = String::new();
+                c.volume_mounts = None;
+            }
+        }
+    }
+}
+
+impl Slim for k8s_openapi::api::apps::v1::Deployment {
+    /// Keeps metadata, `spec.replicas` and the status: the pod template stays out of the cache.
+    fn slim(&mut self) {
+        slim_metadata(self);
+        if let Some(spec) = self.spec.as_mut() {
+            spec.template = Default::default();
+        }
+    }
+}
+
+impl Slim for k8s_openapi::api::core::v1::ConfigMap {
+    /// Keeps metadata only.
+    fn slim(&mut self) {
+        slim_metadata(self);
+        self.data = None;
+        self.binary_data = None;
+    }
+}
+
+impl Slim for k8s_openapi::api::core::v1::Service {
+    /// Keeps metadata only.
+    fn slim(&mut self) {
+        slim_metadata(self);
+        self.spec = None;
+        self.status = None;
+    }
+}
+
+impl Slim for k8s_openapi::api::policy::v1::PodDisruptionBudget {
+    /// Keeps metadata only.
+    fn slim(&mut self) {
+        slim_metadata(self);
+        self.spec = None;
+        self.status = None;
+    }
+}
+
+impl Slim for k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler {
+    /// Keeps metadata, the bounds and the status.
+    fn slim(&mut self) {
+        slim_metadata(self);
+        if let Some(spec) = self.spec.as_mut() {
+            spec.metrics = None;
+            spec.behavior = None;
+        }
+        if let Some(status) = self.status.as_mut() {
+            status.current_metrics = None;
+        }
+    }
+}
+
+/// Removes what no decision needs from a cached object (see [`Slim`]).
+pub fn slim<K: Slim>(object: &mut K) {
+    object.slim();
 }
 
 /// A watch of `api` with `config`: its cache (a reflector store, objects slimmed by [`slim`]),
@@ -191,6 +317,7 @@ pub fn watch<K>(
 )
 where
     K: Resource<DynamicType = ()>
+        + Slim
         + DeserializeOwned
         + Clone
         + std::fmt::Debug
@@ -210,6 +337,176 @@ where
         })
         .touched_objects();
     (reader, stream)
+}
+
+/// A cache with an index of its objects by the uid of their controller owner, so that "the pods
+/// of this QWorker" is a lookup, not a scan of every cached pod (the autoscaler asks once per poll
+/// of every QWorker).
+pub struct Owned<K: Resource<DynamicType = ()> + 'static> {
+    store: Store<K>,
+    index: Option<Arc<std::sync::RwLock<OwnerIndex<K>>>>,
+}
+
+impl<K: Resource<DynamicType = ()> + 'static> Clone for Owned<K> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            index: self.index.clone(),
+        }
+    }
+}
+
+/// Object references by owner uid, and the owner of each reference. A relist is collected aside
+/// and replaces the index on `InitDone`, as the store itself does.
+struct OwnerIndex<K: Resource<DynamicType = ()>> {
+    by_owner: std::collections::HashMap<String, std::collections::HashSet<reflector::ObjectRef<K>>>,
+    owner_of: std::collections::HashMap<reflector::ObjectRef<K>, String>,
+    relist: Option<Box<OwnerIndex<K>>>,
+}
+
+impl<K: Resource<DynamicType = ()>> Default for OwnerIndex<K> {
+    fn default() -> Self {
+        Self {
+            by_owner: Default::default(),
+            owner_of: Default::default(),
+            relist: None,
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> OwnerIndex<K> {
+    fn remove(&mut self, key: &reflector::ObjectRef<K>) {
+        if let Some(owner) = self.owner_of.remove(key)
+            && let Some(set) = self.by_owner.get_mut(&owner)
+        {
+            set.remove(key);
+            if set.is_empty() {
+                self.by_owner.remove(&owner);
+            }
+        }
+    }
+
+    fn insert(&mut self, object: &K) {
+        let key = reflector::ObjectRef::from_obj(object);
+        self.remove(&key);
+        let owner = object
+            .owner_references()
+            .iter()
+            .find(|r| r.controller == Some(true))
+            .map(|r| r.uid.clone());
+        if let Some(owner) = owner {
+            self.by_owner
+                .entry(owner.clone())
+                .or_default()
+                .insert(key.clone());
+            self.owner_of.insert(key, owner);
+        }
+    }
+
+    fn apply(&mut self, event: &watcher::Event<K>) {
+        match event {
+            watcher::Event::Apply(o) => self.insert(o),
+            watcher::Event::Delete(o) => self.remove(&reflector::ObjectRef::from_obj(o)),
+            watcher::Event::Init => self.relist = Some(Box::default()),
+            watcher::Event::InitApply(o) => self.relist.get_or_insert_default().insert(o),
+            watcher::Event::InitDone => {
+                if let Some(fresh) = self.relist.take() {
+                    self.by_owner = fresh.by_owner;
+                    self.owner_of = fresh.owner_of;
+                }
+            }
+        }
+    }
+}
+
+impl<K> Owned<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    /// The objects whose controller owner has `uid`.
+    pub fn owned_by(&self, uid: &str) -> Vec<Arc<K>> {
+        match &self.index {
+            Some(index) => {
+                let index = index.read().unwrap_or_else(|p| p.into_inner());
+                index
+                    .by_owner
+                    .get(uid)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|key| self.store.get(key))
+                    .collect()
+            }
+            None => self
+                .store
+                .state()
+                .into_iter()
+                .filter(|o| {
+                    o.owner_references()
+                        .iter()
+                        .any(|r| r.controller == Some(true) && r.uid == uid)
+                })
+                .collect(),
+        }
+    }
+
+    /// The cache itself.
+    pub fn store(&self) -> &Store<K> {
+        &self.store
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + 'static> From<Store<K>> for Owned<K> {
+    /// A cache without an index ([`Owned::owned_by`] scans it): for stores that tests fill.
+    fn from(store: Store<K>) -> Self {
+        Self { store, index: None }
+    }
+}
+
+/// [`watch`], with the cache indexed by controller owner ([`Owned`]).
+pub fn watch_owned<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    synced: Synced,
+) -> (
+    Owned<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Slim
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let index: Arc<std::sync::RwLock<OwnerIndex<K>>> = Arc::default();
+    let writes = index.clone();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(slim::<K>)
+        .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                writes
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .apply(event);
+                if matches!(event, watcher::Event::InitDone) {
+                    synced.mark();
+                }
+            }
+        })
+        .touched_objects();
+    (
+        Owned {
+            store: reader,
+            index: Some(index),
+        },
+        stream,
+    )
 }
 
 /// Passes `events` (a [`watch`] stream) through, calling `on_delete` with each object that its
@@ -255,6 +552,42 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slimmed_pod_looks_the_same_to_the_planner() {
+        use crate::controllers::qworker::plan::PodView;
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "w-1", "namespace": "ns", "uid": "u1",
+                "labels": {"quickube.com/pod-spec-hash": "abc"},
+                "annotations": {"quickube.com/drain": "stale-spec-hash",
+                                "kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                "finalizers": ["quickube.com/task-recovery"],
+                "creationTimestamp": "2026-11-26T10:00:00Z",
+                "managedFields": [{"manager": "x", "operation": "Apply"}]},
+            "spec": {"nodeName": "node-1", "restartPolicy": "Never",
+                "containers": [{"name": "worker", "image": "w", "env": [{"name": "A", "value": "1"}]},
+                               {"name": "sidecar", "image": "s"}],
+                "volumes": [{"name": "v", "emptyDir": {}}]},
+            "status": {"phase": "Running", "podIPs": [{"ip": "10.0.0.1"}],
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "worker", "image": "w", "imageID": "sha256:x",
+                    "ready": true, "restartCount": 2, "state": {"running": {"startedAt": "2026-11-26T10:00:05Z"}},
+                    "lastState": {"terminated": {"exitCode": 1, "finishedAt": "2026-11-26T10:00:04Z"}}}]}
+        }))
+        .expect("a pod");
+        let mut slim = pod.clone();
+        Slim::slim(&mut slim);
+        assert_eq!(PodView::of(&slim), PodView::of(&pod));
+        assert!(
+            PodView::of(&slim).bound,
+            "the node binding decides drain or delete"
+        );
+        assert!(slim.metadata.managed_fields.is_none());
+        assert!(!slim.annotations().contains_key(LAST_APPLIED));
+        let spec = slim.spec.expect("spec");
+        assert!(spec.volumes.is_none() && spec.containers[0].env.is_none());
+        assert_eq!(spec.containers.len(), 2);
+    }
 
     #[tokio::test]
     async fn ready_only_when_every_cache_synced_and_waiters_all_wake() {

@@ -2,14 +2,40 @@
 //! lets at most N requests (other than watches, which stay open for minutes) be in flight, so
 //! that a burst of reconciles and status writes at start-up queues inside the process instead
 //! of opening one connection per request and overloading the API server.
+//!
+//! When the API server sheds load (HTTP 429, as API Priority and Fairness answers, with
+//! `Retry-After`), the permit of that request is held for the time the server asked (at most
+//! [`MAX_RETRY_AFTER`]) before it returns to the pool: the whole client slows down while the
+//! server is overloaded, instead of each reconcile retrying at once.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::Request;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
 use tokio::sync::Semaphore;
+
+/// The longest a 429's `Retry-After` holds a permit.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// How long a response asks the client to wait: `Retry-After` seconds of a 429 (1 s when the
+/// header is missing or not a number of seconds), capped at [`MAX_RETRY_AFTER`]; `None` for any
+/// other status.
+pub fn retry_after<B>(response: &Response<B>) -> Option<Duration> {
+    if response.status() != StatusCode::TOO_MANY_REQUESTS {
+        return None;
+    }
+    let seconds = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(1);
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+}
 
 /// The layer; see the module documentation.
 #[derive(Clone)]
@@ -65,9 +91,9 @@ pub fn is_watch(query: Option<&str>) -> bool {
     query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"))
 }
 
-impl<S, B> tower::Service<Request<B>> for Limit<S>
+impl<S, B, RB> tower::Service<Request<B>> for Limit<S>
 where
-    S: tower::Service<Request<B>>,
+    S: tower::Service<Request<B>, Response = Response<RB>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -95,7 +121,15 @@ where
         }
         Box::pin(async move {
             let result = response.await;
-            drop(permit);
+            if let Some(wait) = result.as_ref().ok().and_then(retry_after) {
+                tracing::warn!(?wait, "the API server is shedding load (429); slowing down");
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    drop(permit);
+                });
+            } else {
+                drop(permit);
+            }
             result
         })
     }
@@ -135,7 +169,7 @@ mod tests {
                 } else {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                 }
-                Ok::<_, std::convert::Infallible>(())
+                Ok::<_, std::convert::Infallible>(Response::new(()))
             }
         });
         let service = LimitLayer::new(3).layer(inner);
@@ -169,5 +203,72 @@ mod tests {
         for w in watches {
             w.abort();
         }
+    }
+
+    #[test]
+    fn retry_after_is_read_from_429_only_and_capped() {
+        let response = |status: u16, header: Option<&str>| {
+            let mut b = Response::builder().status(status);
+            if let Some(h) = header {
+                b = b.header(http::header::RETRY_AFTER, h);
+            }
+            b.body(()).expect("response")
+        };
+        assert_eq!(
+            retry_after(&response(429, Some("3"))),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            retry_after(&response(429, None)),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            retry_after(&response(429, Some("soon"))),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            retry_after(&response(429, Some("3600"))),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(retry_after(&response(503, Some("3"))), None);
+        assert_eq!(retry_after(&response(200, None)), None);
+    }
+
+    #[tokio::test]
+    async fn a_429_holds_its_permit_for_retry_after() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let inner = tower::service_fn(move |_req: Request<()>| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let status = if n == 0 { 429 } else { 200 };
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .status(status)
+                        .header(http::header::RETRY_AFTER, "1")
+                        .body(())
+                        .expect("response"),
+                )
+            }
+        });
+        let service = LimitLayer::new(1).layer(inner);
+        let started = std::time::Instant::now();
+        let first = service
+            .clone()
+            .oneshot(Request::get("/api/v1/pods").body(()).expect("request"))
+            .await
+            .expect("call");
+        assert_eq!(first.status(), 429);
+        let second = service
+            .clone()
+            .oneshot(Request::get("/api/v1/pods").body(()).expect("request"))
+            .await
+            .expect("call");
+        assert_eq!(second.status(), 200);
+        assert!(
+            started.elapsed() >= Duration::from_millis(950),
+            "the next request waited for Retry-After: {:?}",
+            started.elapsed()
+        );
     }
 }

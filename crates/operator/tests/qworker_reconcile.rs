@@ -79,7 +79,7 @@ fn harness(client: kube::Client) -> Harness {
     let shared = Shared::new(client.clone(), Arc::new(Metrics::default()), None);
     let ctx = Arc::new(Context {
         shared,
-        pods: pod_reader,
+        pods: pod_reader.into(),
         brokers: Brokers::new(client, config_reader),
         autoscaler: None,
         expectations: Expectations::default(),

@@ -285,13 +285,11 @@ async fn autoscaled_pool_is_created_at_its_initial_count_without_the_operator_ow
         .filter(|e| e.1 == "Created")
         .map(|e| e.2.as_str())
         .collect();
+    // One Event for the whole reconcile, naming every child it created.
     assert_eq!(
         created,
         vec![
-            "Created ConfigMap autoscale-workers-storm-config",
-            "Created Deployment autoscale-workers-deployment",
-            "Created Service autoscale-workers-headless",
-            "Created HorizontalPodAutoscaler autoscale-workers-hpa",
+            "Created ConfigMap autoscale-workers-storm-config, Deployment autoscale-workers-deployment, Service autoscale-workers-headless, HorizontalPodAutoscaler autoscale-workers-hpa",
         ]
     );
 }

@@ -184,9 +184,9 @@ pub fn ineffective_condition(status: &workerpool_api::QWorkerStatus) -> Option<N
 }
 
 /// The live pods of a QWorker, by the controller ownerReference (terminal and terminating pods excluded).
-pub fn live_worker_names(pods: &Store<Pod>, qw: &QWorker) -> Vec<String> {
+pub fn live_worker_names(pods: &crate::cache::Owned<Pod>, qw: &QWorker) -> Vec<String> {
     let uid = qw.metadata.uid.as_deref();
-    pods.state()
+    pods.owned_by(uid.unwrap_or_default())
         .iter()
         .filter(|p| p.namespace() == qw.namespace() && owned_by(p, uid))
         .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -226,7 +226,7 @@ pub struct Autoscaler {
     shared: Shared,
     brokers: Brokers,
     qworkers: Store<QWorker>,
-    pods: Store<Pod>,
+    pods: crate::cache::Owned<Pod>,
     tasks: Tasks,
 }
 
@@ -240,13 +240,13 @@ impl Autoscaler {
         shared: Shared,
         brokers: Brokers,
         qworkers: Store<QWorker>,
-        pods: Store<Pod>,
+        pods: impl Into<crate::cache::Owned<Pod>>,
     ) -> Self {
         Self {
             shared,
             brokers,
             qworkers,
-            pods,
+            pods: pods.into(),
             tasks: Arc::default(),
         }
     }
@@ -463,7 +463,10 @@ impl Poller {
                 // the queue length alone, and a poll stays as cheap as before).
                 let observation = match sc.scaling_policy() {
                     workerpool_api::qworker::ScalingPolicy::Rate => pod_observation(
-                        &self.scaler.pods.state(),
+                        &self
+                            .scaler
+                            .pods
+                            .owned_by(qw.metadata.uid.as_deref().unwrap_or_default()),
                         qw,
                         self.origin.elapsed(),
                         length,
@@ -600,7 +603,7 @@ impl Poller {
         let evidence: Vec<workerpool_api::OomKill> = self
             .scaler
             .pods
-            .state()
+            .owned_by(uid.unwrap_or_default())
             .iter()
             .filter(|p| p.namespace() == qw.namespace() && owned_by(p, uid))
             .flat_map(|p| vpa::oom_evidence(p))
@@ -728,7 +731,9 @@ impl Poller {
         decision: Option<(&policy::Observation, &policy::Decision)>,
     ) {
         let reachable = error.map(|e| e.reason);
-        let status = qw.status.clone().unwrap_or_default();
+        // Borrowed: this runs on every poll of every QWorker, and the status can be large.
+        let no_status = workerpool_api::QWorkerStatus::default();
+        let status = qw.status.as_ref().unwrap_or(&no_status);
         let previous = self.last.clone().unwrap_or(Written {
             desired: status.desired_replicas,
             queue_length: status.queue_length.and_then(|l| u64::try_from(l).ok()),
@@ -745,7 +750,7 @@ impl Poller {
                 .last_scale_decision
                 .as_ref()
                 .and_then(|d| serde_json::to_value(d).ok());
-            self.ineffective = ineffective_condition(&status).is_some();
+            self.ineffective = ineffective_condition(status).is_some();
         }
         let mut new_decision = None;
         // Whether scaling became ineffective or effective again: recorded even without a change

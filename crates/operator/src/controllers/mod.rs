@@ -15,6 +15,12 @@ use serde::de::DeserializeOwned;
 
 /// Label selector of every object the operator creates.
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=workerpool-operator";
+/// Label selector of a StormWorkerPool's children (each kind is watched, and cached, once).
+pub const POOL_CHILDREN_SELECTOR: &str =
+    "app.kubernetes.io/managed-by=workerpool-operator,app.kubernetes.io/name=storm-worker";
+/// Label selector of a managed StormCluster's objects.
+pub const CLUSTER_CHILDREN_SELECTOR: &str =
+    "app.kubernetes.io/managed-by=workerpool-operator,app.kubernetes.io/name=storm";
 
 /// An API of `K` in `namespace`, or in all namespaces.
 pub fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -78,10 +84,10 @@ where
 }
 
 /// Applies the child `object` of `owner` (server-side), unless `current` (what the cache shows
-/// of it) is [`up_to_date`]; publishes `Created`/`Updated` on the owner when the apply created or
-/// changed the child; returns the child as stored.
+/// of it) is [`up_to_date`]; notes on `children` whether the apply created or changed the child
+/// (published by [`ChildTracker::publish`], one Event per reason for the whole reconcile);
+/// returns the child as stored.
 pub async fn apply_child<O, K>(
-    shared: &crate::context::Shared,
     children: &ChildTracker,
     owner: &O,
     api: &Api<K>,
@@ -102,15 +108,7 @@ where
     }
     let applied = crate::apply::apply(api, object).await?;
     if let Some(change) = children.observe(&applied) {
-        shared
-            .event(
-                &owner.object_ref(&()),
-                false,
-                change.reason(),
-                &format!("Apply{}", K::kind(&())),
-                format!("{} {} {}", change.verb(), K::kind(&()), applied.name_any()),
-            )
-            .await;
+        children.note(owner, change, K::kind(&()).as_ref(), &applied.name_any());
     }
     Ok(applied)
 }
@@ -147,6 +145,8 @@ impl ChildChange {
 #[derive(Default)]
 pub struct ChildTracker {
     seen: Mutex<HashMap<String, String>>,
+    /// Changes not yet published, by owner uid: `(reason, "Kind name")`.
+    pending: Mutex<HashMap<String, Vec<(ChildChange, String)>>>,
 }
 
 /// How recent a creation timestamp must be for an unknown child to count as just created.
@@ -180,6 +180,50 @@ impl ChildTracker {
                     .is_some_and(|t| now.duration_since(t.0).as_secs() <= JUST_CREATED_SECS);
                 fresh.then_some(ChildChange::Created)
             }
+        }
+    }
+
+    /// Notes that an apply of `owner`'s child `kind`/`name` did `change`.
+    pub fn note<O: Resource>(&self, owner: &O, change: ChildChange, kind: &str, name: &str) {
+        let uid = owner.meta().uid.clone().unwrap_or_default();
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending
+            .entry(uid)
+            .or_default()
+            .push((change, format!("{kind} {name}")));
+    }
+
+    /// Publishes the noted changes of `owner`'s children: one Event per reason, naming every
+    /// child (`Created ConfigMap a, Deployment b, Service c`), so that creating a pool costs one
+    /// Event, not one per child.
+    pub async fn publish<O: Resource<DynamicType = ()>>(
+        &self,
+        shared: &crate::context::Shared,
+        owner: &O,
+    ) {
+        let uid = owner.meta().uid.clone().unwrap_or_default();
+        let notes = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.remove(&uid).unwrap_or_default()
+        };
+        for change in [ChildChange::Created, ChildChange::Updated] {
+            let children: Vec<&str> = notes
+                .iter()
+                .filter(|(c, _)| *c == change)
+                .map(|(_, child)| child.as_str())
+                .collect();
+            if children.is_empty() {
+                continue;
+            }
+            shared
+                .event(
+                    &owner.object_ref(&()),
+                    false,
+                    change.reason(),
+                    "ApplyChildren",
+                    format!("{} {}", change.verb(), children.join(", ")),
+                )
+                .await;
         }
     }
 

@@ -135,8 +135,8 @@ impl Expectations {
 pub struct Context {
     /// Client, recorder, metrics, gate.
     pub shared: Shared,
-    /// Cache of the managed worker pods.
-    pub pods: Store<Pod>,
+    /// Cache of the managed worker pods, indexed by owner.
+    pub pods: cache::Owned<Pod>,
     /// Broker connections, to recover the tasks of gone workers.
     pub brokers: crate::autoscaler::brokers::Brokers,
     /// The queue autoscaler; `None` in tests that drive `status.desiredReplicas` themselves.
@@ -262,16 +262,13 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
     // Observe.
     let spec = build::template_spec(qw, &vpa_requests(qw));
     let hash = build::pod_spec_hash(qw, &spec);
-    let in_namespace: Vec<Arc<Pod>> = ctx
+    let views: Vec<PodView> = ctx
         .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-        .collect();
-    let known: HashSet<String> = in_namespace.iter().map(|p| p.name_any()).collect();
-    let views: Vec<PodView> = in_namespace
+        .owned_by(&uid)
         .iter()
-        .filter(|p| owned_by(p, Some(uid.as_str())))
+        .filter(|p| {
+            p.namespace().as_deref() == Some(ns.as_str()) && owned_by(p, Some(uid.as_str()))
+        })
         .map(|p| PodView::of(p))
         .collect();
     let (pending_creates, pending_drains) = ctx.expectations.settle(&uid, &views);
@@ -284,6 +281,18 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
         sweep(ctx, qw).await
     } else {
         None
+    };
+    // Every cached pod name of the namespace, needed only when a sweep found lists to return.
+    let known: HashSet<String> = if holders.is_some() {
+        ctx.pods
+            .store()
+            .state()
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+            .map(|p| p.name_any())
+            .collect()
+    } else {
+        HashSet::new()
     };
 
     // Decide.
@@ -702,7 +711,7 @@ pub fn controller(
 ) {
     let client = shared.client.clone();
     let readiness = shared.gate.readiness.clone();
-    let (pods, pod_events) = cache::watch(
+    let (pods, pod_events) = cache::watch_owned(
         scoped::<Pod>(&client, namespace),
         watcher::Config::default().labels(POD_SELECTOR),
         readiness.track("pods"),
@@ -751,7 +760,7 @@ pub fn controller(
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
-    let release_run = Controller::for_stream(pod_events, pods)
+    let release_run = Controller::for_stream(pod_events, pods.store().clone())
         .with_config(shared.controller_config())
         .reconcile_all_on(shared.gate.on_leadership())
         .graceful_shutdown_on(shutdown)

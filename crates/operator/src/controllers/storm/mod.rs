@@ -27,7 +27,7 @@ use workerpool_api::storm::{StormCluster, StormTopology, StormWorkerPool, StormW
 
 use crate::apply;
 use crate::context::Shared;
-use crate::controllers::{ChildTracker, MANAGED_SELECTOR, cached, scoped};
+use crate::controllers::{ChildTracker, POOL_CHILDREN_SELECTOR, cached, scoped};
 use crate::error::{Error, Result};
 use replicas::BeforeApply;
 pub use replicas::{HANDOFF_MANAGER, manager_owns};
@@ -48,7 +48,7 @@ pub struct Context {
     pub caches: ChildCaches,
 }
 
-/// The caches of the children (labelled [`MANAGED_SELECTOR`], managedFields stripped) that the
+/// The caches of the children (labelled [`POOL_CHILDREN_SELECTOR`], managedFields stripped) that the
 /// controller's own watches of its children fill. A child whose cached copy is controlled by its
 /// pool and carries the hash of the body the reconciler would apply
 /// ([`build::APPLIED_HASH_ANNOTATION`]) is not applied again, so that the periodic reconcile of a
@@ -100,7 +100,9 @@ pub async fn reconcile(pool: Arc<StormWorkerPool>, ctx: Arc<Context>) -> Result<
         pool.namespace().unwrap_or_default(),
         pool.name_any()
     );
-    match reconcile_inner(&pool, &ctx).await {
+    let result = reconcile_inner(&pool, &ctx).await;
+    ctx.children.publish(&ctx.shared, &*pool).await;
+    match result {
         Ok(action) => {
             ctx.shared.reset_backoff(&key);
             Ok(action)
@@ -422,7 +424,7 @@ async fn apply_child<K>(
 where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
 {
-    crate::controllers::apply_child(&ctx.shared, &ctx.children, pool, api, object, current).await
+    crate::controllers::apply_child(&ctx.children, pool, api, object, current).await
 }
 
 async fn write_status(
@@ -466,7 +468,7 @@ pub fn controller(
 ) {
     let client = shared.client.clone();
     let ns = namespace;
-    let labelled = watcher::Config::default().labels(MANAGED_SELECTOR);
+    let labelled = watcher::Config::default().labels(POOL_CHILDREN_SELECTOR);
     let (store, pools) = crate::cache::watch(
         scoped::<StormWorkerPool>(&client, ns),
         watcher::Config::default(),

@@ -30,7 +30,7 @@ use workerpool_storm::Connector;
 
 use crate::apply;
 use crate::context::Shared;
-use crate::controllers::{ChildTracker, MANAGED_SELECTOR, cached, scoped};
+use crate::controllers::{CLUSTER_CHILDREN_SELECTOR, ChildTracker, cached, scoped};
 use crate::error::{Error, Result};
 pub use metrics::ClusterMetrics;
 use status::{Daemons, Outcome, Poll, StormRead};
@@ -40,7 +40,7 @@ pub const CONTROLLER: &str = "stormcluster";
 /// Longest time between two polls of a UI that keeps not answering.
 pub const MAX_POLL_BACKOFF: Duration = Duration::from_secs(300);
 
-/// The caches of a Managed cluster's objects (labelled [`MANAGED_SELECTOR`], managedFields
+/// The caches of a Managed cluster's objects (labelled [`CLUSTER_CHILDREN_SELECTOR`], managedFields
 /// stripped), filled by the controller's own watches. An object whose cached copy is controlled
 /// by its cluster and carries the hash of the body the reconciler would apply is not applied
 /// again, so a poll of a cluster where nothing changed sends no write.
@@ -167,7 +167,9 @@ pub async fn reconcile(cluster: Arc<StormCluster>, ctx: Arc<Context>) -> Result<
         );
         return Ok(Action::await_change());
     }
-    match reconcile_inner(&cluster, &ctx).await {
+    let result = reconcile_inner(&cluster, &ctx).await;
+    ctx.children.publish(&ctx.shared, &*cluster).await;
+    match result {
         Ok(action) => {
             ctx.shared.reset_backoff(&key);
             Ok(action)
@@ -374,7 +376,7 @@ async fn apply_child<K>(
 where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
 {
-    crate::controllers::apply_child(&ctx.shared, &ctx.children, cluster, api, object, current).await
+    crate::controllers::apply_child(&ctx.children, cluster, api, object, current).await
 }
 
 async fn write_status(
@@ -415,7 +417,7 @@ pub fn controller(
 ) -> (Store<StormCluster>, impl Future<Output = ()> + Send) {
     let client = shared.client.clone();
     let ns = namespace;
-    let labelled = watcher::Config::default().labels(MANAGED_SELECTOR);
+    let labelled = watcher::Config::default().labels(CLUSTER_CHILDREN_SELECTOR);
     let readiness = shared.gate.readiness.clone();
     let (store, clusters) = crate::cache::watch(
         scoped::<StormCluster>(&client, ns),

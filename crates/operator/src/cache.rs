@@ -325,14 +325,41 @@ where
         + Sync
         + 'static,
 {
+    watch_with(api, config, synced, |_| {})
+}
+
+/// [`watch`], calling `on_event` with each watcher event after the store has taken it.
+fn watch_with<K, F>(
+    api: Api<K>,
+    config: watcher::Config,
+    synced: Synced,
+    mut on_event: F,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Slim
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    F: FnMut(&watcher::Event<K>) + Send + 'static,
+{
     let (reader, writer) = reflector::store::<K>();
     let stream = watcher(api, config)
         .default_backoff()
         .modify(slim::<K>)
         .reflect(writer)
         .inspect(move |event| {
-            if matches!(event, Ok(watcher::Event::InitDone)) {
-                synced.mark();
+            if let Ok(event) = event {
+                on_event(event);
+                if matches!(event, watcher::Event::InitDone) {
+                    synced.mark();
+                }
             }
         })
         .touched_objects();
@@ -481,28 +508,17 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store::<K>();
     let index: Arc<std::sync::RwLock<OwnerIndex<K>>> = Arc::default();
     let writes = index.clone();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(slim::<K>)
-        .reflect(writer)
-        .inspect(move |event| {
-            if let Ok(event) = event {
-                writes
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .apply(event);
-                if matches!(event, watcher::Event::InitDone) {
-                    synced.mark();
-                }
-            }
-        })
-        .touched_objects();
+    let (store, stream) = watch_with(api, config, synced, move |event| {
+        writes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(event);
+    });
     (
         Owned {
-            store: reader,
+            store,
             index: Some(index),
         },
         stream,

@@ -43,7 +43,7 @@ impl fmt::Display for BrokerKind {
 }
 
 /// An error from a broker call. Messages never contain passwords or tokens.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueueError {
     /// The broker could not be reached, the connection broke, or the settings are invalid.

@@ -20,6 +20,7 @@
 //! dead broker never hangs a poll, and each [`connect`] holds one reconnecting connection that is
 //! reused for every call.
 
+mod batch;
 mod config;
 mod error;
 mod management;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use batch::batched;
 pub use config::{BrokerConfig, NatsConfig, RabbitMqConfig, RedisConfig, amqp_url};
 pub use error::{BrokerKind, QueueError};
 pub use nats::{ensure_nats_queue, nats_subject};
@@ -39,6 +41,9 @@ pub use rabbitmq::in_flight_queue;
 
 /// Time limit of one broker call (a command, a request, an acknowledgement).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How many queues the default [`QueueBroker::depths`] reads at a time.
+pub const DEPTHS_CONCURRENCY: usize = 16;
 
 /// Time limit of establishing a connection (TCP, TLS, authentication).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,6 +60,22 @@ pub trait QueueBroker: Send + Sync {
     /// management API, else as the workers marked busy on [`in_flight_queue`] (idle workers
     /// count nothing).
     async fn depth(&self, queue: &str, workers: &[String]) -> Result<u64, QueueError>;
+
+    /// The depths of several queues, one result per query in the same order, read together
+    /// where the broker allows it (Redis: one pipeline for all of them). The default reads them
+    /// one by one, [`DEPTHS_CONCURRENCY`] at a time. An error of one queue is that query's
+    /// result only.
+    async fn depths(&self, queries: &[DepthQuery]) -> Vec<Result<u64, QueueError>> {
+        use futures::StreamExt;
+        let mut reads = Vec::with_capacity(queries.len());
+        for q in queries {
+            reads.push(self.depth(&q.queue, &q.workers));
+        }
+        futures::stream::iter(reads)
+            .buffered(DEPTHS_CONCURRENCY)
+            .collect()
+            .await
+    }
 
     /// Returns every task held by worker `worker` (a pod that is gone) to `queue`, so that it is
     /// taken next. Returns the number of tasks moved.
@@ -73,6 +94,16 @@ pub trait QueueBroker: Send + Sync {
 
     /// Cheap health check (one round trip).
     async fn ping(&self) -> Result<(), QueueError>;
+}
+
+/// One queue whose depth [`QueueBroker::depths`] reads: the queue and the live workers whose
+/// in-flight tasks count (as for [`QueueBroker::depth`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DepthQuery {
+    /// The queue.
+    pub queue: String,
+    /// Names of the live worker pods.
+    pub workers: Vec<String>,
 }
 
 /// Connects to the broker. The returned value keeps one reconnecting connection for all calls.

@@ -9,7 +9,7 @@ use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisError}
 
 use crate::error::{BrokerKind, QueueError, timed};
 use crate::{
-    CALL_TIMEOUT, CONNECT_TIMEOUT, Handle, QueueBroker, RedisConfig, Task, TaskSource,
+    CALL_TIMEOUT, CONNECT_TIMEOUT, DepthQuery, Handle, QueueBroker, RedisConfig, Task, TaskSource,
     install_crypto_provider, processing_list,
 };
 
@@ -141,6 +141,43 @@ impl QueueBroker for RedisBroker {
         })
         .await?;
         Ok(lengths.iter().sum())
+    }
+
+    async fn depths(&self, queries: &[DepthQuery]) -> Vec<Result<u64, QueueError>> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for q in queries {
+            pipe.cmd("LLEN").arg(&q.queue);
+            for worker in &q.workers {
+                pipe.cmd("LLEN").arg(processing_list(&q.queue, worker));
+            }
+        }
+        let mut conn = self.conn.clone();
+        let replies: Result<Vec<redis::RedisResult<u64>>, QueueError> =
+            timed(KIND, "depth", CALL_TIMEOUT, async {
+                pipe.query_async(&mut conn).await.map_err(map_err)
+            })
+            .await;
+        let replies = match replies {
+            Ok(r) => r,
+            Err(e) => return vec![Err(e); queries.len()],
+        };
+        let mut replies = replies.into_iter();
+        queries
+            .iter()
+            .map(|q| {
+                // Every command's reply is taken, so that the next query starts at its own.
+                let mut total = Ok(0u64);
+                for reply in replies.by_ref().take(1 + q.workers.len()) {
+                    total = match (total, reply) {
+                        (Ok(sum), Ok(n)) => Ok(sum + n),
+                        (Err(e), _) => Err(e),
+                        (Ok(_), Err(e)) => Err(map_err(e)),
+                    };
+                }
+                total
+            })
+            .collect()
     }
 
     async fn recover(&self, queue: &str, worker: &str) -> Result<u64, QueueError> {

@@ -228,6 +228,9 @@ pub struct Autoscaler {
     qworkers: Store<QWorker>,
     pods: crate::cache::Owned<Pod>,
     tasks: Tasks,
+    /// Polls are due at whole multiples of their interval from here, so that the QWorkers of
+    /// one interval wake together and their queue reads share one broker call.
+    epoch: tokio::time::Instant,
 }
 
 fn key(qw: &QWorker) -> String {
@@ -248,6 +251,7 @@ impl Autoscaler {
             qworkers,
             pods: pods.into(),
             tasks: Arc::default(),
+            epoch: tokio::time::Instant::now(),
         }
     }
 
@@ -289,6 +293,12 @@ impl Autoscaler {
             vpa: VpaState::default(),
             wake: wake.clone(),
             answered: answered.clone(),
+            poll_duration: self
+                .shared
+                .metrics
+                .poll_duration
+                .get_or_create(&Poller::labels(qw))
+                .clone(),
         };
         debug!(qworker = %k, "starting autoscaler poll");
         tasks.insert(
@@ -354,6 +364,21 @@ struct Poller {
     vpa: VpaState,
     wake: Arc<tokio::sync::Notify>,
     answered: Arc<std::sync::atomic::AtomicBool>,
+    /// This QWorker's `qworker_poll_duration_seconds` (looked up once, not per poll).
+    poll_duration: prometheus_client::metrics::histogram::Histogram,
+}
+
+/// The first multiple of `interval` after `epoch` that is later than `now` (the next tick of
+/// that interval).
+pub fn next_tick(
+    epoch: tokio::time::Instant,
+    now: tokio::time::Instant,
+    interval: Duration,
+) -> tokio::time::Instant {
+    let step = interval.as_nanos().max(1);
+    let elapsed = now.saturating_duration_since(epoch).as_nanos();
+    let ticks = elapsed / step + 1;
+    epoch + Duration::from_nanos(u64::try_from(ticks * step).unwrap_or(u64::MAX))
 }
 
 /// activateVPA state of one poller: the usage record and when it was last sampled.
@@ -401,18 +426,19 @@ impl Poller {
             let outcome = self.poll(&qw).await;
             self.answered
                 .store(true, std::sync::atomic::Ordering::SeqCst);
-            let delay = match outcome {
+            let now = tokio::time::Instant::now();
+            let due = match outcome {
                 Ok(()) => {
                     self.failures = 0;
-                    interval
+                    next_tick(self.scaler.epoch, now, interval)
                 }
                 Err(()) => {
                     self.failures = self.failures.saturating_add(1);
-                    (interval * 2u32.saturating_pow(self.failures.min(6))).min(MAX_BACKOFF)
+                    now + (interval * 2u32.saturating_pow(self.failures.min(6))).min(MAX_BACKOFF)
                 }
             };
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {},
+                _ = tokio::time::sleep_until(due) => {},
                 _ = self.wake.notified() => {},
             }
         }
@@ -443,12 +469,7 @@ impl Poller {
             }
             Err(e) => Err(e),
         };
-        self.scaler
-            .shared
-            .metrics
-            .poll_duration
-            .get_or_create(&Self::labels(qw))
-            .observe(started.elapsed().as_secs_f64());
+        self.poll_duration.observe(started.elapsed().as_secs_f64());
         if sc.activate_vpa
             && self
                 .vpa
@@ -916,6 +937,25 @@ impl Poller {
                 None => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tick_tests {
+    use super::*;
+
+    #[test]
+    fn polls_of_one_interval_fall_on_the_same_ticks() {
+        let epoch = tokio::time::Instant::now();
+        let s = Duration::from_secs(1);
+        let at = |ms: u64| epoch + Duration::from_millis(ms);
+        // Two pollers that started out of phase meet on the same tick.
+        assert_eq!(next_tick(epoch, at(130), s), at(1000));
+        assert_eq!(next_tick(epoch, at(870), s), at(1000));
+        // A poll that ends exactly on a tick waits for the next one, never for none.
+        assert_eq!(next_tick(epoch, at(1000), s), at(2000));
+        assert_eq!(next_tick(epoch, at(0), s), at(1000));
+        assert_eq!(next_tick(epoch, at(4500), Duration::from_secs(3)), at(6000));
     }
 }
 

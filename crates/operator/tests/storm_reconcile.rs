@@ -866,6 +866,7 @@ fn settled(
         services: cache_of([children.service.clone()]),
         hpas: cache_of(hpa),
         pdbs: cache_of(children.pdb.clone()),
+        ..ChildCaches::default()
     };
     (caches, children)
 }
@@ -884,7 +885,7 @@ async fn a_resync_of_an_unchanged_pool_sends_no_write() {
     let mut p = pool(include_str!(
         "../../../examples/storm-basic-worker-pool.yaml"
     ));
-    let (caches, children) = settled(&mut p);
+    let (mut caches, children) = settled(&mut p);
     for (what, hash) in [
         ("ConfigMap", &children.config_map.metadata.annotations),
         ("Deployment", &children.deployment.metadata.annotations),
@@ -896,11 +897,15 @@ async fn a_resync_of_an_unchanged_pool_sends_no_write() {
             "{what}"
         );
     }
+    caches.topologies = cache_of([
+        serde_json::from_value(topology("my-topology", "Running")).expect("topology"),
+    ]);
+    caches.clusters = cache_of([serde_json::from_value(cluster()).expect("cluster")]);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
-    expect_running_references(&mut api, "my-topology").await;
-    // Every child is cached with the hash of its body; neither an HPA nor a PodDisruptionBudget
-    // is configured, and the cache shows none. No apply, no read or delete of a child, no status
-    // write: the two reads above are all.
+    // Every child is cached with the hash of its body, and so are the topology and the cluster;
+    // neither an HPA nor a PodDisruptionBudget is configured, and the cache shows none. No
+    // request at all: no read of the references, no apply, no read or delete of a child, no
+    // status write.
     api.finish(task).await.expect("reconcile ok");
     assert!(api.events.is_empty(), "{:?}", api.events);
 }

@@ -54,7 +54,9 @@ pub struct Context {
 /// ([`build::APPLIED_HASH_ANNOTATION`]) is not applied again, so that the periodic reconcile of a
 /// pool where nothing changed sends no write. A cache may lag: a child it shows as missing or
 /// older is simply applied (an apply is idempotent), and a change of a child that it has not
-/// seen yet triggers another reconcile when the watch delivers it.
+/// seen yet triggers another reconcile when the watch delivers it. The pools' topologies and
+/// clusters are cached too (a handful of objects), so that a reconcile reads nothing from the
+/// API server.
 #[derive(Clone)]
 pub struct ChildCaches {
     /// ConfigMaps.
@@ -67,6 +69,11 @@ pub struct ChildCaches {
     pub hpas: Store<HorizontalPodAutoscaler>,
     /// PodDisruptionBudgets.
     pub pdbs: Store<PodDisruptionBudget>,
+    /// The StormTopologies the pools name: read here first, fetched when missing (the cache
+    /// may not have seen a new one yet), so that a reconcile sends no read for them.
+    pub topologies: Store<StormTopology>,
+    /// The StormClusters, read the same way.
+    pub clusters: Store<StormCluster>,
 }
 
 impl Default for ChildCaches {
@@ -79,7 +86,21 @@ impl Default for ChildCaches {
             services: reflector::store().0,
             hpas: reflector::store().0,
             pdbs: reflector::store().0,
+            topologies: reflector::store().0,
+            clusters: reflector::store().0,
         }
+    }
+}
+
+/// The object `name` of namespace `ns` from `cache`, or from the API server when the cache does
+/// not hold it (yet).
+async fn cached_or_get<K>(cache: &Store<K>, api: &Api<K>, ns: &str, name: &str) -> Result<Option<K>>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + std::fmt::Debug + 'static,
+{
+    match cache.get(&ObjectRef::new(name).within(ns)) {
+        Some(object) => Ok(Some((*object).clone())),
+        None => Ok(api.get_opt(name).await?),
     }
 }
 
@@ -224,7 +245,9 @@ async fn resolve(
     let topologies: Api<StormTopology> = Api::namespaced(ctx.shared.client.clone(), &ns);
     let clusters: Api<StormCluster> = Api::namespaced(ctx.shared.client.clone(), &ns);
     let topology_name = &pool.spec.topology_ref;
-    let Some(topology) = topologies.get_opt(topology_name).await? else {
+    let Some(topology) =
+        cached_or_get(&ctx.caches.topologies, &topologies, &ns, topology_name).await?
+    else {
         return Ok(Err(Blocked {
             reason: "TopologyNotFound",
             message: format!("StormTopology {ns}/{topology_name} does not exist"),
@@ -245,7 +268,8 @@ async fn resolve(
         .cluster_ref
         .clone()
         .unwrap_or_else(|| topology.spec.cluster_ref.clone());
-    let Some(cluster) = clusters.get_opt(&cluster_name).await? else {
+    let Some(cluster) = cached_or_get(&ctx.caches.clusters, &clusters, &ns, &cluster_name).await?
+    else {
         return Ok(Err(Blocked {
             reason: "ClusterNotFound",
             message: format!("StormCluster {ns}/{cluster_name} does not exist"),
@@ -458,9 +482,12 @@ pub fn error_policy(pool: Arc<StormWorkerPool>, err: &Error, ctx: Arc<Context>) 
 }
 
 /// The controller's cache of pools and the future that runs it until `shutdown` resolves.
+/// Every event of its pool watch is also given to `follow` (the topology controller follows
+/// the pools this way, without a second cache of them).
 pub fn controller(
     shared: Shared,
     namespace: Option<&str>,
+    follow: impl FnMut(&watcher::Event<StormWorkerPool>) + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> (
     Store<StormWorkerPool>,
@@ -469,10 +496,11 @@ pub fn controller(
     let client = shared.client.clone();
     let ns = namespace;
     let labelled = watcher::Config::default().labels(POOL_CHILDREN_SELECTOR);
-    let (store, pools) = crate::cache::watch(
+    let (store, pools) = crate::cache::watch_with(
         scoped::<StormWorkerPool>(&client, ns),
         watcher::Config::default(),
         shared.gate.readiness.track("stormworkerpools"),
+        follow,
     );
     let by_topology = store.clone();
     let by_cluster = store.clone();
@@ -504,6 +532,16 @@ pub fn controller(
         labelled,
         readiness.track("storm-pdbs"),
     );
+    let (topologies, topology_events) = crate::cache::watch(
+        scoped::<StormTopology>(&client, ns),
+        watcher::Config::default(),
+        readiness.track("storm-topologies"),
+    );
+    let (clusters, cluster_events) = crate::cache::watch(
+        scoped::<StormCluster>(&client, ns),
+        watcher::Config::default(),
+        readiness.track("storm-clusters"),
+    );
     let ctx = Arc::new(Context {
         shared,
         children: ChildTracker::default(),
@@ -513,6 +551,8 @@ pub fn controller(
             services,
             hpas,
             pdbs,
+            topologies,
+            clusters,
         },
     });
     // The same watches that fill the caches trigger the owner's reconcile on a child's change.
@@ -524,33 +564,25 @@ pub fn controller(
         .owns_stream(service_events)
         .owns_stream(hpa_events)
         .owns_stream(pdb_events)
-        .watches(
-            scoped::<StormTopology>(&client, ns),
-            watcher::Config::default(),
-            move |topology: StormTopology| {
-                let ns = topology.namespace();
-                let name = topology.name_any();
-                by_topology
-                    .state()
-                    .into_iter()
-                    .filter(|p| p.namespace() == ns && p.spec.topology_ref == name)
-                    .map(|p| ObjectRef::from_obj(&*p))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .watches(
-            scoped::<StormCluster>(&client, ns),
-            watcher::Config::default(),
-            move |cluster: StormCluster| {
-                let ns = cluster.namespace();
-                by_cluster
-                    .state()
-                    .into_iter()
-                    .filter(|p| p.namespace() == ns)
-                    .map(|p| ObjectRef::from_obj(&*p))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(topology_events, move |topology: StormTopology| {
+            let ns = topology.namespace();
+            let name = topology.name_any();
+            by_topology
+                .state()
+                .into_iter()
+                .filter(|p| p.namespace() == ns && p.spec.topology_ref == name)
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(cluster_events, move |cluster: StormCluster| {
+            let ns = cluster.namespace();
+            by_cluster
+                .state()
+                .into_iter()
+                .filter(|p| p.namespace() == ns)
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()));

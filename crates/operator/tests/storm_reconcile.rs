@@ -542,6 +542,31 @@ async fn topology_not_running_waits() {
 }
 
 #[tokio::test]
+async fn a_topology_its_controller_has_not_looked_at_yet_is_waited_for_quietly() {
+    let (client, mut api) = support::mock();
+    let p = pool(include_str!("../../../examples/storm-gpu-worker-pool.yaml"));
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
+    let mut fresh = topology("ml-topology", "Running");
+    fresh.as_object_mut().expect("object").remove("status");
+    api.expect(
+        "GET",
+        &path("storm.apache.org/v1beta1", "stormtopologies", "ml-topology"),
+        200,
+        fresh,
+    )
+    .await;
+    // No status write and no Warning: the topology's first status wakes the pool.
+    let action = api.finish(task).await.expect("reconcile ok");
+    assert!(api.events.is_empty(), "{:?}", api.events);
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(
+            workerpool_operator::controllers::storm::UNOBSERVED_RETRY
+        )
+    );
+}
+
+#[tokio::test]
 async fn invalid_custom_metric_fails_the_pool_without_touching_children() {
     let (client, mut api) = support::mock();
     let mut p = pool(include_str!(

@@ -37,6 +37,9 @@ use status::Blocked;
 pub const CONTROLLER: &str = "stormworkerpool";
 /// How often a healthy pool is reconciled again without any change.
 pub const RESYNC: Duration = Duration::from_secs(300);
+/// When a pool's topology or cluster has no status yet, the pool looks again this soon (their
+/// first status write wakes it sooner).
+pub const UNOBSERVED_RETRY: Duration = Duration::from_secs(10);
 
 /// State of the StormWorkerPool controller.
 pub struct Context {
@@ -157,6 +160,10 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
     }
     let cluster = match resolve(pool, ctx).await? {
         Ok(cluster) => cluster,
+        Err(blocked) if blocked.unobserved => {
+            debug!(reason = blocked.reason, message = %blocked.message, "waiting for the reference's first status");
+            return Ok(Action::requeue(UNOBSERVED_RETRY));
+        }
         Err(blocked) => {
             let changed = reason_changed(pool, blocked.reason);
             write_status(pool, ctx, status::blocked(pool, &blocked, now)).await?;
@@ -251,6 +258,7 @@ async fn resolve(
         return Ok(Err(Blocked {
             reason: "TopologyNotFound",
             message: format!("StormTopology {ns}/{topology_name} does not exist"),
+            unobserved: false,
         }));
     };
     if !topology.serves_pools() {
@@ -261,6 +269,7 @@ async fn resolve(
                 "StormTopology {ns}/{topology_name} is {}, waiting for Running",
                 phase.map_or("without a phase", |p| p.as_str())
             ),
+            unobserved: phase.is_none(),
         }));
     }
     let cluster_name = pool
@@ -273,6 +282,7 @@ async fn resolve(
         return Ok(Err(Blocked {
             reason: "ClusterNotFound",
             message: format!("StormCluster {ns}/{cluster_name} does not exist"),
+            unobserved: false,
         }));
     };
     if !cluster.is_running() {
@@ -283,6 +293,7 @@ async fn resolve(
                 "StormCluster {ns}/{cluster_name} is {}, waiting for Running",
                 phase.map_or("without a phase", |p| p.as_str())
             ),
+            unobserved: phase.is_none(),
         }));
     }
     Ok(Ok(cluster))

@@ -16,6 +16,10 @@ pub struct Blocked {
     pub reason: &'static str,
     /// Which object and why.
     pub message: String,
+    /// The topology or cluster has no status yet: its own controller has not looked at it
+    /// (right after it was created, or after the operator started with everything new). The
+    /// pool then waits quietly: no status write, no Warning, since that status write wakes it.
+    pub unobserved: bool,
 }
 
 /// Status of a pool whose children exist: counts from the Deployment, the `Autoscaling`

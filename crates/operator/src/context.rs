@@ -16,6 +16,10 @@ use crate::metrics::Metrics;
 pub struct Shared {
     /// The Kubernetes client.
     pub client: Client,
+    /// The autoscaler's client: its own lane of requests (see
+    /// [`crate::api_calls::Clients::autoscaler`]); the same client unless
+    /// [`Shared::with_autoscaler_client`] gave another.
+    pub autoscaler_client: Client,
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
     /// The operator's metrics.
@@ -38,12 +42,20 @@ impl Shared {
         };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
+            autoscaler_client: client.clone(),
             client,
             metrics,
             gate: Gate::open(),
             concurrency: 0,
             failures: Arc::default(),
         }
+    }
+
+    /// The same state with the autoscaler's status writes and metric reads going through
+    /// `client`.
+    pub fn with_autoscaler_client(mut self, client: Client) -> Self {
+        self.autoscaler_client = client;
+        self
     }
 
     /// The same state with at most `n` concurrent reconciles per controller.
@@ -83,7 +95,9 @@ impl Shared {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, object).await {
+        // Boxed: an Event is rare, and its request future would otherwise be reserved in every
+        // task that may publish one (the autoscaler keeps one such task per QWorker).
+        if let Err(e) = Box::pin(self.recorder.publish(&event, object)).await {
             tracing::warn!(error = %e, reason, "could not publish event");
         }
     }

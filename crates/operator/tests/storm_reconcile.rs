@@ -922,9 +922,8 @@ async fn a_resync_of_an_unchanged_pool_sends_no_write() {
             "{what}"
         );
     }
-    caches.topologies = cache_of([
-        serde_json::from_value(topology("my-topology", "Running")).expect("topology"),
-    ]);
+    caches.topologies =
+        cache_of([serde_json::from_value(topology("my-topology", "Running")).expect("topology")]);
     caches.clusters = cache_of([serde_json::from_value(cluster()).expect("cluster")]);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
     // Every child is cached with the hash of its body, and so are the topology and the cluster;

@@ -166,6 +166,20 @@ impl Brokers {
         {
             return Ok(entry.broker.clone());
         }
+        // Connecting and checking consent are rare and their futures large: boxed while they run,
+        // so that every poll task does not reserve room for them.
+        Box::pin(self.get_slow(&sc, &slot, namespace, name, fp)).await
+    }
+
+    /// [`Brokers::get`] when the pooled connection is missing, stale or due a consent check.
+    async fn get_slow(
+        &self,
+        sc: &ScalerConfig,
+        slot: &Slot,
+        namespace: &str,
+        name: &str,
+        fp: String,
+    ) -> Result<Arc<dyn QueueBroker>, BrokerUnavailable> {
         let mut slot = slot.lock().await;
         if let Some(entry) = slot.as_ref().filter(|e| e.fingerprint == fp) {
             if entry.secrets.is_empty() || entry.checked.elapsed() < self.consent_recheck {
@@ -187,7 +201,7 @@ impl Brokers {
             return Ok(broker);
         }
         let credentials_namespace = self.credentials_namespace.as_deref();
-        let cfg = resolve(&self.client, &sc, credentials_namespace).await?;
+        let cfg = resolve(&self.client, sc, credentials_namespace).await?;
         // Batched: the QWorkers of one ScalerConfig polled on the same tick share one read.
         let broker = workerpool_queue::batched(
             workerpool_queue::connect(&cfg)
@@ -196,7 +210,7 @@ impl Brokers {
             cfg.kind(),
         );
         // One consent check per Secret, however many of its keys are used.
-        let mut secrets = secret_uses(&sc, credentials_namespace);
+        let mut secrets = secret_uses(sc, credentials_namespace);
         let mut seen = HashSet::new();
         secrets.retain(|s| seen.insert((s.namespace.clone(), s.name.clone())));
         *slot = Some(Entry {

@@ -223,6 +223,12 @@ type Tasks = Arc<Mutex<HashMap<String, Task>>>;
 /// Runs and tracks one poll task per QWorker.
 #[derive(Clone)]
 pub struct Autoscaler {
+    /// Shared by the poll tasks (each holds a pointer, not a copy).
+    inner: Arc<Inner>,
+}
+
+/// What the poll tasks share.
+struct Inner {
     shared: Shared,
     brokers: Brokers,
     qworkers: Store<QWorker>,
@@ -246,18 +252,20 @@ impl Autoscaler {
         pods: impl Into<crate::cache::Owned<Pod>>,
     ) -> Self {
         Self {
-            shared,
-            brokers,
-            qworkers,
-            pods: pods.into(),
-            tasks: Arc::default(),
-            epoch: tokio::time::Instant::now(),
+            inner: Arc::new(Inner {
+                shared,
+                brokers,
+                qworkers,
+                pods: pods.into(),
+                tasks: Arc::default(),
+                epoch: tokio::time::Instant::now(),
+            }),
         }
     }
 
     /// The broker connections.
     pub fn brokers(&self) -> &Brokers {
-        &self.brokers
+        &self.inner.brokers
     }
 
     /// Starts the poll task of `qw` unless it is running; a running one whose QWorker's spec
@@ -265,7 +273,7 @@ impl Autoscaler {
     pub fn ensure(&self, qw: &QWorker) {
         let k = key(qw);
         let uid = qw.metadata.uid.clone().unwrap_or_default();
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(task) = tasks.get_mut(&k)
             && task.uid == uid
             && !task.handle.is_finished()
@@ -279,7 +287,7 @@ impl Autoscaler {
         let wake = Arc::new(tokio::sync::Notify::new());
         let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let poller = Poller {
-            scaler: self.clone(),
+            scaler: self.inner.clone(),
             object: ObjectRef::from_obj(qw),
             uid: uid.clone(),
             scaling: policy::Scaler::new(Duration::from_secs(u64::from(
@@ -294,6 +302,7 @@ impl Autoscaler {
             wake: wake.clone(),
             answered: answered.clone(),
             poll_duration: self
+                .inner
                 .shared
                 .metrics
                 .poll_duration
@@ -316,7 +325,7 @@ impl Autoscaler {
     /// Whether the poll of `qw` has looked at the queue at least once since it started (a
     /// desired count written before may be stale after an operator restart).
     pub fn answered(&self, qw: &QWorker) -> bool {
-        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
         tasks.get(&key(qw)).is_some_and(|t| {
             Some(t.uid.as_str()) == qw.metadata.uid.as_deref()
                 && t.answered.load(std::sync::atomic::Ordering::SeqCst)
@@ -325,7 +334,7 @@ impl Autoscaler {
 
     /// Stops the poll of a deleted QWorker and forgets it (its activateVPA memory goes with it).
     pub fn forget(&self, qw: &QWorker) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(task) = tasks.remove(&key(qw)) {
             task.handle.abort();
         }
@@ -333,7 +342,7 @@ impl Autoscaler {
 
     /// Number of running poll tasks.
     pub fn running(&self) -> usize {
-        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
         tasks.values().filter(|t| !t.handle.is_finished()).count()
     }
 }
@@ -348,7 +357,7 @@ struct Written {
 }
 
 struct Poller {
-    scaler: Autoscaler,
+    scaler: Arc<Inner>,
     object: ObjectRef<QWorker>,
     uid: String,
     /// Rate estimates, effectiveness test and scale-down window (in memory: after a restart
@@ -476,7 +485,7 @@ impl Poller {
                 .last_sample
                 .is_none_or(|t| t.elapsed() >= VPA_INTERVAL)
         {
-            self.sample_usage(qw).await;
+            Box::pin(self.sample_usage(qw)).await;
         }
         match depth {
             Ok(length) => {
@@ -509,13 +518,14 @@ impl Poller {
                 );
                 let decision = self.scaling.step(&observation, &knobs(sc), current);
                 self.record_decision(qw, &observation, &decision);
-                self.write(
+                // Boxed: it runs to completion at once unless there is something to write.
+                Box::pin(self.write(
                     qw,
                     decision.replicas,
                     Some(length),
                     None,
                     Some((&observation, &decision)),
-                )
+                ))
                 .await;
                 Ok(())
             }
@@ -539,7 +549,7 @@ impl Poller {
                     .map_or(sc.min_replicas, |s| s.desired_replicas)
                     // Keep the last answer, within bounds that may have changed since.
                     .clamp(sc.min_replicas.max(0), sc.max_replicas.max(0));
-                self.write(qw, desired, None, Some(&e), None).await;
+                Box::pin(self.write(qw, desired, None, Some(&e), None)).await;
                 Err(())
             }
         }
@@ -567,13 +577,13 @@ impl Poller {
         let mut changed = false;
         let ns = qw.namespace().unwrap_or_default();
         let api: Api<kube::core::DynamicObject> = Api::namespaced_with(
-            self.scaler.shared.client.clone(),
+            self.scaler.shared.autoscaler_client.clone(),
             &ns,
             &pod_metrics_resource(),
         );
-        let listed = api
-            .list(&kube::api::ListParams::default().labels(&build::selector(qw)))
-            .await;
+        let listed =
+            Box::pin(api.list(&kube::api::ListParams::default().labels(&build::selector(qw))))
+                .await;
         let live = live_worker_names(&self.scaler.pods, qw).len();
         let condition = match listed {
             Ok(list) => {
@@ -858,16 +868,16 @@ impl Poller {
             patch["status"]["queueLength"] = serde_json::json!(l);
         }
         let api: Api<QWorker> = Api::namespaced(
-            self.scaler.shared.client.clone(),
+            self.scaler.shared.autoscaler_client.clone(),
             &qw.namespace().unwrap_or_default(),
         );
-        match api
-            .patch_status(
-                &qw.name_any(),
-                &PatchParams::apply(AUTOSCALER_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
+        // Boxed while it runs (see `size_tests`).
+        match Box::pin(api.patch_status(
+            &qw.name_any(),
+            &PatchParams::apply(AUTOSCALER_MANAGER).force(),
+            &Patch::Apply(&patch),
+        ))
+        .await
         {
             Ok(_) => {
                 self.vpa.dirty = false;
@@ -937,6 +947,49 @@ impl Poller {
                 None => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// One poll task lives per QWorker for as long as it exists, so its future is the per-QWorker
+    /// memory of the autoscaler: the rare, large steps (a status write, an Event, a metrics read,
+    /// connecting) are boxed while they run instead of being reserved in every task.
+    #[tokio::test]
+    async fn a_poll_task_stays_small() {
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = kube::Client::new(service, "default");
+        let shared = Shared::new(client.clone(), Arc::default(), None);
+        let (qworkers, _) = kube::runtime::reflector::store::<QWorker>();
+        let (pods, _) = kube::runtime::reflector::store::<Pod>();
+        let (configs, _) = kube::runtime::reflector::store();
+        let scaler = Autoscaler::new(shared, Brokers::new(client, configs), qworkers, pods);
+        let mut qw = QWorker::new("w", Default::default());
+        qw.metadata.namespace = Some("ns".into());
+        let poller = Poller {
+            scaler: scaler.inner.clone(),
+            object: ObjectRef::from_obj(&qw),
+            uid: String::new(),
+            scaling: policy::Scaler::new(Duration::ZERO),
+            last_decision: None,
+            ineffective: false,
+            origin: Instant::now(),
+            failures: 0,
+            last: None,
+            vpa: VpaState::default(),
+            wake: Arc::default(),
+            answered: Arc::default(),
+            poll_duration: prometheus_client::metrics::histogram::Histogram::new([1.0]),
+        };
+        let task = poller.run();
+        let size = std::mem::size_of_val(&task);
+        println!("poll task: {size} bytes");
+        assert!(size <= 2048, "a poll task takes {size} bytes");
     }
 }
 

@@ -57,11 +57,24 @@ impl State {
 
     /// Sends what waits, in calls of at most [`MAX_BATCH`], until nothing does.
     async fn flush(self: Arc<Self>) {
+        /// Should the flush end early (a panic in the broker's code), the next read starts
+        /// another one instead of waiting for a flush that never comes.
+        struct Reset<'a>(&'a State);
+        impl Drop for Reset<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.lock().flushing = false;
+                }
+            }
+        }
+        let _reset = Reset(&self);
         tokio::time::sleep(GATHER).await;
         loop {
             let batch: Waiting = {
                 let mut pending = self.lock();
                 if pending.waiting.is_empty() {
+                    // Under the same lock as the check, so that a read added after it starts
+                    // a flush of its own.
                     pending.flushing = false;
                     return;
                 }

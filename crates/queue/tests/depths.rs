@@ -263,3 +263,52 @@ async fn nats_depths_read_each_consumer() {
         Some("not_found")
     );
 }
+
+/// Panics on its first batched read, then reads the real broker.
+struct PanicsOnce {
+    inner: Arc<dyn QueueBroker>,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl QueueBroker for PanicsOnce {
+    async fn depth(&self, queue: &str, workers: &[String]) -> Result<u64, QueueError> {
+        self.inner.depth(queue, workers).await
+    }
+    async fn depths(&self, queries: &[DepthQuery]) -> Vec<Result<u64, QueueError>> {
+        assert!(
+            self.calls.fetch_add(1, Ordering::SeqCst) > 0,
+            "the first batched read fails"
+        );
+        self.inner.depths(queries).await
+    }
+    async fn recover(&self, queue: &str, worker: &str) -> Result<u64, QueueError> {
+        self.inner.recover(queue, worker).await
+    }
+    async fn ping(&self) -> Result<(), QueueError> {
+        self.inner.ping().await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_batch_answers_its_callers_and_later_reads_still_go_out() {
+    let broker = batched(
+        Arc::new(PanicsOnce {
+            inner: connect(&redis_cfg()).await.expect("connect"),
+            calls: AtomicUsize::new(0),
+        }),
+        BrokerKind::Redis,
+    );
+    let q = unique("after-panic");
+    let first = tokio::time::timeout(Duration::from_secs(2), broker.depth(&q, &[]))
+        .await
+        .expect("answered, not left waiting");
+    assert_eq!(
+        first.expect_err("its flush panicked").category(),
+        "protocol"
+    );
+    let second = tokio::time::timeout(Duration::from_secs(2), broker.depth(&q, &[]))
+        .await
+        .expect("a new flush runs");
+    assert_eq!(second.expect("depth"), 0);
+}

@@ -234,8 +234,9 @@ struct Inner {
     qworkers: Store<QWorker>,
     pods: crate::cache::Owned<Pod>,
     tasks: Tasks,
-    /// Polls are due at whole multiples of their interval from here, so that the QWorkers of
-    /// one interval wake together and their queue reads share one broker call.
+    /// Polls are due at whole multiples of their interval from here, shifted by the QWorker's
+    /// phase ([`phase`]), so that the QWorkers of one interval and phase wake together and their
+    /// queue reads share one broker call.
     epoch: tokio::time::Instant,
 }
 
@@ -308,6 +309,7 @@ impl Autoscaler {
                 .poll_duration
                 .get_or_create(&Poller::labels(qw))
                 .clone(),
+            phase: phase(&k),
         };
         debug!(qworker = %k, "starting autoscaler poll");
         tasks.insert(
@@ -375,6 +377,22 @@ struct Poller {
     answered: Arc<std::sync::atomic::AtomicBool>,
     /// This QWorker's `qworker_poll_duration_seconds` (looked up once, not per poll).
     poll_duration: prometheus_client::metrics::histogram::Histogram,
+    /// Its [`phase`].
+    phase: f64,
+}
+
+/// Phases of a poll interval: the QWorkers are spread over this many evenly spaced ticks per
+/// interval, so that their reads are batched in a few broker calls while the status writes of a
+/// burst of queue changes do not all reach the API server in the same instant.
+pub const PHASES: u64 = 10;
+
+/// The phase of the QWorker `key` as a fraction of its interval (`0`, `0.1`, ... `0.9`), stable
+/// for a given key.
+pub fn phase(key: &str) -> f64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % PHASES) as f64 / PHASES as f64
 }
 
 /// The first multiple of `interval` after `epoch` that is later than `now` (the next tick of
@@ -439,7 +457,11 @@ impl Poller {
             let due = match outcome {
                 Ok(()) => {
                     self.failures = 0;
-                    next_tick(self.scaler.epoch, now, interval)
+                    next_tick(
+                        self.scaler.epoch + interval.mul_f64(self.phase),
+                        now,
+                        interval,
+                    )
                 }
                 Err(()) => {
                     self.failures = self.failures.saturating_add(1);
@@ -985,6 +1007,7 @@ mod size_tests {
             wake: Arc::default(),
             answered: Arc::default(),
             poll_duration: prometheus_client::metrics::histogram::Histogram::new([1.0]),
+            phase: 0.0,
         };
         let task = poller.run();
         let size = std::mem::size_of_val(&task);
@@ -1009,6 +1032,19 @@ mod tick_tests {
         assert_eq!(next_tick(epoch, at(1000), s), at(2000));
         assert_eq!(next_tick(epoch, at(0), s), at(1000));
         assert_eq!(next_tick(epoch, at(4500), Duration::from_secs(3)), at(6000));
+    }
+
+    #[test]
+    fn qworkers_spread_over_the_phases_of_an_interval() {
+        let mut seen = std::collections::BTreeMap::new();
+        for i in 0..1000 {
+            let p = phase(&format!("ns/qw-{i}"));
+            assert!((0.0..1.0).contains(&p));
+            *seen.entry((p * PHASES as f64).round() as u64).or_insert(0) += 1;
+        }
+        assert_eq!(seen.len() as u64, PHASES, "{seen:?}");
+        assert!(seen.values().all(|&n| (50..=150).contains(&n)), "{seen:?}");
+        assert_eq!(phase("ns/a"), phase("ns/a"), "stable for a key");
     }
 }
 

@@ -309,7 +309,7 @@ impl Autoscaler {
                 .poll_duration
                 .get_or_create(&Poller::labels(qw))
                 .clone(),
-            phase: phase(&k),
+            phase: None,
         };
         debug!(qworker = %k, "starting autoscaler poll");
         tasks.insert(
@@ -377,8 +377,8 @@ struct Poller {
     answered: Arc<std::sync::atomic::AtomicBool>,
     /// This QWorker's `qworker_poll_duration_seconds` (looked up once, not per poll).
     poll_duration: prometheus_client::metrics::histogram::Histogram,
-    /// Its [`phase`].
-    phase: f64,
+    /// Its [`phase`], from its first poll.
+    phase: Option<f64>,
 }
 
 /// Phases of a poll interval: the QWorkers are spread over this many evenly spaced ticks per
@@ -386,13 +386,15 @@ struct Poller {
 /// burst of queue changes do not all reach the API server in the same instant.
 pub const PHASES: u64 = 10;
 
-/// The phase of the QWorker `key` as a fraction of its interval (`0`, `0.1`, ... `0.9`), stable
-/// for a given key.
-pub fn phase(key: &str) -> f64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    (h.finish() % PHASES) as f64 / PHASES as f64
+/// The phase, as a fraction of `interval` (`0`, `0.1`, ... `0.9`), of a QWorker whose first poll
+/// came `since_epoch` after the epoch: the phase at or before that poll, so that the next poll
+/// comes nearly one interval later (90-100 %). QWorkers first polled at different times spread
+/// over the phases by themselves.
+pub fn phase(since_epoch: Duration, interval: Duration) -> f64 {
+    let step = interval.as_nanos().max(1);
+    let within = since_epoch.as_nanos() % step;
+    let slot = within * u128::from(PHASES) / step;
+    slot as f64 / PHASES as f64
 }
 
 /// The first multiple of `interval` after `epoch` that is later than `now` (the next tick of
@@ -457,11 +459,10 @@ impl Poller {
             let due = match outcome {
                 Ok(()) => {
                     self.failures = 0;
-                    next_tick(
-                        self.scaler.epoch + interval.mul_f64(self.phase),
-                        now,
-                        interval,
-                    )
+                    let phase = *self.phase.get_or_insert_with(|| {
+                        phase(now.saturating_duration_since(self.scaler.epoch), interval)
+                    });
+                    next_tick(self.scaler.epoch + interval.mul_f64(phase), now, interval)
                 }
                 Err(()) => {
                     self.failures = self.failures.saturating_add(1);
@@ -1007,7 +1008,7 @@ mod size_tests {
             wake: Arc::default(),
             answered: Arc::default(),
             poll_duration: prometheus_client::metrics::histogram::Histogram::new([1.0]),
-            phase: 0.0,
+            phase: None,
         };
         let task = poller.run();
         let size = std::mem::size_of_val(&task);
@@ -1035,16 +1036,26 @@ mod tick_tests {
     }
 
     #[test]
-    fn qworkers_spread_over_the_phases_of_an_interval() {
-        let mut seen = std::collections::BTreeMap::new();
-        for i in 0..1000 {
-            let p = phase(&format!("ns/qw-{i}"));
-            assert!((0.0..1.0).contains(&p));
-            *seen.entry((p * PHASES as f64).round() as u64).or_insert(0) += 1;
+    fn the_phase_is_the_tenth_of_the_interval_at_or_before_the_first_poll() {
+        let s = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        assert_eq!(phase(ms(0), s), 0.0);
+        assert_eq!(phase(ms(330), s), 0.3);
+        assert_eq!(phase(ms(399), s), 0.3);
+        assert_eq!(phase(ms(7_950), s), 0.9);
+        assert_eq!(phase(ms(4_500), Duration::from_secs(3)), 0.5);
+        // The next poll then comes 90-100 % of an interval after the first.
+        let epoch = tokio::time::Instant::now();
+        for first in [130u64, 399, 400, 999, 5_001] {
+            let at = epoch + ms(first);
+            let p = phase(ms(first), s);
+            let next = next_tick(epoch + s.mul_f64(p), at, s);
+            let gap = next - at;
+            assert!(
+                gap > ms(900) && gap <= s,
+                "first poll at {first} ms: next after {gap:?}"
+            );
         }
-        assert_eq!(seen.len() as u64, PHASES, "{seen:?}");
-        assert!(seen.values().all(|&n| (50..=150).contains(&n)), "{seen:?}");
-        assert_eq!(phase("ns/a"), phase("ns/a"), "stable for a key");
     }
 }
 

@@ -328,9 +328,8 @@ where
     watch_with(api, config, synced, |_| {})
 }
 
-/// [`watch`], calling `on_event` with each watcher event after the store has taken it (an index,
-/// or another controller that follows these objects without a cache of its own).
-pub fn watch_with<K, F>(
+/// [`watch`], calling `on_event` with each watcher event after the store has taken it.
+fn watch_with<K, F>(
     api: Api<K>,
     config: watcher::Config,
     synced: Synced,

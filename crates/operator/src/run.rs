@@ -71,13 +71,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // An empty WATCH_NAMESPACE (as a Helm chart may set it) means all namespaces.
     let ns = args.namespace.as_deref().filter(|n| !n.is_empty());
 
-    let (follow_pools, pool_changes) = stormtopology::pools::follow_pools();
-    let (pools, storm_fut) = storm::controller(
-        shared.clone(),
-        ns,
-        follow_pools,
-        token.clone().cancelled_owned(),
-    );
+    let (pools, storm_fut) = storm::controller(shared.clone(), ns, token.clone().cancelled_owned());
     let credentials_ns = args.credentials_namespace();
     if let Some(credentials_ns) = credentials_ns {
         info!(namespace = %credentials_ns, "ScalerConfig Secrets are read from this namespace");
@@ -109,8 +103,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ns,
         connector,
         topology_metrics,
-        pools.clone(),
-        pool_changes,
         token.clone().cancelled_owned(),
     );
     registry.register_collector(Box::new(ResourceCollector {

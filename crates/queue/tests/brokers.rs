@@ -1,8 +1,11 @@
 //! Adapter tests against the real local brokers: Redis on 6379, RabbitMQ on 5672 (guest/guest),
 //! NATS with JetStream on 4222. Every test uses its own queue, stream and key names.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{redis_cfg, unique};
 
 use workerpool_queue::{
     BrokerConfig, NatsConfig, QueueBroker, RabbitMqConfig, RedisConfig, Task, TaskSource, amqp_url,
@@ -10,28 +13,6 @@ use workerpool_queue::{
 };
 
 const WAIT: Duration = Duration::from_millis(500);
-
-fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "{prefix}-{}-{nanos}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn redis_cfg() -> BrokerConfig {
-    BrokerConfig::Redis(RedisConfig {
-        host: "127.0.0.1".into(),
-        port: 6379,
-        password: None,
-        db: 0,
-        tls: false,
-    })
-}
 
 fn rabbit_cfg() -> BrokerConfig {
     BrokerConfig::RabbitMq(RabbitMqConfig {

@@ -2,37 +2,18 @@
 //! [`QueueBroker::depths`] answers each query on its own, and [`batched`] gathers concurrent
 //! reads into few calls with the same answers. Every test uses its own keys and streams.
 
+mod support;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use support::{redis_cfg, unique};
 
 use async_trait::async_trait;
 use workerpool_queue::{
-    BrokerConfig, BrokerKind, DepthQuery, NatsConfig, QueueBroker, QueueError, RedisConfig,
-    batched, connect, ensure_nats_queue, processing_list, push_batch,
+    BrokerConfig, BrokerKind, DepthQuery, NatsConfig, QueueBroker, QueueError, batched, connect,
+    ensure_nats_queue, processing_list, push_batch,
 };
-
-fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "{prefix}-{}-{nanos}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn redis_cfg() -> BrokerConfig {
-    BrokerConfig::Redis(RedisConfig {
-        host: "127.0.0.1".into(),
-        port: 6379,
-        password: None,
-        db: 0,
-        tls: false,
-    })
-}
 
 async fn redis() -> redis::aio::MultiplexedConnection {
     redis::Client::open("redis://127.0.0.1:6379")
@@ -56,11 +37,23 @@ async fn del(conn: &mut redis::aio::MultiplexedConnection, keys: &[String]) {
     let _: Result<u64, _> = redis::cmd("DEL").arg(keys).query_async(conn).await;
 }
 
-/// Counts the calls that reach a real broker.
+/// Counts the calls that reach a real broker; with `panic_first`, its first batched read panics.
 struct Counting {
     inner: Arc<dyn QueueBroker>,
     depth_calls: AtomicUsize,
     depths_calls: AtomicUsize,
+    panic_first: bool,
+}
+
+impl Counting {
+    async fn redis(panic_first: bool) -> Arc<Self> {
+        Arc::new(Self {
+            inner: connect(&redis_cfg()).await.expect("connect"),
+            depth_calls: AtomicUsize::new(0),
+            depths_calls: AtomicUsize::new(0),
+            panic_first,
+        })
+    }
 }
 
 #[async_trait]
@@ -70,7 +63,11 @@ impl QueueBroker for Counting {
         self.inner.depth(queue, workers).await
     }
     async fn depths(&self, queries: &[DepthQuery]) -> Vec<Result<u64, QueueError>> {
-        self.depths_calls.fetch_add(1, Ordering::SeqCst);
+        let before = self.depths_calls.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            !(self.panic_first && before == 0),
+            "the first batched read fails"
+        );
         self.inner.depths(queries).await
     }
     async fn recover(&self, queue: &str, worker: &str) -> Result<u64, QueueError> {
@@ -146,11 +143,7 @@ async fn redis_depths_sum_each_queue_with_its_workers_and_keep_errors_to_their_q
 
 #[tokio::test]
 async fn batched_reads_of_many_queues_are_few_calls_with_the_same_answers() {
-    let counting = Arc::new(Counting {
-        inner: connect(&redis_cfg()).await.expect("connect"),
-        depth_calls: AtomicUsize::new(0),
-        depths_calls: AtomicUsize::new(0),
-    });
+    let counting = Counting::redis(false).await;
     let broker = batched(counting.clone(), BrokerKind::Redis);
     let mut conn = redis().await;
     let queues: Vec<String> = (0..300).map(|i| unique(&format!("batch-{i}"))).collect();
@@ -264,41 +257,9 @@ async fn nats_depths_read_each_consumer() {
     );
 }
 
-/// Panics on its first batched read, then reads the real broker.
-struct PanicsOnce {
-    inner: Arc<dyn QueueBroker>,
-    calls: AtomicUsize,
-}
-
-#[async_trait]
-impl QueueBroker for PanicsOnce {
-    async fn depth(&self, queue: &str, workers: &[String]) -> Result<u64, QueueError> {
-        self.inner.depth(queue, workers).await
-    }
-    async fn depths(&self, queries: &[DepthQuery]) -> Vec<Result<u64, QueueError>> {
-        assert!(
-            self.calls.fetch_add(1, Ordering::SeqCst) > 0,
-            "the first batched read fails"
-        );
-        self.inner.depths(queries).await
-    }
-    async fn recover(&self, queue: &str, worker: &str) -> Result<u64, QueueError> {
-        self.inner.recover(queue, worker).await
-    }
-    async fn ping(&self) -> Result<(), QueueError> {
-        self.inner.ping().await
-    }
-}
-
 #[tokio::test]
 async fn a_failed_batch_answers_its_callers_and_later_reads_still_go_out() {
-    let broker = batched(
-        Arc::new(PanicsOnce {
-            inner: connect(&redis_cfg()).await.expect("connect"),
-            calls: AtomicUsize::new(0),
-        }),
-        BrokerKind::Redis,
-    );
+    let broker = batched(Counting::redis(true).await, BrokerKind::Redis);
     let q = unique("after-panic");
     let first = tokio::time::timeout(Duration::from_secs(2), broker.depth(&q, &[]))
         .await

@@ -287,30 +287,7 @@ impl Autoscaler {
         }
         let wake = Arc::new(tokio::sync::Notify::new());
         let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let poller = Poller {
-            scaler: self.inner.clone(),
-            object: ObjectRef::from_obj(qw),
-            uid: uid.clone(),
-            scaling: policy::Scaler::new(Duration::from_secs(u64::from(
-                qw.spec.scale_config.scale_down_stabilization_seconds(),
-            ))),
-            last_decision: None,
-            ineffective: false,
-            origin: Instant::now(),
-            failures: 0,
-            last: None,
-            vpa: VpaState::default(),
-            wake: wake.clone(),
-            answered: answered.clone(),
-            poll_duration: self
-                .inner
-                .shared
-                .metrics
-                .poll_duration
-                .get_or_create(&Poller::labels(qw))
-                .clone(),
-            phase: None,
-        };
+        let poller = Poller::new(self.inner.clone(), qw, wake.clone(), answered.clone());
         debug!(qworker = %k, "starting autoscaler poll");
         tasks.insert(
             k,
@@ -436,6 +413,39 @@ fn pod_metrics_resource() -> kube::core::ApiResource {
 }
 
 impl Poller {
+    /// The poll of `qw`, woken early by `wake`, telling `answered` once it looked at the queue.
+    fn new(
+        scaler: Arc<Inner>,
+        qw: &QWorker,
+        wake: Arc<tokio::sync::Notify>,
+        answered: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        let poll_duration = scaler
+            .shared
+            .metrics
+            .poll_duration
+            .get_or_create(&Self::labels(qw))
+            .clone();
+        Self {
+            scaler,
+            object: ObjectRef::from_obj(qw),
+            uid: qw.metadata.uid.clone().unwrap_or_default(),
+            scaling: policy::Scaler::new(Duration::from_secs(u64::from(
+                qw.spec.scale_config.scale_down_stabilization_seconds(),
+            ))),
+            last_decision: None,
+            ineffective: false,
+            origin: Instant::now(),
+            failures: 0,
+            last: None,
+            vpa: VpaState::default(),
+            wake,
+            answered,
+            poll_duration,
+            phase: None,
+        }
+    }
+
     async fn run(mut self) {
         loop {
             let Some(qw) = self.scaler.qworkers.get(&self.object) else {
@@ -994,22 +1004,7 @@ mod size_tests {
         let scaler = Autoscaler::new(shared, Brokers::new(client, configs), qworkers, pods);
         let mut qw = QWorker::new("w", Default::default());
         qw.metadata.namespace = Some("ns".into());
-        let poller = Poller {
-            scaler: scaler.inner.clone(),
-            object: ObjectRef::from_obj(&qw),
-            uid: String::new(),
-            scaling: policy::Scaler::new(Duration::ZERO),
-            last_decision: None,
-            ineffective: false,
-            origin: Instant::now(),
-            failures: 0,
-            last: None,
-            vpa: VpaState::default(),
-            wake: Arc::default(),
-            answered: Arc::default(),
-            poll_duration: prometheus_client::metrics::histogram::Histogram::new([1.0]),
-            phase: None,
-        };
+        let poller = Poller::new(scaler.inner.clone(), &qw, Arc::default(), Arc::default());
         let task = poller.run();
         let size = std::mem::size_of_val(&task);
         println!("poll task: {size} bytes");

@@ -493,12 +493,9 @@ pub fn error_policy(pool: Arc<StormWorkerPool>, err: &Error, ctx: Arc<Context>) 
 }
 
 /// The controller's cache of pools and the future that runs it until `shutdown` resolves.
-/// Every event of its pool watch is also given to `follow` (the topology controller follows
-/// the pools this way, without a second cache of them).
 pub fn controller(
     shared: Shared,
     namespace: Option<&str>,
-    follow: impl FnMut(&watcher::Event<StormWorkerPool>) + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> (
     Store<StormWorkerPool>,
@@ -507,11 +504,10 @@ pub fn controller(
     let client = shared.client.clone();
     let ns = namespace;
     let labelled = watcher::Config::default().labels(POOL_CHILDREN_SELECTOR);
-    let (store, pools) = crate::cache::watch_with(
+    let (store, pools) = crate::cache::watch(
         scoped::<StormWorkerPool>(&client, ns),
         watcher::Config::default(),
         shared.gate.readiness.track("stormworkerpools"),
-        follow,
     );
     let by_topology = store.clone();
     let by_cluster = store.clone();

@@ -13,7 +13,6 @@
 
 pub mod build;
 pub mod metrics;
-pub mod pools;
 pub mod rebalance;
 pub mod status;
 
@@ -1252,16 +1251,13 @@ pub fn error_policy(t: Arc<StormTopology>, err: &Error, ctx: Arc<Context>) -> Ac
 ///
 /// Its watches: StormTopologies; the Jobs it makes ([`build::JOB_SELECTOR`], each change
 /// reconciles the owner); StormClusters (each change reconciles the topologies on it). All fill
-/// the caches the reconciler reads and register with the gate's readiness. The pools are the
-/// pool controller's cache `pools`; `pool_changes` ([`pools::follow_pools`]) names the
-/// topologies whose pools changed in a way that matters to them.
+/// the caches the reconciler reads and register with the gate's readiness; StormWorkerPools
+/// (each change reconciles the topology in its `topologyRef`).
 pub fn controller(
     shared: Shared,
     namespace: Option<&str>,
     connector: Arc<dyn Connector>,
     metrics: Arc<TopologyMetrics>,
-    pools: Store<StormWorkerPool>,
-    pool_changes: impl futures::Stream<Item = ObjectRef<StormTopology>> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> (
     Store<StormTopology>,
@@ -1278,6 +1274,11 @@ pub fn controller(
         scoped::<StormCluster>(&client, namespace),
         watcher::Config::default(),
         readiness.track("stormtopology-clusters"),
+    );
+    let (pools, pool_events) = crate::cache::watch(
+        scoped::<StormWorkerPool>(&client, namespace),
+        watcher::Config::default(),
+        readiness.track("stormtopology-pools"),
     );
     let (jobs, job_events) = crate::cache::watch(
         scoped::<Job>(&client, namespace),
@@ -1313,7 +1314,13 @@ pub fn controller(
                 .map(|t| ObjectRef::from_obj(&*t))
                 .collect::<Vec<_>>()
         })
-        .reconcile_on(pool_changes)
+        .watches_stream(pool_events, |pool: StormWorkerPool| {
+            let topology = ObjectRef::new(&pool.spec.topology_ref);
+            Some(match pool.namespace() {
+                Some(ns) => topology.within(&ns),
+                None => topology,
+            })
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()));

@@ -285,44 +285,21 @@ where
     }
 }
 
-/// The operator's clients, from `KUBECONFIG` or the in-cluster config as
-/// [`Client::try_default`] builds it, each with its own bound on requests in flight (watches
+/// The operator's client: from `KUBECONFIG` or the in-cluster config as
+/// [`Client::try_default`] builds it, with at most `max_requests` requests in flight (watches
 /// excepted, see [`crate::limit`]) and a [`RecordLayer`] writing to `record` when given.
-pub struct Clients {
-    /// The controllers' client: at most `max_requests` requests in flight.
-    pub main: Client,
-    /// The autoscaler's lane: at most [`AUTOSCALER_REQUESTS`] in flight, so that its status
-    /// writes (a desired count, the operator's reaction to a queue) never wait behind a burst
-    /// of reconciles, pod creations and Events.
-    pub autoscaler: Client,
-}
-
-/// Requests the autoscaler's lane lets be in flight at once.
-pub const AUTOSCALER_REQUESTS: usize = 8;
-
-/// The operator's [`Clients`].
-pub async fn clients(record: Option<&Path>, max_requests: usize) -> anyhow::Result<Clients> {
+pub async fn client(record: Option<&Path>, max_requests: usize) -> anyhow::Result<Client> {
     use anyhow::Context as _;
     let config = kube::Config::infer().await?;
-    let layer = match record {
-        Some(path) => {
-            let layer = RecordLayer::open(path)
-                .with_context(|| format!("cannot open {} to record API calls", path.display()))?;
-            tracing::info!(file = %path.display(), "recording the API calls");
-            Some(layer)
-        }
-        None => None,
+    let limit = crate::limit::LimitLayer::new(max_requests);
+    let Some(path) = record else {
+        return Ok(ClientBuilder::try_from(config)?.with_layer(&limit).build());
     };
-    let build = |max: usize| -> anyhow::Result<Client> {
-        let limit = crate::limit::LimitLayer::new(max);
-        let builder = ClientBuilder::try_from(config.clone())?.with_layer(&limit);
-        Ok(match &layer {
-            Some(layer) => builder.with_layer(layer).build(),
-            None => builder.build(),
-        })
-    };
-    Ok(Clients {
-        main: build(max_requests)?,
-        autoscaler: build(AUTOSCALER_REQUESTS)?,
-    })
+    let layer = RecordLayer::open(path)
+        .with_context(|| format!("cannot open {} to record API calls", path.display()))?;
+    tracing::info!(file = %path.display(), "recording the API calls");
+    Ok(ClientBuilder::try_from(config)?
+        .with_layer(&limit)
+        .with_layer(&layer)
+        .build())
 }

@@ -16,10 +16,6 @@ use crate::metrics::Metrics;
 pub struct Shared {
     /// The Kubernetes client.
     pub client: Client,
-    /// The autoscaler's client: its own lane of requests (see
-    /// [`crate::api_calls::Clients::autoscaler`]); the same client unless
-    /// [`Shared::with_autoscaler_client`] gave another.
-    pub autoscaler_client: Client,
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
     /// The operator's metrics.
@@ -42,20 +38,12 @@ impl Shared {
         };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
-            autoscaler_client: client.clone(),
             client,
             metrics,
             gate: Gate::open(),
             concurrency: 0,
             failures: Arc::default(),
         }
-    }
-
-    /// The same state with the autoscaler's status writes and metric reads going through
-    /// `client`.
-    pub fn with_autoscaler_client(mut self, client: Client) -> Self {
-        self.autoscaler_client = client;
-        self
     }
 
     /// The same state with at most `n` concurrent reconciles per controller.

@@ -49,13 +49,12 @@ fn cancel_on_signal(token: CancellationToken) {
 /// leader; losing the Lease stops the process so that a new election starts.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(&args.log_level, args.log_format);
-    let clients = crate::api_calls::clients(
+    let client = crate::api_calls::client(
         args.record_api_calls.as_deref(),
         usize::from(args.max_api_requests),
     )
     .await
     .context("cannot build a Kubernetes client from KUBECONFIG or the in-cluster config")?;
-    let client = clients.main;
     let token = CancellationToken::new();
     cancel_on_signal(token.clone());
 
@@ -66,8 +65,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(!args.leader_election);
     let shared = Shared::new(client.clone(), metrics, args.pod_name.clone())
         .with_concurrency(args.max_concurrent_reconciles)
-        .with_gate(Gate::new(readiness.clone(), leader_rx))
-        .with_autoscaler_client(clients.autoscaler);
+        .with_gate(Gate::new(readiness.clone(), leader_rx));
     // An empty WATCH_NAMESPACE (as a Helm chart may set it) means all namespaces.
     let ns = args.namespace.as_deref().filter(|n| !n.is_empty());
 

@@ -610,7 +610,7 @@ impl Poller {
         let mut changed = false;
         let ns = qw.namespace().unwrap_or_default();
         let api: Api<kube::core::DynamicObject> = Api::namespaced_with(
-            self.scaler.shared.autoscaler_client.clone(),
+            self.scaler.shared.client.clone(),
             &ns,
             &pod_metrics_resource(),
         );
@@ -901,7 +901,7 @@ impl Poller {
             patch["status"]["queueLength"] = serde_json::json!(l);
         }
         let api: Api<QWorker> = Api::namespaced(
-            self.scaler.shared.autoscaler_client.clone(),
+            self.scaler.shared.client.clone(),
             &qw.namespace().unwrap_or_default(),
         );
         // Boxed while it runs (see `size_tests`).

@@ -267,23 +267,23 @@ impl Slim for k8s_openapi::api::core::v1::ConfigMap {
     }
 }
 
-impl Slim for k8s_openapi::api::core::v1::Service {
-    /// Keeps metadata only.
-    fn slim(&mut self) {
-        slim_metadata(self);
-        self.spec = None;
-        self.status = None;
-    }
+/// Kinds whose cached copy keeps the metadata only (spec and status dropped).
+macro_rules! slim_to_metadata {
+    ($($kind:ty),* $(,)?) => {$(
+        impl Slim for $kind {
+            fn slim(&mut self) {
+                slim_metadata(self);
+                self.spec = None;
+                self.status = None;
+            }
+        }
+    )*};
 }
 
-impl Slim for k8s_openapi::api::policy::v1::PodDisruptionBudget {
-    /// Keeps metadata only.
-    fn slim(&mut self) {
-        slim_metadata(self);
-        self.spec = None;
-        self.status = None;
-    }
-}
+slim_to_metadata!(
+    k8s_openapi::api::core::v1::Service,
+    k8s_openapi::api::policy::v1::PodDisruptionBudget,
+);
 
 impl Slim for k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler {
     /// Keeps metadata, the bounds and the status.

@@ -5,7 +5,9 @@
 //! manager, [`HANDOFF_MANAGER`], holds the count until the HPA writes it:
 //! - when the Deployment does not exist yet, the hand-off manager creates it at the initial count
 //!   ([`super::build::initial_replicas`]); the operator's apply then takes the other fields, and
-//!   the hand-off manager gives them up by applying `replicas` alone;
+//!   the hand-off manager gives them up by applying `replicas` alone. An initial count of 1 is
+//!   the Deployment's default: the operator's apply alone creates it, and no one owns the count
+//!   until the HPA writes it;
 //! - when autoscaling is turned on for a Deployment whose count the operator's apply set, the
 //!   hand-off manager takes the current count before the operator's apply drops it.
 
@@ -17,6 +19,9 @@ use crate::FIELD_MANAGER;
 
 /// Field manager that keeps `spec.replicas` while ownership passes from the operator to the HPA.
 pub const HANDOFF_MANAGER: &str = "workerpool-operator-handoff";
+
+/// The count a Deployment created without `spec.replicas` gets (the API server's default).
+pub const DEFAULT_REPLICAS: i32 = 1;
 
 /// `spec.replicas` as a managedFields (`FieldsV1`) path.
 pub const REPLICAS_FIELD: [&str; 2] = ["f:spec", "f:replicas"];
@@ -49,6 +54,12 @@ pub struct ReplicasPlan {
 /// exist) and whose initial count is `initial`.
 pub fn plan(current: Option<&Deployment>, initial: i32) -> ReplicasPlan {
     let Some(current) = current else {
+        if initial == DEFAULT_REPLICAS {
+            return ReplicasPlan {
+                before: BeforeApply::Nothing,
+                release_at: None,
+            };
+        }
         return ReplicasPlan {
             before: BeforeApply::Create(initial),
             release_at: Some(initial),
@@ -227,6 +238,15 @@ mod tests {
                 "{what}"
             );
         }
+        assert_eq!(
+            plan(None, DEFAULT_REPLICAS),
+            ReplicasPlan {
+                before: BeforeApply::Nothing,
+                release_at: None
+            },
+            "no Deployment and an initial count of 1: the operator's apply creates it at the \
+             default count and owns no count"
+        );
     }
 
     #[test]

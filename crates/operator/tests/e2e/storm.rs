@@ -766,8 +766,8 @@ async fn cel_rules(s: &Scenario) {
 /// Which way the readiness simulation reached its result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Readiness {
-    /// A patch of the Deployment's status made the pool Running (before the deployment
-    /// controller reset it).
+    /// A patch of the Deployment's status made the pool Running (no pods: no controller-manager
+    /// creates them, nor resets the patched status).
     DeploymentStatus,
     /// The pods, marked Ready through their status subresource, made the pool Running.
     PodsReady,
@@ -776,9 +776,10 @@ enum Readiness {
 }
 
 /// Simulates ready workers of `my-workers` where no node exists, and checks the pool's status
-/// follows. The deployment controller recomputes the Deployment's status from its ReplicaSets
-/// and may overwrite a patched status at once, so every status the pool takes is recorded
-/// through a watch.
+/// follows: by marking its pods Ready where a controller-manager created them (a stable state:
+/// the rebalance that follows needs the ready slots to stay), else by patching the Deployment's
+/// status (without a deployment controller nothing resets it). Every status the pool takes is
+/// recorded through a watch.
 async fn simulate_readiness(s: &Scenario) -> Readiness {
     let name = "my-workers";
     let replicas = 3;
@@ -828,45 +829,12 @@ async fn simulate_readiness(s: &Scenario) -> Readiness {
     })
     .await;
 
-    let mut outcome = Readiness::Pending;
-    // 1. Patch the Deployment's status subresource, a few times.
-    let deployments: Api<Deployment> = s.api();
     let dep_name = format!("{name}-deployment");
-    for attempt in 1..=3 {
-        let dep = match deployments.get(&dep_name).await {
-            Ok(d) => d,
-            Err(e) => s.fail(format!("get Deployment {dep_name}: {e}")),
-        };
-        let patch = json!({"status": {
-            "observedGeneration": dep.metadata.generation,
-            "replicas": replicas,
-            "readyReplicas": replicas,
-            "availableReplicas": replicas,
-            "updatedReplicas": replicas,
-        }});
-        if let Err(e) = deployments
-            .patch_status(&dep_name, &merge_params(), &Patch::Merge(&patch))
-            .await
-        {
-            s.note(format!("patching the status of {dep_name} failed: {e}"));
-        }
-        let running = s
-            .within(Duration::from_secs(5), || async move {
-                ensure(seen_running(seen_ref), || history(seen_ref))
-            })
-            .await;
-        if running.is_ok() {
-            outcome = Readiness::DeploymentStatus;
-            break;
-        }
-        s.note(format!(
-            "attempt {attempt}: the pool did not report Running after the Deployment status patch (the deployment controller resets it)"
-        ));
-    }
-
-    // 2. Mark the Deployment's pods Ready: the ReplicaSet and deployment controllers then
-    //    report ready replicas themselves, and keep doing so.
-    if outcome == Readiness::Pending {
+    let mut outcome = Readiness::Pending;
+    // 1. Where a controller-manager creates the Deployment's pods, mark them Ready: the
+    //    ReplicaSet and deployment controllers then report ready replicas themselves, and keep
+    //    doing so (a patched Deployment status would be reset by them at once).
+    {
         let pods: Api<Pod> = s.api();
         let pods_ref = &pods;
         let selector =
@@ -874,7 +842,7 @@ async fn simulate_readiness(s: &Scenario) -> Readiness {
         let selector = selector.as_str();
         let dep_ref = dep_name.as_str();
         let found = s
-            .within(Duration::from_secs(30), || async move {
+            .within(Duration::from_secs(15), || async move {
                 let list = pods_ref
                     .list(&ListParams::default().labels(selector))
                     .await
@@ -922,7 +890,44 @@ async fn simulate_readiness(s: &Scenario) -> Readiness {
                     }
                 }
             }
-            Err(last) => s.note(format!("the pods of {dep_name} did not appear: {last}")),
+            Err(last) => s.note(format!(
+                "the pods of {dep_name} did not appear (no ReplicaSet controller?): {last}"
+            )),
+        }
+    }
+    // 2. Without pods, patch the Deployment's status subresource, a few times.
+    if outcome == Readiness::Pending {
+        let deployments: Api<Deployment> = s.api();
+        for attempt in 1..=3 {
+            let dep = match deployments.get(&dep_name).await {
+                Ok(d) => d,
+                Err(e) => s.fail(format!("get Deployment {dep_name}: {e}")),
+            };
+            let patch = json!({"status": {
+                "observedGeneration": dep.metadata.generation,
+                "replicas": replicas,
+                "readyReplicas": replicas,
+                "availableReplicas": replicas,
+                "updatedReplicas": replicas,
+            }});
+            if let Err(e) = deployments
+                .patch_status(&dep_name, &merge_params(), &Patch::Merge(&patch))
+                .await
+            {
+                s.note(format!("patching the status of {dep_name} failed: {e}"));
+            }
+            let running = s
+                .within(Duration::from_secs(5), || async move {
+                    ensure(seen_running(seen_ref), || history(seen_ref))
+                })
+                .await;
+            if running.is_ok() {
+                outcome = Readiness::DeploymentStatus;
+                break;
+            }
+            s.note(format!(
+                "attempt {attempt}: the pool did not report Running after the Deployment status patch (the deployment controller resets it)"
+            ));
         }
     }
     recorder.abort();

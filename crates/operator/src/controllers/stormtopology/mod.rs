@@ -13,6 +13,7 @@
 
 pub mod build;
 pub mod metrics;
+pub mod pools;
 pub mod rebalance;
 pub mod status;
 
@@ -32,7 +33,7 @@ use tracing::{debug, info, instrument, warn};
 use workerpool_api::conditions::{self, READY};
 use workerpool_api::storm::{
     DEFAULT_KILL_WAIT_SECONDS, RebalanceRecord, StormCluster, StormTopology, StormTopologyStatus,
-    StormWorkerPool, TopologyPhase,
+    TopologyPhase,
 };
 use workerpool_storm::{Connector, StormApi, TopologyStatus, TopologySummary};
 
@@ -41,6 +42,7 @@ use crate::controllers::scoped;
 use crate::error::{Error, Result};
 use build::JobState;
 pub use metrics::TopologyMetrics;
+use pools::PoolSummary;
 use rebalance::{Decision, PoolView};
 use status::{CLUSTER_READY, SUBMITTED};
 
@@ -84,8 +86,9 @@ pub struct Context {
     pub metrics: Arc<TopologyMetrics>,
     /// Cache of StormClusters.
     pub clusters: Store<StormCluster>,
-    /// Cache of StormWorkerPools (the pools serving a topology give its ready slots).
-    pub pools: Store<StormWorkerPool>,
+    /// Cache of StormWorkerPools, as summaries (the pools serving a topology give its ready
+    /// slots).
+    pub pools: Store<PoolSummary>,
     /// Cache of the Jobs this controller makes ([`build::JOB_SELECTOR`]).
     pub jobs: Store<Job>,
 }
@@ -1032,7 +1035,7 @@ async fn rebalance(
         .state()
         .into_iter()
         .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && p.spec.topology_ref == name)
-        .map(|p| PoolView::of(&p))
+        .map(|p| PoolView::of_summary(&p))
         .collect();
     let record = st.last_rebalance.as_ref();
     let decision = rebalance::decide(&rebalance::Inputs {
@@ -1276,7 +1279,7 @@ pub fn controller(
         readiness.track("stormtopology-clusters"),
     );
     let (pools, pool_events) = crate::cache::watch(
-        scoped::<StormWorkerPool>(&client, namespace),
+        scoped::<PoolSummary>(&client, namespace),
         watcher::Config::default(),
         readiness.track("stormtopology-pools"),
     );
@@ -1314,7 +1317,7 @@ pub fn controller(
                 .map(|t| ObjectRef::from_obj(&*t))
                 .collect::<Vec<_>>()
         })
-        .watches_stream(pool_events, |pool: StormWorkerPool| {
+        .watches_stream(pool_events, |pool: PoolSummary| {
             let topology = ObjectRef::new(&pool.spec.topology_ref);
             Some(match pool.namespace() {
                 Some(ns) => topology.within(&ns),

@@ -35,12 +35,17 @@ pub struct PoolView {
 impl PoolView {
     /// The view of `pool` (a pool without status counts as having nothing ready).
     pub fn of(pool: &StormWorkerPool) -> Self {
-        let status = pool.status.clone().unwrap_or_default();
+        Self::of_summary(&super::pools::PoolSummary::of(pool))
+    }
+
+    /// The view of a pool as the topology controller caches it.
+    pub fn of_summary(pool: &super::pools::PoolSummary) -> Self {
+        let status = pool.status.unwrap_or_default();
         Self {
             replicas: status.replicas,
             ready_replicas: status.ready_replicas,
             updated_replicas: status.updated_replicas,
-            slots_per_pod: pool.spec.ports().count,
+            slots_per_pod: pool.slots_per_pod(),
         }
     }
 

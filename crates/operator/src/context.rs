@@ -16,8 +16,11 @@ use crate::metrics::Metrics;
 pub struct Shared {
     /// The Kubernetes client.
     pub client: Client,
-    /// Publishes Kubernetes Events.
+    /// Publishes Warning Events, aggregating repeats of the same Event into a series (it keeps
+    /// every Event it published in the last 6 minutes to do so).
     pub recorder: Recorder,
+    /// Who reports the Events.
+    reporter: Reporter,
     /// The operator's metrics.
     pub metrics: Arc<Metrics>,
     /// Whether this replica may act (leader, caches synced).
@@ -37,7 +40,8 @@ impl Shared {
             instance,
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            reporter,
             client,
             metrics,
             gate: Gate::open(),
@@ -64,6 +68,12 @@ impl Shared {
     }
 
     /// Publishes an Event about `object`; a failure to publish is logged, never returned.
+    ///
+    /// Warnings go through [`Shared::recorder`], which turns a Warning repeated within minutes
+    /// (a reconcile failing again and again) into one Event with a count. A Normal Event
+    /// announces a change once (created, scaled, elected) and is not aggregated: it is sent
+    /// without being kept, so that a burst of them (a thousand pools created at once) does not
+    /// leave a thousand copies, and a table sized for them, in memory.
     pub async fn event(
         &self,
         object: &ObjectReference,
@@ -85,7 +95,14 @@ impl Shared {
         };
         // Boxed: an Event is rare, and its request future would otherwise be reserved in every
         // task that may publish one (the autoscaler keeps one such task per QWorker).
-        if let Err(e) = Box::pin(self.recorder.publish(&event, object)).await {
+        let once;
+        let recorder = if warning {
+            &self.recorder
+        } else {
+            once = Recorder::new(self.client.clone(), self.reporter.clone());
+            &once
+        };
+        if let Err(e) = Box::pin(recorder.publish(&event, object)).await {
             tracing::warn!(error = %e, reason, "could not publish event");
         }
     }

@@ -78,6 +78,12 @@ pub struct RunArgs {
     /// At most this many objects of each kind reconciled at once.
     #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,
+    /// Between two polls of a QWorker, its queue is read this many times per poll interval
+    /// (all queues of a ScalerConfig in one broker call) while its length could add workers, so
+    /// that a task pushed just after a poll is seen within a fraction of the interval; 0 turns
+    /// early polls off.
+    #[arg(long, env = "EARLY_POLLS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub early_polls: u32,
 }
 
 impl RunArgs {

@@ -80,8 +80,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         credentials_ns,
         token.clone().cancelled_owned(),
     );
-    let (qworkers, _autoscaler, qworker_fut) =
-        qworker::controller(shared.clone(), brokers, ns, token.clone().cancelled_owned());
+    let (qworkers, _autoscaler, qworker_fut) = qworker::controller(
+        shared.clone(),
+        brokers,
+        ns,
+        args.early_polls,
+        token.clone().cancelled_owned(),
+    );
     // One Storm UI client per cluster URL, shared by the cluster and topology controllers.
     let connector: Arc<dyn workerpool_storm::Connector> =
         Arc::new(workerpool_storm::RestConnector::new());

@@ -9,6 +9,7 @@
 
 pub mod brokers;
 pub mod policy;
+pub mod probe;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,7 @@ use workerpool_api::conditions::{self, BROKER_REACHABLE, NewCondition};
 use crate::context::Shared;
 use crate::metrics::{BrokerErrorLabels, QWorkerLabels};
 use brokers::{BrokerUnavailable, Brokers};
+use probe::{Connection, Probes};
 
 /// Field manager of the autoscaler's status writes (`desiredReplicas`, `queueLength`,
 /// `lastScaleTime`, the `BrokerReachable` condition).
@@ -35,6 +37,9 @@ pub const AUTOSCALER_MANAGER: &str = "workerpool-operator-autoscaler";
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// An unchanged desired count with a changed queue length is written at most this often.
 pub const QUEUE_LENGTH_REFRESH: Duration = Duration::from_secs(15);
+/// Default reads per poll interval of the queues that may need an early poll ([`probe`];
+/// `--early-polls`).
+pub const EARLY_POLLS: u32 = 4;
 
 /// The policy's settings from a QWorker's `scaleConfig`.
 pub fn knobs(sc: &workerpool_api::ScaleConfig) -> policy::Knobs {
@@ -238,6 +243,10 @@ struct Inner {
     /// phase ([`phase`]), so that the QWorkers of one interval and phase wake together and their
     /// queue reads share one broker call.
     epoch: tokio::time::Instant,
+    /// The queues read between polls to wake a poll early ([`probe`]).
+    probes: Probes,
+    /// Reads of each such queue per poll interval (0: no early polls).
+    early_polls: std::sync::atomic::AtomicU32,
 }
 
 fn key(qw: &QWorker) -> String {
@@ -260,8 +269,24 @@ impl Autoscaler {
                 pods: pods.into(),
                 tasks: Arc::default(),
                 epoch: tokio::time::Instant::now(),
+                probes: Probes::default(),
+                early_polls: EARLY_POLLS.into(),
             }),
         }
+    }
+
+    /// The same autoscaler reading the queues that may need an early poll `n` times per poll
+    /// interval (0: polls come at their interval only; see [`probe`]).
+    pub fn with_early_polls(self, n: u32) -> Self {
+        self.inner
+            .early_polls
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
+    /// Number of queues watched for an early poll.
+    pub fn watched_queues(&self) -> usize {
+        self.inner.probes.watched()
     }
 
     /// The broker connections.
@@ -356,6 +381,18 @@ struct Poller {
     poll_duration: prometheus_client::metrics::histogram::Histogram,
     /// Its [`phase`], from its first poll.
     phase: Option<f64>,
+    /// `namespace/name` of the QWorker.
+    key: String,
+    /// The connection whose probe watches its queue, if one does.
+    probe: Option<Connection>,
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        if let Some(connection) = &self.probe {
+            self.scaler.probes.remove(connection, &self.key);
+        }
+    }
 }
 
 /// Phases of a poll interval: the QWorkers are spread over this many evenly spaced ticks per
@@ -443,7 +480,49 @@ impl Poller {
             answered,
             poll_duration,
             phase: None,
+            key: key(qw),
+            probe: None,
         }
+    }
+
+    /// Has the probe of the QWorker's connection wake this poll once the queue holds `threshold`
+    /// tasks (`None`: stop watching), reading it `early_polls` times per `interval`.
+    fn watch_queue(&mut self, qw: &QWorker, threshold: Option<u64>, interval: Duration) {
+        let sc = &qw.spec.scale_config;
+        let connection: Connection = (
+            qw.namespace().unwrap_or_default(),
+            sc.scaler_config_ref.clone(),
+        );
+        if let Some(old) = self.probe.take_if(|c| *c != connection) {
+            self.scaler.probes.remove(&old, &self.key);
+        }
+        let n = self
+            .scaler
+            .early_polls
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let watch = threshold.filter(|_| n > 0).map(|t| (t, interval / n));
+        if self
+            .scaler
+            .probes
+            .set(&connection, &self.key, &sc.queue, watch, &self.wake)
+        {
+            let brokers = self.scaler.brokers.clone();
+            let gate = self.scaler.shared.gate.clone();
+            let target = connection.clone();
+            tokio::spawn(self.scaler.probes.clone().run(
+                connection.clone(),
+                move || gate.closed().is_none(),
+                move |queries| {
+                    let (brokers, target) = (brokers.clone(), target.clone());
+                    async move {
+                        let broker = brokers.get(&target.0, &target.1).await.ok()?;
+                        let lengths = broker.depths(&queries).await;
+                        Some(lengths.into_iter().map(Result::ok).collect())
+                    }
+                },
+            ));
+        }
+        self.probe = watch.map(|_| connection);
     }
 
     async fn run(mut self) {
@@ -549,8 +628,12 @@ impl Poller {
                     },
                     |w| w.desired,
                 );
-                let decision = self.scaling.step(&observation, &knobs(sc), current);
+                let knobs = knobs(sc);
+                let decision = self.scaling.step(&observation, &knobs, current);
                 self.record_decision(qw, &observation, &decision);
+                let interval = Duration::from_secs(u64::from(sc.poll_interval_seconds()));
+                let threshold = policy::wake_threshold(&knobs, decision.replicas, Some(length));
+                self.watch_queue(qw, threshold, interval);
                 // Boxed: it runs to completion at once unless there is something to write.
                 Box::pin(self.write(
                     qw,
@@ -576,6 +659,8 @@ impl Poller {
                 if e.reason == "BrokerAuthFailed" {
                     self.scaler.brokers.invalidate(&ns, &sc.scaler_config_ref);
                 }
+                // Failing polls back off; nothing reads the queue early meanwhile.
+                self.watch_queue(qw, None, Duration::ZERO);
                 let desired = qw
                     .status
                     .as_ref()

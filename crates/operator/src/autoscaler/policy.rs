@@ -42,6 +42,39 @@ pub fn recommend(queue_length: u64, factor: f64, min: i32, max: i32) -> i32 {
     (raw.max(0.0) as i32).clamp(min, max)
 }
 
+/// The queue length at which a QWorker's next poll should come early, before its interval ends:
+/// the smallest length for which the specification's rule ([`recommend`]) answers more workers
+/// than `current`, and more than the last poll saw (`last_length`), so that a queue that stays
+/// long does not wake the poll again and again. `None` when an early poll would not be acted on:
+/// at `max`, or under the rate policy while workers run (its estimates want evenly spaced
+/// polls; the workers are already draining the queue). A queue with no worker at all is always
+/// watched: a task that waits for the first worker is the wait users feel.
+pub fn wake_threshold(knobs: &Knobs, current: i32, last_length: Option<u64>) -> Option<u64> {
+    let max = knobs.max.max(0);
+    let factor = knobs.scaling_factor;
+    if current >= max || !(factor > 0.0 && factor.is_finite()) {
+        return None;
+    }
+    if knobs.mode == Mode::Rate && current > 0 {
+        return None;
+    }
+    let current = current.max(0);
+    // ceil(L × factor) > current ⟺ L > current / factor; then one step either way for
+    // floating-point noise, as `recommend` computes it.
+    let estimate = (f64::from(current) / factor).floor();
+    if estimate >= 1e15 {
+        return None;
+    }
+    let rises = |length: u64| recommend(length, factor, 0, i32::MAX) > current;
+    let mut length = estimate as u64 + 1;
+    if length > 1 && rises(length - 1) {
+        length -= 1;
+    } else if !rises(length) {
+        length += 1;
+    }
+    Some(length.max(last_length.map_or(0, |l| l.saturating_add(1))))
+}
+
 /// Scale-down stabilization: remembers recommendations for `window` and answers their maximum.
 #[derive(Clone, Debug, Default)]
 pub struct Stabilizer {
@@ -670,6 +703,46 @@ impl Scaler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_early_poll_comes_when_the_rule_would_add_a_worker() {
+        let knobs = |factor: f64, mode: Mode| Knobs {
+            mode,
+            ..Knobs::new(factor, 0, 5)
+        };
+        let ql = knobs(0.1, Mode::QueueLength);
+        // 3 workers answer for up to 30 tasks at 0.1 worker per task.
+        assert_eq!(wake_threshold(&ql, 3, None), Some(31));
+        assert_eq!(recommend(30, 0.1, 0, 5), 3);
+        assert_eq!(recommend(31, 0.1, 0, 5), 4);
+        // No worker: the first task wakes the poll.
+        assert_eq!(wake_threshold(&ql, 0, None), Some(1));
+        assert_eq!(
+            wake_threshold(&knobs(1000.0, Mode::Rate), 0, Some(0)),
+            Some(1)
+        );
+        // A long queue the last poll saw wakes nothing until it grows.
+        assert_eq!(wake_threshold(&ql, 3, Some(40)), Some(41));
+        // At the maximum, and under the rate policy with workers, polls keep their interval.
+        assert_eq!(wake_threshold(&ql, 5, None), None);
+        assert_eq!(wake_threshold(&knobs(0.1, Mode::Rate), 2, None), None);
+        assert_eq!(
+            wake_threshold(&knobs(0.0, Mode::QueueLength), 0, None),
+            None
+        );
+        // Whatever the factor, the threshold is the first length that raises the count.
+        for factor in [0.001, 0.07, 0.1, 0.3, 1.0, 2.5, 1000.0] {
+            for current in 0..5 {
+                let t = wake_threshold(&knobs(factor, Mode::QueueLength), current, None)
+                    .expect("below max");
+                assert!(recommend(t, factor, 0, 5) > current, "{factor} {current}");
+                assert!(
+                    t == 0 || recommend(t - 1, factor, 0, 5) <= current,
+                    "{factor} {current}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn formula_matches_the_seed() {

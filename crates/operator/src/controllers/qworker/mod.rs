@@ -703,6 +703,7 @@ pub fn controller(
     shared: Shared,
     brokers: crate::autoscaler::brokers::Brokers,
     namespace: Option<&str>,
+    early_polls: u32,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> (
     Store<QWorker>,
@@ -735,7 +736,8 @@ pub fn controller(
         brokers.clone(),
         qworkers.clone(),
         pods.clone(),
-    );
+    )
+    .with_early_polls(early_polls);
     let release_ctx = Arc::new(release::Context {
         shared: shared.clone(),
         qworkers: qworkers.clone(),

@@ -14,6 +14,8 @@ pub mod crds;
 pub mod error;
 pub mod http;
 pub mod limit;
+#[allow(unsafe_code)]
+pub mod memory;
 pub mod metrics;
 pub mod quantity;
 pub mod render;

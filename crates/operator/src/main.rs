@@ -5,12 +5,21 @@ use std::process::ExitCode;
 use clap::Parser;
 use workerpool_operator::cli::{Cli, Command};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crds => workerpool_operator::crds::print(),
-        Command::Run(args) => workerpool_operator::run::run(args).await,
+        Command::Run(args) => {
+            // Before the runtime's threads start.
+            workerpool_operator::memory::configure();
+            match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(workerpool_operator::run::run(args)),
+                Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
+            }
+        }
         Command::Render(args) => workerpool_operator::render::run(&args),
         Command::Simulate(args) => workerpool_operator::simulate::run(&args),
     };

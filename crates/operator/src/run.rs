@@ -123,7 +123,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(async move {
         readiness.wait().await;
         info!("caches synced");
+        // The lists of the start are over: their buffers go back to the system.
+        crate::memory::release();
     });
+    tokio::spawn(crate::memory::release_every(
+        crate::memory::RELEASE_PERIOD,
+        token.clone().cancelled_owned(),
+    ));
     info!("controllers started");
     let controllers = futures::future::join5(
         storm_fut,

@@ -36,11 +36,25 @@ impl Error {
         }
     }
 
+    /// Whether the API server refused to create something because the namespace is being
+    /// deleted: nothing can be created there any more, and the object goes with its namespace,
+    /// so there is nothing to report or retry.
+    pub fn namespace_terminating(&self) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(status))
+        if status.code == 403
+            && status.details.as_ref().is_some_and(|d| {
+                d.causes.iter().any(|c| c.reason == NAMESPACE_TERMINATING)
+            }))
+    }
+
     /// Whether retrying without a spec change cannot help.
     pub fn is_permanent(&self) -> bool {
         matches!(self, Error::InvalidSpec(_))
     }
 }
+
+/// The cause the API server gives for a create refused in a namespace being deleted.
+pub const NAMESPACE_TERMINATING: &str = "NamespaceTerminating";
 
 /// Result alias of the operator.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

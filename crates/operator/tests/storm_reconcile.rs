@@ -5,6 +5,7 @@ mod support;
 
 use std::sync::Arc;
 
+use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use workerpool_api::StormWorkerPool;
 use workerpool_operator::context::Shared;
@@ -465,6 +466,38 @@ async fn turning_autoscaling_on_hands_replicas_over_before_dropping_them() {
     )
     .await;
     task.abort();
+}
+
+#[tokio::test]
+async fn a_namespace_being_deleted_is_left_alone_without_a_warning_or_a_retry() {
+    let (client, mut api) = support::mock();
+    let p = pool(include_str!(
+        "../../../examples/storm-autoscale-worker-pool.yaml"
+    ));
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
+    expect_running_references(&mut api, "streaming-topology").await;
+    let mut refused = support::status_error(
+        403,
+        "Forbidden",
+        "configmaps \"autoscale-workers-storm-config\" is forbidden: unable to create new content in namespace team-a because it is being terminated",
+    );
+    refused["details"] = json!({"name": "autoscale-workers-storm-config", "kind": "configmaps",
+        "causes": [{"reason": "NamespaceTerminating", "message": "namespace team-a is being terminated", "field": "metadata.namespace"}]});
+    api.expect(
+        "PATCH",
+        &path("v1", "configmaps", "autoscale-workers-storm-config"),
+        403,
+        refused,
+    )
+    .await;
+    let action = api
+        .finish(task)
+        .await
+        .expect("not an error: nothing to retry");
+    assert_eq!(action, Action::await_change());
+    assert!(api.events.is_empty(), "no Warning: {:?}", api.events);
+    api.expect_silence(std::time::Duration::from_millis(100))
+        .await;
 }
 
 #[tokio::test]

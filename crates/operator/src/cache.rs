@@ -49,6 +49,9 @@ impl Synced {
 #[derive(Clone, Default)]
 pub struct Readiness {
     caches: Arc<Mutex<Vec<Synced>>>,
+    /// Set once every cache registered so far has synced (a cache never unsyncs): the gate is
+    /// asked on every poll of every QWorker.
+    all: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Readiness {
@@ -58,17 +61,24 @@ impl Readiness {
             name,
             tx: Arc::new(watch::channel(false).0),
         };
-        self.caches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(synced.clone());
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        caches.push(synced.clone());
+        self.all.store(false, std::sync::atomic::Ordering::SeqCst);
         synced
     }
 
     /// Whether every registered cache has synced (false while none is registered).
     pub fn is_ready(&self) -> bool {
+        if self.all.load(std::sync::atomic::Ordering::SeqCst) {
+            return true;
+        }
         let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        !caches.is_empty() && caches.iter().all(Synced::is_synced)
+        let ready = !caches.is_empty() && caches.iter().all(Synced::is_synced);
+        if ready {
+            // Under the lock, so that a cache registered meanwhile clears it after this.
+            self.all.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        ready
     }
 
     /// Names of the caches that have not synced yet.

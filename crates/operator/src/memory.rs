@@ -1,18 +1,18 @@
 //! How the process uses glibc's allocator. Its defaults suit short programs, not an operator
 //! that takes a burst of large responses at start (every watch lists its objects) and then runs
-//! for months on a small, steady heap: large buffers would come from the heap once the dynamic
-//! mmap threshold has grown, one arena per busy thread would keep its own free memory, and the
-//! pages freed after the burst would stay resident. [`configure`] fixes the thresholds and the
-//! arenas before the runtime starts; [`release_every`] hands free pages back to the system now
-//! and then. Other allocators and platforms are left as they are.
+//! for months on a small, steady heap: each busy thread may get an arena of its own that keeps
+//! its own free memory, and the pages freed after the burst stay resident. [`configure`] caps
+//! the arenas before the runtime starts; [`release_every`] hands free pages back to the system
+//! now and then. The allocator's thresholds keep their dynamic defaults: fixing them made every
+//! large buffer a fresh mapping or the heap's top shrink and grow again (a profile at 1,000
+//! QWorkers showed the cost), and the periodic release frees what they would have. Other
+//! allocators and platforms are left as they are.
 
 use std::time::Duration;
 
-/// Allocations at least this large are mapped on their own and unmapped when freed.
-pub const MMAP_THRESHOLD: usize = 128 * 1024;
-/// Most malloc arenas: one, shared by the runtime's threads (a second one held twice its live
-/// memory in a heap profile at 1,000 + 1,000 objects; the per-thread caches keep contention low).
-pub const ARENAS: usize = 1;
+/// Most malloc arenas: one per worker thread of the runtime (with one arena for both, the
+/// threads waited on its lock).
+pub const ARENAS: usize = 2;
 /// How often free pages are handed back.
 pub const RELEASE_PERIOD: Duration = Duration::from_secs(30);
 
@@ -22,8 +22,6 @@ pub fn configure() {
     // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, ARENAS as libc::c_int);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
     }
 }
 
@@ -66,7 +64,7 @@ mod tests {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
                 .expect("VmRSS")
         }
-        // 64 MiB in small blocks (below the mmap threshold: they come from the heap), touched,
+        // 64 MiB in small blocks (below the mmap threshold: they come from an arena), touched,
         // then freed except every 64th, so the heap cannot simply shrink from its top.
         let mut blocks: Vec<Vec<u8>> = (0..16_384).map(|_| vec![1u8; 4096]).collect();
         let kept: Vec<Vec<u8>> = blocks.iter_mut().step_by(64).map(std::mem::take).collect();

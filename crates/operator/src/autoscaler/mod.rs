@@ -383,13 +383,15 @@ struct Poller {
     phase: Option<f64>,
     /// `namespace/name` of the QWorker.
     key: String,
-    /// The connection whose probe watches its queue, if one does.
-    probe: Option<Connection>,
+    /// The QWorker's connection as of its last poll (boxed: every QWorker's task holds it).
+    connection: Option<Box<Connection>>,
+    /// Whether the probe of `connection` watches its queue.
+    probing: bool,
 }
 
 impl Drop for Poller {
     fn drop(&mut self) {
-        if let Some(connection) = &self.probe {
+        if let Some(connection) = self.connection.as_deref().filter(|_| self.probing) {
             self.scaler.probes.remove(connection, &self.key);
         }
     }
@@ -481,7 +483,8 @@ impl Poller {
             poll_duration,
             phase: None,
             key: key(qw),
-            probe: None,
+            connection: None,
+            probing: false,
         }
     }
 
@@ -489,13 +492,22 @@ impl Poller {
     /// tasks (`None`: stop watching), reading it `early_polls` times per `interval`.
     fn watch_queue(&mut self, qw: &QWorker, threshold: Option<u64>, interval: Duration) {
         let sc = &qw.spec.scale_config;
-        let connection: Connection = (
-            qw.namespace().unwrap_or_default(),
-            sc.scaler_config_ref.clone(),
-        );
-        if let Some(old) = self.probe.take_if(|c| *c != connection) {
-            self.scaler.probes.remove(&old, &self.key);
+        let ns = qw.metadata.namespace.as_deref().unwrap_or_default();
+        // Built only when it changes: this runs on every poll.
+        let same = self
+            .connection
+            .as_deref()
+            .is_some_and(|c| c.0 == ns && c.1 == sc.scaler_config_ref);
+        if !same {
+            if let Some(old) = self.connection.as_deref().filter(|_| self.probing) {
+                self.scaler.probes.remove(old, &self.key);
+            }
+            self.probing = false;
+            self.connection = Some(Box::new((ns.to_string(), sc.scaler_config_ref.clone())));
         }
+        let Some(connection) = self.connection.as_deref() else {
+            return;
+        };
         let n = self
             .scaler
             .early_polls
@@ -504,7 +516,7 @@ impl Poller {
         if self
             .scaler
             .probes
-            .set(&connection, &self.key, &sc.queue, watch, &self.wake)
+            .set(connection, &self.key, &sc.queue, watch, &self.wake)
         {
             let brokers = self.scaler.brokers.clone();
             let gate = self.scaler.shared.gate.clone();
@@ -522,7 +534,7 @@ impl Poller {
                 },
             ));
         }
-        self.probe = watch.map(|_| connection);
+        self.probing = watch.is_some();
     }
 
     async fn run(mut self) {

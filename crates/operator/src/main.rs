@@ -12,10 +12,14 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             // Before the runtime's threads start.
             workerpool_operator::memory::configure();
-            match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let mut builder = if args.worker_threads > 1 {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(usize::from(args.worker_threads));
+                b
+            } else {
+                tokio::runtime::Builder::new_current_thread()
+            };
+            match builder.enable_all().build() {
                 Ok(runtime) => runtime.block_on(workerpool_operator::run::run(args)),
                 Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
             }

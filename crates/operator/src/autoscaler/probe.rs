@@ -103,9 +103,10 @@ impl Probes {
         self.lock().values().map(|g| g.watched.len()).sum()
     }
 
-    /// The queries due at `now` through `connection` (their next read is scheduled), or `None`
-    /// when it watches nothing any more (its probe is then forgotten and ends).
-    fn due(&self, connection: &Connection, now: Instant) -> Option<Vec<(String, DepthQuery)>> {
+    /// The QWorkers and queries due at `now` through `connection` (their next read is
+    /// scheduled), or `None` when it watches nothing any more (its probe is then forgotten and
+    /// ends).
+    fn due(&self, connection: &Connection, now: Instant) -> Option<(Vec<String>, Vec<DepthQuery>)> {
         let mut groups = self.lock();
         let group = groups.get_mut(connection)?;
         if group.watched.is_empty() {
@@ -131,24 +132,26 @@ impl Probes {
                         },
                     )
                 })
-                .collect(),
+                .unzip(),
         )
     }
 
     /// Wakes the polls whose queue reached its threshold (each once: its poll sets the next
-    /// threshold).
-    fn wake(&self, connection: &Connection, read: &[(String, DepthQuery)], lengths: &[u64]) {
+    /// threshold). A QWorker whose queue changed meanwhile may be woken once for nothing: its
+    /// poll is a normal poll.
+    fn wake(&self, connection: &Connection, keys: &[String], lengths: &[u64]) {
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(connection) else {
             return;
         };
-        for ((key, query), &length) in read.iter().zip(lengths) {
-            if let Some(w) = group.watched.get(key)
-                && w.queue == query.queue
-                && length >= w.threshold
+        for (key, &length) in keys.iter().zip(lengths) {
+            if group
+                .watched
+                .get(key)
+                .is_some_and(|w| length >= w.threshold)
+                && let Some(w) = group.watched.remove(key)
             {
                 w.wake.notify_one();
-                group.watched.remove(key);
             }
         }
     }
@@ -163,19 +166,18 @@ impl Probes {
     {
         loop {
             tokio::time::sleep(MIN_PROBE_PERIOD).await;
-            let Some(due) = self.due(&connection, Instant::now()) else {
+            let Some((keys, queries)) = self.due(&connection, Instant::now()) else {
                 return;
             };
-            if due.is_empty() || !may_act() {
+            if keys.is_empty() || !may_act() {
                 continue;
             }
-            let queries = due.iter().map(|(_, q)| q.clone()).collect();
             let Some(lengths) = read(queries).await else {
                 continue;
             };
             // A queue that could not be read counts as empty: its poll reports the error.
             let lengths: Vec<u64> = lengths.into_iter().map(|l| l.unwrap_or(0)).collect();
-            self.wake(&connection, &due, &lengths);
+            self.wake(&connection, &keys, &lengths);
         }
     }
 }

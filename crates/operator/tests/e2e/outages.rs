@@ -227,8 +227,10 @@ impl PrivateBroker {
     /// Kills the whole process group and waits until the port is closed.
     fn stop(&mut self) -> Result<(), String> {
         if let Some(mut child) = self.child.take() {
+            // `--` before the group: procps-ng 4.0.2's kill reads `-KILL -1234` as a signal to
+            // the group of the first digit only (`kill(-1, SIGKILL)`: every process there is).
             let _ = Command::new("kill")
-                .args(["-KILL", &format!("-{}", child.id())])
+                .args(["-KILL", "--", &format!("-{}", child.id())])
                 .status();
             let _ = child.kill();
             let _ = child.wait();

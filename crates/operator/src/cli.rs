@@ -85,7 +85,7 @@ pub struct RunArgs {
     #[arg(long, env = "EARLY_POLLS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub early_polls: u32,
     /// Threads that run the controllers, the polls and the HTTP endpoints. One (the default)
-    /// runs everything on a single thread, which at 1,000 QWorkers + 1,000 pools used about 5 %
+    /// runs everything on a single thread, which at 1,000 QWorkers + 1,000 pools used about 4 %
     /// of it: no wake-ups across threads, one allocator arena. More give a runtime with that
     /// many worker threads, for far larger installations.
     #[arg(long, env = "WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]

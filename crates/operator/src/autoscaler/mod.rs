@@ -284,11 +284,6 @@ impl Autoscaler {
         self
     }
 
-    /// Number of queues watched for an early poll.
-    pub fn watched_queues(&self) -> usize {
-        self.inner.probes.watched()
-    }
-
     /// The broker connections.
     pub fn brokers(&self) -> &Brokers {
         &self.inner.brokers

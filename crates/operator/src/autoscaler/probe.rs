@@ -60,13 +60,11 @@ impl Probes {
         watch: Option<(u64, Duration)>,
         wake: &Arc<Notify>,
     ) -> bool {
-        let mut groups = self.lock();
         let Some((threshold, period)) = watch else {
-            if let Some(group) = groups.get_mut(connection) {
-                group.watched.remove(qworker);
-            }
+            self.remove(connection, qworker);
             return false;
         };
+        let mut groups = self.lock();
         let started = !groups.contains_key(connection);
         let group = groups.entry(connection.clone()).or_default();
         let period = period.max(MIN_PROBE_PERIOD);

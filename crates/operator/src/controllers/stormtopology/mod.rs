@@ -1035,7 +1035,7 @@ async fn rebalance(
         .state()
         .into_iter()
         .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && p.spec.topology_ref == name)
-        .map(|p| PoolView::of_summary(&p))
+        .map(|p| PoolView::of(&p))
         .collect();
     let record = st.last_rebalance.as_ref();
     let decision = rebalance::decide(&rebalance::Inputs {

@@ -16,7 +16,7 @@
 //! - The last rebalance started less than `minIntervalSeconds` (default 300) ago ([`Hold::Damped`]).
 
 use k8s_openapi::jiff::Timestamp;
-use workerpool_api::storm::{DEFAULT_REBALANCE_INTERVAL_SECONDS, RebalanceSpec, StormWorkerPool};
+use workerpool_api::storm::{DEFAULT_REBALANCE_INTERVAL_SECONDS, RebalanceSpec};
 use workerpool_storm::TopologyStatus;
 
 /// What the decision needs of one pool serving the topology.
@@ -33,13 +33,9 @@ pub struct PoolView {
 }
 
 impl PoolView {
-    /// The view of `pool` (a pool without status counts as having nothing ready).
-    pub fn of(pool: &StormWorkerPool) -> Self {
-        Self::of_summary(&super::pools::PoolSummary::of(pool))
-    }
-
-    /// The view of a pool as the topology controller caches it.
-    pub fn of_summary(pool: &super::pools::PoolSummary) -> Self {
+    /// The view of a pool as the topology controller caches it (a pool without status counts
+    /// as having nothing ready).
+    pub fn of(pool: &super::pools::PoolSummary) -> Self {
         let status = pool.status.unwrap_or_default();
         Self {
             replicas: status.replicas,

@@ -476,13 +476,8 @@ async fn a_namespace_being_deleted_is_left_alone_without_a_warning_or_a_retry() 
     ));
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
     expect_running_references(&mut api, "streaming-topology").await;
-    let mut refused = support::status_error(
-        403,
-        "Forbidden",
-        "configmaps \"autoscale-workers-storm-config\" is forbidden: unable to create new content in namespace team-a because it is being terminated",
-    );
-    refused["details"] = json!({"name": "autoscale-workers-storm-config", "kind": "configmaps",
-        "causes": [{"reason": "NamespaceTerminating", "message": "namespace team-a is being terminated", "field": "metadata.namespace"}]});
+    let refused =
+        support::namespace_terminating("team-a", "configmaps", "autoscale-workers-storm-config");
     api.expect(
         "PATCH",
         &path("v1", "configmaps", "autoscale-workers-storm-config"),

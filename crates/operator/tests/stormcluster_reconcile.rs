@@ -690,3 +690,30 @@ async fn an_apply_rejected_as_invalid_fails_the_cluster() {
     );
     assert_eq!(api.events[0].1, "Rejected");
 }
+
+#[tokio::test]
+async fn a_namespace_being_deleted_is_left_alone_without_a_warning_or_a_retry() {
+    let (client, mut api) = support::mock();
+    let c = managed();
+    let connector = FakeConnector::new(Answer::Leader("x"));
+    let task = tokio::spawn(reconcile(
+        Arc::new(c.clone()),
+        context(client, connector.clone(), ChildCaches::default()),
+    ));
+    let namespace = c.metadata.namespace.clone().unwrap_or_default();
+    api.expect(
+        "PATCH",
+        &path("v1", "configmaps", "storm-config"),
+        403,
+        support::namespace_terminating(&namespace, "configmaps", "storm-config"),
+    )
+    .await;
+    let action = api
+        .finish(task)
+        .await
+        .expect("not an error: nothing to retry");
+    assert_eq!(action, Action::await_change());
+    assert!(api.events.is_empty(), "no Warning: {:?}", api.events);
+    api.expect_silence(std::time::Duration::from_millis(100))
+        .await;
+}

@@ -720,3 +720,35 @@ async fn a_renamed_topology_kills_the_one_under_the_recorded_id() {
         "no submission while the old name still runs"
     );
 }
+
+#[tokio::test]
+async fn a_namespace_being_deleted_gets_no_submission_warning_or_retry() {
+    let (client, mut api) = support::mock();
+    let s = setup(client, vec![], vec![], vec![]);
+    let t = topology(jar_spec());
+    let task = tokio::spawn(reconcile(Arc::new(t.clone()), s.ctx.clone()));
+    api.expect("PATCH", &path("wordcount"), 200, stored(&t))
+        .await;
+    let hash = build::spec_hash(&t);
+    let job = format!("wordcount-submit-{}", &hash[..8]);
+    let namespace = t.metadata.namespace.clone().unwrap_or_default();
+    api.expect(
+        "POST",
+        &jobs_path(),
+        403,
+        support::namespace_terminating(&namespace, "jobs", &job),
+    )
+    .await;
+    let action = api
+        .finish(task)
+        .await
+        .expect("not an error: nothing to retry");
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    assert!(
+        api.events.iter().all(|e| e.0 != "Warning"),
+        "no Warning: {:?}",
+        api.events
+    );
+    api.expect_silence(std::time::Duration::from_millis(100))
+        .await;
+}

@@ -50,6 +50,21 @@ pub fn status_error(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": message})
 }
 
+/// The API server's refusal to create `kind` (plural) `name` in `namespace` while that
+/// namespace is being deleted (403 with the cause `NamespaceTerminating`).
+pub fn namespace_terminating(namespace: &str, kind: &str, name: &str) -> Value {
+    let mut refused = status_error(
+        403,
+        "Forbidden",
+        &format!(
+            "{kind} \"{name}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated"
+        ),
+    );
+    refused["details"] = json!({"name": name, "kind": kind,
+        "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {namespace} is being terminated"), "field": "metadata.namespace"}]});
+    refused
+}
+
 impl ApiServer {
     /// Waits for the next request that is not an Event (Events are recorded and answered).
     pub async fn next(&mut self) -> (Seen, tower_test::mock::SendResponse<Response<Body>>) {

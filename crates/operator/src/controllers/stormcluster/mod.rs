@@ -174,6 +174,10 @@ pub async fn reconcile(cluster: Arc<StormCluster>, ctx: Arc<Context>) -> Result<
             ctx.shared.reset_backoff(&key);
             Ok(action)
         }
+        Err(e) if e.namespace_terminating() => {
+            debug!(cluster = %key, "namespace is being deleted; nothing to create");
+            Ok(Action::await_change())
+        }
         Err(e) => {
             let message = build::scrub_userinfo(&e.to_string());
             ctx.shared

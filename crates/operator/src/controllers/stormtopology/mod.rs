@@ -118,6 +118,11 @@ pub async fn reconcile(topology: Arc<StormTopology>, ctx: Arc<Context>) -> Resul
             ctx.shared.reset_backoff(&k);
             Ok(action)
         }
+        // A topology being deleted still needs its kill: that keeps retrying.
+        Err(e) if e.namespace_terminating() && topology.metadata.deletion_timestamp.is_none() => {
+            debug!(topology = %k, "namespace is being deleted; nothing to create");
+            Ok(Action::await_change())
+        }
         Err(e) => {
             ctx.shared
                 .event(

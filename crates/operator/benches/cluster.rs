@@ -16,7 +16,9 @@
 //!
 //! Run: `KUBECONFIG=... cargo bench -p workerpool-operator --bench cluster -- [--qworkers N]
 //! [--pools N] [--window SECS] [--reactions N] [--keep]`; `WPO_BENCH_WRAP="heaptrack -o FILE"`
-//! (any command line) runs the operator under a profiler.
+//! (any command line) runs the operator under a profiler. `-- --floor [--concurrency N]` runs
+//! no operator: it sends the writes that a converged state needs itself and prints how long the
+//! API server took, the least time any operator could converge in on that server and machine.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
@@ -27,8 +29,12 @@ use axum::Router;
 use axum::extract::Path;
 use axum::routing::get;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -46,6 +52,8 @@ struct Options {
     window: u64,
     reactions: usize,
     keep: bool,
+    floor: bool,
+    concurrency: usize,
 }
 
 fn options() -> Options {
@@ -55,6 +63,8 @@ fn options() -> Options {
         window: 320,
         reactions: 100,
         keep: false,
+        floor: false,
+        concurrency: 16,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -69,6 +79,12 @@ fn options() -> Options {
             "--pools" => o.pools = value() as usize,
             "--window" => o.window = value(),
             "--reactions" => o.reactions = value() as usize,
+            "--concurrency" => o.concurrency = value().max(1) as usize,
+            "--floor" => {
+                o.floor = true;
+                i += 1;
+                continue;
+            }
             "--keep" => {
                 o.keep = true;
                 i += 1;
@@ -314,6 +330,121 @@ fn converged<K: kube::Resource>(object: &K, observed: Option<i64>) -> bool {
     observed.is_some() && observed == object.meta().generation
 }
 
+/// The least time the API server takes for the writes that a converged state needs, with no
+/// operator running: the benchmark sends, `concurrency` at a time, what the operator must send
+/// for every pool (its ConfigMap, Deployment, Service, HPA when autoscaled, then its status,
+/// built by the operator's own functions) and one status apply per QWorker carrying both
+/// writers' fields. Returns the time and the writes the API server counted.
+async fn floor(client: &Client, ns: &str, concurrency: usize) -> (Duration, BTreeMap<String, f64>) {
+    use futures::future::BoxFuture;
+    use workerpool_operator::apply::apply_status;
+    use workerpool_operator::controllers::{qworker, storm};
+    let params = PatchParams::apply(workerpool_operator::FIELD_MANAGER).force();
+    let pools: Api<StormWorkerPool> = Api::namespaced(client.clone(), ns);
+    let qworkers: Api<QWorker> = Api::namespaced(client.clone(), ns);
+    let cluster = Api::<StormCluster>::namespaced(client.clone(), ns)
+        .get("storm")
+        .await
+        .expect("cluster");
+    let pool_list = pools.list(&Default::default()).await.expect("pools").items;
+    let qworker_list = qworkers
+        .list(&Default::default())
+        .await
+        .expect("qworkers")
+        .items;
+    let pool_job = |pool: StormWorkerPool| -> BoxFuture<'_, ()> {
+        let (client, params, cluster, pools) = (client.clone(), &params, &cluster, &pools);
+        Box::pin(async move {
+            let children = storm::build::children(&pool, cluster).expect("children");
+            Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .patch(
+                    &children.config_map.name_any(),
+                    params,
+                    &Patch::Apply(&children.config_map),
+                )
+                .await
+                .expect("ConfigMap");
+            let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
+                .patch(
+                    &children.deployment.name_any(),
+                    params,
+                    &Patch::Apply(&children.deployment),
+                )
+                .await
+                .expect("Deployment");
+            Api::<Service>::namespaced(client.clone(), ns)
+                .patch(
+                    &children.service.name_any(),
+                    params,
+                    &Patch::Apply(&children.service),
+                )
+                .await
+                .expect("Service");
+            let hpa = match &children.hpa {
+                Some(hpa) => Some(
+                    Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns)
+                        .patch(&hpa.name_any(), params, &Patch::Apply(hpa))
+                        .await
+                        .expect("HPA"),
+                ),
+                None => None,
+            };
+            let status = storm::status::running(&pool, &deployment, hpa.as_ref(), Timestamp::now());
+            apply_status(pools, &pool.name_any(), &status)
+                .await
+                .expect("pool status");
+        })
+    };
+    let qworker_job = |qw: QWorker| -> BoxFuture<'_, ()> {
+        let qworkers = &qworkers;
+        Box::pin(async move {
+            let spec = qworker::build::template_spec(&qw, &BTreeMap::new());
+            let generation = qw.metadata.generation;
+            let now = Time(Timestamp::now());
+            let condition = |kind: &str, status: &str, reason: &str, message: &str| {
+                json!({"type": kind, "status": status, "reason": reason, "message": message,
+                       "lastTransitionTime": now, "observedGeneration": generation})
+            };
+            let status = json!({
+                "observedGeneration": generation,
+                "currentReplicas": 0,
+                "currentPodSpecHash": qworker::build::pod_spec_hash(&qw, &spec),
+                "selector": qworker::build::selector(&qw),
+                "desiredReplicas": 0,
+                "queueLength": 0,
+                "conditions": [
+                    condition("Ready", "True", "WorkersReady", "All 0 worker(s) are ready"),
+                    condition("Scaling", "False", "Stable", "0 worker(s) running"),
+                    condition("BrokerReachable", "True", "QueueRead", "queue length 0"),
+                ],
+            });
+            apply_status(qworkers, &qw.name_any(), &status)
+                .await
+                .expect("QWorker status");
+        })
+    };
+    // Interleaved, as the two controllers run side by side.
+    let mut jobs = Vec::new();
+    let mut pool_iter = pool_list.into_iter();
+    let mut qworker_iter = qworker_list.into_iter();
+    loop {
+        let (p, q) = (pool_iter.next(), qworker_iter.next());
+        if p.is_none() && q.is_none() {
+            break;
+        }
+        jobs.extend(p.map(pool_job));
+        jobs.extend(q.map(qworker_job));
+    }
+    let before = writes(client).await;
+    let start = Instant::now();
+    futures::stream::iter(jobs)
+        .buffer_unordered(concurrency)
+        .collect::<Vec<()>>()
+        .await;
+    let took = start.elapsed();
+    (took, delta(&before, &writes(client).await))
+}
+
 #[tokio::main]
 async fn main() {
     let o = options();
@@ -420,6 +551,19 @@ async fn main() {
         o.pools + o.qworkers + TOPOLOGIES + 2,
         t.elapsed().as_secs_f64()
     );
+
+    if o.floor {
+        let (took, sent) = floor(&client, &ns, o.concurrency).await;
+        println!(
+            "floor: the writes a converged state needs, sent by the benchmark alone {} at a time, took {:.1} s ({} write requests)",
+            o.concurrency,
+            took.as_secs_f64(),
+            sent.values().sum::<f64>()
+        );
+        println!("writes: {sent:?}");
+        let _ = namespaces.delete(&ns, &DeleteParams::background()).await;
+        return;
+    }
 
     // Start and converge. Convergence is seen through watches, not by listing 2,000 objects
     // again and again: the API server's work is then the operator's, not the benchmark's.

@@ -12,7 +12,8 @@
 //!   from the API server's own `apiserver_request_total`, by verb and resource;
 //! - reaction: from a push to 100 queues to `status.desiredReplicas` and to the first worker pod.
 //!
-//! Nothing else may write to the API server meanwhile (run it without a controller-manager).
+//! Nothing else may write to the API server meanwhile: run it without a controller-manager, or
+//! with only its namespace and garbage-collector controllers, which remove the namespace after.
 //!
 //! Run: `KUBECONFIG=... cargo bench -p workerpool-operator --bench cluster -- [--qworkers N]
 //! [--pools N] [--window SECS] [--reactions N] [--keep]`; `WPO_BENCH_WRAP="heaptrack -o FILE"`

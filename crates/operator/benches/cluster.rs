@@ -30,9 +30,7 @@ use axum::Router;
 use axum::extract::Path;
 use axum::routing::get;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -338,9 +336,8 @@ fn converged<K: kube::Resource>(object: &K, observed: Option<i64>) -> bool {
 /// writers' fields. Returns the time and the writes the API server counted.
 async fn floor(client: &Client, ns: &str, concurrency: usize) -> (Duration, BTreeMap<String, f64>) {
     use futures::future::BoxFuture;
-    use workerpool_operator::apply::apply_status;
+    use workerpool_operator::apply::{apply, apply_status};
     use workerpool_operator::controllers::{qworker, storm};
-    let params = PatchParams::apply(workerpool_operator::FIELD_MANAGER).force();
     let pools: Api<StormWorkerPool> = Api::namespaced(client.clone(), ns);
     let qworkers: Api<QWorker> = Api::namespaced(client.clone(), ns);
     let cluster = Api::<StormCluster>::namespaced(client.clone(), ns)
@@ -354,37 +351,21 @@ async fn floor(client: &Client, ns: &str, concurrency: usize) -> (Duration, BTre
         .expect("qworkers")
         .items;
     let pool_job = |pool: StormWorkerPool| -> BoxFuture<'_, ()> {
-        let (client, params, cluster, pools) = (client.clone(), &params, &cluster, &pools);
+        let (client, cluster, pools) = (client.clone(), &cluster, &pools);
         Box::pin(async move {
             let children = storm::build::children(&pool, cluster).expect("children");
-            Api::<ConfigMap>::namespaced(client.clone(), ns)
-                .patch(
-                    &children.config_map.name_any(),
-                    params,
-                    &Patch::Apply(&children.config_map),
-                )
+            apply(&Api::namespaced(client.clone(), ns), &children.config_map)
                 .await
                 .expect("ConfigMap");
-            let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
-                .patch(
-                    &children.deployment.name_any(),
-                    params,
-                    &Patch::Apply(&children.deployment),
-                )
+            let deployment = apply(&Api::namespaced(client.clone(), ns), &children.deployment)
                 .await
                 .expect("Deployment");
-            Api::<Service>::namespaced(client.clone(), ns)
-                .patch(
-                    &children.service.name_any(),
-                    params,
-                    &Patch::Apply(&children.service),
-                )
+            apply(&Api::namespaced(client.clone(), ns), &children.service)
                 .await
                 .expect("Service");
             let hpa = match &children.hpa {
                 Some(hpa) => Some(
-                    Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns)
-                        .patch(&hpa.name_any(), params, &Patch::Apply(hpa))
+                    apply(&Api::namespaced(client.clone(), ns), hpa)
                         .await
                         .expect("HPA"),
                 ),

@@ -187,6 +187,25 @@ impl ApiServer {
             panic!("unexpected request {} {}", req.method(), req.uri());
         }
     }
+
+    /// Finishes `task` and checks that the reconcile ended quietly: `Ok(await_change)` (nothing
+    /// to retry), no Warning Event, and no request after it.
+    pub async fn expect_quiet_end<E: std::fmt::Debug>(
+        &mut self,
+        task: tokio::task::JoinHandle<Result<kube::runtime::controller::Action, E>>,
+    ) {
+        let action = self
+            .finish(task)
+            .await
+            .expect("not an error: nothing to retry");
+        assert_eq!(action, kube::runtime::controller::Action::await_change());
+        assert!(
+            self.events.iter().all(|e| e.0 != "Warning"),
+            "no Warning: {:?}",
+            self.events
+        );
+        self.expect_silence(Duration::from_millis(100)).await;
+    }
 }
 
 /// Merges `extra` into `target` (objects key by key).

@@ -303,6 +303,7 @@ async fn reconciles(n: usize) -> anyhow::Result<(f64, Vec<Arc<StormWorkerPool>>)
     let ctx = Arc::new(storm::Context {
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
         children: ChildTracker::default(),
+        written: Default::default(),
         caches: storm::ChildCaches::default(),
     });
     let start = Instant::now();

@@ -26,6 +26,7 @@ fn context(client: kube::Client) -> Arc<Context> {
     Arc::new(Context {
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
         children: ChildTracker::default(),
+        written: Default::default(),
         caches: ChildCaches::default(),
     })
 }
@@ -920,6 +921,7 @@ fn context_with(client: kube::Client, caches: ChildCaches) -> Arc<Context> {
     Arc::new(Context {
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
         children: ChildTracker::default(),
+        written: Default::default(),
         caches,
     })
 }
@@ -1076,5 +1078,45 @@ async fn a_replica_count_changed_by_someone_else_is_set_back() {
     )
     .await;
     assert_eq!(deploy.body["spec"]["replicas"], 3);
+    api.finish(task).await.expect("reconcile ok");
+}
+
+#[tokio::test]
+async fn a_reconcile_before_the_cache_shows_its_own_status_write_does_not_repeat_it() {
+    let (client, mut api) = support::mock();
+    let mut p = pool(include_str!(
+        "../../../examples/storm-basic-worker-pool.yaml"
+    ));
+    let (mut caches, _) = settled(&mut p);
+    // The pool as the cache shows it before its first status write.
+    p.status = None;
+    p.metadata.resource_version = Some("7".into());
+    caches.topologies =
+        cache_of([serde_json::from_value(topology("my-topology", "Running")).expect("topology")]);
+    caches.clusters = cache_of([serde_json::from_value(cluster()).expect("cluster")]);
+    let ctx = context_with(client, caches);
+    let status_path = path(
+        "storm.apache.org/v1beta1",
+        "stormworkerpools",
+        "my-workers/status",
+    );
+
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), ctx.clone()));
+    api.expect_apply(&status_path, stored(&p)).await;
+    api.finish(task).await.expect("reconcile ok");
+    assert_eq!(ctx.written.len(), 1, "the write is in flight");
+
+    // Woken again (say, by a child's event) while the cache still shows version 7: same status,
+    // nothing sent.
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), ctx.clone()));
+    api.finish(task).await.expect("reconcile ok");
+    api.expect_silence(std::time::Duration::from_millis(100))
+        .await;
+
+    // Another version without the status (someone cleared it): compared with the cache again,
+    // and written.
+    p.metadata.resource_version = Some("9".into());
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), ctx.clone()));
+    api.expect_apply(&status_path, stored(&p)).await;
     api.finish(task).await.expect("reconcile ok");
 }

@@ -917,6 +917,13 @@ fn settled(
     (caches, children)
 }
 
+/// Puts the Running topology `my-topology` and its Running cluster in the caches.
+fn cache_running_references(caches: &mut ChildCaches) {
+    caches.topologies =
+        cache_of([serde_json::from_value(topology("my-topology", "Running")).expect("topology")]);
+    caches.clusters = cache_of([serde_json::from_value(cluster()).expect("cluster")]);
+}
+
 fn context_with(client: kube::Client, caches: ChildCaches) -> Arc<Context> {
     Arc::new(Context {
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
@@ -944,9 +951,7 @@ async fn a_resync_of_an_unchanged_pool_sends_no_write() {
             "{what}"
         );
     }
-    caches.topologies =
-        cache_of([serde_json::from_value(topology("my-topology", "Running")).expect("topology")]);
-    caches.clusters = cache_of([serde_json::from_value(cluster()).expect("cluster")]);
+    cache_running_references(&mut caches);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
     // Every child is cached with the hash of its body, and so are the topology and the cluster;
     // neither an HPA nor a PodDisruptionBudget is configured, and the cache shows none. No
@@ -1091,9 +1096,7 @@ async fn a_reconcile_before_the_cache_shows_its_own_status_write_does_not_repeat
     // The pool as the cache shows it before its first status write.
     p.status = None;
     p.metadata.resource_version = Some("7".into());
-    caches.topologies =
-        cache_of([serde_json::from_value(topology("my-topology", "Running")).expect("topology")]);
-    caches.clusters = cache_of([serde_json::from_value(cluster()).expect("cluster")]);
+    cache_running_references(&mut caches);
     let ctx = context_with(client, caches);
     let status_path = path(
         "storm.apache.org/v1beta1",

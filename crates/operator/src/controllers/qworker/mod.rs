@@ -181,10 +181,7 @@ pub async fn reconcile(qw: Arc<QWorker>, ctx: Arc<Context>) -> Result<Action> {
             ctx.shared.reset_backoff(&k);
             Ok(action)
         }
-        Err(e) if e.namespace_terminating() => {
-            debug!(qworker = %k, "namespace is being deleted; nothing to create");
-            Ok(Action::await_change())
-        }
+        Err(e) if e.namespace_terminating() => Ok(crate::controllers::namespace_terminating(&k)),
         Err(e) => {
             ctx.shared
                 .event(

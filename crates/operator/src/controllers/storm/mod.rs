@@ -186,10 +186,7 @@ pub async fn reconcile(pool: Arc<StormWorkerPool>, ctx: Arc<Context>) -> Result<
             ctx.shared.reset_backoff(&key);
             Ok(action)
         }
-        Err(e) if e.namespace_terminating() => {
-            debug!(pool = %key, "namespace is being deleted; nothing to create");
-            Ok(Action::await_change())
-        }
+        Err(e) if e.namespace_terminating() => Ok(crate::controllers::namespace_terminating(&key)),
         Err(e) => {
             ctx.shared
                 .event(

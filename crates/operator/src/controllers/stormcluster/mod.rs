@@ -174,10 +174,7 @@ pub async fn reconcile(cluster: Arc<StormCluster>, ctx: Arc<Context>) -> Result<
             ctx.shared.reset_backoff(&key);
             Ok(action)
         }
-        Err(e) if e.namespace_terminating() => {
-            debug!(cluster = %key, "namespace is being deleted; nothing to create");
-            Ok(Action::await_change())
-        }
+        Err(e) if e.namespace_terminating() => Ok(crate::controllers::namespace_terminating(&key)),
         Err(e) => {
             let message = build::scrub_userinfo(&e.to_string());
             ctx.shared

@@ -120,8 +120,7 @@ pub async fn reconcile(topology: Arc<StormTopology>, ctx: Arc<Context>) -> Resul
         }
         // A topology being deleted still needs its kill: that keeps retrying.
         Err(e) if e.namespace_terminating() && topology.metadata.deletion_timestamp.is_none() => {
-            debug!(topology = %k, "namespace is being deleted; nothing to create");
-            Ok(Action::await_change())
+            Ok(crate::controllers::namespace_terminating(&k))
         }
         Err(e) => {
             ctx.shared

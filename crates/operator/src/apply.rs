@@ -13,7 +13,15 @@ use crate::error::Result;
 /// Patch parameters of every apply: the operator's field manager, forcing ownership of the
 /// fields it sets.
 pub fn params() -> PatchParams {
-    PatchParams::apply(FIELD_MANAGER).force()
+    params_of(FIELD_MANAGER).force()
+}
+
+/// Patch parameters of a server-side apply by `manager`, without forcing. They ask the API
+/// server not to check the body for unknown or duplicate fields (`fieldValidation=Ignore`):
+/// every body is serialised from a typed object, and the check, a second parse of the body
+/// that only produces warnings nobody reads, was 6 % of the API server's CPU at scale.
+pub fn params_of(manager: &str) -> PatchParams {
+    PatchParams::apply(manager).validation_ignore()
 }
 
 /// Applies `object` (server-side) in its namespace and returns what the server stored.

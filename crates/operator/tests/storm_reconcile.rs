@@ -125,6 +125,11 @@ async fn expect_handoff(api: &mut support::ApiServer, path: &str, force: bool) -
         "{}",
         seen.query
     );
+    assert!(
+        seen.query.contains("fieldValidation=Ignore"),
+        "{}",
+        seen.query
+    );
     let mut stored = seen.body.clone();
     support::merge(
         &mut stored,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
@@ -999,7 +999,7 @@ impl Poller {
         // Boxed while it runs (see `size_tests`).
         match Box::pin(api.patch_status(
             &qw.name_any(),
-            &PatchParams::apply(AUTOSCALER_MANAGER).force(),
+            &crate::apply::params_of(AUTOSCALER_MANAGER).force(),
             &Patch::Apply(&patch),
         ))
         .await

@@ -141,6 +141,11 @@ impl ApiServer {
             "apply must force: {}",
             seen.query
         );
+        assert!(
+            seen.query.contains("fieldValidation=Ignore"),
+            "apply must spare the server its strict second parse: {}",
+            seen.query
+        );
         let mut stored = seen.body.clone();
         let meta = stored["metadata"].as_object_mut().expect("metadata");
         meta.insert(

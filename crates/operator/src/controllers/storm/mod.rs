@@ -15,7 +15,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
@@ -425,7 +425,7 @@ async fn apply_deployment(
         BeforeApply::Create(replicas) => {
             api.patch(
                 &name,
-                &PatchParams::apply(HANDOFF_MANAGER),
+                &crate::apply::params_of(HANDOFF_MANAGER),
                 &Patch::Apply(&build::with_replicas(desired, replicas)),
             )
             .await?;
@@ -437,7 +437,7 @@ async fn apply_deployment(
         BeforeApply::HandOff(replicas) => {
             api.patch(
                 &name,
-                &PatchParams::apply(HANDOFF_MANAGER).force(),
+                &crate::apply::params_of(HANDOFF_MANAGER).force(),
                 &Patch::Apply(&build::replicas_patch(&name, replicas)),
             )
             .await?;
@@ -448,7 +448,7 @@ async fn apply_deployment(
     if let Some(replicas) = plan.release_at {
         api.patch(
             &name,
-            &PatchParams::apply(HANDOFF_MANAGER),
+            &crate::apply::params_of(HANDOFF_MANAGER),
             &Patch::Apply(&build::replicas_patch(&name, replicas)),
         )
         .await?;

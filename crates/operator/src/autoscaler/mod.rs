@@ -56,6 +56,11 @@ pub fn knobs(sc: &workerpool_api::ScaleConfig) -> policy::Knobs {
     }
 }
 
+/// Time between two polls of a QWorker (`pollIntervalSeconds`).
+fn poll_interval(sc: &workerpool_api::ScaleConfig) -> Duration {
+    Duration::from_secs(u64::from(sc.poll_interval_seconds()))
+}
+
 /// What a poll sees of a QWorker's pods in the cache, at `now`: ready workers (not draining),
 /// ready workers asked to drain, the ages of those not ready yet, and the median start-up time
 /// (creation to the Ready condition's last transition) of the ready ones.
@@ -546,8 +551,7 @@ impl Poller {
                 tokio::time::sleep(crate::cache::NOT_READY_RETRY).await;
                 continue;
             }
-            let interval =
-                Duration::from_secs(u64::from(qw.spec.scale_config.poll_interval_seconds()));
+            let interval = poll_interval(&qw.spec.scale_config);
             let outcome = self.poll(&qw).await;
             self.answered
                 .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -638,7 +642,7 @@ impl Poller {
                 let knobs = knobs(sc);
                 let decision = self.scaling.step(&observation, &knobs, current);
                 self.record_decision(qw, &observation, &decision);
-                let interval = Duration::from_secs(u64::from(sc.poll_interval_seconds()));
+                let interval = poll_interval(sc);
                 let threshold = policy::wake_threshold(&knobs, decision.replicas, Some(length));
                 self.watch_queue(qw, threshold, interval);
                 // Boxed: it runs to completion at once unless there is something to write.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference};
@@ -443,6 +443,7 @@ where
         }
         if matches!(namespaces.get_opt(&ns).await, Ok(Some(_))) {
             eprintln!("e2e[{name}]: namespace {ns} still exists {WAIT:?} after its deletion");
+            release_pods(&client, &ns).await;
         }
         operator.stop();
     }
@@ -458,6 +459,30 @@ where
                 operator.log.display()
             );
             std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+/// Removes the finalizers of the pods still in `ns` once its scenario is over, so that the
+/// namespace goes: a worker pod keeps its task-recovery finalizer while its broker, which the
+/// scenario may have stopped, cannot take its tasks back.
+async fn release_pods(client: &Client, ns: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let Ok(list) = pods.list(&Default::default()).await else {
+        return;
+    };
+    let patch = serde_json::json!({"metadata": {"finalizers": null}});
+    for pod in list.items.iter().filter(|p| !p.finalizers().is_empty()) {
+        let name = pod.name_any();
+        match pods
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => eprintln!(
+                "e2e: removed the finalizers {:?} of pod {ns}/{name}",
+                pod.finalizers()
+            ),
+            Err(e) => eprintln!("e2e: could not remove the finalizers of pod {ns}/{name}: {e}"),
         }
     }
 }

@@ -47,7 +47,7 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     ("metrics.k8s.io", "pods"): {"list"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
-EXPECTED_LEASE_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "patch"}}
+EXPECTED_LEASE_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
 
 errors: list[str] = []
 

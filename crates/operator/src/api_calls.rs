@@ -2,8 +2,8 @@
 //! RBAC can be checked against what the operator really asks for (the end-to-end suite's
 //! `zz_rbac_matches_recorded_calls`).
 //!
-//! Every request the client sends — the controllers', the watches', the Event recorder's and
-//! the Lease manager's, since they all share the one [`Client`] — is mapped to the verb and
+//! Every request the clients send — the controllers', the watches', the Event recorder's and
+//! the leader election's, since they share one [`RecordLayer`] — is mapped to the verb and
 //! resource an RBAC rule names ([`classify`]) and written to FILE as one line, each distinct
 //! line once, at once (the process may be killed at any moment):
 //!
@@ -285,21 +285,36 @@ where
     }
 }
 
-/// The operator's client: from `KUBECONFIG` or the in-cluster config as
-/// [`Client::try_default`] builds it, with at most `max_requests` requests in flight (watches
-/// excepted, see [`crate::limit`]) and a [`RecordLayer`] writing to `record` when given.
-pub async fn client(record: Option<&Path>, max_requests: usize) -> anyhow::Result<Client> {
+/// The operator's clients, from `KUBECONFIG` or the in-cluster config as
+/// [`Client::try_default`] builds it, both recording to `record` when given ([`RecordLayer`]):
+/// the first, for the controllers, with at most `max_requests` requests in flight (watches
+/// excepted, see [`crate::limit`]); the second, for the leader-election Lease, without that
+/// bound, so that a renewal never waits behind a burst of reconciles.
+pub async fn clients(
+    record: Option<&Path>,
+    max_requests: usize,
+) -> anyhow::Result<(Client, Client)> {
     use anyhow::Context as _;
     let config = kube::Config::infer().await?;
     let limit = crate::limit::LimitLayer::new(max_requests);
     let Some(path) = record else {
-        return Ok(ClientBuilder::try_from(config)?.with_layer(&limit).build());
+        let lease = ClientBuilder::try_from(config.clone())?.build();
+        return Ok((
+            ClientBuilder::try_from(config)?.with_layer(&limit).build(),
+            lease,
+        ));
     };
     let layer = RecordLayer::open(path)
         .with_context(|| format!("cannot open {} to record API calls", path.display()))?;
     tracing::info!(file = %path.display(), "recording the API calls");
-    Ok(ClientBuilder::try_from(config)?
-        .with_layer(&limit)
+    let lease = ClientBuilder::try_from(config.clone())?
         .with_layer(&layer)
-        .build())
+        .build();
+    Ok((
+        ClientBuilder::try_from(config)?
+            .with_layer(&limit)
+            .with_layer(&layer)
+            .build(),
+        lease,
+    ))
 }

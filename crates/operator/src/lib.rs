@@ -13,6 +13,7 @@ pub mod controllers;
 pub mod crds;
 pub mod error;
 pub mod http;
+pub mod leader;
 pub mod limit;
 #[allow(unsafe_code)]
 pub mod memory;

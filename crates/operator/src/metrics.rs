@@ -83,6 +83,10 @@ pub struct Metrics {
     pub scaling: Family<ScalingLabels, Gauge<f64, AtomicU64>>,
     /// Changes of the desired count, by the term that decided.
     pub scale_decisions: Family<DecisionLabels, Counter>,
+    /// 1 while this replica acts (it holds the Lease, or leader election is off), else 0.
+    pub leader: Gauge,
+    /// Times this replica became the leader.
+    pub leader_transitions: Counter,
 }
 
 /// Labels of the autoscaler's estimates.
@@ -141,6 +145,8 @@ impl Default for Metrics {
             poll_duration: Family::new_with_constructor(latency_histogram),
             scaling: Family::default(),
             scale_decisions: Family::default(),
+            leader: Gauge::default(),
+            leader_transitions: Counter::default(),
         }
     }
 }
@@ -192,6 +198,16 @@ impl Metrics {
             "qworker_scale_decisions",
             "Changes of the desired worker count, by the term that decided",
             self.scale_decisions.clone(),
+        );
+        registry.register(
+            "workerpool_operator_leader",
+            "1 while this replica acts: it holds the leader-election Lease, or election is off",
+            self.leader.clone(),
+        );
+        registry.register(
+            "workerpool_operator_leader_transitions",
+            "Times this replica became the leader",
+            self.leader_transitions.clone(),
         );
     }
 

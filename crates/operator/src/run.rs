@@ -3,8 +3,6 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use kube::Client;
-use kube_lease_manager::{LeaseManagerBuilder, LeaseParams};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -14,6 +12,7 @@ use crate::cli::RunArgs;
 use crate::context::Shared;
 use crate::controllers::{qworker, scalerconfig, storm, stormcluster, stormtopology};
 use crate::http::{self, HttpState};
+use crate::leader;
 use crate::metrics::{Metrics, ResourceCollector};
 use crate::telemetry;
 
@@ -46,10 +45,10 @@ fn cancel_on_signal(token: CancellationToken) {
 ///
 /// The watches start at once on every replica, so `/readyz` answers as soon as the caches have
 /// synced, leader or standby. With leader election the controllers' gate opens only on the
-/// leader; losing the Lease stops the process so that a new election starts.
+/// leader ([`leader`]); losing the Lease stops the process so that a new election starts.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(&args.log_level, args.log_format);
-    let client = crate::api_calls::client(
+    let (client, lease_client) = crate::api_calls::clients(
         args.record_api_calls.as_deref(),
         usize::from(args.max_api_requests),
     )
@@ -61,9 +60,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    metrics.leader.set(i64::from(!args.leader_election));
     let readiness = Readiness::default();
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(!args.leader_election);
-    let shared = Shared::new(client.clone(), metrics, args.pod_name.clone())
+    let shared = Shared::new(client.clone(), metrics.clone(), args.pod_name.clone())
         .with_concurrency(args.max_concurrent_reconciles)
         .with_gate(Gate::new(readiness.clone(), leader_rx));
     // An empty WATCH_NAMESPACE (as a Helm chart may set it) means all namespaces.
@@ -139,24 +139,35 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         topology_fut,
     );
     if args.leader_election {
-        let (leader, lease_task) = start_lease(&client, &args).await?;
+        let elector = elector(lease_client, &args);
+        info!(
+            identity = %elector.identity(),
+            lease = %args.lease_name,
+            "standing by for leadership"
+        );
+        // The election has a token of its own: on shutdown it releases the Lease only after the
+        // controllers have stopped.
+        let election_token = CancellationToken::new();
+        let follower = GateFollower {
+            gate: leader_tx,
+            metrics,
+        };
+        let mut election = tokio::spawn(leader::run(elector, follower, election_token.clone()));
+        tokio::pin!(controllers);
         tokio::select! {
-            _ = controllers => {},
-            _ = follow_lease(leader, leader_tx) => {
-                warn!("leadership lost; stopping so that a new election starts");
-                token.cancel();
-            },
-        }
-        match lease_task.await {
-            Ok(Ok(manager)) => {
-                if let Err(e) = manager.release().await {
-                    warn!(error = %e, "could not release the lease");
-                } else {
-                    info!("lease released");
+            _ = &mut controllers => {
+                election_token.cancel();
+                if let Err(e) = election.await {
+                    warn!(error = %e, "the election task panicked");
                 }
-            }
-            Ok(Err(e)) => warn!(error = %e, "lease manager failed"),
-            Err(e) => warn!(error = %e, "lease task panicked"),
+            },
+            end = &mut election => {
+                if !matches!(end, Ok(leader::End::Cancelled)) {
+                    warn!("leadership lost; stopping so that a new election starts");
+                }
+                token.cancel();
+                controllers.await;
+            },
         }
     } else {
         controllers.await;
@@ -169,13 +180,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Lease = (
-    tokio::sync::watch::Receiver<bool>,
-    tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
-);
-
-/// Starts competing for the Lease; the receiver says whether this replica holds it.
-async fn start_lease(client: &Client, args: &RunArgs) -> anyhow::Result<Lease> {
+/// This replica's side of the election on `--lease-name` in `--lease-namespace` (else the pod's
+/// namespace, else `default`), as `--pod-name` (else a name from the process id).
+fn elector(client: kube::Client, args: &RunArgs) -> leader::Elector {
     let identity = args
         .pod_name
         .clone()
@@ -185,41 +192,30 @@ async fn start_lease(client: &Client, args: &RunArgs) -> anyhow::Result<Lease> {
         .clone()
         .or_else(|| std::env::var("POD_NAMESPACE").ok())
         .unwrap_or_else(|| "default".into());
-    let duration = args.lease_duration_seconds.max(2);
-    let grace = (duration / 3).max(1);
-    let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(&namespace)
-        .with_parameters(
-            LeaseParams::new(identity.clone(), duration, grace)
-                .with_field_manager(format!("{}-lease", crate::FIELD_MANAGER)),
-        )
-        .build()
-        .await
-        .with_context(|| format!("cannot use Lease {namespace}/{}", args.lease_name))?;
-    info!(%identity, lease = %args.lease_name, %namespace, "standing by for leadership");
-    Ok(manager.watch().await)
+    leader::Elector::new(
+        client,
+        &namespace,
+        &args.lease_name,
+        &identity,
+        leader::Timing::from_lease_seconds(args.lease_duration_seconds),
+    )
 }
 
-/// Opens the gate when this replica becomes the leader; returns when it lost leadership (or
-/// the lease manager stopped).
-async fn follow_lease(
-    mut lease: tokio::sync::watch::Receiver<bool>,
-    leader: tokio::sync::watch::Sender<bool>,
-) {
-    let mut leading = false;
-    loop {
-        let holds = *lease.borrow_and_update();
-        if holds && !leading {
-            info!("acquired leadership");
-            leader.send_replace(true);
-            leading = true;
-        } else if !holds && leading {
-            leader.send_replace(false);
-            return;
-        }
-        if lease.changed().await.is_err() {
-            leader.send_replace(false);
-            return;
-        }
+/// Opens and closes the controllers' gate with leadership, and keeps the leader metrics.
+struct GateFollower {
+    gate: tokio::sync::watch::Sender<bool>,
+    metrics: Arc<Metrics>,
+}
+
+impl leader::Follower for GateFollower {
+    fn start_leading(&self) {
+        self.metrics.leader.set(1);
+        self.metrics.leader_transitions.inc();
+        self.gate.send_replace(true);
+    }
+
+    fn stop_leading(&self) {
+        self.gate.send_replace(false);
+        self.metrics.leader.set(0);
     }
 }

@@ -17,6 +17,8 @@
 mod harness;
 #[path = "e2e/kubelet.rs"]
 mod kubelet;
+#[path = "e2e/leader.rs"]
+mod leader;
 #[path = "e2e/outages.rs"]
 mod outages;
 #[path = "e2e/qworker.rs"]
@@ -64,6 +66,14 @@ async fn outages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn recovery() {
     harness::scenario("recovery", recovery::run).await;
+}
+
+/// One leader at a time: two and three replicas started at the same instant, the leader gauge
+/// of each sampled every 100 ms (never two at once), and the hand-over after the leader's
+/// SIGTERM and SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_election() {
+    harness::scenario("leader", leader::run).await;
 }
 
 /// Least privilege, exactly: the chart's RBAC rules against the API calls the operators of the

@@ -285,6 +285,23 @@ impl Operator {
         }
     }
 
+    /// Asks the process to stop with SIGTERM and waits up to 10 s for it to exit (then kills
+    /// it): the operator's graceful shutdown.
+    pub fn terminate(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut c) = child.take() {
+            let _ = Command::new("kill")
+                .args(["-s", "TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Starts the process again if a scenario left it stopped.
     pub fn restart_if_stopped(&self) -> Result<(), String> {
         self.spawn()

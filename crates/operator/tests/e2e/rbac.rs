@@ -347,7 +347,7 @@ async fn install_chart_rbac(rendered: &str, ns: &str, user: &str) -> Result<(), 
             user: Some(user.to_string()),
             resource_attributes: Some(ResourceAttributes {
                 namespace: Some(ns.to_string()),
-                verb: Some("patch".into()),
+                verb: Some("update".into()),
                 group: Some("coordination.k8s.io".into()),
                 resource: Some("leases".into()),
                 ..ResourceAttributes::default()

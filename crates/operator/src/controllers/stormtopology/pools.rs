@@ -9,7 +9,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use serde::{Deserialize, Serialize};
-use workerpool_api::storm::{PortsSpec, StormWorkerPool};
+use workerpool_api::storm::{PoolPhase, PortsSpec, StormWorkerPool};
 
 /// A StormWorkerPool as the topology controller reads it.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -47,6 +47,9 @@ pub struct SummaryStatus {
     /// `status.updatedReplicas`.
     #[serde(default)]
     pub updated_replicas: i32,
+    /// `status.phase`.
+    #[serde(default)]
+    pub phase: Option<PoolPhase>,
 }
 
 impl PoolSummary {
@@ -62,6 +65,7 @@ impl PoolSummary {
                 replicas: s.replicas,
                 ready_replicas: s.ready_replicas,
                 updated_replicas: s.updated_replicas,
+                phase: s.phase,
             }),
         }
     }
@@ -144,7 +148,8 @@ mod tests {
             Some(SummaryStatus {
                 replicas: 3,
                 ready_replicas: 2,
-                updated_replicas: 3
+                updated_replicas: 3,
+                phase: Some(PoolPhase::Running),
             })
         );
         assert!(watched.metadata.labels.is_none());

@@ -10,13 +10,15 @@
 //!   operator does not know ([`Hold::StormBusy`]).
 //! - The last rebalance Job has not finished ([`Hold::InProgress`]).
 //! - A pool is mid-rollout: its Deployment's `updatedReplicas != replicas`, as mirrored in the
-//!   pool's status ([`Hold::Rollout`]); the slots would change again within minutes.
+//!   pool's status ([`Hold::Rollout`]); the slots would change again within minutes. A rollout
+//!   that stalled (the pool `Degraded`: its pods cannot be created, or its progress deadline
+//!   passed) is not waited for: it may never end.
 //! - The pools have no ready slot ([`Hold::NoReadySlots`]): nothing to schedule workers on.
 //! - The target `min(ready slots, maxWorkers)` (at least 1) equals Storm's workers ([`Hold::Unchanged`]).
 //! - The last rebalance started less than `minIntervalSeconds` (default 300) ago ([`Hold::Damped`]).
 
 use k8s_openapi::jiff::Timestamp;
-use workerpool_api::storm::{DEFAULT_REBALANCE_INTERVAL_SECONDS, RebalanceSpec};
+use workerpool_api::storm::{DEFAULT_REBALANCE_INTERVAL_SECONDS, PoolPhase, RebalanceSpec};
 use workerpool_storm::TopologyStatus;
 
 /// What the decision needs of one pool serving the topology.
@@ -30,6 +32,8 @@ pub struct PoolView {
     pub updated_replicas: i32,
     /// Worker slots per pod (`ports.count`).
     pub slots_per_pod: i32,
+    /// The pool's rollout is not progressing (phase `Degraded`).
+    pub stalled: bool,
 }
 
 impl PoolView {
@@ -42,6 +46,7 @@ impl PoolView {
             ready_replicas: status.ready_replicas,
             updated_replicas: status.updated_replicas,
             slots_per_pod: pool.slots_per_pod(),
+            stalled: status.phase == Some(PoolPhase::Degraded),
         }
     }
 
@@ -50,9 +55,9 @@ impl PoolView {
         i64::from(self.ready_replicas.max(0)) * i64::from(self.slots_per_pod.max(0))
     }
 
-    /// Whether the pool's Deployment is mid-rollout.
+    /// Whether the pool's Deployment is mid-rollout (and the rollout still progresses).
     pub fn rolling_out(&self) -> bool {
-        self.updated_replicas != self.replicas
+        self.updated_replicas != self.replicas && !self.stalled
     }
 }
 
@@ -200,6 +205,7 @@ mod tests {
             ready_replicas: ready,
             updated_replicas: ready,
             slots_per_pod: 4,
+            stalled: false,
         }
     }
 
@@ -276,15 +282,29 @@ mod tests {
 
     #[test]
     fn a_rollout_holds() {
-        let rolling = [PoolView {
+        let mut rolling = [PoolView {
             replicas: 2,
             ready_replicas: 2,
             updated_replicas: 1,
             slots_per_pod: 4,
+            stalled: false,
         }];
         assert_eq!(
             decide(&inputs(&rolling, 4, at(0))),
             Decision::Hold(Hold::Rollout)
+        );
+        // A stalled rollout (pods that cannot be created: no updated pod at all) is not waited
+        // for; the other pools' ready slots count.
+        rolling[0].stalled = true;
+        rolling[0].updated_replicas = 0;
+        let pools = [rolling[0], pool(3)];
+        assert_eq!(
+            decide(&inputs(&pools, 4, at(0))),
+            Decision::Rebalance {
+                from: 4,
+                to: 20,
+                reason: "ready slots of pools: 20".into()
+            }
         );
     }
 

@@ -345,6 +345,13 @@ pub enum BrokerType {
 }
 
 impl BrokerType {
+    /// Whether the broker keeps a worker's in-flight tasks in a list of its own that must be
+    /// returned to the queue when the worker is gone (Redis). RabbitMQ and NATS JetStream
+    /// redeliver unacknowledged messages themselves.
+    pub fn keeps_processing_lists(self) -> bool {
+        matches!(self, BrokerType::Redis)
+    }
+
     /// The type as written in the spec.
     pub fn as_str(self) -> &'static str {
         match self {

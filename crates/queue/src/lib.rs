@@ -161,6 +161,19 @@ pub trait TaskSource: Send {
     /// a handler error). It is taken next.
     async fn requeue(&mut self, task: Task) -> Result<(), QueueError>;
 
+    /// How often a task in hand must be reported as still in progress, for brokers that
+    /// redeliver a task not acknowledged in time (NATS JetStream's `ack_wait`): a third of that
+    /// time. `None` where the broker waits for ever (Redis lists, RabbitMQ).
+    fn progress_every(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Tells the broker that `task` is still being worked on, so that it is not redelivered to
+    /// another worker meanwhile.
+    async fn progress(&mut self, _task: &Task) -> Result<(), QueueError> {
+        Ok(())
+    }
+
     /// Releases the connection. Call when no task is held any more: on Redis it also returns to
     /// the queue anything left in this worker's processing list (e.g. by a take that was cut
     /// short); on RabbitMQ it closes the channel so that a prefetched message goes back at once.

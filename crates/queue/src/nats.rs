@@ -169,14 +169,19 @@ impl QueueBroker for NatsBroker {
 pub(crate) struct NatsSource {
     consumer: PullConsumer,
     queue: String,
+    /// A third of the consumer's `ack_wait`.
+    progress_every: Duration,
 }
 
 impl NatsSource {
     pub(crate) async fn open(cfg: &NatsConfig, queue: &str) -> Result<Self, QueueError> {
         let js = context(client(cfg).await?);
+        let consumer = consumer(&js, &cfg.stream, queue).await?;
+        let progress_every = progress_interval(consumer.cached_info().config.ack_wait);
         Ok(Self {
-            consumer: consumer(&js, &cfg.stream, queue).await?,
+            consumer,
             queue: queue.to_owned(),
+            progress_every,
         })
     }
 
@@ -233,6 +238,23 @@ impl TaskSource for NatsSource {
         .await
     }
 
+    fn progress_every(&self) -> Option<Duration> {
+        Some(self.progress_every)
+    }
+
+    async fn progress(&mut self, task: &Task) -> Result<(), QueueError> {
+        let Handle::Nats(acker) = &task.handle else {
+            return Err(QueueError::protocol(KIND, "task was not taken from NATS"));
+        };
+        timed(KIND, "in progress", CALL_TIMEOUT, async {
+            acker
+                .ack_with(AckKind::Progress)
+                .await
+                .map_err(|e| QueueError::connect(KIND, format!("in progress: {e}")))
+        })
+        .await
+    }
+
     async fn requeue(&mut self, task: Task) -> Result<(), QueueError> {
         let acker = Self::acker(task)?;
         timed(KIND, "nak", CALL_TIMEOUT + CALL_TIMEOUT, async {
@@ -242,6 +264,17 @@ impl TaskSource for NatsSource {
                 .map_err(|e| QueueError::connect(KIND, format!("nak: {e}")))
         })
         .await
+    }
+}
+
+/// How often a worker reports a task in progress on a consumer with `ack_wait`: a third of it
+/// (as the Python SDK), at least once a second; 10 s where the consumer reports no `ack_wait`
+/// (the server's default is 30 s).
+pub(crate) fn progress_interval(ack_wait: Duration) -> Duration {
+    if ack_wait.is_zero() {
+        Duration::from_secs(10)
+    } else {
+        (ack_wait / 3).max(Duration::from_secs(1))
     }
 }
 

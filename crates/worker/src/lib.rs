@@ -389,7 +389,19 @@ impl Worker {
                 break ExitReason::Signal;
             }
             let payload = std::mem::take(&mut task.payload);
-            match run_handler(handler(payload), &mut shutdown, s.grace_period).await {
+            let work = run_handler(handler(payload), &mut shutdown, s.grace_period);
+            let outcome = match source.progress_every() {
+                None => work.await,
+                // While the handler runs, the broker hears that the task is still in progress.
+                Some(every) => {
+                    let beat = report_progress(source.as_mut(), &task, every);
+                    tokio::select! {
+                        outcome = work => outcome,
+                        never = beat => match never {},
+                    }
+                }
+            };
+            match outcome {
                 Outcome::Finished(Ok(())) => {
                     if let Err(error) = source.ack(task).await {
                         tracing::error!(%error, category = error.category(), "cannot acknowledge a finished task; it will run again");
@@ -413,6 +425,22 @@ impl Worker {
         }
         tracing::info!(%reason, tasks = done, "worker exiting");
         Ok(reason)
+    }
+}
+
+/// Reports `task` in progress every `every`, for ever (dropped when the handler ends); a
+/// failed report is logged and the next one tried as usual.
+async fn report_progress(
+    source: &mut dyn TaskSource,
+    task: &workerpool_queue::Task,
+    every: Duration,
+) -> std::convert::Infallible {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tick.tick().await;
+        if let Err(error) = source.progress(task).await {
+            tracing::warn!(%error, category = error.category(), "cannot report the task in progress");
+        }
     }
 }
 

@@ -344,3 +344,80 @@ async fn runs_on_nats() {
             .await;
     }
 }
+
+/// A NATS task that runs longer than the consumer's `ack_wait` is reported in progress while
+/// its handler runs, so JetStream does not redeliver it to another worker meanwhile.
+#[tokio::test]
+async fn a_long_nats_task_is_not_redelivered_while_it_runs() {
+    let stream = unique("S");
+    let queue = unique("slow");
+    let nats = NatsConfig {
+        url: "nats://127.0.0.1:4222".into(),
+        stream: stream.clone(),
+        user: None,
+        password: None,
+        token: None,
+        tls: false,
+    };
+    let ack_wait = Duration::from_secs(2);
+    workerpool_queue::ensure_nats_queue(&nats, &queue, ack_wait)
+        .await
+        .expect("ensure");
+    let cfg = BrokerConfig::Nats(nats);
+    workerpool_queue::push_batch(&cfg, &queue, &payloads(1))
+        .await
+        .expect("push");
+    let worker = |pod: String| {
+        Worker::builder(cfg.clone(), &queue, pod)
+            .annotations_file(annotations_path(&queue))
+            .poll_interval(Duration::from_millis(200))
+            .build()
+    };
+    let slow = worker(unique("slow-pod"));
+    let slow_stop = slow.shutdown_handle();
+    let other = worker(unique("other-pod"));
+    let other_stop = other.shutdown_handle();
+    let seen_by_other = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&seen_by_other);
+    let started = std::time::Instant::now();
+    // The other worker starts once the slow one holds the task.
+    let (took, taken) = tokio::sync::oneshot::channel::<()>();
+    let mut took = Some(took);
+    let slow_run = async {
+        let reason = run_bounded(slow, async move |_payload: Vec<u8>| {
+            if let Some(took) = took.take() {
+                let _ = took.send(());
+            }
+            // Three times the ack wait.
+            tokio::time::sleep(ack_wait * 3).await;
+            slow_stop.shutdown();
+            Ok(())
+        })
+        .await;
+        // One more ack wait for JetStream to redeliver, were the task not acknowledged.
+        tokio::time::sleep(ack_wait + Duration::from_millis(500)).await;
+        other_stop.shutdown();
+        reason
+    };
+    let other_run = async {
+        let _ = taken.await;
+        run_bounded(other, async move |payload: Vec<u8>| {
+            seen.lock().expect("lock").push(payload);
+            Ok(())
+        })
+        .await
+    };
+    let (reason, other_reason) = tokio::join!(slow_run, other_run);
+    assert_eq!(reason, ExitReason::Signal);
+    assert_eq!(other_reason, ExitReason::Signal);
+    assert!(started.elapsed() >= ack_wait * 3, "the slow handler ran");
+    assert!(
+        seen_by_other.lock().expect("lock").is_empty(),
+        "the task was redelivered to another worker while it ran"
+    );
+    if let Ok(client) = async_nats::connect("nats://127.0.0.1:4222").await {
+        let _ = async_nats::jetstream::new(client)
+            .delete_stream(&stream)
+            .await;
+    }
+}

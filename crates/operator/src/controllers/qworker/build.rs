@@ -29,6 +29,10 @@ pub const PODINFO_VOLUME: &str = "qworker-podinfo";
 pub const PODINFO_DIR: &str = "/etc/qworker";
 /// Annotation with the queue the pod's worker consumes (read when its tasks are recovered).
 pub const QUEUE_ANNOTATION: &str = "quickube.com/queue";
+/// Annotation on every worker pod: the name of its worker container (the template's first
+/// container), so that the pod's state is read from that container even when an admission
+/// webhook inserted a sidecar before it.
+pub const WORKER_CONTAINER_ANNOTATION: &str = "quickube.com/worker-container";
 /// Annotation with the ScalerConfig the pod's worker uses (read when its tasks are recovered).
 pub const SCALER_CONFIG_ANNOTATION: &str = "quickube.com/scaler-config";
 /// Annotation that lets the cluster autoscaler remove a node running a worker pod: a drained
@@ -87,14 +91,18 @@ pub fn template_spec(
     spec
 }
 
-/// A deterministic short hash of everything that defines a worker pod: the pod spec and the
-/// template's labels and annotations.
+/// A deterministic short hash of everything that defines a worker pod: the pod spec, the
+/// template's labels and annotations, and where it takes tasks from (the queue and the
+/// ScalerConfig, given to the worker as `QWORKER_QUEUE` and its broker): editing any of them
+/// rolls the pods, so no old worker keeps consuming the old queue.
 pub fn pod_spec_hash(qw: &QWorker, spec: &PodSpec) -> String {
     let template = qw.spec.template.clone().unwrap_or_default();
     let material = serde_json::json!({
         "spec": spec,
         "labels": template.labels,
         "annotations": template.annotations,
+        "queue": qw.spec.scale_config.queue,
+        "scalerConfigRef": qw.spec.scale_config.scaler_config_ref,
     });
     let digest = Sha256::digest(material.to_string().as_bytes());
     digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
@@ -176,6 +184,9 @@ pub fn pod(qw: &QWorker, spec: &PodSpec, hash: &str, name: &str) -> Pod {
         .or_insert_with(|| "true".into());
     annotations.insert(CURRENT_HASH_ANNOTATION.into(), hash.into());
     annotations.insert(QUEUE_ANNOTATION.into(), qw.spec.scale_config.queue.clone());
+    if let Some(worker) = spec.containers.first() {
+        annotations.insert(WORKER_CONTAINER_ANNOTATION.into(), worker.name.clone());
+    }
     annotations.insert(
         SCALER_CONFIG_ANNOTATION.into(),
         qw.spec.scale_config.scaler_config_ref.clone(),
@@ -266,6 +277,16 @@ mod tests {
             pod_spec_hash(&scaled, &spec),
             "scaling settings do not roll pods"
         );
+        let mut requeued = q.clone();
+        requeued.spec.scale_config.queue = "other-queue".into();
+        assert_ne!(h, pod_spec_hash(&requeued, &spec), "a new queue rolls pods");
+        let mut moved = q.clone();
+        moved.spec.scale_config.scaler_config_ref = "other-broker".into();
+        assert_ne!(
+            h,
+            pod_spec_hash(&moved, &spec),
+            "a new ScalerConfig rolls pods"
+        );
         let vpa = BTreeMap::from([(
             "worker".to_string(),
             BTreeMap::from([("memory".to_string(), "512Mi".to_string())]),
@@ -339,6 +360,10 @@ mod tests {
         );
         assert_eq!(p.annotations()[CURRENT_HASH_ANNOTATION], "abc123");
         assert_eq!(p.annotations()[QUEUE_ANNOTATION], "task-queue");
+        assert_eq!(
+            p.annotations()[WORKER_CONTAINER_ANNOTATION],
+            q.spec.pod_spec.containers[0].name
+        );
         assert_eq!(p.finalizers(), [super::super::plan::RECOVERY_FINALIZER]);
         let requests = c
             .resources

@@ -283,13 +283,14 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
     } else {
         None
     };
-    // Every cached pod name of the namespace, needed only when a sweep found lists to return.
+    // Every cached worker pod name, of every namespace, needed only when a sweep found lists
+    // to return: processing lists carry no namespace, and a QWorker of the same name on the
+    // same queue in another namespace has lists of its own that must not be returned.
     let known: HashSet<String> = if holders.is_some() {
         ctx.pods
             .store()
             .state()
             .iter()
-            .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
             .map(|p| p.name_any())
             .collect()
     } else {

@@ -2,14 +2,18 @@
 //! create, drain and delete, which in-flight task lists to return to the queue, and when the
 //! task-recovery finalizer of a deleted pod may be released.
 //!
-//! Crashed pods (phase Failed, the worker exited non-zero, as under `restartPolicy: Never`) are
-//! kept for inspection, the newest [`KEEP_FAILED`], and their replacements back off
-//! exponentially ([`crash_backoff`]); the state of the backoff is in the API: the pods'
-//! `finishedAt` and their [`CRASH_STREAK_ANNOTATION`].
+//! Crashed pods (the worker exited non-zero and will not be restarted, as under
+//! `restartPolicy: Never`, whatever the pod's phase: a sidecar may keep it `Running`) are kept
+//! for inspection, the newest [`KEEP_FAILED`], and their replacements back off exponentially
+//! ([`crash_backoff`]); the state of the backoff is in the API: the pods' `finishedAt` and their
+//! [`CRASH_STREAK_ANNOTATION`]. A pod that was evicted, preempted or stopped by a node shutdown
+//! ([`PodView::disrupted`]) did not crash: it is replaced at once.
 //!
-//! The worker container is the first container of the pod spec; sidecars come after it (or are
-//! init containers). Only the worker container takes tasks, so a pod's work is over when its
-//! worker container has terminated, whatever the pod's phase.
+//! The worker container is found by name: the name recorded on the pod at creation
+//! ([`WORKER_CONTAINER_ANNOTATION`]), else (pods of older versions) the first container of the
+//! spec. Admission webhooks may insert sidecars anywhere, first too. Only the worker container
+//! takes tasks, so a pod's work is over when its worker container has terminated and will not
+//! be restarted, whatever the pod's phase.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -18,7 +22,9 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use super::build::{DRAIN_ANNOTATION, POD_NAME_ALPHABET, POD_SPEC_HASH_LABEL};
+use super::build::{
+    DRAIN_ANNOTATION, POD_NAME_ALPHABET, POD_SPEC_HASH_LABEL, WORKER_CONTAINER_ANNOTATION,
+};
 
 /// Finalizer on every worker pod: the pod object stays until its worker has stopped and its
 /// in-flight tasks are back on the queue.
@@ -104,6 +110,47 @@ pub struct PodView {
     pub exit: Option<Exit>,
     /// The [`CRASH_STREAK_ANNOTATION`] value: the pod's crash was counted and its tasks returned.
     pub streak: Option<u32>,
+    /// `spec.restartPolicy` (`Always`, the API's default, when unset).
+    pub restart_policy: Option<String>,
+    /// The pod was evicted, preempted or stopped by a node shutdown (see
+    /// [`PodView::disrupted`]): why, as the API reports it.
+    pub disruption: Option<String>,
+    /// The worker container waits in `CrashLoopBackOff` (restarted by the kubelet after
+    /// crashes, under `restartPolicy: OnFailure`).
+    pub crash_loop_backoff: bool,
+}
+
+/// Pod `status.reason` values of a pod that was stopped from outside, not by its worker:
+/// kubelet evictions under node pressure, graceful node shutdowns, preemption.
+const DISRUPTION_REASONS: [&str; 5] = [
+    "Evicted",
+    "Shutdown",
+    "NodeShutdown",
+    "Terminated",
+    "Preempting",
+];
+
+/// Why a pod was disrupted: its `DisruptionTarget` condition (eviction API, preemption, taint
+/// manager, kubelet termination), else a [`DISRUPTION_REASONS`] status reason.
+fn disruption(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let condition = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "DisruptionTarget" && c.status == "True");
+    if let Some(c) = condition {
+        return Some(
+            c.reason
+                .clone()
+                .unwrap_or_else(|| "DisruptionTarget".into()),
+        );
+    }
+    status
+        .reason
+        .as_deref()
+        .filter(|r| DISRUPTION_REASONS.contains(r))
+        .map(str::to_string)
 }
 
 /// How a worker container ended.
@@ -153,7 +200,10 @@ impl PodView {
     pub fn of(pod: &Pod) -> Self {
         let status = pod.status.as_ref();
         let spec = pod.spec.as_ref();
-        let worker_name = spec.and_then(|s| s.containers.first()).map(|c| &c.name);
+        let worker_name = pod
+            .annotations()
+            .get(WORKER_CONTAINER_ANNOTATION)
+            .or_else(|| spec.and_then(|s| s.containers.first()).map(|c| &c.name));
         let worker_status = status
             .and_then(|s| s.container_statuses.as_ref())
             .and_then(|all| all.iter().find(|c| Some(&c.name) == worker_name));
@@ -178,12 +228,37 @@ impl PodView {
                 .annotations()
                 .get(CRASH_STREAK_ANNOTATION)
                 .and_then(|v| v.parse().ok()),
+            restart_policy: spec.and_then(|s| s.restart_policy.clone()),
+            disruption: disruption(pod),
+            crash_loop_backoff: worker_status
+                .and_then(|c| c.state.as_ref())
+                .and_then(|s| s.waiting.as_ref())
+                .is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff")),
         }
     }
 
-    /// The pod failed because its worker exited with a non-zero code (not, e.g., evicted).
+    /// Stopped from outside (evicted, preempted, a node shutdown), not by its worker.
+    pub fn disrupted(&self) -> bool {
+        self.disruption.is_some()
+    }
+
+    /// The worker container terminated and the kubelet will not start it again: any exit under
+    /// `Never`, a successful one under `OnFailure` (never under `Always`).
+    pub fn worker_done(&self) -> bool {
+        self.worker == Worker::Terminated
+            && match self.restart_policy.as_deref() {
+                Some("Never") => true,
+                Some("OnFailure") => self.exit.as_ref().is_some_and(|e| e.code == 0),
+                _ => false,
+            }
+    }
+
+    /// The worker exited with a non-zero code and will not be restarted (whatever the pod's
+    /// phase: a sidecar may keep it `Running`), and the pod was not stopped from outside.
     pub fn crashed(&self) -> bool {
-        self.phase.as_deref() == Some("Failed") && self.exit.as_ref().is_some_and(|e| e.code != 0)
+        !self.disrupted()
+            && self.exit.as_ref().is_some_and(|e| e.code != 0)
+            && (self.phase.as_deref() == Some("Failed") || self.worker_done())
     }
 
     /// When the worker ended, else when the pod was created.
@@ -191,9 +266,10 @@ impl PodView {
         self.exit.as_ref().and_then(|e| e.finished).or(self.created)
     }
 
-    /// Succeeded or Failed: the pod's containers will not run again.
+    /// The pod's work is over: Succeeded or Failed, or its worker is done (a sidecar may keep
+    /// the pod `Running`).
     pub fn terminal(&self) -> bool {
-        matches!(self.phase.as_deref(), Some("Succeeded" | "Failed"))
+        matches!(self.phase.as_deref(), Some("Succeeded" | "Failed")) || self.worker_done()
     }
 
     /// Being deleted.
@@ -246,7 +322,7 @@ pub struct Observed<'a> {
     pub pending_drains: &'a HashSet<String>,
     /// Workers that hold tasks in the broker (a sweep ran this time), else `None`.
     pub holders: Option<&'a [String]>,
-    /// Every worker pod name of the namespace in the cache (all QWorkers, terminating ones too).
+    /// Every worker pod name in the cache, of every namespace (all QWorkers, terminating ones too).
     pub known_pods: &'a HashSet<String>,
     /// The time of the decision.
     pub now: Timestamp,
@@ -454,6 +530,12 @@ pub enum Release {
     Wait(Duration),
     /// Its worker has stopped: return its tasks to the queue, then remove the finalizer.
     RecoverAndRelease,
+    /// Its worker never ran as far as the pod shows: remove the finalizer without moving
+    /// anything. The pod's status lags the kubelet by a second or two while a worker takes a
+    /// task within ~100 ms of its start, so a list moved now could duplicate a task the worker
+    /// finishes in its grace period; a task it did take stays in its list and the sweep returns
+    /// it once the pod is gone.
+    LeaveToSweep,
 }
 
 /// Decides for a pod being deleted whether its finalizer can be released now.
@@ -463,6 +545,9 @@ pub fn release(pod: &PodView, now: Timestamp) -> Release {
     };
     if !pod.finalizer {
         return Release::Nothing;
+    }
+    if pod.never_started() {
+        return Release::LeaveToSweep;
     }
     if pod.worker_stopped(now) {
         return Release::RecoverAndRelease;
@@ -493,6 +578,9 @@ mod tests {
             finalizer: true,
             exit: None,
             streak: None,
+            restart_policy: Some("Never".into()),
+            disruption: None,
+            crash_loop_backoff: false,
         }
     }
 
@@ -725,11 +813,78 @@ mod tests {
                     failed("old", 1, 0, Some(1)),
                     with(view("evicted", h, false, 5), |p| {
                         p.phase = Some("Failed".into());
+                        p.worker = Worker::Terminated;
+                        p.exit = Some(Exit {
+                            code: 137,
+                            reason: Some("Error".into()),
+                            finished: Some(at(3599)),
+                        });
+                        p.disruption = Some("Evicted".into());
                     }),
                 ],
                 desired: 0,
                 now: 3600,
                 delete: vec!["old", "evicted"],
+                ..Case::default()
+            },
+            Case {
+                name: "a worker that crashed beside a running sidecar (Never) is a crash: not live, kept, its tasks returned, its replacement waits",
+                pods: vec![with(failed("sc", 1, 0, None), |p| {
+                    p.phase = Some("Running".into());
+                })],
+                desired: 1,
+                now: 1,
+                mark: vec![("sc", 1)],
+                crash_loop: Some(("sc", 1, 1, 9)),
+                ..Case::default()
+            },
+            Case {
+                name: "a worker that finished (exit 0, OnFailure) beside a running sidecar is done: deleted and replaced",
+                pods: vec![with(view("done", h, false, 5), |p| {
+                    p.restart_policy = Some("OnFailure".into());
+                    p.worker = Worker::Terminated;
+                    p.exit = Some(Exit {
+                        code: 0,
+                        reason: Some("Completed".into()),
+                        finished: Some(at(0)),
+                    });
+                })],
+                desired: 1,
+                now: 1,
+                create: 1,
+                delete: vec!["done"],
+                ..Case::default()
+            },
+            Case {
+                name: "a worker the kubelet restarts after a crash (OnFailure) stays live",
+                pods: vec![with(view("again", h, false, 5), |p| {
+                    p.restart_policy = Some("OnFailure".into());
+                    p.worker = Worker::Terminated;
+                    p.exit = Some(Exit {
+                        code: 1,
+                        reason: Some("Error".into()),
+                        finished: Some(at(0)),
+                    });
+                })],
+                desired: 1,
+                now: 1,
+                current: 1,
+                ..Case::default()
+            },
+            Case {
+                name: "an evicted pod (exit 137) is no crash: replaced at once, no back-off",
+                pods: vec![
+                    with(failed("ev", 137, 0, None), |p| {
+                        p.disruption = Some("Evicted".into());
+                    }),
+                    with(failed("shut", 137, 0, None), |p| {
+                        p.disruption = Some("TerminationByKubelet".into());
+                    }),
+                ],
+                desired: 2,
+                now: 1,
+                create: 2,
+                delete: vec!["ev", "shut"],
                 ..Case::default()
             },
             Case {
@@ -831,11 +986,12 @@ mod tests {
         // The kubelet reported the worker terminated (a sidecar may still run).
         let ended = with(graceful.clone(), |p| p.worker = Worker::Terminated);
         assert_eq!(release(&ended, at(0)), Release::RecoverAndRelease);
-        // Never bound, or never ran: nothing to wait for.
+        // Never bound, or never ran as far as the pod shows: nothing to wait for, and nothing
+        // moved on a view that may lag (the sweep returns a task taken at the last instant).
         let unbound = with(graceful.clone(), |p| p.bound = false);
-        assert_eq!(release(&unbound, at(0)), Release::RecoverAndRelease);
+        assert_eq!(release(&unbound, at(0)), Release::LeaveToSweep);
         let pulling = with(graceful.clone(), |p| p.worker = Worker::NeverRan);
-        assert_eq!(release(&pulling, at(0)), Release::RecoverAndRelease);
+        assert_eq!(release(&pulling, at(0)), Release::LeaveToSweep);
         // Force-deleted while busy: deadline now, taken as stopped after the margin.
         let forced = deleted(running, 0);
         assert_eq!(
@@ -895,5 +1051,62 @@ mod tests {
             s[1].restart_count = 2;
         }
         assert_eq!(PodView::of(&restarted).worker, Worker::Ran);
+    }
+
+    #[test]
+    fn pod_view_finds_the_worker_by_its_recorded_name_behind_a_proxy_inserted_first() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "w-bbbbb",
+                "finalizers": [RECOVERY_FINALIZER],
+                "annotations": {WORKER_CONTAINER_ANNOTATION: "worker"},
+                "labels": {POD_SPEC_HASH_LABEL: "h1"}
+            },
+            "spec": {
+                "nodeName": "n1",
+                "restartPolicy": "Never",
+                "containers": [{"name": "linkerd-proxy"}, {"name": "worker"}]
+            },
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [
+                    {"name": "linkerd-proxy", "image": "", "imageID": "", "ready": true,
+                     "restartCount": 0, "state": {"running": {}}},
+                    {"name": "worker", "image": "", "imageID": "", "ready": false,
+                     "restartCount": 0,
+                     "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}
+                ]
+            }
+        }))
+        .expect("pod");
+        let v = PodView::of(&pod);
+        assert_eq!(
+            v.worker,
+            Worker::Terminated,
+            "read from `worker`, not the proxy"
+        );
+        assert!(
+            v.crashed(),
+            "exit 1 under Never beside a running proxy is a crash"
+        );
+        assert!(v.terminal());
+        // The same pod stopped by a node shutdown is not a crash.
+        let mut shut = pod.clone();
+        if let Some(st) = shut.status.as_mut() {
+            st.conditions = serde_json::from_value(serde_json::json!([{
+                "type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"
+            }]))
+            .ok();
+        }
+        let v = PodView::of(&shut);
+        assert_eq!(v.disruption.as_deref(), Some("TerminationByKubelet"));
+        assert!(!v.crashed() && v.terminal());
+        // A kubelet eviction says so in the pod's reason.
+        let mut evicted = pod;
+        if let Some(st) = evicted.status.as_mut() {
+            st.phase = Some("Failed".into());
+            st.reason = Some("Evicted".into());
+        }
+        assert!(!PodView::of(&evicted).crashed());
     }
 }

@@ -15,9 +15,9 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 use workerpool_api::QWorker;
 
 use super::build::{QUEUE_ANNOTATION, SCALER_CONFIG_ANNOTATION};
@@ -56,6 +56,16 @@ fn source(pod: &Pod, qworkers: &Store<QWorker>) -> Option<(String, String)> {
     Some((sc.queue.clone(), sc.scaler_config_ref.clone()))
 }
 
+/// Whether ScalerConfig `ns/name` names a broker that keeps per-worker lists; a ScalerConfig
+/// not in the cache (deleted, or not yet listed) is asked, as before, so nothing is skipped on
+/// a guess.
+fn keeps_lists(brokers: &crate::autoscaler::brokers::Brokers, ns: &str, name: &str) -> bool {
+    brokers
+        .configs()
+        .get(&ObjectRef::new(name).within(ns))
+        .is_none_or(|sc| sc.spec.type_.keeps_processing_lists())
+}
+
 /// The object an Event about `pod`'s tasks is reported on: its QWorker, else the pod.
 fn subject(pod: &Pod) -> ObjectReference {
     match pod
@@ -86,12 +96,20 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
     match plan::release(&view, now) {
         Release::Nothing => Ok(Action::await_change()),
         Release::Wait(delay) => Ok(Action::requeue(delay)),
+        Release::LeaveToSweep => {
+            debug!("the worker never ran; its list, if any, is left to the sweep");
+            unfinalize(&ctx.shared, &pod).await?;
+            Ok(Action::await_change())
+        }
         Release::RecoverAndRelease => {
             let _timer = ctx.shared.metrics.reconcile_started(CONTROLLER);
             let name = pod.name_any();
             let ns = pod.namespace().unwrap_or_default();
             let outcome = match source(&pod, &ctx.qworkers) {
                 None => Err("the pod names no queue and its QWorker is gone".to_string()),
+                // Nothing of the worker's stays in the broker: no connection needed (an outage
+                // of that broker, or its deleted ScalerConfig, does not hold the pod).
+                Some((queue, sc)) if !keeps_lists(&ctx.brokers, &ns, &sc) => Ok((0, queue)),
                 Some((queue, sc)) => match ctx.brokers.get(&ns, &sc).await {
                     Err(e) => Err(e.message),
                     Ok(broker) => broker

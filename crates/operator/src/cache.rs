@@ -228,9 +228,9 @@ slim_metadata_only!(
 );
 
 impl Slim for k8s_openapi::api::core::v1::Pod {
-    /// Keeps metadata, the containers' names (the first is the worker), the node it is bound
-    /// to and the status: everything [`PodView`](crate::controllers::qworker::plan::PodView)
-    /// and the release controller read.
+    /// Keeps metadata, the containers' names (the first is the worker, unless the pod names
+    /// its worker), the node it is bound to, the restart policy and the status: everything
+    /// [`PodView`](crate::controllers::qworker::plan::PodView) and the release controller read.
     fn slim(&mut self) {
         slim_metadata(self);
         if let Some(spec) = self.spec.as_mut() {
@@ -244,6 +244,7 @@ impl Slim for k8s_openapi::api::core::v1::Pod {
             *spec = k8s_openapi::api::core::v1::PodSpec {
                 containers,
                 node_name: spec.node_name.take(),
+                restart_policy: spec.restart_policy.take(),
                 ..Default::default()
             };
         }

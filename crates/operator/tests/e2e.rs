@@ -13,6 +13,8 @@
 //! through the status subresource; the broker is the machine's real Redis (a database of its
 //! own, `e2e/redis.rs`).
 
+#[path = "e2e/clusters.rs"]
+mod clusters;
 #[path = "e2e/harness.rs"]
 mod harness;
 #[path = "e2e/kubelet.rs"]
@@ -66,6 +68,14 @@ async fn outages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn recovery() {
     harness::scenario("recovery", recovery::run).await;
+}
+
+/// QWorkers in the clusters users have: an evicted pod replaced at once (no crash back-off), a
+/// queue edit rolling the pods, a worker that crashes beside a running sidecar under
+/// `restartPolicy: Never` counted as a crash (its task returned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn qworkers_in_real_clusters() {
+    harness::scenario("clusters", clusters::run).await;
 }
 
 /// One leader at a time: two and three replicas started at the same instant, the leader gauge

@@ -232,7 +232,7 @@ spec:
             "the evicted pod was replaced after {replaced_in:?}: a crash back-off (10 s)?"
         ));
     }
-    redis.del(&[queue.clone()]).await;
+    redis.del(std::slice::from_ref(&queue)).await;
     s.note(format!(
         "evicted pod {evicted}: task returned, replaced after {:.1} s, no CrashLooping",
         replaced_in.as_secs_f64()

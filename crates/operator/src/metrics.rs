@@ -206,11 +206,23 @@ impl Metrics {
         );
     }
 
-    /// Counts a reconcile and returns a guard that records its duration when dropped.
+    /// Counts a reconcile and returns a guard that records its duration when dropped. The
+    /// controller's first reconcile creates its error series of every category at 0, so that
+    /// a rate or `increase()` sees the first failure.
     pub fn reconcile_started(&self, controller: &'static str) -> ReconcileTimer {
-        self.reconciles
-            .get_or_create(&ControllerLabels { controller })
-            .inc();
+        let reconciles = self
+            .reconciles
+            .get_or_create(&ControllerLabels { controller });
+        if reconciles.get() == 0 {
+            for category in crate::error::CATEGORIES {
+                self.reconcile_errors.get_or_create_owned(&ErrorLabels {
+                    controller,
+                    category,
+                });
+            }
+        }
+        reconciles.inc();
+        drop(reconciles);
         ReconcileTimer {
             histogram: self
                 .reconcile_duration
@@ -979,6 +991,30 @@ mod tests {
             text.lines().any(|l| l == "workerpool_operator_ready 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_controllers_error_series_exist_from_its_first_reconcile() {
+        let m = Metrics::default();
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        drop(m.reconcile_started("qworker"));
+        m.reconcile_failed("qworker", "Conflict");
+        drop(m.reconcile_started("qworker"));
+        let text = encode(&registry).expect("encode");
+        for line in [
+            r#"workerpool_reconciles_total{controller="qworker"} 2"#,
+            r#"workerpool_reconcile_errors_total{controller="qworker",category="Conflict"} 1"#,
+            r#"workerpool_reconcile_errors_total{controller="qworker",category="InvalidSpec"} 0"#,
+            r#"workerpool_reconcile_errors_total{controller="qworker",category="ReferenceError"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+        let errors = text
+            .lines()
+            .filter(|l| l.starts_with("workerpool_reconcile_errors_total{"))
+            .count();
+        assert_eq!(errors, crate::error::CATEGORIES.len(), "{text}");
     }
 
     #[test]

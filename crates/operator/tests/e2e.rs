@@ -17,6 +17,8 @@
 mod harness;
 #[path = "e2e/kubelet.rs"]
 mod kubelet;
+#[path = "e2e/monitoring.rs"]
+mod monitoring;
 #[path = "e2e/outages.rs"]
 mod outages;
 #[path = "e2e/qworker.rs"]
@@ -64,6 +66,18 @@ async fn outages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn recovery() {
     harness::scenario("recovery", recovery::run).await;
+}
+
+/// Monitoring: a real Prometheus scrapes the operator during a QWorker and a Storm workload;
+/// every panel query of every dashboard of the chart must be valid and return series, and every
+/// alert rule must evaluate. Skips, saying why, without `prometheus` on PATH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn monitoring() {
+    if let Some(reason) = monitoring::prometheus_missing() {
+        eprintln!("e2e: skipped — {reason}");
+        return;
+    }
+    harness::scenario("monitoring", monitoring::run).await;
 }
 
 /// Least privilege, exactly: the chart's RBAC rules against the API calls the operators of the

@@ -1,7 +1,7 @@
 //! The monitoring scenario: a real Prometheus (the machine's `prometheus`, 1 s scrapes, on a free
 //! port of 127.0.0.1, its TSDB in a temporary directory, with the chart's alert rules loaded)
-//! scrapes the operator during a QWorker workload (a queue that fills and empties, an
-//! unreachable broker) and a Storm workload (an external cluster served by the suite's Storm
+//! scrapes the operator during a QWorker workload (a queue that fills and empties, a QWorker
+//! scaled by rates, an unreachable broker) and a Storm workload (an external cluster served by the suite's Storm
 //! UI, two observed topologies, a pool scaled by the operator and one by an HPA). Then every
 //! panel query of every dashboard of the chart (`monitoring/dashboards/*.json`) is evaluated
 //! through Prometheus' HTTP API, with its template variables replaced: the scenario fails on a
@@ -12,15 +12,16 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use kube::api::Api;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::Value;
 use workerpool_api::QWorker;
 use workerpool_api::storm::{ClusterPhase, TopologyPhase};
 use workerpool_api::{StormCluster, StormTopology};
 
 use crate::harness::{
-    LONG_WAIT, Observe, Scenario, WAIT, condition, ensure, free_port, http_get, logs_dir,
-    summarize_conditions,
+    LONG_WAIT, Observe, Scenario, WAIT, WORKER_PODS, condition, ensure, free_port, http_get,
+    logs_dir, summarize_conditions,
 };
 use crate::redis::TestRedis;
 use crate::storm_ui::StormUi;
@@ -301,8 +302,33 @@ spec:
   clusterRef: storm
 "#;
 
-/// A ScalerConfig named `name` for Redis at `host`, and a QWorker `qworker` on `queue`.
-fn qworker_yaml(name: &str, host: &str, db: i64, qworker: &str, queue: &str, max: u32) -> String {
+/// A QWorker `qworker` on `queue` of the ScalerConfig `scaler`, with `policy` (`QueueLength`,
+/// the default, or `Rate`).
+fn qworker_yaml(qworker: &str, scaler: &str, queue: &str, max: u32, policy: &str) -> String {
+    format!(
+        r#"
+apiVersion: quickube.com/v1alpha1
+kind: QWorker
+metadata:
+  name: {qworker}
+spec:
+  podSpec:
+    containers:
+      - name: worker
+        image: worker-image:latest
+  scaleConfig:
+    scalerConfigRef: {scaler}
+    queue: {queue}
+    minReplicas: 0
+    maxReplicas: {max}
+    scalingFactor: 1
+    scalingPolicy: {policy}
+"#
+    )
+}
+
+/// A ScalerConfig named `name` for Redis at `host`, database `db`.
+fn scaler_yaml(name: &str, host: &str, db: i64) -> String {
     format!(
         r#"
 apiVersion: quickube.com/v1alpha1
@@ -315,22 +341,6 @@ spec:
     host: {host}
     port: "6379"
     db: {db}
----
-apiVersion: quickube.com/v1alpha1
-kind: QWorker
-metadata:
-  name: {qworker}
-spec:
-  podSpec:
-    containers:
-      - name: worker
-        image: worker-image:latest
-  scaleConfig:
-    scalerConfigRef: {name}
-    queue: {queue}
-    minReplicas: 0
-    maxReplicas: {max}
-    scalingFactor: 1
 "#
     )
 }
@@ -366,22 +376,40 @@ async fn wait_workers(s: &Scenario, name: &str, desired: i32) {
 }
 
 /// The QWorker workload: `busy` scales to 3 on a queue of 3 tasks and back to 0 (pods
-/// created, then drained); `stalled` cannot reach its broker.
-async fn qworker_workload(s: &Scenario, redis: &TestRedis, queue: &str) {
+/// created, then drained); `rated` (`scalingPolicy: Rate`, whose estimates `qworker_scaling`
+/// reports) works on a queue of 2 tasks; `stalled` cannot reach its broker.
+async fn qworker_workload(s: &Scenario, redis: &TestRedis, queues: &[String; 2]) {
+    let [queue, rated_queue] = queues;
     s.wait_default_service_account().await;
     s.apply_yaml(
         "monitoring: reachable broker",
-        &qworker_yaml("redis", "127.0.0.1", redis.db, "busy", queue, 3),
+        &scaler_yaml("redis", "127.0.0.1", redis.db),
         |_| {},
     )
     .await;
     // `.invalid` never resolves (RFC 2606).
     s.apply_yaml(
         "monitoring: unreachable broker",
-        &qworker_yaml("unreachable", "redis.invalid", 0, "stalled", queue, 1),
+        &scaler_yaml("unreachable", "redis.invalid", 0),
         |_| {},
     )
     .await;
+    redis
+        .set_len(rated_queue, 2)
+        .await
+        .unwrap_or_else(|e| s.fail(e));
+    for (qworker, scaler, queue, max, policy) in [
+        ("busy", "redis", queue, 3, "QueueLength"),
+        ("rated", "redis", rated_queue, 2, "Rate"),
+        ("stalled", "unreachable", queue, 1, "QueueLength"),
+    ] {
+        s.apply_yaml(
+            &format!("monitoring: QWorker {qworker}"),
+            &qworker_yaml(qworker, scaler, queue, max, policy),
+            |_| {},
+        )
+        .await;
+    }
     redis.set_len(queue, 3).await.unwrap_or_else(|e| s.fail(e));
     wait_workers(s, "busy", 3).await;
     s.note("QWorker busy: 3 workers for 3 tasks");
@@ -489,8 +517,8 @@ pub async fn run(s: Scenario) {
     let ui = StormUi::start().await;
     storm_workload(s, &ui).await;
     let redis = TestRedis::connect().await.unwrap_or_else(|e| s.fail(e));
-    let queue = format!("{}-jobs", s.ns);
-    qworker_workload(s, &redis, &queue).await;
+    let queues = [format!("{}-jobs", s.ns), format!("{}-rated", s.ns)];
+    qworker_workload(s, &redis, &queues).await;
 
     // Every panel query: valid, and with series once the rate windows have filled.
     let queries = dashboard_queries().unwrap_or_else(|e| s.fail(e));
@@ -583,7 +611,31 @@ pub async fn run(s: Scenario) {
         "{} alert rules evaluate without error; QWorkerBrokerUnreachable is pending for QWorker stalled",
         rules.len()
     ));
-    redis.del(&[queue]).await;
+    // The QWorkers go before the namespace: their pods' tasks go back while the ScalerConfig
+    // still exists (a namespace deletion may remove it first and leave the pods held).
+    let api: Api<QWorker> = s.api();
+    for name in ["busy", "rated", "stalled"] {
+        if let Err(e) = api.delete(name, &DeleteParams::background()).await {
+            s.note(format!("cannot delete QWorker {name}: {e}"));
+        }
+    }
+    let pods: Api<Pod> = s.api();
+    let pods = &pods;
+    let left = s
+        .within(WAIT, || async move {
+            let list = pods
+                .list(&ListParams::default().labels(WORKER_PODS))
+                .await
+                .obs("list worker pods")?;
+            ensure(list.items.is_empty(), || {
+                format!("{} worker pod(s) left", list.items.len())
+            })
+        })
+        .await;
+    if let Err(left) = left {
+        s.note(format!("after deleting the QWorkers: {left}"));
+    }
+    redis.del(&queues).await;
 }
 
 #[test]

@@ -2,19 +2,23 @@
 """Checks `helm template` output of the workerpool-operator chart (run by scripts/test).
 
 Usage: check-rendered.py RENDERED.yaml --release-namespace NS [--watch-namespace NS]
-       [--replicas N] [--service-monitor] [--crds N]
+       [--replicas N] [--service-monitor] [--crds N] [--dashboards] [--prometheus-rule]
+       [--runbook-base URL]
 
 Every document must parse as YAML and name its apiVersion, kind and metadata.name; the RBAC
 must grant exactly the rules below (no more, no less, no wildcards), cluster-wide or in the
 watched namespace, with the Lease rule always in a Role in the release namespace; the
-Deployment, Service and ServiceMonitor must carry what the chart promises.
+Deployment, Service and ServiceMonitor must carry what the chart promises; the dashboards'
+ConfigMaps and the PrometheusRule must hold exactly the chart's monitoring/ files.
 Needs PyYAML. Exits non-zero with every failure listed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -48,6 +52,8 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     ("events.k8s.io", "events"): {"create", "patch"},
 }
 EXPECTED_LEASE_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+MONITORING = Path(__file__).resolve().parent.parent / "monitoring"
+RUNBOOK_BASE = "https://github.com/workerpool/workerpool-operator/blob/main/docs/monitoring.md"
 
 errors: list[str] = []
 
@@ -91,6 +97,9 @@ def main() -> int:
     parser.add_argument("--leader-election", action="store_true")
     parser.add_argument("--service-monitor", action="store_true")
     parser.add_argument("--crds", type=int, default=0, help="CRDs expected (--include-crds)")
+    parser.add_argument("--dashboards", action="store_true", help="grafanaDashboards.enabled")
+    parser.add_argument("--prometheus-rule", action="store_true", help="prometheusRule.enabled")
+    parser.add_argument("--runbook-base", default=RUNBOOK_BASE, help="prometheusRule.runbookBaseUrl")
     args = parser.parse_args()
 
     with open(args.rendered, encoding="utf-8") as f:
@@ -216,6 +225,45 @@ def main() -> int:
               "ServiceMonitor does not select the metrics Service")
         check(m.get("spec", {}).get("namespaceSelector", {}).get("matchNames") == [rel_ns],
               "ServiceMonitor does not look in the release namespace")
+        check(ep.get("honorLabels") is True,
+              "ServiceMonitor does not honor the series' own namespace labels")
+
+    # Grafana dashboards: one ConfigMap per file of monitoring/dashboards, holding it unchanged.
+    files = {p.name: json.loads(p.read_text(encoding="utf-8"))
+             for p in sorted((MONITORING / "dashboards").glob("*.json"))}
+    check(len(files) == 3, f"expected 3 dashboard files, found {sorted(files)}")
+    boards = [c for c in by_kind.get("ConfigMap", [])
+              if c.get("metadata", {}).get("labels", {}).get("grafana_dashboard") == "1"]
+    check(len(boards) == (len(files) if args.dashboards else 0),
+          f"{len(boards)} dashboard ConfigMap(s) rendered")
+    seen = set()
+    for c in boards:
+        data = c.get("data", {})
+        check(len(data) == 1, f"ConfigMap {c['metadata']['name']}: {len(data)} data keys")
+        for key, text in data.items():
+            name = key.removeprefix("workerpool-operator-")
+            seen.add(name)
+            check(name in files and json.loads(text) == files[name],
+                  f"ConfigMap {c['metadata']['name']}: {key} is not monitoring/dashboards/{name}")
+        check(c["metadata"].get("namespace") == rel_ns, f"ConfigMap {c['metadata']['name']} not in {rel_ns}")
+    if args.dashboards:
+        check(seen == set(files), f"dashboards rendered {sorted(seen)}, files {sorted(files)}")
+
+    # The PrometheusRule: monitoring/alerts.yaml, with the runbook base asked for.
+    prom_rules = by_kind.get("PrometheusRule", [])
+    check(len(prom_rules) == (1 if args.prometheus_rule else 0), f"{len(prom_rules)} PrometheusRule(s) rendered")
+    alerts_text = (MONITORING / "alerts.yaml").read_text(encoding="utf-8")
+    want = yaml.safe_load(alerts_text.replace(RUNBOOK_BASE, args.runbook_base))
+    for r in prom_rules:
+        check(r.get("spec") == want, "PrometheusRule spec differs from monitoring/alerts.yaml")
+        check(r["metadata"].get("namespace") == rel_ns, "PrometheusRule not in the release namespace")
+        for group in r.get("spec", {}).get("groups", []):
+            for rule in group.get("rules", []):
+                notes = rule.get("annotations", {})
+                check(set(notes) == {"summary", "description", "runbook_url"},
+                      f"alert {rule.get('alert')}: annotations {sorted(notes)}")
+                check(notes.get("runbook_url", "") == f"{args.runbook_base}#{rule.get('alert', '').lower()}",
+                      f"alert {rule.get('alert')}: runbook_url {notes.get('runbook_url')}")
 
     crds = by_kind.get("CustomResourceDefinition", [])
     check(len(crds) == args.crds, f"{len(crds)} CRDs rendered, expected {args.crds}")

@@ -20,8 +20,22 @@ pub enum Error {
     Reference(String),
 }
 
+/// Every value of [`Error::category`].
+pub const CATEGORIES: [&str; 9] = [
+    "InvalidSpec",
+    "Conflict",
+    "Forbidden",
+    "Rejected",
+    "ApiError",
+    "ApiUnreachable",
+    "BrokerError",
+    "SerializationError",
+    "ReferenceError",
+];
+
 impl Error {
-    /// A bounded, CamelCase category used as Event reason and metric label.
+    /// A bounded, CamelCase category used as Event reason and metric label (one of
+    /// [`CATEGORIES`]).
     pub fn category(&self) -> &'static str {
         match self {
             Error::InvalidSpec(_) => "InvalidSpec",
@@ -58,3 +72,33 @@ pub const NAMESPACE_TERMINATING: &str = "NamespaceTerminating";
 
 /// Result alias of the operator.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16) -> Error {
+        Error::Kube(kube::Error::Api(
+            kube::core::Status::failure("m", "r")
+                .with_code(code)
+                .boxed(),
+        ))
+    }
+
+    #[test]
+    fn every_category_is_listed() {
+        let serialization = serde_json::from_str::<u8>("x").expect_err("not a number");
+        let errors = [
+            Error::InvalidSpec("x".into()),
+            api(409),
+            api(403),
+            api(422),
+            api(500),
+            Error::Serialization(serialization),
+            Error::Reference("x".into()),
+        ];
+        for e in &errors {
+            assert!(CATEGORIES.contains(&e.category()), "{}", e.category());
+        }
+    }
+}

@@ -7,10 +7,14 @@
 //! `Retry-After`), the permit of that request is held for the time the server asked (at most
 //! [`MAX_RETRY_AFTER`]) before it returns to the pool: the whole client slows down while the
 //! server is overloaded, instead of each reconcile retrying at once.
+//!
+//! The layer counts what it sees in [`ApiStats`] (requests sent, answers outstanding, 429s),
+//! which `/metrics` reports ([`crate::metrics::OperatorCollector`]).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
 use std::time::Duration;
@@ -37,17 +41,81 @@ pub fn retry_after<B>(response: &Response<B>) -> Option<Duration> {
     Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
+/// Counts of the API requests that passed a [`LimitLayer`].
+#[derive(Debug, Default)]
+pub struct ApiStats {
+    requests: AtomicU64,
+    in_flight: AtomicI64,
+    throttled: AtomicU64,
+    limit: AtomicU64,
+}
+
+impl ApiStats {
+    /// Requests sent (watches included).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent whose answer has not arrived yet (watches excepted).
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Answers with HTTP 429 (the API server shedding load).
+    pub fn throttled(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
+    }
+
+    /// The bound on requests in flight.
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+}
+
+/// The process's API counts: the operator has one bounded client, and its `/metrics` reports
+/// these.
+pub fn api_stats() -> Arc<ApiStats> {
+    static STATS: LazyLock<Arc<ApiStats>> = LazyLock::new(Arc::default);
+    STATS.clone()
+}
+
+/// Counts one request as in flight until dropped.
+struct InFlight(Arc<ApiStats>);
+
+impl InFlight {
+    fn new(stats: Arc<ApiStats>) -> Self {
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The layer; see the module documentation.
 #[derive(Clone)]
 pub struct LimitLayer {
     permits: Arc<Semaphore>,
+    stats: Arc<ApiStats>,
 }
 
 impl LimitLayer {
-    /// At most `max` requests (watches excepted) in flight at once (`max` is at least 1).
+    /// At most `max` requests (watches excepted) in flight at once (`max` is at least 1),
+    /// counted in the process's [`api_stats`].
     pub fn new(max: usize) -> Self {
+        Self::with_stats(max, api_stats())
+    }
+
+    /// Like [`LimitLayer::new`], counting in `stats`.
+    pub fn with_stats(max: usize, stats: Arc<ApiStats>) -> Self {
+        let max = max.max(1);
+        stats.limit.store(max as u64, Ordering::Relaxed);
         Self {
-            permits: Arc::new(Semaphore::new(max.max(1))),
+            permits: Arc::new(Semaphore::new(max)),
+            stats,
         }
     }
 }
@@ -61,6 +129,7 @@ impl<S> tower::Layer<S> for LimitLayer {
             permits: self.permits.clone(),
             poll: tokio_util::sync::PollSemaphore::new(self.permits.clone()),
             permit: None,
+            stats: self.stats.clone(),
         }
     }
 }
@@ -73,6 +142,7 @@ pub struct Limit<S> {
     permits: Arc<Semaphore>,
     poll: tokio_util::sync::PollSemaphore,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    stats: Arc<ApiStats>,
 }
 
 impl<S: Clone> Clone for Limit<S> {
@@ -82,6 +152,7 @@ impl<S: Clone> Clone for Limit<S> {
             permits: self.permits.clone(),
             poll: tokio_util::sync::PollSemaphore::new(self.permits.clone()),
             permit: None,
+            stats: self.stats.clone(),
         }
     }
 }
@@ -114,14 +185,25 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let permit = self.permit.take();
         let watch = is_watch(request.uri().query());
+        let stats = self.stats.clone();
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let in_flight = (!watch).then(|| InFlight::new(stats.clone()));
         let response = self.inner.call(request);
         if watch {
             drop(permit);
-            return Box::pin(response);
+            return Box::pin(async move {
+                let result = response.await;
+                if result.as_ref().ok().and_then(retry_after).is_some() {
+                    stats.throttled.fetch_add(1, Ordering::Relaxed);
+                }
+                result
+            });
         }
         Box::pin(async move {
             let result = response.await;
+            drop(in_flight);
             if let Some(wait) = result.as_ref().ok().and_then(retry_after) {
+                stats.throttled.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(?wait, "the API server is shedding load (429); slowing down");
                 tokio::spawn(async move {
                     tokio::time::sleep(wait).await;
@@ -251,7 +333,8 @@ mod tests {
                 )
             }
         });
-        let service = LimitLayer::new(1).layer(inner);
+        let stats = Arc::new(ApiStats::default());
+        let service = LimitLayer::with_stats(1, stats.clone()).layer(inner);
         let started = std::time::Instant::now();
         let first = service
             .clone()
@@ -269,6 +352,31 @@ mod tests {
             started.elapsed() >= Duration::from_millis(950),
             "the next request waited for Retry-After: {:?}",
             started.elapsed()
+        );
+        assert_eq!(
+            (stats.requests(), stats.throttled(), stats.in_flight()),
+            (2, 1, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn requests_count_as_in_flight_until_answered() {
+        let stats = Arc::new(ApiStats::default());
+        let seen = stats.clone();
+        let inner = tower::service_fn(move |_req: Request<()>| {
+            let during = seen.in_flight();
+            async move { Ok::<_, std::convert::Infallible>(Response::new(during)) }
+        });
+        let service = LimitLayer::with_stats(4, stats.clone()).layer(inner);
+        let response = service
+            .clone()
+            .oneshot(Request::get("/api/v1/pods").body(()).expect("request"))
+            .await
+            .expect("call");
+        assert_eq!(*response.body(), 1, "in flight while the call runs");
+        assert_eq!(
+            (stats.in_flight(), stats.requests(), stats.limit()),
+            (0, 1, 4)
         );
     }
 }

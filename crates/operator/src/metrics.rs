@@ -4,17 +4,28 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
+use workerpool_api::storm::StormTopology;
 use workerpool_api::{QWorker, StormWorkerPool};
+
+use crate::cache::Readiness;
+use crate::controllers::qworker::build::QWORKER_LABEL;
+use crate::controllers::qworker::plan::RECOVERY_FINALIZER;
 
 /// Labels naming a controller.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -211,11 +222,23 @@ impl Metrics {
         );
     }
 
-    /// Counts a reconcile and returns a guard that records its duration when dropped.
+    /// Counts a reconcile and returns a guard that records its duration when dropped. The
+    /// controller's first reconcile creates its error series of every category at 0, so that
+    /// a rate or `increase()` sees the first failure.
     pub fn reconcile_started(&self, controller: &'static str) -> ReconcileTimer {
-        self.reconciles
-            .get_or_create(&ControllerLabels { controller })
-            .inc();
+        let reconciles = self
+            .reconciles
+            .get_or_create(&ControllerLabels { controller });
+        if reconciles.get() == 0 {
+            for category in crate::error::CATEGORIES {
+                self.reconcile_errors.get_or_create_owned(&ErrorLabels {
+                    controller,
+                    category,
+                });
+            }
+        }
+        reconciles.inc();
+        drop(reconciles);
         ReconcileTimer {
             histogram: self
                 .reconcile_duration
@@ -302,39 +325,103 @@ struct PoolInfoLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolBoundLabels {
+    pool: String,
+    namespace: String,
+    topology: String,
+    bound: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
     namespace: String,
     qworker: String,
     queue: String,
 }
 
-/// Gauges read from the StormWorkerPool and QWorker caches at scrape time:
-/// `storm_worker_pool_replicas`, `storm_worker_pool_info`, `qworker_queue_length`,
-/// `qworker_desired_replicas` and `qworker_current_replicas`.
-#[derive(Debug)]
+/// Labels of `qworker_condition`: the QWorker, and a condition's type, status and reason, all
+/// from bounded sets (the types of [`QWORKER_CONDITION_TYPES`], `True`/`False`/`Unknown`, and
+/// the CamelCase reasons the operator writes).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabels {
+    namespace: String,
+    qworker: String,
+    r#type: String,
+    status: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopologyInfoLabels {
+    topology: String,
+    namespace: String,
+    cluster: String,
+    phase: &'static str,
+}
+
+/// The condition types of a QWorker that `qworker_condition` reports (others are ignored, so
+/// that the label stays bounded).
+pub const QWORKER_CONDITION_TYPES: [&str; 4] = [
+    workerpool_api::conditions::READY,
+    workerpool_api::conditions::BROKER_REACHABLE,
+    workerpool_api::conditions::SCALING,
+    workerpool_api::conditions::RESOURCE_METRICS_AVAILABLE,
+];
+
+/// Gauges read from the controllers' caches at scrape time: `storm_worker_pool_replicas`,
+/// `storm_worker_pool_info`, `storm_worker_pool_autoscaling_replicas`, `storm_topology_info`,
+/// `qworker_queue_length`, `qworker_desired_replicas`, `qworker_current_replicas`,
+/// `qworker_min_replicas`, `qworker_max_replicas`, `qworker_condition`,
+/// `qworker_pods_finalizer_held` and `qworker_pods_finalizer_held_max_seconds`.
+#[derive(Debug, Default)]
 pub struct ResourceCollector {
     /// Cached pools.
     pub pools: Option<Store<StormWorkerPool>>,
     /// Cached QWorkers.
     pub qworkers: Option<Store<QWorker>>,
+    /// Cached worker pods of the QWorkers.
+    pub pods: Option<Store<Pod>>,
+    /// Cached StormTopologies.
+    pub topologies: Option<Store<StormTopology>>,
 }
 
-fn gauge_family<L: EncodeLabelSet>(
+fn gauge_family<L: EncodeLabelSet, V: EncodeGaugeValue + Copy>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    series: &[(L, i64)],
+    series: &[(L, V)],
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(
-        name,
-        help,
-        None,
-        prometheus_client::metrics::MetricType::Gauge,
-    )?;
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, value) in series {
         ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
     }
     Ok(())
+}
+
+/// Worker pods that are being deleted but still carry the task-recovery finalizer, per
+/// (namespace, QWorker label): their count and the longest time, in seconds, since the
+/// `deletionTimestamp` of one of them (the end of its grace period) at `now`.
+pub fn finalizer_held(
+    pods: &[std::sync::Arc<Pod>],
+    now: Timestamp,
+) -> BTreeMap<(String, String), (i64, f64)> {
+    let mut held: BTreeMap<(String, String), (i64, f64)> = BTreeMap::new();
+    for pod in pods {
+        let Some(deleted) = pod.metadata.deletion_timestamp.as_ref() else {
+            continue;
+        };
+        if !pod.finalizers().iter().any(|f| f == RECOVERY_FINALIZER) {
+            continue;
+        }
+        let qworker = pod.labels().get(QWORKER_LABEL).cloned().unwrap_or_default();
+        let seconds = now.duration_since(deleted.0).as_secs_f64().max(0.0);
+        let entry = held
+            .entry((pod.namespace().unwrap_or_default(), qworker))
+            .or_default();
+        entry.0 += 1;
+        entry.1 = entry.1.max(seconds);
+    }
+    held
 }
 
 impl Collector for ResourceCollector {
@@ -342,7 +429,20 @@ impl Collector for ResourceCollector {
         if let Some(pools) = &self.pools {
             let mut replicas = Vec::new();
             let mut info = Vec::new();
+            let mut bounds = Vec::new();
             for pool in pools.state() {
+                if let Some(auto) = pool.spec.autoscaling.as_ref().filter(|a| a.enabled) {
+                    let bound = |bound| PoolBoundLabels {
+                        pool: pool.name_any(),
+                        namespace: pool.namespace().unwrap_or_default(),
+                        topology: pool.spec.topology_ref.clone(),
+                        bound,
+                    };
+                    bounds.push((bound("min"), i64::from(auto.min_replicas.unwrap_or(1))));
+                    if let Some(max) = auto.max_replicas {
+                        bounds.push((bound("max"), i64::from(max)));
+                    }
+                }
                 let status = pool.status.clone().unwrap_or_default();
                 let base = |state| PoolReplicaLabels {
                     pool: pool.name_any(),
@@ -375,11 +475,51 @@ impl Collector for ResourceCollector {
                 "Worker pool information",
                 &info,
             )?;
+            gauge_family(
+                &mut encoder,
+                "storm_worker_pool_autoscaling_replicas",
+                "Bounds (min, max) of the HPA of a pool with autoscaling enabled",
+                &bounds,
+            )?;
+        }
+        if let Some(topologies) = &self.topologies {
+            let info: Vec<_> = topologies
+                .state()
+                .iter()
+                .map(|t| {
+                    let phase = t
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.phase)
+                        .unwrap_or_default()
+                        .as_str();
+                    let labels = TopologyInfoLabels {
+                        topology: t.name_any(),
+                        namespace: t.namespace().unwrap_or_default(),
+                        cluster: t.spec.cluster_ref.clone(),
+                        phase,
+                    };
+                    (labels, 1_i64)
+                })
+                .collect();
+            gauge_family(
+                &mut encoder,
+                "storm_topology_info",
+                "1 per StormTopology, labelled with its cluster and status phase",
+                &info,
+            )?;
         }
         if let Some(qworkers) = &self.qworkers {
             let mut length = Vec::new();
             let mut desired = Vec::new();
             let mut current = Vec::new();
+            let mut min = Vec::new();
+            let mut max = Vec::new();
+            let mut conditions = Vec::new();
+            let mut held = match &self.pods {
+                Some(pods) => finalizer_held(&pods.state(), Timestamp::now()),
+                None => BTreeMap::new(),
+            };
             for qw in qworkers.state() {
                 let status = qw.status.clone().unwrap_or_default();
                 let labels = QueueLabels {
@@ -391,8 +531,44 @@ impl Collector for ResourceCollector {
                     length.push((labels.clone(), l));
                 }
                 desired.push((labels.clone(), i64::from(status.desired_replicas)));
-                current.push((labels, i64::from(status.current_replicas)));
+                min.push((labels.clone(), i64::from(qw.spec.scale_config.min_replicas)));
+                max.push((labels.clone(), i64::from(qw.spec.scale_config.max_replicas)));
+                current.push((labels.clone(), i64::from(status.current_replicas)));
+                for c in status
+                    .conditions
+                    .iter()
+                    .filter(|c| QWORKER_CONDITION_TYPES.contains(&c.type_.as_str()))
+                {
+                    conditions.push((
+                        ConditionLabels {
+                            namespace: labels.namespace.clone(),
+                            qworker: labels.qworker.clone(),
+                            r#type: c.type_.clone(),
+                            status: c.status.clone(),
+                            reason: c.reason.clone(),
+                        },
+                        1_i64,
+                    ));
+                }
+                // Every QWorker has the held-pods series, 0 while no pod is held.
+                held.entry((labels.namespace, labels.qworker)).or_default();
             }
+            let held_count: Vec<_> = held
+                .iter()
+                .map(|((namespace, qworker), (n, _))| {
+                    (
+                        QWorkerLabels {
+                            namespace: namespace.clone(),
+                            qworker: qworker.clone(),
+                        },
+                        *n,
+                    )
+                })
+                .collect();
+            let held_seconds: Vec<_> = held
+                .into_iter()
+                .map(|((namespace, qworker), (_, s))| (QWorkerLabels { namespace, qworker }, s))
+                .collect();
             gauge_family(
                 &mut encoder,
                 "qworker_queue_length",
@@ -411,8 +587,239 @@ impl Collector for ResourceCollector {
                 "Live workers (not terminating, not draining)",
                 &current,
             )?;
+            gauge_family(
+                &mut encoder,
+                "qworker_min_replicas",
+                "spec.scaleConfig.minReplicas",
+                &min,
+            )?;
+            gauge_family(
+                &mut encoder,
+                "qworker_max_replicas",
+                "spec.scaleConfig.maxReplicas",
+                &max,
+            )?;
+            gauge_family(
+                &mut encoder,
+                "qworker_condition",
+                "1 per status condition of a QWorker, labelled with its type, status and reason",
+                &conditions,
+            )?;
+            gauge_family(
+                &mut encoder,
+                "qworker_pods_finalizer_held",
+                "Worker pods being deleted that the task-recovery finalizer still holds",
+                &held_count,
+            )?;
+            gauge_family(
+                &mut encoder,
+                "qworker_pods_finalizer_held_max_seconds",
+                "Longest time since the deletionTimestamp of a pod the task-recovery finalizer holds",
+                &held_seconds,
+            )?;
         }
         Ok(())
+    }
+}
+
+/// Gauges and counters of the operator process itself, read at scrape time: readiness
+/// (`workerpool_operator_ready`), the bounded API client's counts ([`crate::limit::ApiStats`]:
+/// `workerpool_api_requests_total`, `workerpool_api_requests_in_flight`,
+/// `workerpool_api_requests_limit`, `workerpool_api_throttled_total`) and, on Linux, the
+/// standard `process_*` metrics from `/proc/self`.
+pub struct OperatorCollector {
+    /// The caches' synced flags (`/readyz`).
+    pub readiness: Readiness,
+    /// The API client's counts.
+    pub api: std::sync::Arc<crate::limit::ApiStats>,
+}
+
+impl std::fmt::Debug for OperatorCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorCollector")
+            .field("ready", &self.readiness.is_ready())
+            .field("api", &self.api)
+            .finish()
+    }
+}
+
+fn single<V: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: V,
+) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+fn counter<V: prometheus_client::encoding::EncodeCounterValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: V,
+) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(value).encode(encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        MetricType::Counter,
+    )?)
+}
+
+impl Collector for OperatorCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        single(
+            &mut encoder,
+            "workerpool_operator_ready",
+            "1 once every watch cache has synced (/readyz answers 200), else 0",
+            i64::from(self.readiness.is_ready()),
+        )?;
+        counter(
+            &mut encoder,
+            "workerpool_api_requests",
+            "Kubernetes API requests sent (watches included)",
+            self.api.requests(),
+        )?;
+        single(
+            &mut encoder,
+            "workerpool_api_requests_in_flight",
+            "Kubernetes API requests sent and not answered yet (watches excepted)",
+            self.api.in_flight(),
+        )?;
+        single(
+            &mut encoder,
+            "workerpool_api_requests_limit",
+            "The bound on API requests in flight (--max-api-requests)",
+            self.api.limit(),
+        )?;
+        counter(
+            &mut encoder,
+            "workerpool_api_throttled",
+            "API answers with HTTP 429 (the API server shedding load)",
+            self.api.throttled(),
+        )?;
+        if let Some(p) = ProcessStats::read() {
+            counter(
+                &mut encoder,
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                p.cpu_seconds,
+            )?;
+            single(
+                &mut encoder,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                p.resident_bytes,
+            )?;
+            single(
+                &mut encoder,
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                p.virtual_bytes,
+            )?;
+            single(
+                &mut encoder,
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds",
+                p.start_time_seconds,
+            )?;
+            single(
+                &mut encoder,
+                "process_open_fds",
+                "Number of open file descriptors",
+                p.open_fds,
+            )?;
+            if let Some(max) = p.max_fds {
+                single(
+                    &mut encoder,
+                    "process_max_fds",
+                    "Maximum number of open file descriptors",
+                    max,
+                )?;
+            }
+            single(
+                &mut encoder,
+                "process_threads",
+                "Number of OS threads in the process",
+                p.threads,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Clock ticks per second of the times in `/proc` (`USER_HZ`, fixed by the kernel's ABI).
+pub const USER_HZ: f64 = 100.0;
+/// Bytes per page of `rss` in `/proc/self/stat` (4 KiB on x86-64 and the usual arm64 kernels).
+pub const PAGE_SIZE: u64 = 4096;
+
+/// The process figures of the Prometheus client conventions, from `/proc/self`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessStats {
+    /// User plus system CPU time, in seconds.
+    pub cpu_seconds: f64,
+    /// Resident set size, in bytes.
+    pub resident_bytes: u64,
+    /// Virtual memory size, in bytes.
+    pub virtual_bytes: u64,
+    /// Start time since the epoch, in seconds.
+    pub start_time_seconds: f64,
+    /// Open file descriptors.
+    pub open_fds: u64,
+    /// The soft limit of open file descriptors (`None` when unlimited).
+    pub max_fds: Option<u64>,
+    /// OS threads.
+    pub threads: u64,
+}
+
+impl ProcessStats {
+    /// Reads the figures of this process (`None` where `/proc` is not available).
+    pub fn read() -> Option<Self> {
+        #[cfg(target_os = "linux")]
+        {
+            let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+            let boot = std::fs::read_to_string("/proc/stat").ok()?;
+            let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+            let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+            Self::parse(&stat, &boot, &limits, open_fds)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            None
+        }
+    }
+
+    /// The figures from the text of `/proc/self/stat`, `/proc/stat` and `/proc/self/limits`.
+    /// Times in `/proc` are in clock ticks of [`USER_HZ`]; `rss` is in pages of
+    /// [`PAGE_SIZE`] (what Prometheus' own Go client assumes too).
+    pub fn parse(stat: &str, boot: &str, limits: &str, open_fds: u64) -> Option<Self> {
+        // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+        let fields: Vec<&str> = stat
+            .get(stat.rfind(')')? + 1..)?
+            .split_whitespace()
+            .collect();
+        // Field n of proc(5) is fields[n - 3] here.
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+        let boot_time = boot
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        let max_fds = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse::<u64>().ok());
+        Some(Self {
+            cpu_seconds: (field(14)? + field(15)?) as f64 / USER_HZ,
+            threads: field(20)?,
+            start_time_seconds: boot_time as f64 + field(22)? as f64 / USER_HZ,
+            virtual_bytes: field(23)?,
+            resident_bytes: field(24)? * PAGE_SIZE,
+            open_fds,
+            max_fds,
+        })
     }
 }
 
@@ -421,4 +828,233 @@ pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, registry)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::{reflector, watcher};
+    use std::sync::Arc;
+
+    fn store<K>(objects: Vec<K>) -> Store<K>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let (reader, mut writer) = reflector::store::<K>();
+        for o in objects {
+            writer.apply_watcher_event(&watcher::Event::Apply(o));
+        }
+        reader
+    }
+
+    fn object<K: serde::de::DeserializeOwned>(value: serde_json::Value) -> K {
+        serde_json::from_value(value).expect("object")
+    }
+
+    fn worker_pod(name: &str, deleted: Option<&str>, finalizer: bool) -> Pod {
+        object(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "namespace": "ns",
+                "labels": {QWORKER_LABEL: "qw"},
+                "deletionTimestamp": deleted,
+                "finalizers": if finalizer { vec![RECOVERY_FINALIZER] } else { vec![] },
+            }
+        }))
+    }
+
+    #[test]
+    fn finalizer_held_counts_deleted_pods_with_the_finalizer_only() {
+        let now: Timestamp = "2026-01-01T00:10:00Z".parse().expect("time");
+        let pods = vec![
+            Arc::new(worker_pod("a", Some("2026-01-01T00:00:00Z"), true)),
+            Arc::new(worker_pod("b", Some("2026-01-01T00:09:00Z"), true)),
+            // Its grace period has not ended yet: held, for 0 s.
+            Arc::new(worker_pod("c", Some("2026-01-01T00:11:00Z"), true)),
+            Arc::new(worker_pod("d", Some("2026-01-01T00:00:00Z"), false)),
+            Arc::new(worker_pod("e", None, true)),
+        ];
+        let held = finalizer_held(&pods, now);
+        assert_eq!(
+            held.get(&("ns".to_string(), "qw".to_string())),
+            Some(&(3, 600.0))
+        );
+        assert_eq!(held.len(), 1);
+    }
+
+    #[test]
+    fn resource_collector_reports_bounds_conditions_held_pods_and_topologies() {
+        let qw: QWorker = object(serde_json::json!({
+            "apiVersion": "quickube.com/v1alpha1",
+            "kind": "QWorker",
+            "metadata": {"name": "qw", "namespace": "ns"},
+            "spec": {
+                "podSpec": {"containers": [{"name": "worker", "image": "w"}]},
+                "scaleConfig": {
+                    "scalerConfigRef": "sc", "queue": "jobs",
+                    "minReplicas": 1, "maxReplicas": 7, "scalingFactor": 1.0
+                }
+            },
+            "status": {
+                "desiredReplicas": 7, "currentReplicas": 7,
+                "conditions": [
+                    {"type": "Scaling", "status": "False", "reason": "CrashLooping",
+                     "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                    {"type": "Custom", "status": "True", "reason": "X",
+                     "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+                ]
+            }
+        }));
+        let idle: QWorker = object(serde_json::json!({
+            "apiVersion": "quickube.com/v1alpha1",
+            "kind": "QWorker",
+            "metadata": {"name": "idle", "namespace": "ns"},
+            "spec": {
+                "podSpec": {"containers": [{"name": "worker", "image": "w"}]},
+                "scaleConfig": {
+                    "scalerConfigRef": "sc", "queue": "other",
+                    "minReplicas": 0, "maxReplicas": 3, "scalingFactor": 1.0
+                }
+            }
+        }));
+        let pool: StormWorkerPool = object(serde_json::json!({
+            "apiVersion": "storm.apache.org/v1beta1",
+            "kind": "StormWorkerPool",
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {"topologyRef": "t",
+                     "autoscaling": {"enabled": true, "minReplicas": 2, "maxReplicas": 9}}
+        }));
+        let topology: StormTopology = object(serde_json::json!({
+            "apiVersion": "storm.apache.org/v1beta1",
+            "kind": "StormTopology",
+            "metadata": {"name": "t", "namespace": "ns"},
+            "spec": {"clusterRef": "c"},
+            "status": {"phase": "Suspended"}
+        }));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ResourceCollector {
+            pools: Some(store(vec![pool])),
+            qworkers: Some(store(vec![qw, idle])),
+            pods: Some(store(vec![worker_pod(
+                "qw-1",
+                Some("2000-01-01T00:00:00Z"),
+                true,
+            )])),
+            topologies: Some(store(vec![topology])),
+        }));
+        let text = encode(&registry).expect("encode");
+        for line in [
+            r#"qworker_max_replicas{namespace="ns",qworker="qw",queue="jobs"} 7"#,
+            r#"qworker_min_replicas{namespace="ns",qworker="idle",queue="other"} 0"#,
+            r#"qworker_condition{namespace="ns",qworker="qw",type="Scaling",status="False",reason="CrashLooping"} 1"#,
+            r#"qworker_pods_finalizer_held{namespace="ns",qworker="qw"} 1"#,
+            r#"qworker_pods_finalizer_held{namespace="ns",qworker="idle"} 0"#,
+            r#"qworker_pods_finalizer_held_max_seconds{namespace="ns",qworker="idle"} 0.0"#,
+            r#"storm_worker_pool_autoscaling_replicas{pool="p",namespace="ns",topology="t",bound="min"} 2"#,
+            r#"storm_worker_pool_autoscaling_replicas{pool="p",namespace="ns",topology="t",bound="max"} 9"#,
+            r#"storm_topology_info{topology="t",namespace="ns",cluster="c",phase="Suspended"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+        assert!(
+            !text.contains("Custom"),
+            "unknown condition types are left out: {text}"
+        );
+        let held = text
+            .lines()
+            .find(|l| {
+                l.starts_with(
+                    r#"qworker_pods_finalizer_held_max_seconds{namespace="ns",qworker="qw"}"#,
+                )
+            })
+            .expect("held seconds of qw");
+        let seconds: f64 = held
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("value");
+        assert!(seconds > 8e8, "{held}");
+    }
+
+    #[test]
+    fn operator_collector_reports_readiness_and_api_counts() {
+        let readiness = Readiness::default();
+        let synced = readiness.track("pods");
+        let api = Arc::new(crate::limit::ApiStats::default());
+        let _layer = crate::limit::LimitLayer::with_stats(5, api.clone());
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(OperatorCollector {
+            readiness: readiness.clone(),
+            api,
+        }));
+        let text = encode(&registry).expect("encode");
+        for line in [
+            "workerpool_operator_ready 0",
+            "workerpool_api_requests_total 0",
+            "workerpool_api_requests_in_flight 0",
+            "workerpool_api_requests_limit 5",
+            "workerpool_api_throttled_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        if cfg!(target_os = "linux") {
+            assert!(text.contains("process_resident_memory_bytes "), "{text}");
+            assert!(text.contains("process_cpu_seconds_total "), "{text}");
+        }
+        synced.mark();
+        let text = encode(&registry).expect("encode");
+        assert!(
+            text.lines().any(|l| l == "workerpool_operator_ready 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_controllers_error_series_exist_from_its_first_reconcile() {
+        let m = Metrics::default();
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        drop(m.reconcile_started("qworker"));
+        m.reconcile_failed("qworker", "Conflict");
+        drop(m.reconcile_started("qworker"));
+        let text = encode(&registry).expect("encode");
+        for line in [
+            r#"workerpool_reconciles_total{controller="qworker"} 2"#,
+            r#"workerpool_reconcile_errors_total{controller="qworker",category="Conflict"} 1"#,
+            r#"workerpool_reconcile_errors_total{controller="qworker",category="InvalidSpec"} 0"#,
+            r#"workerpool_reconcile_errors_total{controller="qworker",category="ReferenceError"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+        let errors = text
+            .lines()
+            .filter(|l| l.starts_with("workerpool_reconcile_errors_total{"))
+            .count();
+        assert_eq!(errors, crate::error::CATEGORIES.len(), "{text}");
+    }
+
+    #[test]
+    fn process_stats_are_parsed_from_proc() {
+        // proc(5): pid (comm) state ppid ... utime(14) stime(15) ... num_threads(20) ...
+        // starttime(22) vsize(23) rss(24); the command name may hold spaces and parentheses.
+        let stat = "42 (tokio (rt) x) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 \
+                    1000 104857600 2560 18446744073709551615";
+        let boot = "cpu  1 2 3\nbtime 1700000000\nprocesses 5\n";
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1024                 524288               files\n";
+        let p = ProcessStats::parse(stat, boot, limits, 12).expect("parsed");
+        assert_eq!(
+            p,
+            ProcessStats {
+                cpu_seconds: 3.0,
+                resident_bytes: 2560 * 4096,
+                virtual_bytes: 104_857_600,
+                start_time_seconds: 1_700_000_010.0,
+                open_fds: 12,
+                max_fds: Some(1024),
+                threads: 3,
+            }
+        );
+        assert_eq!(ProcessStats::parse("garbage", boot, limits, 0), None);
+    }
 }

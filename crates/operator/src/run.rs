@@ -13,7 +13,7 @@ use crate::context::Shared;
 use crate::controllers::{qworker, scalerconfig, storm, stormcluster, stormtopology};
 use crate::http::{self, HttpState};
 use crate::leader;
-use crate::metrics::{Metrics, ResourceCollector};
+use crate::metrics::{Metrics, OperatorCollector, ResourceCollector};
 use crate::telemetry;
 
 /// Cancels `token` on SIGTERM or SIGINT.
@@ -80,7 +80,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         credentials_ns,
         token.clone().cancelled_owned(),
     );
-    let (qworkers, _autoscaler, qworker_fut) = qworker::controller(
+    let (qworkers, autoscaler, qworker_fut) = qworker::controller(
         shared.clone(),
         brokers,
         ns,
@@ -101,7 +101,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let topology_metrics = Arc::new(stormtopology::TopologyMetrics::default());
     topology_metrics.register(&mut registry);
-    let (_topologies, topology_fut) = stormtopology::controller(
+    let (topologies, topology_fut) = stormtopology::controller(
         shared.clone(),
         ns,
         connector,
@@ -111,6 +111,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     registry.register_collector(Box::new(ResourceCollector {
         pools: Some(pools),
         qworkers: Some(qworkers),
+        pods: Some(autoscaler.pods()),
+        topologies: Some(topologies),
+    }));
+    registry.register_collector(Box::new(OperatorCollector {
+        readiness: readiness.clone(),
+        api: crate::limit::api_stats(),
     }));
     let state = HttpState {
         registry: Arc::new(registry),

@@ -21,6 +21,8 @@ mod harness;
 mod kubelet;
 #[path = "e2e/leader.rs"]
 mod leader;
+#[path = "e2e/monitoring.rs"]
+mod monitoring;
 #[path = "e2e/outages.rs"]
 mod outages;
 #[path = "e2e/qworker.rs"]
@@ -84,6 +86,18 @@ async fn qworkers_in_real_clusters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_election() {
     harness::scenario("leader", leader::run).await;
+}
+
+/// Monitoring: a real Prometheus scrapes the operator during a QWorker and a Storm workload;
+/// every panel query of every dashboard of the chart must be valid and return series, and every
+/// alert rule must evaluate. Skips, saying why, without `prometheus` on PATH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn monitoring() {
+    if let Some(reason) = monitoring::prometheus_missing() {
+        eprintln!("e2e: skipped — {reason}");
+        return;
+    }
+    harness::scenario("monitoring", monitoring::run).await;
 }
 
 /// Least privilege, exactly: the chart's RBAC rules against the API calls the operators of the

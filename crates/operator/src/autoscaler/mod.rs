@@ -294,6 +294,11 @@ impl Autoscaler {
         &self.inner.brokers
     }
 
+    /// The cache of the worker pods.
+    pub fn pods(&self) -> Store<Pod> {
+        self.inner.pods.store().clone()
+    }
+
     /// Starts the poll task of `qw` unless it is running; a running one whose QWorker's spec
     /// changed (new bounds, new queue) polls at once instead of finishing its wait or backoff.
     pub fn ensure(&self, qw: &QWorker) {

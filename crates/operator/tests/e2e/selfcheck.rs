@@ -217,6 +217,7 @@ fn selfcheck_metrics_series_as_the_operator_encodes_them() {
     registry.register_collector(Box::new(ResourceCollector {
         pools: Some(pools),
         qworkers: Some(qworkers),
+        ..ResourceCollector::default()
     }));
     let body = encode(&registry).expect("encode");
 

@@ -124,6 +124,25 @@ impl TopologyMetrics {
         self.workers.get_or_create(&l).set(found.workers_total);
         self.executors.get_or_create(&l).set(found.executors_total);
         self.uptime.get_or_create(&l).set(found.uptime_seconds);
+        self.counters_exist(namespace, name);
+    }
+
+    /// Creates every result series of the submission and rebalance counters of `namespace/name`
+    /// (at 0 where new): an `increase()` then sees the first failure, which it would miss on a
+    /// series born at 1.
+    fn counters_exist(&self, namespace: &str, name: &str) {
+        for (family, results) in [
+            (&self.submissions, SUBMISSION_RESULTS),
+            (&self.rebalances, REBALANCE_RESULTS),
+        ] {
+            for result in results {
+                family.get_or_create_owned(&ResultLabels {
+                    topology: name.to_string(),
+                    namespace: namespace.to_string(),
+                    result,
+                });
+            }
+        }
     }
 
     /// Drops the Storm gauges of a topology that is not in Storm (the counters stay).
@@ -143,6 +162,7 @@ impl TopologyMetrics {
 
     /// Counts a submission Job event (`created`, `succeeded`, `failed`).
     pub fn submission(&self, namespace: &str, name: &str, result: &'static str) {
+        self.counters_exist(namespace, name);
         self.submissions
             .get_or_create(&ResultLabels {
                 topology: name.to_string(),
@@ -154,6 +174,7 @@ impl TopologyMetrics {
 
     /// Counts a rebalance Job event (`started`, `succeeded`, `failed`).
     pub fn rebalance(&self, namespace: &str, name: &str, result: &'static str) {
+        self.counters_exist(namespace, name);
         self.rebalances
             .get_or_create(&ResultLabels {
                 topology: name.to_string(),
@@ -213,6 +234,9 @@ mod tests {
             r#"storm_topology_uptime_seconds{topology="wc",namespace="ns"} 42"#,
             r#"storm_topology_submissions_total{topology="wc",namespace="ns",result="created"} 1"#,
             r#"storm_topology_rebalances_total{topology="wc",namespace="ns",result="started"} 1"#,
+            // The other results exist from the first observation, at 0.
+            r#"storm_topology_rebalances_total{topology="wc",namespace="ns",result="failed"} 0"#,
+            r#"storm_topology_submissions_total{topology="wc",namespace="ns",result="failed"} 0"#,
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

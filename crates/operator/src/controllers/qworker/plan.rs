@@ -46,6 +46,8 @@ pub const CRASH_BACKOFF_BASE: Duration = Duration::from_secs(10);
 pub const CRASH_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A crash that ends this long or more after the previous one starts a new streak.
 pub const CRASH_STREAK_RESET: Duration = Duration::from_secs(600);
+/// How soon a QWorker whose worker crash-loops in place is looked at again.
+pub const IN_PLACE_RECHECK: Duration = Duration::from_secs(30);
 /// Annotation a crashed pod gets once its in-flight tasks went back to the queue: its place
 /// (1, 2, ...) in the QWorker's streak of crashes. Kept in the API, so an operator restart does
 /// not reset the backoff.
@@ -115,9 +117,9 @@ pub struct PodView {
     /// The pod was evicted, preempted or stopped by a node shutdown (see
     /// [`PodView::disrupted`]): why, as the API reports it.
     pub disruption: Option<String>,
-    /// The worker container waits in `CrashLoopBackOff` (restarted by the kubelet after
-    /// crashes, under `restartPolicy: OnFailure`).
-    pub crash_loop_backoff: bool,
+    /// The worker container waits in `CrashLoopBackOff` (restarted in place by the kubelet
+    /// after crashes, under `restartPolicy: OnFailure`): its restarts and its last exit.
+    pub restarting: Option<(i32, Option<Exit>)>,
 }
 
 /// Pod `status.reason` values of a pod that was stopped from outside, not by its worker:
@@ -230,10 +232,22 @@ impl PodView {
                 .and_then(|v| v.parse().ok()),
             restart_policy: spec.and_then(|s| s.restart_policy.clone()),
             disruption: disruption(pod),
-            crash_loop_backoff: worker_status
-                .and_then(|c| c.state.as_ref())
-                .and_then(|s| s.waiting.as_ref())
-                .is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff")),
+            restarting: worker_status
+                .filter(|c| {
+                    c.state
+                        .as_ref()
+                        .and_then(|s| s.waiting.as_ref())
+                        .is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff"))
+                })
+                .map(|c| {
+                    let last = c.last_state.as_ref().and_then(|l| l.terminated.as_ref());
+                    let exit = last.map(|t| Exit {
+                        code: t.exit_code,
+                        reason: t.reason.clone(),
+                        finished: t.finished_at.as_ref().map(|t| t.0),
+                    });
+                    (c.restart_count, exit)
+                }),
         }
     }
 
@@ -341,11 +355,24 @@ pub struct CrashLoop {
     pub streak: u32,
     /// When pods may be created again, from now.
     pub retry_in: Duration,
+    /// The kubelet restarts the crashing worker in place (`restartPolicy: OnFailure`): the pod
+    /// is not replaced and `streak` counts its restarts.
+    pub in_place: bool,
 }
 
 impl CrashLoop {
     /// The `Scaling=False, CrashLooping` condition message.
     pub fn message(&self) -> String {
+        if self.in_place {
+            return format!(
+                "the worker of pod {} keeps crashing: exit code {} ({}), restarted {} time(s) by the kubelet, now in CrashLoopBackOff (kubectl logs {} --previous)",
+                self.pod,
+                self.exit_code,
+                self.reason.as_deref().unwrap_or("no reason"),
+                self.streak,
+                self.pod
+            );
+        }
         format!(
             "worker pod {} failed with exit code {} ({}), {} crash(es) in a row; the next pod is created {}s after that crash (the pod is kept for inspection: kubectl logs {})",
             self.pod,
@@ -453,6 +480,7 @@ pub fn plan(o: &Observed<'_>) -> Plan {
                 reason: newest.exit.as_ref().and_then(|e| e.reason.clone()),
                 streak,
                 retry_in: Duration::from_secs_f64(wait),
+                in_place: false,
             });
         }
     }
@@ -507,6 +535,20 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         }
     }
     out.current = (fresh.len() + pending_creates) as i32;
+    if out.crash_loop.is_none() {
+        // A worker the kubelet restarts in place is reported; its pod stays (it may recover).
+        out.crash_loop = fresh.iter().find_map(|p| {
+            let (restarts, exit) = p.restarting.as_ref()?;
+            Some(CrashLoop {
+                pod: p.name.clone(),
+                exit_code: exit.as_ref().map_or(0, |e| e.code),
+                reason: exit.as_ref().and_then(|e| e.reason.clone()),
+                streak: u32::try_from(*restarts).unwrap_or(0),
+                retry_in: IN_PLACE_RECHECK,
+                in_place: true,
+            })
+        });
+    }
     if let Some(holders) = o.holders {
         for h in holders {
             if is_worker_name(o.qworker, h)
@@ -580,7 +622,7 @@ mod tests {
             streak: None,
             restart_policy: Some("Never".into()),
             disruption: None,
-            crash_loop_backoff: false,
+            restarting: None,
         }
     }
 
@@ -872,6 +914,27 @@ mod tests {
                 ..Case::default()
             },
             Case {
+                name: "a worker restarted in place in CrashLoopBackOff (OnFailure) is reported, its pod kept and live",
+                pods: vec![
+                    with(view("loop", h, false, 50), |p| {
+                        p.restart_policy = Some("OnFailure".into());
+                        p.restarting = Some((
+                            4,
+                            Some(Exit {
+                                code: 2,
+                                reason: Some("Error".into()),
+                                finished: Some(at(0)),
+                            }),
+                        ));
+                    }),
+                    view("ok", h, true, 50),
+                ],
+                desired: 2,
+                current: 2,
+                crash_loop: Some(("loop", 2, 4, 30)),
+                ..Case::default()
+            },
+            Case {
                 name: "an evicted pod (exit 137) is no crash: replaced at once, no back-off",
                 pods: vec![
                     with(failed("ev", 137, 0, None), |p| {
@@ -1051,6 +1114,23 @@ mod tests {
             s[1].restart_count = 2;
         }
         assert_eq!(PodView::of(&restarted).worker, Worker::Ran);
+        assert_eq!(PodView::of(&restarted).restarting, None);
+        if let Some(s) = restarted
+            .status
+            .as_mut()
+            .and_then(|s| s.container_statuses.as_mut())
+        {
+            s[1].state = serde_json::from_value(
+                serde_json::json!({"waiting": {"reason": "CrashLoopBackOff"}}),
+            )
+            .ok();
+            s[1].last_state = serde_json::from_value(
+                serde_json::json!({"terminated": {"exitCode": 3, "reason": "Error"}}),
+            )
+            .ok();
+        }
+        let (restarts, exit) = PodView::of(&restarted).restarting.expect("crash-looping");
+        assert_eq!((restarts, exit.map(|e| e.code)), (2, Some(3)));
     }
 
     #[test]

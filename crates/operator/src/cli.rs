@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::autoscaler::hosts::AllowedHosts;
 use crate::telemetry::LogFormat;
 
 /// Kubernetes operator that runs pools of worker pods (StormWorkerPool, QWorker) and scales
@@ -66,6 +67,11 @@ pub struct RunArgs {
     /// `quickube.com/scaler-configs` names it as `<namespace>/<name>` (or `<namespace>/*`, `*/*`).
     #[arg(long, env = "CREDENTIALS_NAMESPACE")]
     pub credentials_namespace: Option<String>,
+    /// Broker hosts a ScalerConfig may point at, comma-separated: host names, `*.domain`
+    /// wildcards and IP networks (`10.0.0.0/8`). Any other host is refused before a connection
+    /// is tried (`BrokerReachable=False`, `BrokerHostNotAllowed`). Empty allows every host.
+    #[arg(long, env = "ALLOWED_BROKER_HOSTS", default_value = "", value_parser = AllowedHosts::parse)]
+    pub allowed_broker_hosts: AllowedHosts,
     /// Append every distinct Kubernetes API call (RBAC verb, group, resource, scope) to this
     /// file, for checking the chart's RBAC against what the operator really does.
     #[arg(long, env = "RECORD_API_CALLS", value_name = "FILE")]

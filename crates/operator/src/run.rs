@@ -74,10 +74,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(credentials_ns) = credentials_ns {
         info!(namespace = %credentials_ns, "ScalerConfig Secrets are read from this namespace");
     }
+    if !args.allowed_broker_hosts.is_empty() {
+        info!(hosts = %args.allowed_broker_hosts, "ScalerConfigs may point only at these broker hosts");
+    }
     let (brokers, scaler_fut) = scalerconfig::controller(
         shared.clone(),
         ns,
         credentials_ns,
+        args.allowed_broker_hosts.clone(),
         token.clone().cancelled_owned(),
     );
     let (qworkers, autoscaler, qworker_fut) = qworker::controller(

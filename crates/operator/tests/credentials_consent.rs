@@ -12,6 +12,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use workerpool_api::ScalerConfig;
 use workerpool_operator::autoscaler::brokers::{Brokers, SECRET_CONSENT_ANNOTATION};
+use workerpool_operator::autoscaler::hosts::AllowedHosts;
 use workerpool_operator::context::Shared;
 use workerpool_operator::controllers::scalerconfig::{self, Context};
 use workerpool_operator::metrics::Metrics;
@@ -356,4 +357,50 @@ async fn the_scaler_config_reports_refused_consent_and_plaintext_credentials() {
         .await;
     assert!(server.finish(task).await.is_ok());
     assert!(server.events.is_empty(), "{:?}", server.events);
+}
+
+/// `--allowed-broker-hosts`: a ScalerConfig pointing at a host the list does not allow is
+/// refused before any connection is tried; an allowed one connects.
+#[tokio::test]
+async fn a_broker_host_outside_the_allow_list_is_never_connected_to() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    let sc = scaler_config(
+        "team-a",
+        "redis",
+        "redis",
+        json!({"host": "127.0.0.1", "port": port}),
+    );
+    let (client, _server) = support::mock();
+    let (brokers, _writer) = brokers_with(client, &[sc]);
+    let only_10 = AllowedHosts::parse("10.0.0.0/8,*.brokers.svc").expect("list");
+    let refused = brokers
+        .clone()
+        .with_allowed_hosts(only_10)
+        .get("team-a", "redis")
+        .await
+        .map(|_| ())
+        .expect_err("127.0.0.1 is not allowed");
+    assert_eq!(
+        refused.reason, "BrokerHostNotAllowed",
+        "{}",
+        refused.message
+    );
+    assert!(refused.message.contains("127.0.0.1"), "{}", refused.message);
+    let accepted = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+    assert!(
+        accepted.is_err(),
+        "the operator connected to a host the list refuses"
+    );
+    // The same ScalerConfig under a list that allows loopback is connected to.
+    let allowed = brokers.with_allowed_hosts(AllowedHosts::parse("127.0.0.0/8").expect("list"));
+    let attempt = tokio::spawn(async move { allowed.get("team-a", "redis").await.map(|_| ()) });
+    let accepted = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await;
+    attempt.abort();
+    assert!(
+        matches!(accepted, Ok(Ok(_))),
+        "an allowed host was not connected to"
+    );
 }

@@ -28,6 +28,26 @@ pub enum BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// Every host this configuration connects to: the Redis host, the hosts of the AMQP URL
+    /// and of the RabbitMQ management URL, the host of the NATS URL. A URL that does not parse
+    /// gives a placeholder (never its text, which may hold a password) that no host matches.
+    pub fn hosts(&self) -> Vec<String> {
+        fn of(url: &str) -> String {
+            url::Url::parse(url)
+                .ok()
+                .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+                .unwrap_or_else(|| "(a URL that does not parse)".to_string())
+        }
+        match self {
+            Self::Redis(c) => vec![c.host.clone()],
+            Self::RabbitMq(c) => std::iter::once(&c.url)
+                .chain(c.management_url.as_ref())
+                .map(|u| of(u))
+                .collect(),
+            Self::Nats(c) => vec![of(&c.url)],
+        }
+    }
+
     /// Which kind of broker this configuration reaches.
     pub fn kind(&self) -> BrokerKind {
         match self {

@@ -22,13 +22,15 @@ use kube::{Client, ResourceExt};
 use workerpool_api::qworker::{BrokerConnection, BrokerType, ScalerConfig, SecretValue};
 use workerpool_queue::{BrokerConfig, NatsConfig, QueueBroker, RabbitMqConfig, RedisConfig};
 
+use super::hosts::AllowedHosts;
+
 /// Why a broker cannot be used; `reason` is a bounded CamelCase condition reason.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct BrokerUnavailable {
     /// Bounded reason: `ScalerConfigNotFound`, `InvalidScalerConfig`, `SecretNotFound`,
-    /// `SecretNotPermitted`, `BrokerConnectFailed`, `BrokerAuthFailed`, `BrokerTimeout`,
-    /// `QueueNotFound`, `BrokerError`.
+    /// `SecretNotPermitted`, `BrokerHostNotAllowed`, `BrokerConnectFailed`, `BrokerAuthFailed`,
+    /// `BrokerTimeout`, `QueueNotFound`, `BrokerError`.
     pub reason: &'static str,
     /// Metric category (`config`, or the queue error's category).
     pub category: &'static str,
@@ -87,6 +89,8 @@ pub struct Brokers {
     credentials_namespace: Option<String>,
     /// How often a pooled connection's Secrets are checked again ([`CONSENT_RECHECK`]).
     consent_recheck: Duration,
+    /// The hosts a ScalerConfig may point at (`--allowed-broker-hosts`; empty: any).
+    allowed_hosts: AllowedHosts,
 }
 
 fn key(namespace: &str, name: &str) -> String {
@@ -110,7 +114,16 @@ impl Brokers {
             entries: Arc::default(),
             credentials_namespace: None,
             consent_recheck: CONSENT_RECHECK,
+            allowed_hosts: AllowedHosts::default(),
         }
+    }
+
+    /// The same cache connecting only to the hosts `allowed` lets through
+    /// (`--allowed-broker-hosts`); any other host gives `BrokerHostNotAllowed` before a
+    /// connection is tried.
+    pub fn with_allowed_hosts(mut self, allowed: AllowedHosts) -> Self {
+        self.allowed_hosts = allowed;
+        self
     }
 
     /// The same cache reading every `secret:` reference from `namespace` (KEDA-style central
@@ -202,6 +215,18 @@ impl Brokers {
         }
         let credentials_namespace = self.credentials_namespace.as_deref();
         let cfg = resolve(&self.client, sc, credentials_namespace).await?;
+        if let Some(host) = cfg
+            .hosts()
+            .into_iter()
+            .find(|h| !self.allowed_hosts.allows(h))
+        {
+            return Err(BrokerUnavailable::config(
+                "BrokerHostNotAllowed",
+                format!(
+                    "ScalerConfig {namespace}/{name} points at broker host {host}, which the operator's --allowed-broker-hosts does not allow"
+                ),
+            ));
+        }
         // Batched: the QWorkers of one ScalerConfig polled on the same tick share one read.
         let broker = workerpool_queue::batched(
             workerpool_queue::connect(&cfg)

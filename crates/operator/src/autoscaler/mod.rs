@@ -8,6 +8,7 @@
 //! back off; the autoscaler never scales down on an error.
 
 pub mod brokers;
+pub mod hosts;
 pub mod policy;
 pub mod probe;
 

@@ -22,6 +22,7 @@ use crate::apply;
 use crate::autoscaler::brokers::{
     BrokerUnavailable, Brokers, CredentialsExposure, credentials_exposure,
 };
+use crate::autoscaler::hosts::AllowedHosts;
 use crate::context::Shared;
 use crate::controllers::scoped;
 use crate::error::{Error, Result};
@@ -222,6 +223,7 @@ pub fn controller(
     shared: Shared,
     namespace: Option<&str>,
     credentials_namespace: Option<&str>,
+    allowed_hosts: AllowedHosts,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> (Brokers, impl std::future::Future<Output = ()> + Send) {
     let (store, events) = crate::cache::watch(
@@ -230,7 +232,8 @@ pub fn controller(
         shared.gate.readiness.track("scalerconfigs"),
     );
     let brokers = Brokers::new(shared.client.clone(), store.clone())
-        .with_credentials_namespace(credentials_namespace.map(str::to_owned));
+        .with_credentials_namespace(credentials_namespace.map(str::to_owned))
+        .with_allowed_hosts(allowed_hosts);
     let on_delete = brokers.clone();
     let events = crate::cache::on_deleted(events, store.clone(), move |sc: &ScalerConfig| {
         on_delete.remove(&sc.namespace().unwrap_or_default(), &sc.name_any());

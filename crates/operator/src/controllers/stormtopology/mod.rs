@@ -44,7 +44,7 @@ use build::JobState;
 pub use metrics::TopologyMetrics;
 use pools::PoolSummary;
 use rebalance::{Decision, PoolView};
-use status::{CLUSTER_READY, SUBMITTED};
+use status::{CLUSTER_READY, REBALANCED, SUBMITTED};
 
 /// Controller name used in metrics and logs.
 pub const CONTROLLER: &str = "stormtopology";
@@ -1049,14 +1049,68 @@ async fn rebalance(
         spec: t.spec.rebalance.as_ref(),
         last: record.and_then(|r| r.time.parse().ok()),
         last_running: record.is_some_and(|r| r.result.as_deref() == Some(RESULT_RUNNING)),
+        last_succeeded_target: record
+            .filter(|r| r.result.as_deref() == Some(RESULT_SUCCEEDED))
+            .map(|r| r.to_workers),
+        executors: found.executors_total,
         now,
     });
+    let generation = t.metadata.generation;
     let Decision::Rebalance { from, to, reason } = decision else {
-        if let Decision::Hold(hold) = decision {
-            debug!(hold = %hold.describe(), "no rebalance");
+        let Decision::Hold(hold) = decision else {
+            return Ok(());
+        };
+        debug!(hold = %hold.describe(), "no rebalance");
+        match hold {
+            rebalance::Hold::Unchanged => {
+                status::set(
+                    st,
+                    REBALANCED,
+                    true,
+                    "WorkersMatchSlots",
+                    hold.describe(),
+                    generation,
+                    now,
+                );
+            }
+            rebalance::Hold::Settled { .. } => {
+                let new = conditions::find(&st.conditions, REBALANCED)
+                    .is_none_or(|c| c.reason != "StormSettled");
+                status::set(
+                    st,
+                    REBALANCED,
+                    true,
+                    "StormSettled",
+                    hold.describe(),
+                    generation,
+                    now,
+                );
+                if new {
+                    info!(hold = %hold.describe(), "rebalance settled");
+                    ctx.shared
+                        .event(
+                            &object_ref(t),
+                            false,
+                            "RebalanceSettled",
+                            "Rebalance",
+                            hold.describe(),
+                        )
+                        .await;
+                }
+            }
+            _ => {}
         }
         return Ok(());
     };
+    status::set(
+        st,
+        REBALANCED,
+        false,
+        "Rebalancing",
+        format!("workers {from} → {to}: {reason}"),
+        generation,
+        now,
+    );
     let time = Timestamp::from_second(now.as_second()).unwrap_or(now);
     let job_name = build::rebalance_job_name(&name, time);
     st.last_rebalance = Some(RebalanceRecord {

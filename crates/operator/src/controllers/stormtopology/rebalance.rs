@@ -14,6 +14,14 @@
 //!   that stalled (the pool `Degraded`: its pods cannot be created, or its progress deadline
 //!   passed) is not waited for: it may never end.
 //! - The pools have no ready slot ([`Hold::NoReadySlots`]): nothing to schedule workers on.
+//! - Storm settled below the last target ([`Hold::Settled`]): the last rebalance asked for
+//!   this same target, succeeded, and Storm placed fewer workers (its schedulers use at most
+//!   one worker per executor and may place workers anywhere in the cluster). Asking again
+//!   would only deactivate the topology for the wait once more; a change of the pools' slots
+//!   (a new target) lifts the hold.
+//!
+//! The target is the pools' ready slots, capped at `maxWorkers` and at the topology's
+//! executors (Storm's `executorsTotal`; more workers than executors would stay empty).
 //! - The target `min(ready slots, maxWorkers)` (at least 1) equals Storm's workers ([`Hold::Unchanged`]).
 //! - The last rebalance started less than `minIntervalSeconds` (default 300) ago ([`Hold::Damped`]).
 
@@ -76,6 +84,10 @@ pub struct Inputs<'a> {
     pub last: Option<Timestamp>,
     /// Whether the last rebalance's Job is still running.
     pub last_running: bool,
+    /// Workers the last rebalance asked for, when it succeeded.
+    pub last_succeeded_target: Option<i32>,
+    /// Storm's `executorsTotal` of the topology (0: unknown, no cap).
+    pub executors: i64,
     /// The time of the decision.
     pub now: Timestamp,
 }
@@ -97,6 +109,13 @@ pub enum Hold {
     NoReadySlots,
     /// The workers already match the target.
     Unchanged,
+    /// The last rebalance asked for `asked` workers and succeeded; Storm runs `got`.
+    Settled {
+        /// Workers asked for (the target now too).
+        asked: i32,
+        /// Workers Storm runs.
+        got: i32,
+    },
     /// The last rebalance is too recent; `remaining_secs` until the next may start.
     Damped {
         /// Seconds until `minIntervalSeconds` has passed.
@@ -115,6 +134,9 @@ impl Hold {
             Hold::Rollout => "a pool serving the topology is rolling out".into(),
             Hold::NoReadySlots => "the pools serving the topology have no ready slot".into(),
             Hold::Unchanged => "the workers match the pools' ready slots".into(),
+            Hold::Settled { asked, got } => format!(
+                "Storm settled at {got} of the {asked} workers the last rebalance asked for; not asked again until the pools' ready slots change"
+            ),
             Hold::Damped { remaining_secs } => {
                 format!("damped: the last rebalance was recent ({remaining_secs} s to wait)")
             }
@@ -163,9 +185,20 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         return Decision::Hold(Hold::NoReadySlots);
     }
     let max = spec.max_workers.map_or(i64::MAX, |m| i64::from(m.max(1)));
-    let target = i32::try_from(slots.min(max).max(1)).unwrap_or(i32::MAX);
+    let executors = if inputs.executors > 0 {
+        inputs.executors
+    } else {
+        i64::MAX
+    };
+    let target = i32::try_from(slots.min(max).min(executors).max(1)).unwrap_or(i32::MAX);
     if target == inputs.workers {
         return Decision::Hold(Hold::Unchanged);
+    }
+    if inputs.last_succeeded_target == Some(target) && inputs.workers < target {
+        return Decision::Hold(Hold::Settled {
+            asked: target,
+            got: inputs.workers,
+        });
     }
     let interval = i64::from(
         spec.min_interval_seconds
@@ -180,7 +213,9 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
             });
         }
     }
-    let reason = if i64::from(target) < slots {
+    let reason = if i64::from(target) < slots && i64::from(target) == executors {
+        format!("ready slots of pools: {slots}, capped at the topology's {executors} executors")
+    } else if i64::from(target) < slots {
         format!(
             "ready slots of pools: {slots}, capped at maxWorkers {}",
             spec.max_workers.unwrap_or(target)
@@ -221,8 +256,49 @@ mod tests {
             spec: None,
             last: None,
             last_running: false,
+            last_succeeded_target: None,
+            executors: 0,
             now,
         }
+    }
+
+    #[test]
+    fn executors_cap_the_target() {
+        // 3 pods × 4 slots, but the topology has 7 executors: 7 workers, not 12.
+        let pools = [pool(3)];
+        let mut i = inputs(&pools, 3, at(0));
+        i.executors = 7;
+        assert_eq!(
+            decide(&i),
+            Decision::Rebalance {
+                from: 3,
+                to: 7,
+                reason: "ready slots of pools: 12, capped at the topology's 7 executors".into()
+            }
+        );
+        i.workers = 7;
+        assert_eq!(decide(&i), Decision::Hold(Hold::Unchanged));
+    }
+
+    #[test]
+    fn storm_settling_below_the_target_is_not_asked_again() {
+        // Asked 12 last time (succeeded), Storm runs 9: hold, however long ago that was.
+        let pools = [pool(3)];
+        let mut i = inputs(&pools, 9, at(100_000));
+        i.last = Some(at(0));
+        i.last_succeeded_target = Some(12);
+        assert_eq!(
+            decide(&i),
+            Decision::Hold(Hold::Settled { asked: 12, got: 9 })
+        );
+        // The pools grow: a new target, a new rebalance.
+        let grown = [pool(4)];
+        i.pools = &grown;
+        assert!(matches!(decide(&i), Decision::Rebalance { to: 16, .. }));
+        // A failed last rebalance is tried again (after the interval).
+        i.pools = &pools;
+        i.last_succeeded_target = None;
+        assert!(matches!(decide(&i), Decision::Rebalance { to: 12, .. }));
     }
 
     #[test]

@@ -12,6 +12,9 @@ pub const CLUSTER_READY: &str = "ClusterReady";
 /// Condition type: the operator's submission of the current spec succeeded (topologies with a
 /// `jar` only).
 pub const SUBMITTED: &str = "Submitted";
+/// Condition type: the topology's workers are as the pools' ready slots ask (`WorkersMatchSlots`),
+/// or as near as Storm could place them (`StormSettled`); false while a rebalance runs.
+pub const REBALANCED: &str = "Rebalanced";
 /// A launch time computed at a later poll that differs from the recorded one by at most this
 /// many seconds is taken to be the same launch (uptime and clocks drift by seconds).
 pub const LAUNCH_TIME_TOLERANCE_SECS: i64 = 120;

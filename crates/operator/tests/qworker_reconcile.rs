@@ -455,10 +455,14 @@ async fn the_first_reconcile_returns_the_tasks_of_pods_that_vanished_while_the_o
     // A live worker's list, and a list of a worker this QWorker never made: both stay.
     let live = workerpool_queue::processing_list(&queue, "example-qworker-live2");
     let foreign = workerpool_queue::processing_list(&queue, "some-other-host");
+    // The list of a busy worker of a QWorker with the same name and queue in another
+    // namespace (processing lists carry no namespace): it stays too.
+    let neighbour = workerpool_queue::processing_list(&queue, "example-qworker-nsb22");
     let _: () = conn
-        .del(&[&queue, &gone, &live, &foreign])
+        .del(&[&queue, &gone, &live, &foreign, &neighbour])
         .await
         .expect("del");
+    let _: () = conn.lpush(&neighbour, "task-10").await.expect("lpush");
     let _: () = conn.lpush(&gone, "task-7").await.expect("lpush");
     let _: () = conn.lpush(&live, "task-8").await.expect("lpush");
     let _: () = conn.lpush(&foreign, "task-9").await.expect("lpush");
@@ -468,13 +472,24 @@ async fn the_first_reconcile_returns_the_tasks_of_pods_that_vanished_while_the_o
     let mut q = qworker(1);
     q.spec.scale_config.queue = queue.clone();
     let hash = current_hash(&q);
-    h.with_pods(vec![pod(
+    let mut other_namespace = pod(
         &q,
-        "example-qworker-live2",
+        "example-qworker-nsb22",
         &hash,
         true,
         "2026-11-23T10:00:00Z",
-    )]);
+    );
+    other_namespace.metadata.namespace = Some("jobs-b".into());
+    h.with_pods(vec![
+        pod(
+            &q,
+            "example-qworker-live2",
+            &hash,
+            true,
+            "2026-11-23T10:00:00Z",
+        ),
+        other_namespace,
+    ]);
     h.configs
         .apply_watcher_event(&watcher::Event::Apply(redis_config()));
 
@@ -498,9 +513,15 @@ async fn the_first_reconcile_returns_the_tasks_of_pods_that_vanished_while_the_o
         vec!["task-9"],
         "lists of other workers are not touched"
     );
+    let neighbour_left: Vec<String> = conn.lrange(&neighbour, 0, -1).await.expect("lrange");
+    assert_eq!(
+        neighbour_left,
+        vec!["task-10"],
+        "the busy worker of the same QWorker name in another namespace keeps its task"
+    );
     assert!(api.events.iter().any(|e| e.1 == "TasksRecovered"));
     let _: () = conn
-        .del(&[&queue, &gone, &live, &foreign])
+        .del(&[&queue, &gone, &live, &foreign, &neighbour])
         .await
         .expect("cleanup");
 }

@@ -823,6 +823,33 @@ impl StormCluster {
     }
 }
 
+/// The image reference of `repository` and `tag`: `repository@sha256:<hex>` when the tag is a
+/// digest (`sha256:<hex>`), `repository:tag` otherwise. The one place every Storm image the
+/// operator runs (daemons, supervisors, Jobs) is written.
+pub fn image_reference(repository: &str, tag: &str) -> String {
+    if tag.starts_with("sha256:") {
+        format!("{repository}@{tag}")
+    } else {
+        format!("{repository}:{tag}")
+    }
+}
+
+impl StormCluster {
+    /// The cluster's image: its daemons', and the default of its pools and Jobs
+    /// (`storm:2.6.4` when unset), through [`image_reference`].
+    pub fn image_reference(&self) -> String {
+        let image = self.spec.image.as_ref();
+        image_reference(
+            image
+                .and_then(|i| i.repository.as_deref())
+                .unwrap_or(DEFAULT_STORM_IMAGE),
+            image
+                .and_then(|i| i.tag.as_deref())
+                .unwrap_or(DEFAULT_STORM_TAG),
+        )
+    }
+}
+
 impl StormTopology {
     /// The topology's name in Storm: `spec.topologyName`, else `metadata.name`.
     pub fn storm_name(&self) -> String {
@@ -878,6 +905,30 @@ mod tests {
             .flatten()
             .map(|r| (r.rule.clone(), r.message.clone().unwrap_or_default()))
             .collect()
+    }
+
+    #[test]
+    fn image_references_use_at_for_digests() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let cases = [
+            ("storm", "2.6.4", "storm:2.6.4".to_string()),
+            (
+                "registry.local:5000/storm",
+                digest.as_str(),
+                format!("registry.local:5000/storm@{digest}"),
+            ),
+            ("apache/storm", "latest", "apache/storm:latest".to_string()),
+        ];
+        for (repository, tag, want) in cases {
+            assert_eq!(image_reference(repository, tag), want);
+        }
+        let mut cluster = StormCluster::new("s", StormClusterSpec::default());
+        assert_eq!(cluster.image_reference(), "storm:2.6.4");
+        cluster.spec.image = Some(ImageSpec {
+            tag: Some(digest.clone()),
+            ..ImageSpec::default()
+        });
+        assert_eq!(cluster.image_reference(), format!("storm@{digest}"));
     }
 
     #[test]

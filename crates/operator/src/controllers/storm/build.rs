@@ -22,7 +22,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use workerpool_api::storm::{
     DEFAULT_STORM_IMAGE, DEFAULT_STORM_TAG, MAX_POOL_NAME_LENGTH, MetricSourceType, StormCluster,
-    StormWorkerPool,
+    StormWorkerPool, image_reference,
 };
 
 use crate::MANAGED_BY;
@@ -327,7 +327,7 @@ fn worker_image(pool: &StormWorkerPool, cluster: &StormCluster) -> String {
         .and_then(|i| i.tag.clone())
         .or_else(|| cluster_image.and_then(|i| i.tag.clone()))
         .unwrap_or_else(|| DEFAULT_STORM_TAG.to_string());
-    format!("{repository}:{tag}")
+    image_reference(&repository, &tag)
 }
 
 fn slot_ports(pool: &StormWorkerPool) -> impl Iterator<Item = i32> {
@@ -870,6 +870,22 @@ mod tests {
         assert_eq!(ports, vec![6700, 6701, 6702, 6703]);
         assert!(c.hpa.is_none());
         assert!(c.pdb.is_none());
+    }
+
+    #[test]
+    fn a_digest_pinned_cluster_image_gives_a_digest_reference() {
+        let digest = format!("sha256:{}", "b".repeat(64));
+        let mut c = cluster();
+        c.spec.image = Some(ImageSpec {
+            repository: Some("registry.local:5000/storm".into()),
+            tag: Some(digest.clone()),
+            ..ImageSpec::default()
+        });
+        let d = children(&basic(), &c).expect("valid").deployment;
+        assert_eq!(
+            worker(&d).image,
+            Some(format!("registry.local:5000/storm@{digest}"))
+        );
     }
 
     #[test]

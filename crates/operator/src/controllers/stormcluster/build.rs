@@ -15,8 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use workerpool_api::storm::{
-    ClusterMode, DEFAULT_STORM_IMAGE, DEFAULT_STORM_TAG, MAX_CLUSTER_NAME_LENGTH,
-    NIMBUS_THRIFT_PORT, StormCluster, UI_PORT,
+    ClusterMode, MAX_CLUSTER_NAME_LENGTH, NIMBUS_THRIFT_PORT, StormCluster, UI_PORT,
 };
 
 use crate::MANAGED_BY;
@@ -211,21 +210,10 @@ pub fn scrub_userinfo(text: &str) -> String {
     out
 }
 
-/// The daemons' image: the spec's repository and tag, `storm:2.6.4` by default (a `sha256:`
-/// tag is a digest).
+/// The daemons' image: [`StormCluster::image_reference`] (`storm:2.6.4` by default; a
+/// `sha256:` tag is a digest).
 pub fn image(cluster: &StormCluster) -> String {
-    let image = cluster.spec.image.as_ref();
-    let repository = image
-        .and_then(|i| i.repository.clone())
-        .unwrap_or_else(|| DEFAULT_STORM_IMAGE.to_string());
-    let tag = image
-        .and_then(|i| i.tag.clone())
-        .unwrap_or_else(|| DEFAULT_STORM_TAG.to_string());
-    if tag.starts_with("sha256:") {
-        format!("{repository}@{tag}")
-    } else {
-        format!("{repository}:{tag}")
-    }
+    cluster.image_reference()
 }
 
 /// The daemons' storm.yaml: the operator's defaults (ZooKeeper servers, ports, directories),

@@ -12,8 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 use workerpool_api::storm::{
-    DEFAULT_REBALANCE_WAIT_SECONDS, DEFAULT_STORM_IMAGE, DEFAULT_STORM_TAG,
-    MAX_TOPOLOGY_NAME_LENGTH, StormCluster, StormTopology,
+    DEFAULT_REBALANCE_WAIT_SECONDS, MAX_TOPOLOGY_NAME_LENGTH, StormCluster, StormTopology,
 };
 use workerpool_storm::command::{self, Submission};
 
@@ -151,16 +150,10 @@ pub fn validate(topology: &StormTopology) -> Result<()> {
     Ok(())
 }
 
-/// The cluster's image `repository:tag` (default `storm:2.6.4`).
+/// The cluster's image (default `storm:2.6.4`; `repository@sha256:…` for a digest), through
+/// [`StormCluster::image_reference`].
 pub fn cluster_image(cluster: &StormCluster) -> String {
-    let image = cluster.spec.image.as_ref();
-    let repository = image
-        .and_then(|i| i.repository.clone())
-        .unwrap_or_else(|| DEFAULT_STORM_IMAGE.into());
-    let tag = image
-        .and_then(|i| i.tag.clone())
-        .unwrap_or_else(|| DEFAULT_STORM_TAG.into());
-    format!("{repository}:{tag}")
+    cluster.image_reference()
 }
 
 /// Labels of a Job of `topology` with the purpose `job`.
@@ -570,6 +563,32 @@ mod tests {
         assert_eq!(
             init[0].volume_mounts.as_ref().expect("mounts")[0].mount_path,
             JAR_DIR
+        );
+    }
+
+    #[test]
+    fn jobs_of_a_digest_pinned_cluster_use_the_digest_reference() {
+        let digest = format!("sha256:{}", "c".repeat(64));
+        let mut c = cluster();
+        if let Some(image) = c.spec.image.as_mut() {
+            image.tag = Some(digest.clone());
+        }
+        let want = format!("apache/storm@{digest}");
+        let t = topology(serde_json::json!({"url": "https://repo.example/wc.jar"}));
+        let job = submit_job(&t, &c, &spec_hash(&t)).expect("job");
+        let p = pod(&job);
+        let images: Vec<Option<&str>> = p
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&p.containers)
+            .map(|c| c.image.as_deref())
+            .collect();
+        assert_eq!(images, vec![Some(want.as_str()), Some(want.as_str())]);
+        let rebalance = rebalance_job(&t, &c, "wordcount-rebalance-1", 3);
+        assert_eq!(
+            pod(&rebalance).containers[0].image.as_deref(),
+            Some(want.as_str())
         );
     }
 

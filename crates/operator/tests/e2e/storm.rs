@@ -761,6 +761,41 @@ async fn cel_rules(s: &Scenario) {
         "set exactly one of minAvailable and maxUnavailable",
     )
     .await;
+
+    // Keys the operator wires, and ZooKeeper servers with a port (the example cluster, changed).
+    let example = CLUSTER_AND_TOPOLOGIES
+        .split("\n---")
+        .next()
+        .unwrap_or_default();
+    let cluster: StormCluster = serde_yaml::from_str(example).unwrap_or_else(|e| {
+        s.fail(format!(
+            "the StormCluster of storm-cluster-and-topologies.yaml: {e}"
+        ))
+    });
+    let mut ui_port = cluster.clone();
+    ui_port.metadata.name = Some("cel-ui-port".into());
+    ui_port
+        .spec
+        .storm_config
+        .get_or_insert_default()
+        .insert("ui.port".into(), json!(9090));
+    expect_rejected(
+        s,
+        "a cluster whose stormConfig sets ui.port",
+        &ui_port,
+        "stormConfig must not set ui.port: a Managed cluster's UI listens on 8080",
+    )
+    .await;
+    let mut zk_port = cluster;
+    zk_port.metadata.name = Some("cel-zk-port".into());
+    zk_port.spec.zookeeper_servers = vec!["zk:2181".into()];
+    expect_rejected(
+        s,
+        "a cluster with the ZooKeeper server zk:2181",
+        &zk_port,
+        "zookeeperServers entries are host names without a port: Storm appends storm.zookeeper.port",
+    )
+    .await;
 }
 
 /// Which way the readiness simulation reached its result.

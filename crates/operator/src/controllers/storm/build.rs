@@ -21,8 +21,8 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use workerpool_api::storm::{
-    DEFAULT_STORM_IMAGE, DEFAULT_STORM_TAG, MAX_POOL_NAME_LENGTH, MetricSourceType, StormCluster,
-    StormWorkerPool, image_reference,
+    DEFAULT_STORM_IMAGE, DEFAULT_STORM_TAG, MAX_POOL_NAME_LENGTH, MetricSourceType,
+    POOL_RESERVED_KEYS, StormCluster, StormWorkerPool, image_reference, reserved_key_in,
 };
 
 use crate::MANAGED_BY;
@@ -91,6 +91,13 @@ pub fn validate_name(name: &str) -> Result<()> {
 /// name, quantities of custom-metric targets and container names.
 pub fn validate(pool: &StormWorkerPool) -> Result<()> {
     validate_name(&pool.name_any())?;
+    if let Some(message) = reserved_key_in(
+        pool.spec.worker_config.as_ref(),
+        POOL_RESERVED_KEYS,
+        "workerConfig",
+    ) {
+        return Err(Error::InvalidSpec(message));
+    }
     if let Some(auto) = pool.spec.enabled_autoscaling() {
         let max = auto.max_replicas.ok_or_else(|| {
             Error::InvalidSpec(
@@ -243,6 +250,9 @@ pub fn storm_yaml(pool: &StormWorkerPool, cluster: &StormCluster) -> Result<Stri
         "storm.zookeeper.servers".into(),
         serde_json::json!(cluster.spec.zookeeper_servers),
     );
+    if let Some(root) = cluster.zookeeper_root() {
+        conf.insert("storm.zookeeper.root".into(), root);
+    }
     conf.insert(
         "nimbus.seeds".into(),
         serde_json::json!(cluster.nimbus_seeds()),
@@ -1118,7 +1128,17 @@ mod tests {
             .as_mut()
             .expect("autoscaling")
             .min_replicas = Some(30);
+        let mut reserved = full();
+        reserved
+            .spec
+            .worker_config
+            .get_or_insert_default()
+            .insert("storm.local.dir".into(), serde_json::json!("/tmp/x"));
         let cases = [
+            (
+                reserved,
+                "workerConfig must not set storm.local.dir: the operator mounts a volume at /data",
+            ),
             (
                 bad_quantity,
                 "customMetrics[0].targetAverageValue: \"lots\" is not a quantity",

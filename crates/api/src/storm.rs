@@ -90,6 +90,22 @@ pub struct StormWorkerPoolSpec {
     /// Optional PodDisruptionBudget `<pool>-pdb`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_disruption_budget: Option<PodDisruptionBudgetSpec>,
+    /// Volume of the supervisors' `storm.local.dir` (`/data`): an emptyDir when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<PoolStorageSpec>,
+}
+
+/// A per-pod volume claim for `storm.local.dir`: a generic ephemeral volume, created with each
+/// pod and deleted with it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStorageSpec {
+    /// Size of each pod's claim, e.g. `10Gi`.
+    #[schemars(length(min = 1))]
+    pub size: String,
+    /// StorageClass of the claims (the cluster's default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
 }
 
 /// Container image settings.

@@ -449,6 +449,29 @@ pub fn check_objects(
             worker.image
         )
     })?;
+    // The image's storm user, a read-only root, Storm's state and logs on volumes.
+    let run_as = pod.security_context.as_ref().and_then(|c| c.run_as_user);
+    let read_only = worker
+        .security_context
+        .as_ref()
+        .and_then(|c| c.read_only_root_filesystem);
+    ensure(run_as == Some(1000) && read_only == Some(true), || {
+        format!(
+            "{what}: runAsUser {run_as:?} and readOnlyRootFilesystem {read_only:?}, want 1000 and true"
+        )
+    })?;
+    let mounts: Vec<&str> = worker
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    ensure(
+        ["/conf", "/data", "/logs", "/tmp"]
+            .iter()
+            .all(|p| mounts.contains(p)),
+        || format!("{what}: the worker mounts {mounts:?}, want /conf, /data, /logs and /tmp"),
+    )?;
     let config_volume = pod
         .volumes
         .iter()
@@ -599,9 +622,16 @@ pub fn check_objects(
         )
     })?;
     if name == "full-workers" {
+        let childopts = conf["worker.childopts"].as_str().unwrap_or_default();
         ensure(
-            conf["worker.childopts"] == json!("-Xmx2g -XX:+UseG1GC"),
-            || format!("{what}: worker.childopts is {}", conf["worker.childopts"]),
+            childopts.starts_with("-Xmx%HEAP-MEM%m ")
+                && childopts.contains("-XX:+HeapDumpOnOutOfMemoryError")
+                && childopts.ends_with(" -Xmx2g -XX:+UseG1GC"),
+            || {
+                format!(
+                    "{what}: worker.childopts is {childopts:?}, want Storm's defaults then jvmOpts"
+                )
+            },
         )?;
         ensure(conf["topology.message.timeout.secs"] == json!(60), || {
             format!(
@@ -1261,6 +1291,26 @@ pub async fn run(s: Scenario) {
         s.expect_event("StormWorkerPool", case.name, "Normal", "Created", &dep)
             .await;
     }
+    // 4 slots in the basic example's 1Gi: the sizing says they cannot fit.
+    s.eventually("my-workers MemoryFit=False", WAIT, || async move {
+        let p = get_pool(s, "my-workers").await?;
+        let st = p.status.clone().unwrap_or_default();
+        ensure(
+            condition(&st.conditions, "MemoryFit")
+                .is_some_and(|c| c.status == "False" && c.reason == "SlotsDoNotFit"),
+            || describe_pool(&p),
+        )
+    })
+    .await;
+    s.expect_event(
+        "StormWorkerPool",
+        "my-workers",
+        "Warning",
+        "SlotsDoNotFit",
+        "memory request is 1024 MiB",
+    )
+    .await;
+    s.note("my-workers: 4 slots in 1Gi reported (MemoryFit=False, Warning SlotsDoNotFit)");
     let ns = s.ns.as_str();
     s.eventually("the pool series on /metrics", WAIT, || async move {
         let body = s.metrics().await?;

@@ -19,6 +19,8 @@ use workerpool_api::storm::{
     NIMBUS_THRIFT_PORT, StormCluster, UI_PORT, ZOOKEEPER_PORT_MESSAGE, reserved_key_in,
 };
 
+use workerpool_storm::log4j2::{CLUSTER_XML, CLUSTER_XML_NAME};
+
 use crate::MANAGED_BY;
 use crate::controllers::field_env;
 use crate::controllers::storm::build::{CONFIG_HASH_ANNOTATION, short_hash, with_applied_hash};
@@ -253,6 +255,10 @@ pub fn storm_yaml(cluster: &StormCluster) -> Result<String> {
     conf.insert("storm.local.dir".into(), serde_json::json!(DATA_DIR));
     conf.insert("storm.log.dir".into(), serde_json::json!(LOG_DIR));
     conf.insert("ui.port".into(), serde_json::json!(UI_PORT));
+    conf.insert(
+        "storm.log4j2.conf.dir".into(),
+        serde_json::json!(CONFIG_MOUNT),
+    );
     conf.remove("storm.local.hostname");
     conf.insert(
         "nimbus.seeds".into(),
@@ -286,14 +292,15 @@ pub fn start_script(daemon: &str, hostname: Option<&str>) -> String {
     script
 }
 
-/// ConfigMap `<cluster>-config` holding `storm.yaml`.
+/// ConfigMap `<cluster>-config` holding `storm.yaml` and the daemons' log4j2 `cluster.xml`
+/// (Storm's files plus the console, so `kubectl logs` shows the daemon's log).
 pub fn config_map(cluster: &StormCluster, storm_yaml: &str) -> ConfigMap {
     ConfigMap {
         metadata: metadata(cluster, cluster.config_name(), NIMBUS_COMPONENT),
-        data: Some(BTreeMap::from([(
-            "storm.yaml".into(),
-            storm_yaml.to_string(),
-        )])),
+        data: Some(BTreeMap::from([
+            ("storm.yaml".into(), storm_yaml.to_string()),
+            (CLUSTER_XML_NAME.into(), CLUSTER_XML.into()),
+        ])),
         ..ConfigMap::default()
     }
 }
@@ -575,7 +582,7 @@ pub struct Children {
 /// The objects of a Managed cluster.
 pub fn children(cluster: &StormCluster) -> Result<Children> {
     let yaml = storm_yaml(cluster)?;
-    let hash = short_hash(&yaml);
+    let hash = short_hash(&format!("{yaml}{CLUSTER_XML}"));
     Ok(Children {
         config_map: with_applied_hash(config_map(cluster, &yaml)),
         nimbus_service: with_applied_hash(nimbus_service(cluster)),
@@ -641,6 +648,13 @@ mod tests {
         assert_eq!(y["storm.local.dir"], serde_yaml::Value::from("/data"));
         assert_eq!(y["storm.log.dir"], serde_yaml::Value::from("/logs"));
         assert_eq!(y["ui.port"], serde_yaml::Value::from(8080));
+        assert_eq!(
+            y["storm.log4j2.conf.dir"],
+            serde_yaml::Value::from(CONFIG_MOUNT),
+            "the ConfigMap's cluster.xml, which logs to the console too"
+        );
+        let cm = config_map(&c, "x");
+        assert!(cm.data.expect("data")["cluster.xml"].contains("SYSTEM_OUT"));
         assert_eq!(
             y["storm.zookeeper.root"],
             serde_yaml::Value::from("/storm/team-a/storm"),

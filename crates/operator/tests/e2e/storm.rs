@@ -1506,6 +1506,180 @@ pub async fn run(s: Scenario) {
     .await;
     s.note("gpu-workers: children garbage-collected");
     delete_topologies(s, &ui).await;
+    pinned_cluster(s, &ui).await;
+    delete_mid_submission(s, &ui).await;
+}
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// Every container image of a pod spec.
+fn images(pod: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Vec<String> {
+    pod.map(|p| {
+        p.init_containers
+            .iter()
+            .flatten()
+            .chain(&p.containers)
+            .filter_map(|c| c.image.clone())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The submission Jobs of `topology`.
+async fn submit_jobs(s: &Scenario, topology: &str) -> Result<Vec<Job>, String> {
+    let jobs: Api<Job> = s.api();
+    let selector = format!("storm.apache.org/topology={topology},storm.apache.org/job=submit");
+    Ok(jobs
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .obs("list Jobs")?
+        .items)
+}
+
+/// A Managed cluster whose image tag is a digest: its daemons, the submission Job of a topology
+/// on it and the Deployment of a pool serving that topology all run `storm@sha256:…`.
+async fn pinned_cluster(s: &Scenario, ui: &StormUi) {
+    let want = format!("storm@{DIGEST}");
+    let manifest = format!(
+        "apiVersion: storm.apache.org/v1beta1
+kind: StormCluster
+metadata: {{name: pinned}}
+spec:
+  image: {{repository: storm, tag: \"{DIGEST}\"}}
+  zookeeperServers: [zookeeper-0.zookeeper]
+  uiUrl: {}
+---
+apiVersion: storm.apache.org/v1beta1
+kind: StormTopology
+metadata: {{name: pinned-topology}}
+spec:
+  clusterRef: pinned
+  jar: {{url: https://repo.example/pinned.jar}}
+  mainClass: org.example.Pinned
+---
+apiVersion: storm.apache.org/v1beta1
+kind: StormWorkerPool
+metadata: {{name: pinned-workers}}
+spec:
+  topologyRef: pinned-topology
+  replicas: 1
+",
+        ui.url
+    );
+    s.apply_yaml("the digest-pinned cluster", &manifest, |_| {})
+        .await;
+    let want = want.as_str();
+    s.eventually(
+        "the pinned cluster's daemons and submission Job on the digest",
+        WAIT,
+        || async move {
+            let sets: Api<StatefulSet> = s.api();
+            let deployments: Api<Deployment> = s.api();
+            let nimbus = sets.get("pinned-nimbus").await.obs("get StatefulSet")?;
+            let ui_dep = deployments.get("pinned-ui").await.obs("get Deployment")?;
+            let jobs = submit_jobs(s, "pinned-topology").await?;
+            let mut seen = images(nimbus.spec.as_ref().and_then(|x| x.template.spec.as_ref()));
+            seen.extend(images(
+                ui_dep.spec.as_ref().and_then(|x| x.template.spec.as_ref()),
+            ));
+            let job_images: Vec<String> = jobs
+                .iter()
+                .flat_map(|j| images(j.spec.as_ref().and_then(|x| x.template.spec.as_ref())))
+                .collect();
+            ensure(!job_images.is_empty(), || {
+                "no submission Job yet".to_string()
+            })?;
+            seen.extend(job_images);
+            ensure(seen.iter().all(|i| i == want), || {
+                format!("images {seen:?}, want {want}")
+            })
+        },
+    )
+    .await;
+    ui.add("pinned-topology", "ACTIVE", 1);
+    s.eventually(
+        "the pinned pool's Deployment on the digest",
+        WAIT,
+        || async move {
+            let deployments: Api<Deployment> = s.api();
+            let dep = deployments
+                .get_opt("pinned-workers-deployment")
+                .await
+                .obs("get Deployment")?
+                .ok_or_else(|| "no Deployment pinned-workers-deployment yet".to_string())?;
+            let seen = images(dep.spec.as_ref().and_then(|x| x.template.spec.as_ref()));
+            ensure(seen == [want], || format!("images {seen:?}, want {want}"))
+        },
+    )
+    .await;
+    s.note(format!(
+        "cluster pinned: Nimbus, UI, submission Job and pool Deployment all run {want}"
+    ));
+}
+
+/// A topology deleted while its submission Job exists: the Job is deleted before the kill, and
+/// what the submission put into Storm is killed; nothing is left in Storm or the namespace.
+async fn delete_mid_submission(s: &Scenario, ui: &StormUi) {
+    let manifest = "apiVersion: storm.apache.org/v1beta1
+kind: StormTopology
+metadata: {name: orphan}
+spec:
+  clusterRef: pinned
+  killWaitSeconds: 0
+  jar: {url: https://repo.example/orphan.jar}
+  mainClass: org.example.Orphan
+";
+    s.apply_yaml("StormTopology orphan", manifest, |_| {}).await;
+    s.eventually("the submission Job of orphan", WAIT, || async move {
+        let jobs = submit_jobs(s, "orphan").await?;
+        ensure(!jobs.is_empty(), || "no submission Job yet".to_string())
+    })
+    .await;
+    let topologies: Api<StormTopology> = s.api();
+    if let Err(e) = topologies
+        .delete("orphan", &DeleteParams::background())
+        .await
+    {
+        s.fail(format!("cannot delete StormTopology orphan: {e}"));
+    }
+    // The submission got through just before its Job was stopped.
+    let id = ui.add("orphan", "ACTIVE", 1);
+    s.eventually(
+        "orphan gone from the API and from Storm, its Job deleted",
+        WAIT,
+        || async move {
+            let topologies: Api<StormTopology> = s.api();
+            let left = topologies
+                .get_opt("orphan")
+                .await
+                .obs("get StormTopology")?;
+            let jobs = submit_jobs(s, "orphan").await?;
+            ensure(left.is_none() && jobs.is_empty(), || {
+                format!(
+                    "StormTopology orphan {}, submission Jobs {:?}",
+                    if left.is_some() {
+                        "still there"
+                    } else {
+                        "gone"
+                    },
+                    jobs.iter().map(ResourceExt::name_any).collect::<Vec<_>>()
+                )
+            })?;
+            ensure(ui.status("orphan").is_none(), || {
+                format!("Storm still lists orphan: {:?}", ui.status("orphan"))
+            })
+        },
+    )
+    .await;
+    let killed = ui
+        .requests()
+        .iter()
+        .any(|r| r.starts_with(&format!("POST /api/v1/topology/{id}/kill/")));
+    ensure(killed, || format!("no kill of {id} in {:?}", ui.requests()))
+        .unwrap_or_else(|e| s.fail(e));
+    s.note(
+        "orphan: deleted mid-submission; its Job was deleted first, what it submitted was killed",
+    );
 }
 
 /// The pools of my-topology have ready slots now: the operator rebalances it with a Job running

@@ -844,6 +844,21 @@ impl StormCluster {
         }
     }
 
+    /// The entries of `stormConfig` for which `keep` holds (e.g. the settings a client needs to
+    /// reach Nimbus), for the submission and rebalance Jobs.
+    pub fn storm_config_where(
+        &self,
+        keep: impl Fn(&str) -> bool,
+    ) -> BTreeMap<String, serde_json::Value> {
+        self.spec
+            .storm_config
+            .iter()
+            .flatten()
+            .filter(|(k, _)| keep(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// The Storm UI base URL: the spec's when External, the `<cluster>-ui` Service when Managed.
     pub fn ui_url(&self) -> Option<String> {
         match self.spec.mode {

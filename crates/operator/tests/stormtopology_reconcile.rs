@@ -349,6 +349,7 @@ async fn a_new_topology_gets_its_finalizer_and_a_submission_job() {
             args: &["--fast".to_string()],
             config: &config,
             nimbus_seeds: &["nimbus-0".to_string()],
+            client_config: &Default::default(),
         })
     );
     assert_eq!(
@@ -601,7 +602,13 @@ async fn a_rebalance_is_recorded_before_its_job_is_created() {
     let argv = main_argv(&job.body);
     assert_eq!(
         argv,
-        command::rebalance("wordcount", 30, 8, &["nimbus-0".to_string()])
+        command::rebalance(
+            "wordcount",
+            30,
+            8,
+            &["nimbus-0".to_string()],
+            &Default::default()
+        )
     );
     api.finish(task).await.expect("reconcile ok");
     assert!(

@@ -316,6 +316,7 @@ pub fn submit_job(topology: &StormTopology, cluster: &StormCluster, hash: &str) 
     let main_class = topology.spec.main_class.clone().unwrap_or_default();
     let storm_name = topology.storm_name();
     let seeds = cluster.nimbus_seeds();
+    let client_config = cluster.storm_config_where(command::is_client_setting);
     let argv = command::submit(&Submission {
         jar_path: JAR_PATH,
         main_class: &main_class,
@@ -323,6 +324,7 @@ pub fn submit_job(topology: &StormTopology, cluster: &StormCluster, hash: &str) 
         args: &topology.spec.args,
         config: &config,
         nimbus_seeds: &seeds,
+        client_config: &client_config,
     });
     let submit = Container {
         command: Some(argv),
@@ -369,6 +371,7 @@ pub fn rebalance_job(
         u32::try_from(wait).unwrap_or(0),
         u32::try_from(workers).unwrap_or(1).max(1),
         &cluster.nimbus_seeds(),
+        &cluster.storm_config_where(command::is_client_setting),
     );
     let pod = PodSpec {
         containers: vec![Container {
@@ -497,6 +500,7 @@ mod tests {
                 args: &["--fast".to_string()],
                 config: &config,
                 nimbus_seeds: &cluster_seeds,
+                client_config: &BTreeMap::new(),
             })
         );
         for part in [
@@ -593,6 +597,39 @@ mod tests {
     }
 
     #[test]
+    fn an_external_clusters_thrift_port_and_transport_reach_both_jobs() {
+        let mut c = cluster();
+        c.spec.mode = workerpool_api::ClusterMode::External;
+        c.spec.nimbus_seeds = vec!["nimbus.example".into()];
+        c.spec.storm_config = Some(BTreeMap::from([
+            ("nimbus.thrift.port".into(), serde_json::json!(16627)),
+            (
+                "storm.thrift.transport".into(),
+                serde_json::json!("org.example.Transport"),
+            ),
+            ("topology.debug".into(), serde_json::json!(true)),
+        ]));
+        let t = topology(serde_json::json!({"url": "https://repo.example/wc.jar"}));
+        let submit = submit_job(&t, &c, &spec_hash(&t)).expect("job");
+        let rebalance = rebalance_job(&t, &c, "wordcount-rebalance-1", 2);
+        for job in [&submit, &rebalance] {
+            let argv = pod(job).containers[0].command.clone().expect("argv");
+            assert!(
+                argv.contains(&"nimbus.thrift.port=16627".to_string()),
+                "{argv:?}"
+            );
+            assert!(
+                argv.contains(&r#"storm.thrift.transport="org.example.Transport""#.to_string()),
+                "{argv:?}"
+            );
+            assert!(
+                !argv.iter().any(|a| a.starts_with("topology.debug")),
+                "only client settings: {argv:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_hash_follows_what_a_submission_depends_on() {
         let a = topology(serde_json::json!({"url": "https://repo.example/wc.jar"}));
         let mut b = a.clone();
@@ -642,7 +679,13 @@ mod tests {
         let argv = pod(&job).containers[0].command.clone().expect("argv");
         assert_eq!(
             argv,
-            command::rebalance("wordcount", 10, 8, &cluster().nimbus_seeds())
+            command::rebalance(
+                "wordcount",
+                10,
+                8,
+                &cluster().nimbus_seeds(),
+                &BTreeMap::new()
+            )
         );
         assert_eq!(argv[..2], ["storm", "rebalance"].map(String::from));
         let n = argv.iter().position(|a| a == "wordcount").expect("name");

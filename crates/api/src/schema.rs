@@ -124,6 +124,19 @@ pub fn pod_spec(generator: &mut SchemaGenerator) -> Schema {
     schema
 }
 
+fn strip_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if map.get("description").is_some_and(|d| d.is_string()) {
+                map.remove("description");
+            }
+            map.values_mut().for_each(strip_descriptions);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_descriptions),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,18 +152,5 @@ mod tests {
             cel_property("a__b-c/d"),
             "a__underscores__b__dash__c__slash__d"
         );
-    }
-}
-
-fn strip_descriptions(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(map) => {
-            if map.get("description").is_some_and(|d| d.is_string()) {
-                map.remove("description");
-            }
-            map.values_mut().for_each(strip_descriptions);
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_descriptions),
-        _ => {}
     }
 }

@@ -1158,15 +1158,15 @@ mod tests {
         );
         assert_eq!(sized["worker.heap.memory.mb"], serde_json::json!(85));
         assert!(
-            sized.get("worker.childopts").is_none(),
+            !sized.contains_key("worker.childopts"),
             "without jvmOpts Storm's default childopts apply"
         );
         let unsized_ = conf(&gpu(), &cluster());
         assert!(
-            unsized_.get("worker.heap.memory.mb").is_none(),
+            !unsized_.contains_key("worker.heap.memory.mb"),
             "no memory, no sizing"
         );
-        assert!(unsized_.get("supervisor.memory.capacity.mb").is_none());
+        assert!(!unsized_.contains_key("supervisor.memory.capacity.mb"));
         let mut managed = cluster();
         managed.spec.mode = workerpool_api::ClusterMode::Managed;
         managed.spec.nimbus_seeds.clear();
@@ -1213,7 +1213,7 @@ mod tests {
         assert_eq!(conf["storm.log.dir"], serde_json::json!(LOG_DIR));
         assert_eq!(conf["storm.log4j2.conf.dir"], serde_json::json!(CONFIG_DIR));
         assert!(
-            conf.get("storm.zookeeper.root").is_none(),
+            !conf.contains_key("storm.zookeeper.root"),
             "an External cluster without a root keeps Storm's"
         );
         assert_eq!(

@@ -76,9 +76,9 @@ pub fn xmx_mb(option: &str) -> Option<u64> {
 
 fn last_xmx(opts: &[String]) -> Option<(u64, String)> {
     opts.iter()
-        .flat_map(|o| o.split_whitespace())
-        .filter_map(|o| xmx_mb(o).map(|mb| (mb, o.to_string())))
-        .last()
+        .rev()
+        .flat_map(|o| o.split_whitespace().rev())
+        .find_map(|o| xmx_mb(o).map(|mb| (mb, o.to_string())))
 }
 
 /// The heap and capacity of `memory_mb` split over `slots`: `(heap, capacity)`.

@@ -21,10 +21,10 @@ pub use qworker::{
 };
 pub use storm::{
     AutoscalingSpec, ClusterMode, ClusterPhase, CustomMetric, ImageSpec, JarSource,
-    MetricSourceType, NimbusSpec, PodDisruptionBudgetSpec, PoolPhase, PoolPodTemplate, PortsSpec,
-    RebalanceRecord, RebalanceSpec, StormCluster, StormClusterSpec, StormClusterStatus,
-    StormTopology, StormTopologySpec, StormTopologyStatus, StormWorkerPool, StormWorkerPoolSpec,
-    StormWorkerPoolStatus, TemplateMetadata, TopologyPhase, UiSpec,
+    MetricSourceType, NimbusSpec, PodDisruptionBudgetSpec, PoolPhase, PoolPodTemplate,
+    PoolStorageSpec, PortsSpec, RebalanceRecord, RebalanceSpec, StormCluster, StormClusterSpec,
+    StormClusterStatus, StormTopology, StormTopologySpec, StormTopologyStatus, StormWorkerPool,
+    StormWorkerPoolSpec, StormWorkerPoolStatus, TemplateMetadata, TopologyPhase, UiSpec,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

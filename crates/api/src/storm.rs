@@ -12,7 +12,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{optional_pod_spec, preserve_unknown_map};
+use crate::schema::{
+    cluster_storm_config, optional_pod_spec, pool_worker_config, preserve_unknown_map,
+    zookeeper_servers,
+};
 
 /// Default first worker slot port (`ports.start`).
 pub const DEFAULT_PORT_START: i32 = 6700;
@@ -67,9 +70,10 @@ pub struct StormWorkerPoolSpec {
     /// Worker image; defaults to the cluster's image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageSpec>,
-    /// Storm configuration entries written to the pool's storm.yaml.
+    /// Storm configuration entries written to the pool's storm.yaml (keys the operator wires are
+    /// refused; see docs/storm.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "preserve_unknown_map")]
+    #[schemars(schema_with = "pool_worker_config")]
     pub worker_config: Option<BTreeMap<String, serde_json::Value>>,
     /// JVM options of the worker processes (`worker.childopts`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +90,22 @@ pub struct StormWorkerPoolSpec {
     /// Optional PodDisruptionBudget `<pool>-pdb`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_disruption_budget: Option<PodDisruptionBudgetSpec>,
+    /// Volume of the supervisors' `storm.local.dir` (`/data`): an emptyDir when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<PoolStorageSpec>,
+}
+
+/// A per-pod volume claim for `storm.local.dir`: a generic ephemeral volume, created with each
+/// pod and deleted with it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStorageSpec {
+    /// Size of each pod's claim, e.g. `10Gi`.
+    #[schemars(length(min = 1))]
+    pub size: String,
+    /// StorageClass of the claims (the cluster's default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
 }
 
 /// Container image settings.
@@ -612,7 +632,8 @@ pub enum ClusterMode {
 )]
 #[x_kube(
     validation = Rule::new("self.mode != 'External' || (has(self.uiUrl) && has(self.nimbusSeeds) && size(self.nimbusSeeds) > 0)").message("an External cluster needs uiUrl and nimbusSeeds"),
-    validation = Rule::new("self.mode != 'Managed' || !has(self.nimbusSeeds) || size(self.nimbusSeeds) == 0").message("a Managed cluster's nimbusSeeds are its Nimbus pods; leave nimbusSeeds empty (or set mode: External)")
+    validation = Rule::new("self.mode != 'Managed' || !has(self.nimbusSeeds) || size(self.nimbusSeeds) == 0").message("a Managed cluster's nimbusSeeds are its Nimbus pods; leave nimbusSeeds empty (or set mode: External)"),
+    validation = Rule::new("self.mode != 'Managed' || !has(self.stormConfig) || !has(self.stormConfig.nimbus__dot__thrift__dot__port)").message(MANAGED_THRIFT_PORT_MESSAGE)
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StormClusterSpec {
@@ -622,8 +643,9 @@ pub struct StormClusterSpec {
     /// Image of the cluster's daemons and default worker image (default `storm:2.6.4`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageSpec>,
-    /// ZooKeeper servers (`storm.zookeeper.servers`).
-    #[schemars(length(min = 1))]
+    /// ZooKeeper servers (`storm.zookeeper.servers`): host names without a port; the port is
+    /// `storm.zookeeper.port` in `stormConfig` (default 2181).
+    #[schemars(schema_with = "zookeeper_servers")]
     pub zookeeper_servers: Vec<String>,
     /// Nimbus seeds (`nimbus.seeds`) of an External cluster; a Managed cluster's are its Nimbus pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -633,9 +655,10 @@ pub struct StormClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("uiUrl must be an http:// or https:// URL"))]
     pub ui_url: Option<String>,
-    /// Cluster-wide storm.yaml entries; a pool's `workerConfig` overrides them.
+    /// Cluster-wide storm.yaml entries; a pool's `workerConfig` overrides them. Keys the
+    /// operator wires are refused (see docs/storm.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "preserve_unknown_map")]
+    #[schemars(schema_with = "cluster_storm_config")]
     pub storm_config: Option<BTreeMap<String, serde_json::Value>>,
     /// Nimbus of a Managed cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -799,6 +822,43 @@ impl StormCluster {
         }
     }
 
+    /// `storm.zookeeper.root`: `stormConfig`'s when set; `/storm/<namespace>/<name>` for a Managed
+    /// cluster, so that clusters sharing a ZooKeeper do not share Storm's state; `None` (Storm's
+    /// default `/storm`) for an External cluster that does not set it.
+    pub fn zookeeper_root(&self) -> Option<serde_json::Value> {
+        if let Some(root) = self
+            .spec
+            .storm_config
+            .as_ref()
+            .and_then(|c| c.get("storm.zookeeper.root"))
+        {
+            return Some(root.clone());
+        }
+        match self.spec.mode {
+            ClusterMode::External => None,
+            ClusterMode::Managed => Some(serde_json::json!(format!(
+                "/storm/{}/{}",
+                self.metadata.namespace.as_deref().unwrap_or("default"),
+                self.metadata.name.as_deref().unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// The entries of `stormConfig` for which `keep` holds (e.g. the settings a client needs to
+    /// reach Nimbus), for the submission and rebalance Jobs.
+    pub fn storm_config_where(
+        &self,
+        keep: impl Fn(&str) -> bool,
+    ) -> BTreeMap<String, serde_json::Value> {
+        self.spec
+            .storm_config
+            .iter()
+            .flatten()
+            .filter(|(k, _)| keep(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// The Storm UI base URL: the spec's when External, the `<cluster>-ui` Service when Managed.
     pub fn ui_url(&self) -> Option<String> {
         match self.spec.mode {
@@ -820,6 +880,135 @@ impl StormCluster {
     /// Whether pools and topologies may use the cluster.
     pub fn is_running(&self) -> bool {
         self.status.as_ref().and_then(|s| s.phase) == Some(ClusterPhase::Running)
+    }
+}
+
+/// A storm.yaml key the operator sets itself, refused in `stormConfig` or `workerConfig`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReservedKey {
+    /// The storm.yaml key.
+    pub key: &'static str,
+    /// What sets it, or what to use instead.
+    pub instead: &'static str,
+}
+
+impl ReservedKey {
+    /// The message of the CEL rule (and of the operator's own check) refusing the key in `field`.
+    pub fn message(&self, field: &str) -> String {
+        format!("{field} must not set {}: {}", self.key, self.instead)
+    }
+}
+
+const fn reserved(key: &'static str, instead: &'static str) -> ReservedKey {
+    ReservedKey { key, instead }
+}
+
+/// Keys of a StormCluster's `stormConfig` the operator wires (in every mode; `nimbus.thrift.port`
+/// is refused only for a Managed cluster, see [`MANAGED_THRIFT_PORT_MESSAGE`]).
+pub const CLUSTER_RESERVED_KEYS: &[ReservedKey] = &[
+    reserved("storm.zookeeper.servers", "use spec.zookeeperServers"),
+    reserved(
+        "nimbus.seeds",
+        "use spec.nimbusSeeds of an External cluster (a Managed cluster's seeds are its Nimbus pods)",
+    ),
+    reserved(
+        "storm.local.hostname",
+        "the operator gives every pod its own address",
+    ),
+    reserved(
+        "storm.local.dir",
+        "the operator mounts a volume at /data (a pool's spec.storage chooses it)",
+    ),
+    reserved("storm.log.dir", "the operator mounts a volume at /logs"),
+    reserved(
+        "storm.log4j2.conf.dir",
+        "the operator's log4j2 configuration writes the logs to the console as well",
+    ),
+    reserved(
+        "supervisor.slots.ports",
+        "use a StormWorkerPool's spec.ports",
+    ),
+    reserved(
+        "ui.port",
+        "a Managed cluster's UI listens on 8080 behind Service <cluster>-ui; an External cluster's UI is read at spec.uiUrl",
+    ),
+];
+
+/// Keys of a StormWorkerPool's `workerConfig` the operator wires or takes from the cluster.
+pub const POOL_RESERVED_KEYS: &[ReservedKey] = &[
+    reserved(
+        "storm.zookeeper.servers",
+        "the pool takes its cluster's spec.zookeeperServers",
+    ),
+    reserved("nimbus.seeds", "the pool takes its cluster's Nimbus seeds"),
+    reserved(
+        "nimbus.thrift.port",
+        "the pool takes it from its cluster (stormConfig of an External cluster)",
+    ),
+    reserved(
+        "storm.zookeeper.root",
+        "the pool takes it from its cluster (its stormConfig, or the Managed default)",
+    ),
+    reserved(
+        "storm.local.hostname",
+        "the operator gives every pod its own address",
+    ),
+    reserved(
+        "storm.local.dir",
+        "the operator mounts a volume at /data (use spec.storage)",
+    ),
+    reserved("storm.log.dir", "the operator mounts a volume at /logs"),
+    reserved(
+        "storm.log4j2.conf.dir",
+        "the operator's log4j2 configuration writes the logs to the console as well",
+    ),
+    reserved("supervisor.slots.ports", "use spec.ports"),
+];
+
+/// Why a Managed cluster's `stormConfig` may not set `nimbus.thrift.port`.
+pub const MANAGED_THRIFT_PORT_MESSAGE: &str = "stormConfig must not set nimbus.thrift.port on a Managed cluster: its Nimbus listens on 6627 behind Service <cluster>-nimbus (set it only for an External cluster)";
+
+/// Why a `zookeeperServers` entry may not carry a port.
+pub const ZOOKEEPER_PORT_MESSAGE: &str = "zookeeperServers entries are host names without a port: Storm appends storm.zookeeper.port to each (set that in stormConfig; default 2181), so host:2181 would become host:2181:2181";
+
+/// The first reserved key `config` sets, as the message refusing it (the operator's own check,
+/// for API servers that skip the CRD's CEL rules).
+pub fn reserved_key_in(
+    config: Option<&BTreeMap<String, serde_json::Value>>,
+    reserved: &[ReservedKey],
+    field: &str,
+) -> Option<String> {
+    let config = config?;
+    reserved
+        .iter()
+        .find(|r| config.contains_key(r.key))
+        .map(|r| r.message(field))
+}
+
+/// The image reference of `repository` and `tag`: `repository@sha256:<hex>` when the tag is a
+/// digest (`sha256:<hex>`), `repository:tag` otherwise. The one place every Storm image the
+/// operator runs (daemons, supervisors, Jobs) is written.
+pub fn image_reference(repository: &str, tag: &str) -> String {
+    if tag.starts_with("sha256:") {
+        format!("{repository}@{tag}")
+    } else {
+        format!("{repository}:{tag}")
+    }
+}
+
+impl StormCluster {
+    /// The cluster's image: its daemons', and the default of its pools and Jobs
+    /// (`storm:2.6.4` when unset), through [`image_reference`].
+    pub fn image_reference(&self) -> String {
+        let image = self.spec.image.as_ref();
+        image_reference(
+            image
+                .and_then(|i| i.repository.as_deref())
+                .unwrap_or(DEFAULT_STORM_IMAGE),
+            image
+                .and_then(|i| i.tag.as_deref())
+                .unwrap_or(DEFAULT_STORM_TAG),
+        )
     }
 }
 
@@ -878,6 +1067,30 @@ mod tests {
             .flatten()
             .map(|r| (r.rule.clone(), r.message.clone().unwrap_or_default()))
             .collect()
+    }
+
+    #[test]
+    fn image_references_use_at_for_digests() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let cases = [
+            ("storm", "2.6.4", "storm:2.6.4".to_string()),
+            (
+                "registry.local:5000/storm",
+                digest.as_str(),
+                format!("registry.local:5000/storm@{digest}"),
+            ),
+            ("apache/storm", "latest", "apache/storm:latest".to_string()),
+        ];
+        for (repository, tag, want) in cases {
+            assert_eq!(image_reference(repository, tag), want);
+        }
+        let mut cluster = StormCluster::new("s", StormClusterSpec::default());
+        assert_eq!(cluster.image_reference(), "storm:2.6.4");
+        cluster.spec.image = Some(ImageSpec {
+            tag: Some(digest.clone()),
+            ..ImageSpec::default()
+        });
+        assert_eq!(cluster.image_reference(), format!("storm@{digest}"));
     }
 
     #[test]

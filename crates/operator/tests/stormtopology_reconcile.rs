@@ -349,6 +349,7 @@ async fn a_new_topology_gets_its_finalizer_and_a_submission_job() {
             args: &["--fast".to_string()],
             config: &config,
             nimbus_seeds: &["nimbus-0".to_string()],
+            client_config: &Default::default(),
         })
     );
     assert_eq!(
@@ -601,7 +602,13 @@ async fn a_rebalance_is_recorded_before_its_job_is_created() {
     let argv = main_argv(&job.body);
     assert_eq!(
         argv,
-        command::rebalance("wordcount", 30, 8, &["nimbus-0".to_string()])
+        command::rebalance(
+            "wordcount",
+            30,
+            8,
+            &["nimbus-0".to_string()],
+            &Default::default()
+        )
     );
     api.finish(task).await.expect("reconcile ok");
     assert!(
@@ -740,4 +747,79 @@ async fn a_namespace_being_deleted_gets_no_submission_warning_or_retry() {
     )
     .await;
     api.expect_quiet_end(task).await;
+}
+
+#[tokio::test]
+async fn a_topology_deleted_mid_submission_deletes_its_job_first_then_kills_by_id_and_name() {
+    let (client, mut api) = support::mock();
+    let mut t = with_finalizer(topology(json!({
+        "jar": {"url": "https://repo.example/wc.jar"}, "mainClass": "org.example.WordCount",
+        "topologyName": "wordcount-v2", "killWaitSeconds": 0})));
+    t.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    // The old topology's id is recorded; the submission of the new name is still running.
+    t.status = Some(StormTopologyStatus {
+        topology_id: Some(ID.into()),
+        ..StormTopologyStatus::default()
+    });
+    let job = build::submit_job(&t, &cluster(), &build::spec_hash(&t)).expect("job");
+    let job_name = job.metadata.name.clone().expect("name");
+    let mut renamed = summary(TopologyStatus::Active, 2);
+    renamed.id = "wordcount-v2-2-1700000100".into();
+    renamed.name = "wordcount-v2".into();
+    let s = setup(
+        client,
+        vec![summary(TopologyStatus::Active, 3), renamed.clone()],
+        vec![],
+        vec![job],
+    );
+
+    // 1: the Job is deleted (foreground: it goes after its pods), nothing is killed yet.
+    let task = tokio::spawn(reconcile(Arc::new(t.clone()), s.ctx.clone()));
+    let delete = api
+        .expect(
+            "DELETE",
+            &format!("{}/{job_name}", jobs_path()),
+            200,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+        )
+        .await;
+    assert_eq!(delete.body["propagationPolicy"], "Foreground");
+    let status = api
+        .expect_apply(&path("wordcount/status"), stored(&t))
+        .await;
+    assert_eq!(status.body["status"]["phase"], "Killing");
+    let message = status.body["status"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains(&job_name), "{message}");
+    api.finish(task).await.expect("reconcile ok");
+    assert!(s.storm.calls().is_empty(), "{:?}", s.storm.calls());
+
+    // 2: the Job is gone: both the recorded id and the current name are killed.
+    let gone = Arc::new(Context {
+        shared: s.ctx.shared.clone(),
+        connector: s.ctx.connector.clone(),
+        metrics: s.ctx.metrics.clone(),
+        clusters: store(vec![cluster()]),
+        pools: store(vec![]),
+        jobs: store(vec![]),
+    });
+    let t2 = after(&t, &status);
+    let task = tokio::spawn(reconcile(Arc::new(t2.clone()), gone));
+    api.expect_apply(&path("wordcount/status"), stored(&t2))
+        .await;
+    api.finish(task).await.expect("reconcile ok");
+    let mut kills: Vec<String> = s
+        .storm
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("kill:"))
+        .collect();
+    kills.sort();
+    assert_eq!(
+        kills,
+        vec![format!("kill:{ID}:0"), format!("kill:{}:0", renamed.id)]
+    );
 }

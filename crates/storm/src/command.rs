@@ -38,20 +38,34 @@ pub struct Submission<'a> {
     pub config: &'a BTreeMap<String, serde_json::Value>,
     /// The cluster's Nimbus seeds.
     pub nimbus_seeds: &'a [String],
+    /// How to reach the cluster's Nimbus beyond its seeds: its Thrift port and transport
+    /// settings ([`is_client_setting`]), passed before the topology's own config.
+    pub client_config: &'a BTreeMap<String, serde_json::Value>,
+}
+
+/// Whether a storm.yaml key tells a client how to reach Nimbus (port, Thrift transport, TLS,
+/// timeouts, retries, the JAAS file), so that the Jobs must carry it: `nimbus.thrift.*`,
+/// `storm.thrift.*`, `storm.nimbus.retry.*`, `java.security.auth.login.config`.
+pub fn is_client_setting(key: &str) -> bool {
+    ["nimbus.thrift.", "storm.thrift.", "storm.nimbus.retry."]
+        .iter()
+        .any(|p| key.starts_with(p))
+        || key == "java.security.auth.login.config"
 }
 
 /// `-c` options of the Nimbus seeds (none when there are no seeds: then the image's
-/// storm.yaml decides) and of `config`, each value as JSON.
+/// storm.yaml decides), of the client settings and of `config`, each value as JSON.
 fn config_options(
     nimbus_seeds: &[String],
+    client_config: &BTreeMap<String, serde_json::Value>,
     config: &BTreeMap<String, serde_json::Value>,
 ) -> Vec<String> {
-    let mut out = Vec::with_capacity(2 * (config.len() + 1));
+    let mut out = Vec::with_capacity(2 * (client_config.len() + config.len() + 1));
     if !nimbus_seeds.is_empty() {
         out.push("-c".to_string());
         out.push(format!("nimbus.seeds={}", serde_json::json!(nimbus_seeds)));
     }
-    for (key, value) in config {
+    for (key, value) in client_config.iter().chain(config) {
         out.push("-c".to_string());
         out.push(format!("{key}={value}"));
     }
@@ -64,7 +78,7 @@ fn config_options(
 /// topology's own arguments away from storm.py's option parser, and storm.py drops it.
 pub fn submit(s: &Submission<'_>) -> Vec<String> {
     let mut argv = vec!["storm".to_string(), "jar".to_string()];
-    argv.extend(config_options(s.nimbus_seeds, s.config));
+    argv.extend(config_options(s.nimbus_seeds, s.client_config, s.config));
     argv.extend([
         s.jar_path.to_string(),
         s.main_class.to_string(),
@@ -75,7 +89,7 @@ pub fn submit(s: &Submission<'_>) -> Vec<String> {
     argv
 }
 
-/// `storm rebalance -c nimbus.seeds=[...] <name> -w <wait> -n <workers>` (by name: the CLI takes
+/// `storm rebalance -c nimbus.seeds=[...] [-c <client setting>...] <name> -w <wait> -n <workers>` (by name: the CLI takes
 /// the name, not the id).
 ///
 /// `workers` must be at least 1 (storm.py rejects `-n 0`). Storm's `Rebalance` also sends the
@@ -86,9 +100,14 @@ pub fn rebalance(
     wait_secs: u32,
     workers: u32,
     nimbus_seeds: &[String],
+    client_config: &BTreeMap<String, serde_json::Value>,
 ) -> Vec<String> {
     let mut argv = vec!["storm".to_string(), "rebalance".to_string()];
-    argv.extend(config_options(nimbus_seeds, &BTreeMap::new()));
+    argv.extend(config_options(
+        nimbus_seeds,
+        client_config,
+        &BTreeMap::new(),
+    ));
     argv.extend([
         topology_name.to_string(),
         "-w".to_string(),
@@ -124,6 +143,7 @@ mod tests {
             args: &args,
             config: &config,
             nimbus_seeds: &seeds,
+            client_config: &BTreeMap::new(),
         });
         assert_eq!(
             argv,
@@ -161,6 +181,7 @@ mod tests {
             args: &[],
             config: &BTreeMap::new(),
             nimbus_seeds: &[],
+            client_config: &BTreeMap::new(),
         });
         assert_eq!(
             argv,
@@ -170,7 +191,13 @@ mod tests {
 
     #[test]
     fn rebalance_by_name_with_seeds_after_the_subcommand() {
-        let argv = rebalance("wordcount", 30, 2, &strings(&["nimbus-0", "nimbus-1"]));
+        let argv = rebalance(
+            "wordcount",
+            30,
+            2,
+            &strings(&["nimbus-0", "nimbus-1"]),
+            &BTreeMap::new(),
+        );
         assert_eq!(
             argv,
             strings(&[
@@ -190,8 +217,51 @@ mod tests {
     #[test]
     fn rebalance_without_seeds() {
         assert_eq!(
-            rebalance("wc", 0, 1, &[]),
+            rebalance("wc", 0, 1, &[], &BTreeMap::new()),
             strings(&["storm", "rebalance", "wc", "-w", "0", "-n", "1"])
         );
+    }
+
+    #[test]
+    fn client_settings_come_after_the_seeds_in_both_commands() {
+        let client = BTreeMap::from([
+            ("nimbus.thrift.port".to_string(), json!(16627)),
+            (
+                "storm.thrift.transport".to_string(),
+                json!("org.apache.storm.security.auth.plain.PlainSaslTransportPlugin"),
+            ),
+        ]);
+        let seeds = strings(&["nimbus-a"]);
+        let want = strings(&[
+            "-c",
+            r#"nimbus.seeds=["nimbus-a"]"#,
+            "-c",
+            "nimbus.thrift.port=16627",
+            "-c",
+            r#"storm.thrift.transport="org.apache.storm.security.auth.plain.PlainSaslTransportPlugin""#,
+        ]);
+        let jar = submit(&Submission {
+            jar_path: "/jar/t.jar",
+            main_class: "Main",
+            topology_name: "wc",
+            args: &[],
+            config: &BTreeMap::new(),
+            nimbus_seeds: &seeds,
+            client_config: &client,
+        });
+        assert_eq!(jar[2..8], want[..]);
+        let rebalance = rebalance("wc", 5, 2, &seeds, &client);
+        assert_eq!(rebalance[2..8], want[..]);
+        for (key, client) in [
+            ("nimbus.thrift.port", true),
+            ("nimbus.thrift.client.use.tls", true),
+            ("storm.thrift.socket.timeout.ms", true),
+            ("storm.nimbus.retry.times", true),
+            ("java.security.auth.login.config", true),
+            ("topology.workers", false),
+            ("storm.zookeeper.port", false),
+        ] {
+            assert_eq!(is_client_setting(key), client, "{key}");
+        }
     }
 }

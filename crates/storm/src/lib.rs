@@ -10,6 +10,7 @@
 //!   operator's [`Connector`] (one pooled client per UI base URL).
 
 pub mod command;
+pub mod log4j2;
 pub mod model;
 pub mod rest;
 

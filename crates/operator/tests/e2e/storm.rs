@@ -449,6 +449,29 @@ pub fn check_objects(
             worker.image
         )
     })?;
+    // The image's storm user, a read-only root, Storm's state and logs on volumes.
+    let run_as = pod.security_context.as_ref().and_then(|c| c.run_as_user);
+    let read_only = worker
+        .security_context
+        .as_ref()
+        .and_then(|c| c.read_only_root_filesystem);
+    ensure(run_as == Some(1000) && read_only == Some(true), || {
+        format!(
+            "{what}: runAsUser {run_as:?} and readOnlyRootFilesystem {read_only:?}, want 1000 and true"
+        )
+    })?;
+    let mounts: Vec<&str> = worker
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    ensure(
+        ["/conf", "/data", "/logs", "/tmp"]
+            .iter()
+            .all(|p| mounts.contains(p)),
+        || format!("{what}: the worker mounts {mounts:?}, want /conf, /data, /logs and /tmp"),
+    )?;
     let config_volume = pod
         .volumes
         .iter()
@@ -599,9 +622,16 @@ pub fn check_objects(
         )
     })?;
     if name == "full-workers" {
+        let childopts = conf["worker.childopts"].as_str().unwrap_or_default();
         ensure(
-            conf["worker.childopts"] == json!("-Xmx2g -XX:+UseG1GC"),
-            || format!("{what}: worker.childopts is {}", conf["worker.childopts"]),
+            childopts.starts_with("-Xmx%HEAP-MEM%m ")
+                && childopts.contains("-XX:+HeapDumpOnOutOfMemoryError")
+                && childopts.ends_with(" -Xmx2g -XX:+UseG1GC"),
+            || {
+                format!(
+                    "{what}: worker.childopts is {childopts:?}, want Storm's defaults then jvmOpts"
+                )
+            },
         )?;
         ensure(conf["topology.message.timeout.secs"] == json!(60), || {
             format!(
@@ -759,6 +789,41 @@ async fn cel_rules(s: &Scenario) {
         "a pool with both podDisruptionBudget.minAvailable and maxUnavailable",
         &pool,
         "set exactly one of minAvailable and maxUnavailable",
+    )
+    .await;
+
+    // Keys the operator wires, and ZooKeeper servers with a port (the example cluster, changed).
+    let example = CLUSTER_AND_TOPOLOGIES
+        .split("\n---")
+        .next()
+        .unwrap_or_default();
+    let cluster: StormCluster = serde_yaml::from_str(example).unwrap_or_else(|e| {
+        s.fail(format!(
+            "the StormCluster of storm-cluster-and-topologies.yaml: {e}"
+        ))
+    });
+    let mut ui_port = cluster.clone();
+    ui_port.metadata.name = Some("cel-ui-port".into());
+    ui_port
+        .spec
+        .storm_config
+        .get_or_insert_default()
+        .insert("ui.port".into(), json!(9090));
+    expect_rejected(
+        s,
+        "a cluster whose stormConfig sets ui.port",
+        &ui_port,
+        "stormConfig must not set ui.port: a Managed cluster's UI listens on 8080",
+    )
+    .await;
+    let mut zk_port = cluster;
+    zk_port.metadata.name = Some("cel-zk-port".into());
+    zk_port.spec.zookeeper_servers = vec!["zk:2181".into()];
+    expect_rejected(
+        s,
+        "a cluster with the ZooKeeper server zk:2181",
+        &zk_port,
+        "zookeeperServers entries are host names without a port: Storm appends storm.zookeeper.port",
     )
     .await;
 }
@@ -1226,6 +1291,26 @@ pub async fn run(s: Scenario) {
         s.expect_event("StormWorkerPool", case.name, "Normal", "Created", &dep)
             .await;
     }
+    // 4 slots in the basic example's 1Gi: the sizing says they cannot fit.
+    s.eventually("my-workers MemoryFit=False", WAIT, || async move {
+        let p = get_pool(s, "my-workers").await?;
+        let st = p.status.clone().unwrap_or_default();
+        ensure(
+            condition(&st.conditions, "MemoryFit")
+                .is_some_and(|c| c.status == "False" && c.reason == "SlotsDoNotFit"),
+            || describe_pool(&p),
+        )
+    })
+    .await;
+    s.expect_event(
+        "StormWorkerPool",
+        "my-workers",
+        "Warning",
+        "SlotsDoNotFit",
+        "memory request is 1024 MiB",
+    )
+    .await;
+    s.note("my-workers: 4 slots in 1Gi reported (MemoryFit=False, Warning SlotsDoNotFit)");
     let ns = s.ns.as_str();
     s.eventually("the pool series on /metrics", WAIT, || async move {
         let body = s.metrics().await?;
@@ -1421,6 +1506,180 @@ pub async fn run(s: Scenario) {
     .await;
     s.note("gpu-workers: children garbage-collected");
     delete_topologies(s, &ui).await;
+    pinned_cluster(s, &ui).await;
+    delete_mid_submission(s, &ui).await;
+}
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// Every container image of a pod spec.
+fn images(pod: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Vec<String> {
+    pod.map(|p| {
+        p.init_containers
+            .iter()
+            .flatten()
+            .chain(&p.containers)
+            .filter_map(|c| c.image.clone())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The submission Jobs of `topology`.
+async fn submit_jobs(s: &Scenario, topology: &str) -> Result<Vec<Job>, String> {
+    let jobs: Api<Job> = s.api();
+    let selector = format!("storm.apache.org/topology={topology},storm.apache.org/job=submit");
+    Ok(jobs
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .obs("list Jobs")?
+        .items)
+}
+
+/// A Managed cluster whose image tag is a digest: its daemons, the submission Job of a topology
+/// on it and the Deployment of a pool serving that topology all run `storm@sha256:…`.
+async fn pinned_cluster(s: &Scenario, ui: &StormUi) {
+    let want = format!("storm@{DIGEST}");
+    let manifest = format!(
+        "apiVersion: storm.apache.org/v1beta1
+kind: StormCluster
+metadata: {{name: pinned}}
+spec:
+  image: {{repository: storm, tag: \"{DIGEST}\"}}
+  zookeeperServers: [zookeeper-0.zookeeper]
+  uiUrl: {}
+---
+apiVersion: storm.apache.org/v1beta1
+kind: StormTopology
+metadata: {{name: pinned-topology}}
+spec:
+  clusterRef: pinned
+  jar: {{url: https://repo.example/pinned.jar}}
+  mainClass: org.example.Pinned
+---
+apiVersion: storm.apache.org/v1beta1
+kind: StormWorkerPool
+metadata: {{name: pinned-workers}}
+spec:
+  topologyRef: pinned-topology
+  replicas: 1
+",
+        ui.url
+    );
+    s.apply_yaml("the digest-pinned cluster", &manifest, |_| {})
+        .await;
+    let want = want.as_str();
+    s.eventually(
+        "the pinned cluster's daemons and submission Job on the digest",
+        WAIT,
+        || async move {
+            let sets: Api<StatefulSet> = s.api();
+            let deployments: Api<Deployment> = s.api();
+            let nimbus = sets.get("pinned-nimbus").await.obs("get StatefulSet")?;
+            let ui_dep = deployments.get("pinned-ui").await.obs("get Deployment")?;
+            let jobs = submit_jobs(s, "pinned-topology").await?;
+            let mut seen = images(nimbus.spec.as_ref().and_then(|x| x.template.spec.as_ref()));
+            seen.extend(images(
+                ui_dep.spec.as_ref().and_then(|x| x.template.spec.as_ref()),
+            ));
+            let job_images: Vec<String> = jobs
+                .iter()
+                .flat_map(|j| images(j.spec.as_ref().and_then(|x| x.template.spec.as_ref())))
+                .collect();
+            ensure(!job_images.is_empty(), || {
+                "no submission Job yet".to_string()
+            })?;
+            seen.extend(job_images);
+            ensure(seen.iter().all(|i| i == want), || {
+                format!("images {seen:?}, want {want}")
+            })
+        },
+    )
+    .await;
+    ui.add("pinned-topology", "ACTIVE", 1);
+    s.eventually(
+        "the pinned pool's Deployment on the digest",
+        WAIT,
+        || async move {
+            let deployments: Api<Deployment> = s.api();
+            let dep = deployments
+                .get_opt("pinned-workers-deployment")
+                .await
+                .obs("get Deployment")?
+                .ok_or_else(|| "no Deployment pinned-workers-deployment yet".to_string())?;
+            let seen = images(dep.spec.as_ref().and_then(|x| x.template.spec.as_ref()));
+            ensure(seen == [want], || format!("images {seen:?}, want {want}"))
+        },
+    )
+    .await;
+    s.note(format!(
+        "cluster pinned: Nimbus, UI, submission Job and pool Deployment all run {want}"
+    ));
+}
+
+/// A topology deleted while its submission Job exists: the Job is deleted before the kill, and
+/// what the submission put into Storm is killed; nothing is left in Storm or the namespace.
+async fn delete_mid_submission(s: &Scenario, ui: &StormUi) {
+    let manifest = "apiVersion: storm.apache.org/v1beta1
+kind: StormTopology
+metadata: {name: orphan}
+spec:
+  clusterRef: pinned
+  killWaitSeconds: 0
+  jar: {url: https://repo.example/orphan.jar}
+  mainClass: org.example.Orphan
+";
+    s.apply_yaml("StormTopology orphan", manifest, |_| {}).await;
+    s.eventually("the submission Job of orphan", WAIT, || async move {
+        let jobs = submit_jobs(s, "orphan").await?;
+        ensure(!jobs.is_empty(), || "no submission Job yet".to_string())
+    })
+    .await;
+    let topologies: Api<StormTopology> = s.api();
+    if let Err(e) = topologies
+        .delete("orphan", &DeleteParams::background())
+        .await
+    {
+        s.fail(format!("cannot delete StormTopology orphan: {e}"));
+    }
+    // The submission got through just before its Job was stopped.
+    let id = ui.add("orphan", "ACTIVE", 1);
+    s.eventually(
+        "orphan gone from the API and from Storm, its Job deleted",
+        WAIT,
+        || async move {
+            let topologies: Api<StormTopology> = s.api();
+            let left = topologies
+                .get_opt("orphan")
+                .await
+                .obs("get StormTopology")?;
+            let jobs = submit_jobs(s, "orphan").await?;
+            ensure(left.is_none() && jobs.is_empty(), || {
+                format!(
+                    "StormTopology orphan {}, submission Jobs {:?}",
+                    if left.is_some() {
+                        "still there"
+                    } else {
+                        "gone"
+                    },
+                    jobs.iter().map(ResourceExt::name_any).collect::<Vec<_>>()
+                )
+            })?;
+            ensure(ui.status("orphan").is_none(), || {
+                format!("Storm still lists orphan: {:?}", ui.status("orphan"))
+            })
+        },
+    )
+    .await;
+    let killed = ui
+        .requests()
+        .iter()
+        .any(|r| r.starts_with(&format!("POST /api/v1/topology/{id}/kill/")));
+    ensure(killed, || format!("no kill of {id} in {:?}", ui.requests()))
+        .unwrap_or_else(|e| s.fail(e));
+    s.note(
+        "orphan: deleted mid-submission; its Job was deleted first, what it submitted was killed",
+    );
 }
 
 /// The pools of my-topology have ready slots now: the operator rebalances it with a Job running

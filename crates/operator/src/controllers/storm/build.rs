@@ -10,8 +10,10 @@ use k8s_openapi::api::autoscaling::v2::{
     PodsMetricSource, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, LocalObjectReference,
-    PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EphemeralVolumeSource, LocalObjectReference, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimTemplate, PodSecurityContext, PodSpec, PodTemplateSpec, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -21,10 +23,13 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use workerpool_api::storm::{
-    DEFAULT_STORM_IMAGE, DEFAULT_STORM_TAG, MAX_POOL_NAME_LENGTH, MetricSourceType, StormCluster,
-    StormWorkerPool,
+    DEFAULT_STORM_IMAGE, DEFAULT_STORM_TAG, MAX_POOL_NAME_LENGTH, MetricSourceType,
+    POOL_RESERVED_KEYS, StormCluster, StormWorkerPool, image_reference, reserved_key_in,
 };
 
+use workerpool_storm::log4j2::{CLUSTER_XML, CLUSTER_XML_NAME, WORKER_XML, WORKER_XML_NAME};
+
+use super::sizing;
 use crate::MANAGED_BY;
 use crate::controllers::field_env;
 use crate::error::{Error, Result};
@@ -36,6 +41,23 @@ pub const WORKER_CONTAINER: &str = "worker";
 pub const CONFIG_VOLUME: &str = "storm-config";
 /// Where the storm.yaml is mounted (the official image's `STORM_CONF_DIR`).
 pub const CONFIG_DIR: &str = "/conf";
+/// Storm's local state (`storm.local.dir`) on a volume (an emptyDir, or `spec.storage`).
+pub const DATA_DIR: &str = "/data";
+/// Storm's logs (`storm.log.dir`) on an emptyDir.
+pub const LOG_DIR: &str = "/logs";
+/// A writable `/tmp` (an emptyDir) under a read-only root filesystem.
+pub const TMP_DIR: &str = "/tmp";
+/// Volume of [`DATA_DIR`].
+pub const DATA_VOLUME: &str = "storm-data";
+/// Volume of [`LOG_DIR`].
+pub const LOG_VOLUME: &str = "storm-logs";
+/// Volume of [`TMP_DIR`].
+pub const TMP_VOLUME: &str = "storm-tmp";
+/// The official image's `storm` user and group, the default of the worker pods.
+pub const STORM_UID: i64 = 1000;
+/// Storm's default `worker.childopts` (2.6–2.8's defaults.yaml): `jvmOpts` are appended to it,
+/// so `%HEAP-MEM%` and the heap-dump options stay.
+pub const DEFAULT_WORKER_CHILDOPTS: &str = "-Xmx%HEAP-MEM%m -XX:+IgnoreUnrecognizedVMOptions -XX:+PrintGCDetails -Xloggc:artifacts/gc.log -XX:+PrintGCDateStamps -XX:+PrintGCTimeStamps -XX:+UseGCLogFileRotation -XX:NumberOfGCLogFiles=10 -XX:GCLogFileSize=1M -XX:+HeapDumpOnOutOfMemoryError -XX:HeapDumpPath=artifacts/heapdump";
 /// Pod template annotation carrying the hash of the storm.yaml, so a config change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "storm.apache.org/config-hash";
 /// Annotation on every child the operator applies: [`applied_hash`] of the apply body, so that
@@ -91,6 +113,13 @@ pub fn validate_name(name: &str) -> Result<()> {
 /// name, quantities of custom-metric targets and container names.
 pub fn validate(pool: &StormWorkerPool) -> Result<()> {
     validate_name(&pool.name_any())?;
+    if let Some(message) = reserved_key_in(
+        pool.spec.worker_config.as_ref(),
+        POOL_RESERVED_KEYS,
+        "workerConfig",
+    ) {
+        return Err(Error::InvalidSpec(message));
+    }
     if let Some(auto) = pool.spec.enabled_autoscaling() {
         let max = auto.max_replicas.ok_or_else(|| {
             Error::InvalidSpec(
@@ -135,6 +164,14 @@ pub fn validate(pool: &StormWorkerPool) -> Result<()> {
                 )));
             }
         }
+    }
+    if let Some(storage) = &pool.spec.storage
+        && quantity::parse(&storage.size).is_none_or(|v| v <= 0.0)
+    {
+        return Err(Error::InvalidSpec(format!(
+            "storage.size {:?} is not a positive quantity (e.g. \"10Gi\")",
+            storage.size
+        )));
     }
     let ports = pool.spec.ports();
     if ports.start < 1 || ports.count < 1 || ports.start + ports.count - 1 > 65535 {
@@ -233,11 +270,26 @@ fn metadata(pool: &StormWorkerPool, name: String) -> ObjectMeta {
     }
 }
 
-/// The pool's storm.yaml: the cluster's config, the pool's `workerConfig`, then the entries the
-/// operator owns (ZooKeeper servers, Nimbus seeds, slot ports, `worker.childopts`).
+/// The pool's storm.yaml: the cluster's `stormConfig`, its ZooKeeper root, the memory sizing
+/// derived from the worker container ([`sizing`]), the pool's `workerConfig` (which wins over
+/// both), then the entries the operator wires: ZooKeeper servers, Nimbus seeds, slot ports,
+/// directories, the log4j2 directory, and `worker.childopts` with `jvmOpts` appended.
 pub fn storm_yaml(pool: &StormWorkerPool, cluster: &StormCluster) -> Result<String> {
-    let mut conf: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    conf.extend(cluster.spec.storm_config.clone().unwrap_or_default());
+    let mut conf: BTreeMap<String, serde_json::Value> =
+        cluster.spec.storm_config.clone().unwrap_or_default();
+    if let Some(root) = cluster.zookeeper_root() {
+        conf.insert("storm.zookeeper.root".into(), root);
+    }
+    let sized = sizing::sizing(pool);
+    if let Some(capacity) = sized.capacity_mb {
+        conf.insert(
+            "supervisor.memory.capacity.mb".into(),
+            serde_json::json!(capacity),
+        );
+    }
+    if let Some(heap) = sized.heap_mb.filter(|h| *h > 0) {
+        conf.insert("worker.heap.memory.mb".into(), serde_json::json!(heap));
+    }
     conf.extend(pool.spec.worker_config.clone().unwrap_or_default());
     conf.insert(
         "storm.zookeeper.servers".into(),
@@ -250,14 +302,34 @@ pub fn storm_yaml(pool: &StormWorkerPool, cluster: &StormCluster) -> Result<Stri
     let ports = pool.spec.ports();
     let slots: Vec<i32> = (ports.start..ports.start + ports.count).collect();
     conf.insert("supervisor.slots.ports".into(), serde_json::json!(slots));
+    conf.insert("storm.local.dir".into(), serde_json::json!(DATA_DIR));
+    conf.insert("storm.log.dir".into(), serde_json::json!(LOG_DIR));
+    conf.insert(
+        "storm.log4j2.conf.dir".into(),
+        serde_json::json!(CONFIG_DIR),
+    );
     if let Some(opts) = pool.spec.jvm_opts.as_ref().filter(|o| !o.is_empty()) {
-        conf.insert("worker.childopts".into(), serde_json::json!(opts.join(" ")));
+        let base = conf
+            .get("worker.childopts")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(DEFAULT_WORKER_CHILDOPTS)
+            .to_string();
+        conf.insert(
+            "worker.childopts".into(),
+            serde_json::json!(format!("{base} {}", opts.join(" "))),
+        );
     }
     serde_yaml::to_string(&conf).map_err(|e| {
         Error::InvalidSpec(format!(
             "storm configuration cannot be written as YAML: {e}"
         ))
     })
+}
+
+/// The hash of the pool's configuration files (storm.yaml and the log4j2 files), carried by
+/// the pod template so that a change rolls the pods.
+pub fn config_hash(storm_yaml: &str) -> String {
+    short_hash(&format!("{storm_yaml}{CLUSTER_XML}{WORKER_XML}"))
 }
 
 /// A short, stable hash of a string (hex, 16 characters).
@@ -308,10 +380,11 @@ pub fn up_to_date<K: Resource>(current: &K, desired: &K, pool: &StormWorkerPool)
 pub fn config_map(pool: &StormWorkerPool, storm_yaml: &str) -> ConfigMap {
     ConfigMap {
         metadata: metadata(pool, config_map_name(&pool.name_any())),
-        data: Some(BTreeMap::from([(
-            "storm.yaml".into(),
-            storm_yaml.to_string(),
-        )])),
+        data: Some(BTreeMap::from([
+            ("storm.yaml".into(), storm_yaml.to_string()),
+            (CLUSTER_XML_NAME.into(), CLUSTER_XML.into()),
+            (WORKER_XML_NAME.into(), WORKER_XML.into()),
+        ])),
         ..ConfigMap::default()
     }
 }
@@ -327,7 +400,7 @@ fn worker_image(pool: &StormWorkerPool, cluster: &StormCluster) -> String {
         .and_then(|i| i.tag.clone())
         .or_else(|| cluster_image.and_then(|i| i.tag.clone()))
         .unwrap_or_else(|| DEFAULT_STORM_TAG.to_string());
-    format!("{repository}:{tag}")
+    image_reference(&repository, &tag)
 }
 
 fn slot_ports(pool: &StormWorkerPool) -> impl Iterator<Item = i32> {
@@ -398,18 +471,71 @@ pub fn worker_container(
         c.ports.take().unwrap_or_default(),
         |p| p.container_port.to_string(),
     ));
-    let own_mounts = vec![VolumeMount {
-        name: CONFIG_VOLUME.into(),
-        mount_path: CONFIG_DIR.into(),
-        read_only: Some(true),
+    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
         ..VolumeMount::default()
-    }];
+    };
+    let own_mounts = vec![
+        mount(CONFIG_VOLUME, CONFIG_DIR, true),
+        mount(DATA_VOLUME, DATA_DIR, false),
+        mount(LOG_VOLUME, LOG_DIR, false),
+        mount(TMP_VOLUME, TMP_DIR, false),
+    ];
     c.volume_mounts = Some(merge_by(
         own_mounts,
         c.volume_mounts.take().unwrap_or_default(),
         |m| m.mount_path.clone(),
     ));
+    if c.security_context.is_none() {
+        c.security_context = Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            ..SecurityContext::default()
+        });
+    }
     c
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+/// The volume of `storm.local.dir`: an emptyDir, or with `spec.storage` a generic ephemeral
+/// volume (one claim per pod, deleted with it).
+fn data_volume(pool: &StormWorkerPool) -> Volume {
+    let Some(storage) = &pool.spec.storage else {
+        return empty_dir(DATA_VOLUME);
+    };
+    Volume {
+        name: DATA_VOLUME.into(),
+        ephemeral: Some(EphemeralVolumeSource {
+            volume_claim_template: Some(PersistentVolumeClaimTemplate {
+                metadata: Some(ObjectMeta {
+                    labels: Some(selector_labels(pool)),
+                    ..ObjectMeta::default()
+                }),
+                spec: PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".into()]),
+                    storage_class_name: storage.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".into(),
+                            Quantity(storage.size.clone()),
+                        )])),
+                        ..VolumeResourceRequirements::default()
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                },
+            }),
+        }),
+        ..Volume::default()
+    }
 }
 
 /// The worker pod spec: the user's `template.spec` with the worker container merged in by
@@ -433,19 +559,42 @@ pub fn pod_spec(pool: &StormWorkerPool, cluster: &StormCluster) -> PodSpec {
         .filter(|c| c.name != WORKER_CONTAINER)
         .collect();
     spec.containers = std::iter::once(worker).chain(sidecars).collect();
-    let own_volume = Volume {
-        name: CONFIG_VOLUME.into(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: config_map_name(&pool.name_any()),
-            ..ConfigMapVolumeSource::default()
-        }),
-        ..Volume::default()
-    };
+    let mounted: Vec<String> = spec.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.name.clone())
+        .collect();
+    let own_volumes: Vec<Volume> = [
+        Volume {
+            name: CONFIG_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(&pool.name_any()),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        data_volume(pool),
+        empty_dir(LOG_VOLUME),
+        empty_dir(TMP_VOLUME),
+    ]
+    .into_iter()
+    .filter(|v| v.name == CONFIG_VOLUME || mounted.contains(&v.name))
+    .collect();
     spec.volumes = Some(merge_by(
-        vec![own_volume],
+        own_volumes,
         spec.volumes.take().unwrap_or_default(),
         |v| v.name.clone(),
     ));
+    if spec.security_context.is_none() {
+        spec.security_context = Some(PodSecurityContext {
+            run_as_user: Some(STORM_UID),
+            run_as_group: Some(STORM_UID),
+            fs_group: Some(STORM_UID),
+            run_as_non_root: Some(true),
+            ..PodSecurityContext::default()
+        });
+    }
     let pull_secrets: Vec<LocalObjectReference> = pool
         .spec
         .image
@@ -692,7 +841,7 @@ pub struct Children {
 pub fn children(pool: &StormWorkerPool, cluster: &StormCluster) -> Result<Children> {
     validate(pool)?;
     let yaml = storm_yaml(pool, cluster)?;
-    let hash = short_hash(&yaml);
+    let hash = config_hash(&yaml);
     Ok(Children {
         config_map: with_applied_hash(config_map(pool, &yaml)),
         deployment: with_applied_hash(deployment(pool, cluster, &hash)),
@@ -873,6 +1022,163 @@ mod tests {
     }
 
     #[test]
+    fn a_digest_pinned_cluster_image_gives_a_digest_reference() {
+        let digest = format!("sha256:{}", "b".repeat(64));
+        let mut c = cluster();
+        c.spec.image = Some(ImageSpec {
+            repository: Some("registry.local:5000/storm".into()),
+            tag: Some(digest.clone()),
+            ..ImageSpec::default()
+        });
+        let d = children(&basic(), &c).expect("valid").deployment;
+        assert_eq!(
+            worker(&d).image,
+            Some(format!("registry.local:5000/storm@{digest}"))
+        );
+    }
+
+    #[test]
+    fn supervisors_run_as_storm_with_a_read_only_root_and_state_on_volumes() {
+        let c = children(&basic(), &cluster()).expect("valid");
+        let p = pod(&c.deployment);
+        let sc = p.security_context.clone().expect("pod securityContext");
+        assert_eq!(
+            (
+                sc.run_as_user,
+                sc.run_as_group,
+                sc.fs_group,
+                sc.run_as_non_root
+            ),
+            (Some(1000), Some(1000), Some(1000), Some(true))
+        );
+        let w = worker(&c.deployment);
+        let csc = w
+            .security_context
+            .clone()
+            .expect("container securityContext");
+        assert_eq!(csc.read_only_root_filesystem, Some(true));
+        assert_eq!(csc.allow_privilege_escalation, Some(false));
+        let mounts: Vec<(&str, &str, Option<bool>)> = w
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str(), m.read_only))
+            .collect();
+        assert_eq!(
+            mounts,
+            vec![
+                (CONFIG_VOLUME, CONFIG_DIR, Some(true)),
+                (DATA_VOLUME, DATA_DIR, None),
+                (LOG_VOLUME, LOG_DIR, None),
+                (TMP_VOLUME, TMP_DIR, None),
+            ]
+        );
+        let volumes = p.volumes.clone().expect("volumes");
+        let data = volumes
+            .iter()
+            .find(|v| v.name == DATA_VOLUME)
+            .expect("data");
+        assert!(data.empty_dir.is_some(), "an emptyDir without spec.storage");
+        // The ConfigMap holds the log4j2 files storm.log4j2.conf.dir points at.
+        let files = c.config_map.data.clone().expect("data");
+        assert!(files["cluster.xml"].contains("<Console name=\"CONSOLE\""));
+        assert!(files["worker.xml"].contains("<Console name=\"CONSOLE\""));
+        // A pool's own securityContexts win.
+        let mut own = basic();
+        let spec = own
+            .spec
+            .template
+            .as_mut()
+            .and_then(|t| t.spec.as_mut())
+            .expect("spec");
+        spec.security_context = Some(PodSecurityContext {
+            run_as_user: Some(1000650000),
+            ..PodSecurityContext::default()
+        });
+        spec.containers[0].security_context = Some(SecurityContext {
+            read_only_root_filesystem: Some(false),
+            ..SecurityContext::default()
+        });
+        let d = children(&own, &cluster()).expect("valid").deployment;
+        assert_eq!(
+            pod(&d).security_context.and_then(|s| s.run_as_user),
+            Some(1000650000)
+        );
+        assert_eq!(
+            worker(&d)
+                .security_context
+                .and_then(|s| s.read_only_root_filesystem),
+            Some(false)
+        );
+        // spec.storage: a generic ephemeral volume per pod.
+        let mut stored = basic();
+        stored.spec.storage = Some(workerpool_api::PoolStorageSpec {
+            size: "10Gi".into(),
+            storage_class_name: Some("fast".into()),
+        });
+        let d = children(&stored, &cluster()).expect("valid").deployment;
+        let data = pod(&d)
+            .volumes
+            .expect("volumes")
+            .into_iter()
+            .find(|v| v.name == DATA_VOLUME)
+            .expect("data");
+        let claim = data
+            .ephemeral
+            .and_then(|e| e.volume_claim_template)
+            .expect("claim template")
+            .spec;
+        assert_eq!(claim.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            claim.resources.and_then(|r| r.requests).expect("requests")["storage"],
+            Quantity("10Gi".into())
+        );
+        stored.spec.storage = Some(workerpool_api::PoolStorageSpec {
+            size: "lots".into(),
+            storage_class_name: None,
+        });
+        assert!(matches!(
+            children(&stored, &cluster()),
+            Err(Error::InvalidSpec(m)) if m.contains("storage.size")
+        ));
+    }
+
+    #[test]
+    fn memory_sizing_reaches_storm_yaml() {
+        let conf = |pool: &StormWorkerPool, cluster: &StormCluster| {
+            serde_yaml::from_str::<BTreeMap<String, serde_json::Value>>(
+                &storm_yaml(pool, cluster).expect("yaml"),
+            )
+            .expect("parse")
+        };
+        let sized = conf(&basic(), &cluster());
+        assert_eq!(
+            sized["supervisor.memory.capacity.mb"],
+            serde_json::json!(512)
+        );
+        assert_eq!(sized["worker.heap.memory.mb"], serde_json::json!(85));
+        assert!(
+            !sized.contains_key("worker.childopts"),
+            "without jvmOpts Storm's default childopts apply"
+        );
+        let unsized_ = conf(&gpu(), &cluster());
+        assert!(
+            !unsized_.contains_key("worker.heap.memory.mb"),
+            "no memory, no sizing"
+        );
+        assert!(!unsized_.contains_key("supervisor.memory.capacity.mb"));
+        let mut managed = cluster();
+        managed.spec.mode = workerpool_api::ClusterMode::Managed;
+        managed.spec.nimbus_seeds.clear();
+        managed.metadata.namespace = Some("ns".into());
+        assert_eq!(
+            conf(&basic(), &managed)["storm.zookeeper.root"],
+            serde_json::json!("/storm/ns/storm"),
+            "the Managed cluster's root"
+        );
+    }
+
+    #[test]
     fn storm_yaml_has_cluster_ports_and_worker_config() {
         let yaml = storm_yaml(&full(), &cluster()).expect("yaml");
         let conf: BTreeMap<String, serde_json::Value> = serde_yaml::from_str(&yaml).expect("parse");
@@ -887,9 +1193,29 @@ mod tests {
         );
         assert_eq!(
             conf["worker.childopts"],
-            serde_json::json!("-Xmx2g -XX:+UseG1GC")
+            serde_json::json!(format!("{DEFAULT_WORKER_CHILDOPTS} -Xmx2g -XX:+UseG1GC")),
+            "jvmOpts follow Storm's defaults: %HEAP-MEM% and the heap dump stay"
         );
-        assert_eq!(conf["worker.heap.memory.mb"], serde_json::json!(2048));
+        let childopts = conf["worker.childopts"].as_str().expect("string");
+        assert!(childopts.starts_with("-Xmx%HEAP-MEM%m "), "{childopts}");
+        assert!(childopts.contains("-XX:+HeapDumpOnOutOfMemoryError"));
+        assert_eq!(
+            conf["worker.heap.memory.mb"],
+            serde_json::json!(2048),
+            "workerConfig wins over the sizing"
+        );
+        assert_eq!(
+            conf["supervisor.memory.capacity.mb"],
+            serde_json::json!(3072 - 512),
+            "from the 3Gi limit"
+        );
+        assert_eq!(conf["storm.local.dir"], serde_json::json!(DATA_DIR));
+        assert_eq!(conf["storm.log.dir"], serde_json::json!(LOG_DIR));
+        assert_eq!(conf["storm.log4j2.conf.dir"], serde_json::json!(CONFIG_DIR));
+        assert!(
+            !conf.contains_key("storm.zookeeper.root"),
+            "an External cluster without a root keeps Storm's"
+        );
         assert_eq!(
             conf["storm.zookeeper.port"],
             serde_json::json!(2181),
@@ -1012,16 +1338,32 @@ mod tests {
             .flatten()
             .map(|m| m.mount_path.as_str())
             .collect();
-        assert_eq!(mounts, vec![CONFIG_DIR, "/data"]);
+        assert_eq!(mounts, vec![CONFIG_DIR, DATA_DIR, LOG_DIR, TMP_DIR]);
+        let data = p.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == DATA_DIR)
+            .expect("/data");
+        assert_eq!(data.name, "data", "the user's mount of /data wins");
         let volumes: Vec<&str> = p
             .volumes
             .iter()
             .flatten()
             .map(|v| v.name.as_str())
             .collect();
-        assert_eq!(volumes, vec![CONFIG_VOLUME, "data"]);
+        assert_eq!(
+            volumes,
+            vec![CONFIG_VOLUME, LOG_VOLUME, TMP_VOLUME, "data"],
+            "no storm-data volume nobody mounts"
+        );
         assert_eq!(p.service_account_name.as_deref(), Some("storm-worker"));
-        assert_eq!(p.security_context.and_then(|s| s.run_as_user), Some(1000));
+        let sc = p.security_context.clone().expect("the user's");
+        assert_eq!(
+            (sc.run_as_user, sc.run_as_non_root, sc.fs_group),
+            (Some(1000), Some(true), None),
+            "the user's pod securityContext is kept as it is"
+        );
         assert_eq!(
             p.tolerations.expect("tolerations")[0].key.as_deref(),
             Some("dedicated")
@@ -1102,7 +1444,17 @@ mod tests {
             .as_mut()
             .expect("autoscaling")
             .min_replicas = Some(30);
+        let mut reserved = full();
+        reserved
+            .spec
+            .worker_config
+            .get_or_insert_default()
+            .insert("storm.local.dir".into(), serde_json::json!("/tmp/x"));
         let cases = [
+            (
+                reserved,
+                "workerConfig must not set storm.local.dir: the operator mounts a volume at /data",
+            ),
             (
                 bad_quantity,
                 "customMetrics[0].targetAverageValue: \"lots\" is not a quantity",

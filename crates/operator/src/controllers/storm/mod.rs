@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod replicas;
+pub mod sizing;
 pub mod status;
 
 use std::collections::HashMap;
@@ -295,7 +296,20 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
     }
 
     let new_status = status::running(pool, &deployment, hpa.as_ref(), now);
+    let misfit = status::new_misfit(pool.status.as_ref(), &new_status);
     write_status(pool, ctx, new_status).await?;
+    if let Some(message) = misfit {
+        warn!(%message, "the slots do not fit the worker container's memory");
+        ctx.shared
+            .event(
+                &object_ref(pool),
+                true,
+                status::SLOTS_DO_NOT_FIT,
+                "Sizing",
+                message,
+            )
+            .await;
+    }
     Ok(Action::requeue(RESYNC))
 }
 

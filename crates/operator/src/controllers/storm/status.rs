@@ -8,6 +8,52 @@ use workerpool_api::conditions::{self, AUTOSCALING, NewCondition, READY};
 use workerpool_api::storm::{PoolPhase, StormWorkerPool, StormWorkerPoolStatus};
 
 use super::build;
+use super::sizing::Sizing;
+
+/// Condition type: whether the pool's slots, at the worker heap, fit the worker container's
+/// memory (absent while the container sets no memory).
+pub const MEMORY_FIT: &str = "MemoryFit";
+/// Reason of `MemoryFit=False` and of its Warning Event.
+pub const SLOTS_DO_NOT_FIT: &str = "SlotsDoNotFit";
+
+/// Sets the `MemoryFit` condition from `sizing`: `False` with [`SLOTS_DO_NOT_FIT`] and the
+/// misfit's message, `True` with `SlotsFit`, removed when the container sets no memory.
+pub fn memory_fit(
+    status: &mut StormWorkerPoolStatus,
+    sizing: &Sizing,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let Some((memory, field)) = sizing.memory else {
+        conditions::remove_condition(&mut status.conditions, MEMORY_FIT);
+        return;
+    };
+    let condition = match sizing.misfit() {
+        Some(message) => NewCondition::new(MEMORY_FIT, false, SLOTS_DO_NOT_FIT, message),
+        None => NewCondition::new(
+            MEMORY_FIT,
+            true,
+            "SlotsFit",
+            format!(
+                "{} slot(s) fit the worker container's memory {field} of {memory} MiB",
+                sizing.slots
+            ),
+        ),
+    };
+    conditions::set_condition(&mut status.conditions, condition, generation, now);
+}
+
+/// The message of a `MemoryFit=False` that `new` reports and `old` did not (the same message),
+/// for a Warning Event once per misfit.
+pub fn new_misfit(
+    old: Option<&StormWorkerPoolStatus>,
+    new: &StormWorkerPoolStatus,
+) -> Option<String> {
+    let now = conditions::find(&new.conditions, MEMORY_FIT).filter(|c| c.status == "False")?;
+    let before = old.and_then(|o| conditions::find(&o.conditions, MEMORY_FIT));
+    (!before.is_some_and(|b| b.status == "False" && b.message == now.message))
+        .then(|| now.message.clone())
+}
 
 /// Why a pool cannot run yet: the topology or cluster is missing or not Running.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +145,7 @@ pub fn running(
         generation,
         now,
     );
+    memory_fit(&mut status, &super::sizing::sizing(pool), generation, now);
     status.observed_generation = generation;
     status
 }

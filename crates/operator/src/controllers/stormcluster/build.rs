@@ -15,9 +15,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use workerpool_api::storm::{
-    ClusterMode, DEFAULT_STORM_IMAGE, DEFAULT_STORM_TAG, MAX_CLUSTER_NAME_LENGTH,
-    NIMBUS_THRIFT_PORT, StormCluster, UI_PORT,
+    CLUSTER_RESERVED_KEYS, ClusterMode, MANAGED_THRIFT_PORT_MESSAGE, MAX_CLUSTER_NAME_LENGTH,
+    NIMBUS_THRIFT_PORT, StormCluster, UI_PORT, ZOOKEEPER_PORT_MESSAGE, reserved_key_in,
 };
+
+use workerpool_storm::log4j2::{CLUSTER_XML, CLUSTER_XML_NAME};
 
 use crate::MANAGED_BY;
 use crate::controllers::field_env;
@@ -44,10 +46,6 @@ pub const LOG_DIR: &str = "/logs";
 pub const STORM_UID: i64 = 1000;
 /// Default size of each Nimbus pod's data volume.
 pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
-/// Keys of the storm.yaml the operator always sets itself: the user's `stormConfig` cannot
-/// change them (the Nimbus pods' hostnames are appended per pod at start).
-pub const OPERATOR_KEYS: [&str; 2] = ["nimbus.seeds", "storm.local.hostname"];
-
 /// Labels of every object of `cluster` with `component` (`nimbus` or `ui`).
 pub fn labels(cluster: &StormCluster, component: &str) -> BTreeMap<String, String> {
     let mut l = selector_labels(cluster, component);
@@ -138,6 +136,25 @@ pub fn validate(cluster: &StormCluster) -> Result<()> {
             "zookeeperServers must list at least one server, none empty".into(),
         ));
     }
+    if let Some(server) = cluster
+        .spec
+        .zookeeper_servers
+        .iter()
+        .find(|s| s.contains(':'))
+    {
+        return Err(Error::InvalidSpec(format!(
+            "zookeeperServers entry {server:?}: {ZOOKEEPER_PORT_MESSAGE}"
+        )));
+    }
+    let config = cluster.spec.storm_config.as_ref();
+    if let Some(message) = reserved_key_in(config, CLUSTER_RESERVED_KEYS, "stormConfig") {
+        return Err(Error::InvalidSpec(message));
+    }
+    if cluster.spec.mode == ClusterMode::Managed
+        && config.is_some_and(|c| c.contains_key("nimbus.thrift.port"))
+    {
+        return Err(Error::InvalidSpec(MANAGED_THRIFT_PORT_MESSAGE.into()));
+    }
     let image = cluster.spec.image.as_ref();
     if let Some(r) = image.and_then(|i| i.repository.as_deref())
         && !valid_repository(r)
@@ -211,32 +228,26 @@ pub fn scrub_userinfo(text: &str) -> String {
     out
 }
 
-/// The daemons' image: the spec's repository and tag, `storm:2.6.4` by default (a `sha256:`
-/// tag is a digest).
+/// The daemons' image: [`StormCluster::image_reference`] (`storm:2.6.4` by default; a
+/// `sha256:` tag is a digest).
 pub fn image(cluster: &StormCluster) -> String {
-    let image = cluster.spec.image.as_ref();
-    let repository = image
-        .and_then(|i| i.repository.clone())
-        .unwrap_or_else(|| DEFAULT_STORM_IMAGE.to_string());
-    let tag = image
-        .and_then(|i| i.tag.clone())
-        .unwrap_or_else(|| DEFAULT_STORM_TAG.to_string());
-    if tag.starts_with("sha256:") {
-        format!("{repository}@{tag}")
-    } else {
-        format!("{repository}:{tag}")
-    }
+    cluster.image_reference()
 }
 
-/// The daemons' storm.yaml: the operator's defaults (ZooKeeper servers, ports, directories),
-/// then the spec's `stormConfig` (which wins), then the Nimbus seeds (always the operator's).
-/// `storm.local.hostname` is left out: each Nimbus pod appends its own stable DNS name at start.
+/// The daemons' storm.yaml: the spec's `stormConfig`, then the entries the operator wires
+/// (ZooKeeper servers and root, Nimbus seeds, ports, directories, logging), which `validate`
+/// keeps out of `stormConfig`. `storm.local.hostname` is left out: each Nimbus pod appends its
+/// own stable DNS name at start.
 pub fn storm_yaml(cluster: &StormCluster) -> Result<String> {
-    let mut conf: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let mut conf: BTreeMap<String, serde_json::Value> =
+        cluster.spec.storm_config.clone().unwrap_or_default();
     conf.insert(
         "storm.zookeeper.servers".into(),
         serde_json::json!(cluster.spec.zookeeper_servers),
     );
+    if let Some(root) = cluster.zookeeper_root() {
+        conf.insert("storm.zookeeper.root".into(), root);
+    }
     conf.insert(
         "nimbus.thrift.port".into(),
         serde_json::json!(NIMBUS_THRIFT_PORT),
@@ -244,15 +255,11 @@ pub fn storm_yaml(cluster: &StormCluster) -> Result<String> {
     conf.insert("storm.local.dir".into(), serde_json::json!(DATA_DIR));
     conf.insert("storm.log.dir".into(), serde_json::json!(LOG_DIR));
     conf.insert("ui.port".into(), serde_json::json!(UI_PORT));
-    conf.extend(
-        cluster
-            .spec
-            .storm_config
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(k, _)| !OPERATOR_KEYS.contains(&k.as_str())),
+    conf.insert(
+        "storm.log4j2.conf.dir".into(),
+        serde_json::json!(CONFIG_MOUNT),
     );
+    conf.remove("storm.local.hostname");
     conf.insert(
         "nimbus.seeds".into(),
         serde_json::json!(cluster.nimbus_seeds()),
@@ -285,14 +292,15 @@ pub fn start_script(daemon: &str, hostname: Option<&str>) -> String {
     script
 }
 
-/// ConfigMap `<cluster>-config` holding `storm.yaml`.
+/// ConfigMap `<cluster>-config` holding `storm.yaml` and the daemons' log4j2 `cluster.xml`
+/// (Storm's files plus the console, so `kubectl logs` shows the daemon's log).
 pub fn config_map(cluster: &StormCluster, storm_yaml: &str) -> ConfigMap {
     ConfigMap {
         metadata: metadata(cluster, cluster.config_name(), NIMBUS_COMPONENT),
-        data: Some(BTreeMap::from([(
-            "storm.yaml".into(),
-            storm_yaml.to_string(),
-        )])),
+        data: Some(BTreeMap::from([
+            ("storm.yaml".into(), storm_yaml.to_string()),
+            (CLUSTER_XML_NAME.into(), CLUSTER_XML.into()),
+        ])),
         ..ConfigMap::default()
     }
 }
@@ -574,7 +582,7 @@ pub struct Children {
 /// The objects of a Managed cluster.
 pub fn children(cluster: &StormCluster) -> Result<Children> {
     let yaml = storm_yaml(cluster)?;
-    let hash = short_hash(&yaml);
+    let hash = short_hash(&format!("{yaml}{CLUSTER_XML}"));
     Ok(Children {
         config_map: with_applied_hash(config_map(cluster, &yaml)),
         nimbus_service: with_applied_hash(nimbus_service(cluster)),
@@ -613,17 +621,15 @@ mod tests {
     }
 
     #[test]
-    fn storm_yaml_has_the_operator_entries_and_user_config_wins_except_seeds() {
+    fn storm_yaml_has_the_operator_entries_and_the_users_config() {
         let mut c = cluster(ClusterMode::Managed);
         c.spec.nimbus = Some(NimbusSpec {
             replicas: Some(2),
             ..NimbusSpec::default()
         });
         c.spec.storm_config = Some(BTreeMap::from([
-            ("ui.port".into(), serde_json::json!(9090)),
             ("topology.debug".into(), serde_json::json!(true)),
-            ("nimbus.seeds".into(), serde_json::json!(["evil"])),
-            ("storm.local.hostname".into(), serde_json::json!("x")),
+            ("storm.zookeeper.port".into(), serde_json::json!(2182)),
         ]));
         let y = yaml_of(&c);
         assert_eq!(
@@ -641,9 +647,93 @@ mod tests {
         assert_eq!(y["nimbus.thrift.port"], serde_yaml::Value::from(6627));
         assert_eq!(y["storm.local.dir"], serde_yaml::Value::from("/data"));
         assert_eq!(y["storm.log.dir"], serde_yaml::Value::from("/logs"));
-        assert_eq!(y["ui.port"], serde_yaml::Value::from(9090), "user wins");
+        assert_eq!(y["ui.port"], serde_yaml::Value::from(8080));
+        assert_eq!(
+            y["storm.log4j2.conf.dir"],
+            serde_yaml::Value::from(CONFIG_MOUNT),
+            "the ConfigMap's cluster.xml, which logs to the console too"
+        );
+        let cm = config_map(&c, "x");
+        assert!(cm.data.expect("data")["cluster.xml"].contains("SYSTEM_OUT"));
+        assert_eq!(
+            y["storm.zookeeper.root"],
+            serde_yaml::Value::from("/storm/team-a/storm"),
+            "a Managed cluster's own root by default"
+        );
+        assert_eq!(y["storm.zookeeper.port"], serde_yaml::Value::from(2182));
         assert_eq!(y["topology.debug"], serde_yaml::Value::from(true));
         assert!(y.get("storm.local.hostname").is_none(), "set per pod");
+        c.spec
+            .storm_config
+            .get_or_insert_default()
+            .insert("storm.zookeeper.root".into(), serde_json::json!("/storm"));
+        assert_eq!(
+            yaml_of(&c)["storm.zookeeper.root"],
+            serde_yaml::Value::from("/storm"),
+            "the user's root wins"
+        );
+        let external = cluster(ClusterMode::External);
+        assert!(
+            yaml_of(&external).get("storm.zookeeper.root").is_none(),
+            "an External cluster keeps Storm's default unless it sets one"
+        );
+    }
+
+    #[test]
+    fn operator_wired_keys_and_ported_zookeeper_servers_are_refused() {
+        let with = |mode: ClusterMode, key: &str| {
+            let mut c = cluster(mode);
+            c.spec.storm_config = Some(BTreeMap::from([(key.into(), serde_json::json!(1))]));
+            validate(&c)
+        };
+        let cases = [
+            (
+                ClusterMode::Managed,
+                "ui.port",
+                Some("stormConfig must not set ui.port"),
+            ),
+            (ClusterMode::External, "ui.port", Some("spec.uiUrl")),
+            (ClusterMode::Managed, "storm.local.dir", Some("/data")),
+            (ClusterMode::Managed, "storm.log.dir", Some("/logs")),
+            (
+                ClusterMode::Managed,
+                "nimbus.seeds",
+                Some("spec.nimbusSeeds"),
+            ),
+            (
+                ClusterMode::Managed,
+                "storm.zookeeper.servers",
+                Some("spec.zookeeperServers"),
+            ),
+            (
+                ClusterMode::Managed,
+                "supervisor.slots.ports",
+                Some("spec.ports"),
+            ),
+            (
+                ClusterMode::Managed,
+                "nimbus.thrift.port",
+                Some("only for an External cluster"),
+            ),
+            (ClusterMode::External, "nimbus.thrift.port", None),
+            (ClusterMode::Managed, "storm.zookeeper.port", None),
+            (ClusterMode::Managed, "storm.zookeeper.root", None),
+        ];
+        for (mode, key, want) in cases {
+            match (with(mode, key), want) {
+                (Ok(()), None) => {}
+                (Err(Error::InvalidSpec(m)), Some(want)) => {
+                    assert!(m.contains(want), "{mode:?} {key}: {m:?} lacks {want:?}");
+                    assert!(m.contains(key), "{m}");
+                }
+                (got, want) => panic!("{mode:?} {key}: got {got:?}, want {want:?}"),
+            }
+        }
+        let mut c = cluster(ClusterMode::Managed);
+        c.spec.zookeeper_servers = vec!["zk-0".into(), "zk:2181".into()];
+        let err = validate(&c).expect_err("a port").to_string();
+        assert!(err.contains("\"zk:2181\""), "{err}");
+        assert!(err.contains("storm.zookeeper.port"), "{err}");
     }
 
     #[test]

@@ -12,8 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 use workerpool_api::storm::{
-    DEFAULT_REBALANCE_WAIT_SECONDS, DEFAULT_STORM_IMAGE, DEFAULT_STORM_TAG,
-    MAX_TOPOLOGY_NAME_LENGTH, StormCluster, StormTopology,
+    DEFAULT_REBALANCE_WAIT_SECONDS, MAX_TOPOLOGY_NAME_LENGTH, StormCluster, StormTopology,
 };
 use workerpool_storm::command::{self, Submission};
 
@@ -151,16 +150,10 @@ pub fn validate(topology: &StormTopology) -> Result<()> {
     Ok(())
 }
 
-/// The cluster's image `repository:tag` (default `storm:2.6.4`).
+/// The cluster's image (default `storm:2.6.4`; `repository@sha256:…` for a digest), through
+/// [`StormCluster::image_reference`].
 pub fn cluster_image(cluster: &StormCluster) -> String {
-    let image = cluster.spec.image.as_ref();
-    let repository = image
-        .and_then(|i| i.repository.clone())
-        .unwrap_or_else(|| DEFAULT_STORM_IMAGE.into());
-    let tag = image
-        .and_then(|i| i.tag.clone())
-        .unwrap_or_else(|| DEFAULT_STORM_TAG.into());
-    format!("{repository}:{tag}")
+    cluster.image_reference()
 }
 
 /// Labels of a Job of `topology` with the purpose `job`.
@@ -323,6 +316,7 @@ pub fn submit_job(topology: &StormTopology, cluster: &StormCluster, hash: &str) 
     let main_class = topology.spec.main_class.clone().unwrap_or_default();
     let storm_name = topology.storm_name();
     let seeds = cluster.nimbus_seeds();
+    let client_config = cluster.storm_config_where(command::is_client_setting);
     let argv = command::submit(&Submission {
         jar_path: JAR_PATH,
         main_class: &main_class,
@@ -330,6 +324,7 @@ pub fn submit_job(topology: &StormTopology, cluster: &StormCluster, hash: &str) 
         args: &topology.spec.args,
         config: &config,
         nimbus_seeds: &seeds,
+        client_config: &client_config,
     });
     let submit = Container {
         command: Some(argv),
@@ -376,6 +371,7 @@ pub fn rebalance_job(
         u32::try_from(wait).unwrap_or(0),
         u32::try_from(workers).unwrap_or(1).max(1),
         &cluster.nimbus_seeds(),
+        &cluster.storm_config_where(command::is_client_setting),
     );
     let pod = PodSpec {
         containers: vec![Container {
@@ -504,6 +500,7 @@ mod tests {
                 args: &["--fast".to_string()],
                 config: &config,
                 nimbus_seeds: &cluster_seeds,
+                client_config: &BTreeMap::new(),
             })
         );
         for part in [
@@ -574,6 +571,65 @@ mod tests {
     }
 
     #[test]
+    fn jobs_of_a_digest_pinned_cluster_use_the_digest_reference() {
+        let digest = format!("sha256:{}", "c".repeat(64));
+        let mut c = cluster();
+        if let Some(image) = c.spec.image.as_mut() {
+            image.tag = Some(digest.clone());
+        }
+        let want = format!("apache/storm@{digest}");
+        let t = topology(serde_json::json!({"url": "https://repo.example/wc.jar"}));
+        let job = submit_job(&t, &c, &spec_hash(&t)).expect("job");
+        let p = pod(&job);
+        let images: Vec<Option<&str>> = p
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&p.containers)
+            .map(|c| c.image.as_deref())
+            .collect();
+        assert_eq!(images, vec![Some(want.as_str()), Some(want.as_str())]);
+        let rebalance = rebalance_job(&t, &c, "wordcount-rebalance-1", 3);
+        assert_eq!(
+            pod(&rebalance).containers[0].image.as_deref(),
+            Some(want.as_str())
+        );
+    }
+
+    #[test]
+    fn an_external_clusters_thrift_port_and_transport_reach_both_jobs() {
+        let mut c = cluster();
+        c.spec.mode = workerpool_api::ClusterMode::External;
+        c.spec.nimbus_seeds = vec!["nimbus.example".into()];
+        c.spec.storm_config = Some(BTreeMap::from([
+            ("nimbus.thrift.port".into(), serde_json::json!(16627)),
+            (
+                "storm.thrift.transport".into(),
+                serde_json::json!("org.example.Transport"),
+            ),
+            ("topology.debug".into(), serde_json::json!(true)),
+        ]));
+        let t = topology(serde_json::json!({"url": "https://repo.example/wc.jar"}));
+        let submit = submit_job(&t, &c, &spec_hash(&t)).expect("job");
+        let rebalance = rebalance_job(&t, &c, "wordcount-rebalance-1", 2);
+        for job in [&submit, &rebalance] {
+            let argv = pod(job).containers[0].command.clone().expect("argv");
+            assert!(
+                argv.contains(&"nimbus.thrift.port=16627".to_string()),
+                "{argv:?}"
+            );
+            assert!(
+                argv.contains(&r#"storm.thrift.transport="org.example.Transport""#.to_string()),
+                "{argv:?}"
+            );
+            assert!(
+                !argv.iter().any(|a| a.starts_with("topology.debug")),
+                "only client settings: {argv:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_hash_follows_what_a_submission_depends_on() {
         let a = topology(serde_json::json!({"url": "https://repo.example/wc.jar"}));
         let mut b = a.clone();
@@ -623,7 +679,13 @@ mod tests {
         let argv = pod(&job).containers[0].command.clone().expect("argv");
         assert_eq!(
             argv,
-            command::rebalance("wordcount", 10, 8, &cluster().nimbus_seeds())
+            command::rebalance(
+                "wordcount",
+                10,
+                8,
+                &cluster().nimbus_seeds(),
+                &BTreeMap::new()
+            )
         );
         assert_eq!(argv[..2], ["storm", "rebalance"].map(String::from));
         let n = argv.iter().position(|a| a == "wordcount").expect("name");

@@ -1156,9 +1156,37 @@ async fn release(
     Ok(Action::await_change())
 }
 
-/// A topology being deleted: kill it in Storm (once; `KILLED` counts as done), wait until it
-/// has left `/topology/summary`, then remove the finalizer. Released anyway, with a Warning
-/// Event, when its cluster is gone or Storm cannot confirm the kill for [`KILL_TIMEOUT`].
+/// Deletes the topology's submission Jobs (foreground: a Job goes only after its pods, so no
+/// `storm jar` can still be running) and says whether any is left.
+async fn delete_submissions(t: &StormTopology, ctx: &Context) -> Result<Vec<String>> {
+    let ns = t.namespace().unwrap_or_default();
+    let jobs: Vec<Job> = owned_jobs(t, ctx)
+        .into_iter()
+        .filter(|j| j.labels().get(build::JOB_LABEL).map(String::as_str) == Some(build::JOB_SUBMIT))
+        .collect();
+    for job in jobs
+        .iter()
+        .filter(|j| j.metadata.deletion_timestamp.is_none())
+    {
+        let api: Api<Job> = Api::namespaced(ctx.shared.client.clone(), &ns);
+        match api
+            .delete(&job.name_any(), &DeleteParams::foreground())
+            .await
+        {
+            Ok(_) => info!(job = %job.name_any(), "deleted the submission Job before the kill"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(jobs.iter().map(ResourceExt::name_any).collect())
+}
+
+/// A topology being deleted: delete its submission Jobs and wait until they are gone (a Job
+/// still running could submit after the kill), then kill in Storm (once; `KILLED` counts as
+/// done) the topology with the recorded `status.topologyId` and the one with the current name
+/// (they differ when `topologyName` changed mid-redeploy), wait until both have left
+/// `/topology/summary`, then remove the finalizer. Released anyway, with a Warning Event, when
+/// its cluster is gone or Storm cannot confirm the kill for [`KILL_TIMEOUT`].
 async fn finalize(t: &StormTopology, ctx: &Context, now: Timestamp) -> Result<Action> {
     let ns = t.namespace().unwrap_or_default();
     let name = t.name_any();
@@ -1174,6 +1202,24 @@ async fn finalize(t: &StormTopology, ctx: &Context, now: Timestamp) -> Result<Ac
         .as_ref()
         .map_or(0, |d| now.as_second() - d.0.as_second());
     let wait = kill_wait(t);
+    let jobs = delete_submissions(t, ctx).await?;
+    if !jobs.is_empty() && waited <= KILL_TIMEOUT.as_secs() as i64 {
+        let mut st = t.status.clone().unwrap_or_default();
+        status::set_phase(
+            &mut st,
+            TopologyPhase::Killing,
+            "Deleting",
+            format!(
+                "waiting for the submission Job(s) {} to be gone before killing {storm_name}",
+                jobs.join(", ")
+            ),
+            generation,
+            now,
+        );
+        StatusWriter::new(t, ctx).write(&st).await?;
+        return Ok(Action::requeue(SETTLING));
+    }
+    let recorded_id = t.status.as_ref().and_then(|s| s.topology_id.clone());
     let cluster_name = &t.spec.cluster_ref;
     let Some(cluster) = ctx
         .clusters
@@ -1192,13 +1238,18 @@ async fn finalize(t: &StormTopology, ctx: &Context, now: Timestamp) -> Result<Ac
             .ui_url()
             .ok_or_else(|| format!("StormCluster {cluster_name} has no Storm UI URL"))?;
         let api = ctx.connector.connect(&url).map_err(|e| e.to_string())?;
-        let found = api
-            .find_topology(&storm_name)
+        let remaining: Vec<TopologySummary> = api
+            .topology_summary()
             .await
-            .map_err(|e| e.to_string())?;
-        if let Some(f) = &found
-            && f.status != TopologyStatus::Killed
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|s| s.name == storm_name || recorded_id.as_deref() == Some(s.id.as_str()))
+            .collect();
+        for f in remaining
+            .iter()
+            .filter(|f| f.status != TopologyStatus::Killed)
         {
+            let storm_name = &f.name;
             api.kill(&f.id, wait).await.map_err(|e| e.to_string())?;
             info!(id = %f.id, wait, "killed");
             ctx.shared
@@ -1211,7 +1262,7 @@ async fn finalize(t: &StormTopology, ctx: &Context, now: Timestamp) -> Result<Ac
                 )
                 .await;
         }
-        Ok::<_, String>(found)
+        Ok::<_, String>(remaining.into_iter().next())
     }
     .await;
 

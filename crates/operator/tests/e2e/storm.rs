@@ -1258,6 +1258,9 @@ pub async fn run(s: Scenario) {
     );
     // What a successful `storm jar` does: Nimbus lists the topologies.
     ui.add("my-topology", "ACTIVE", 3);
+    // Fewer executors than one ready pod has slots (4): whenever the rebalance comes, it asks
+    // for 2 workers, not for the slots.
+    ui.set_executors("my-topology", 2);
     ui.add("streaming-topology", "ACTIVE", 2);
     for name in ["my-topology", "streaming-topology"] {
         let id = format!("{name}-1-1700000000");
@@ -1701,6 +1704,16 @@ async fn rebalance_and_suspend(s: &Scenario, ui: &StormUi) {
             }
         })
         .await;
+    if record.to_workers != 2
+        || !record
+            .reason
+            .contains("capped at the topology's 2 executors")
+    {
+        s.fail(format!(
+            "my-topology has 2 executors and ready slots: expected a rebalance to 2, got {} ({})",
+            record.to_workers, record.reason
+        ));
+    }
     let job_name = record.job_name.clone().unwrap_or_default();
     let to = record.to_workers.to_string();
     s.eventually(&format!("rebalance Job {job_name}"), WAIT, || {

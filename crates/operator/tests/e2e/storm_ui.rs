@@ -31,6 +31,8 @@ pub const LEADER: &str = "storm-nimbus-0.storm-nimbus.storm.svc.cluster.local:66
 struct UiState {
     /// name → (id, status, workers)
     topologies: BTreeMap<String, (String, String, i64)>,
+    /// name → executorsTotal, where a test set it (else the recorded response's).
+    executors: BTreeMap<String, i64>,
     requests: Vec<String>,
 }
 
@@ -104,6 +106,12 @@ impl StormUi {
         id
     }
 
+    /// Reports `executors` as the `executorsTotal` of topology `name`.
+    pub fn set_executors(&self, name: &str, executors: i64) {
+        let mut state = self.state.lock().expect("lock");
+        state.executors.insert(name.into(), executors);
+    }
+
     /// Storm's status of `name`, if listed.
     pub fn status(&self, name: &str) -> Option<String> {
         let state = self.state.lock().expect("lock");
@@ -142,6 +150,9 @@ async fn topology_summary(State(s): State<Arc<Mutex<UiState>>>) -> Response {
             t["name"] = Value::from(name.as_str());
             t["status"] = Value::from(status.as_str());
             t["workersTotal"] = Value::from(*workers);
+            if let Some(executors) = state.executors.get(name) {
+                t["executorsTotal"] = Value::from(*executors);
+            }
             t
         })
         .collect();

@@ -49,6 +49,7 @@ fn cancel_on_signal(token: CancellationToken) {
 /// leader; losing the Lease stops the process so that a new election starts.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(&args.log_level, args.log_format);
+    crate::build_info::log_start();
     let client = crate::api_calls::client(
         args.record_api_calls.as_deref(),
         usize::from(args.max_api_requests),

@@ -9,9 +9,11 @@
 //! allocators and platforms are left as they are: the static (musl) build of the container
 //! image allocates with mimalloc (`main.rs`; musl's own malloc is slow and keeps freed pages),
 //! which [`configure`] sets to hand freed pages back at once (`purge_delay` 0 instead of 1 s)
-//! and to commit its arenas lazily (`arena_eager_commit` 0): with mimalloc's defaults the
-//! image's build stayed at 32 MiB where the glibc build holds 24 MiB (200 QWorkers + 200
-//! pools), with these settings at 24 MiB (docs/install.md); [`release`] does nothing there.
+//! and to commit arenas lazily (`arena_eager_commit` 0; the first arena, reserved before
+//! `main`, gets that from the compile-time default in `.cargo/config.toml`). With mimalloc's
+//! defaults the image's build held 32.3 MiB where the glibc build holds 24.2 MiB (200 QWorkers
+//! + 200 pools), with the purge delay alone 30.3 MiB, with both 23.5 MiB (docs/install.md);
+//! [`release`] does nothing there.
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 
 Usage: check-rendered.py RENDERED.yaml --release-namespace NS [--watch-namespace NS]
        [--replicas N] [--service-monitor] [--crds N] [--dashboards] [--prometheus-rule]
-       [--runbook-base URL]
+       [--runbook-base URL] [--image REF] [--pull-policy POLICY]
 
 Every document must parse as YAML and name its apiVersion, kind and metadata.name; the RBAC
 must grant exactly the rules below (no more, no less, no wildcards), cluster-wide or in the
@@ -100,6 +100,8 @@ def main() -> int:
     parser.add_argument("--dashboards", action="store_true", help="grafanaDashboards.enabled")
     parser.add_argument("--prometheus-rule", action="store_true", help="prometheusRule.enabled")
     parser.add_argument("--runbook-base", default=RUNBOOK_BASE, help="prometheusRule.runbookBaseUrl")
+    parser.add_argument("--image", help="the operator container's image reference")
+    parser.add_argument("--pull-policy", default="IfNotPresent")
     args = parser.parse_args()
 
     with open(args.rendered, encoding="utf-8") as f:
@@ -172,6 +174,17 @@ def main() -> int:
     check(len(containers) == 1, "expected one container")
     c = containers[0] if containers else {}
     check(c.get("args") == ["run"], f"container args {c.get('args')} != ['run']")
+    check("command" not in c, "the container overrides the image's entrypoint")
+    if args.image:
+        check(c.get("image") == args.image, f"image {c.get('image')!r}, expected {args.image!r}")
+    check(c.get("imagePullPolicy") == args.pull_policy,
+          f"imagePullPolicy {c.get('imagePullPolicy')!r}, expected {args.pull_policy!r}")
+    # The read-only root filesystem leaves /tmp writable through an emptyDir.
+    tmp_mounts = [m for m in c.get("volumeMounts", []) if m.get("mountPath") == "/tmp"]
+    tmp_volumes = {v.get("name"): v for v in pod.get("volumes", [])}
+    check(len(tmp_mounts) == 1 and "emptyDir" in tmp_volumes.get(tmp_mounts[0].get("name"), {}),
+          "no emptyDir mounted at /tmp")
+    check(pod.get("automountServiceAccountToken") is True, "the ServiceAccount token is not mounted")
     env = {e["name"]: e for e in c.get("env", [])}
     for name, path in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
         check(env.get(name, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == path,

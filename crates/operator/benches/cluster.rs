@@ -17,9 +17,12 @@
 //!
 //! Run: `KUBECONFIG=... cargo bench -p workerpool-operator --bench cluster -- [--qworkers N]
 //! [--pools N] [--window SECS] [--reactions N] [--keep]`; `WPO_BENCH_WRAP="heaptrack -o FILE"`
-//! (any command line) runs the operator under a profiler. `-- --floor [--concurrency N]` runs
-//! no operator: it sends the writes that a converged state needs itself and prints how long the
-//! API server took, the least time any operator could converge in on that server and machine.
+//! (any command line) runs the operator under a profiler, and `WPO_BENCH_BINARY=PATH` runs
+//! that operator binary instead of the one Cargo built (e.g. the image's static musl build,
+//! `target/x86_64-unknown-linux-musl/release/workerpool-operator`).
+//! `-- --floor [--concurrency N]` runs no operator: it sends the writes that a converged state
+//! needs itself and prints how long the API server took, the least time any operator could
+//! converge in on that server and machine.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
@@ -279,7 +282,10 @@ fn start_operator(namespace: &str, log: &std::path::Path) -> Child {
         .split_whitespace()
         .map(String::from)
         .collect();
-    let binary = env!("CARGO_BIN_EXE_workerpool-operator").to_string();
+    let binary = std::env::var("WPO_BENCH_BINARY")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_workerpool-operator").to_string());
     let (program, prefix) = match wrap.split_first() {
         Some((program, rest)) => (program.clone(), [rest, &[binary]].concat()),
         None => (binary, Vec::new()),

@@ -11,7 +11,12 @@ use crate::telemetry::LogFormat;
 /// Kubernetes operator that runs pools of worker pods (StormWorkerPool, QWorker) and scales
 /// them to their real load.
 #[derive(Debug, Parser)]
-#[command(name = "workerpool-operator", version, about)]
+#[command(
+    name = "workerpool-operator",
+    version,
+    long_version = crate::build_info::LONG_VERSION,
+    about
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

@@ -6,6 +6,7 @@
 pub mod api_calls;
 pub mod apply;
 pub mod autoscaler;
+pub mod build_info;
 pub mod cache;
 pub mod cli;
 pub mod context;

@@ -5,6 +5,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use workerpool_operator::cli::{Cli, Command};
 
+/// The static (musl) build, the container image's, allocates with mimalloc: musl's malloc is
+/// slow with many threads and keeps freed pages (see `memory.rs` and docs/install.md for the
+/// measured footprint of both builds).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

@@ -163,8 +163,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric in `registry`.
+    /// Registers every metric in `registry`, and the build's `workerpool_operator_build_info`.
     pub fn register(&self, registry: &mut Registry) {
+        crate::build_info::register(registry);
         registry.register(
             "workerpool_reconciles",
             "Reconciles started, by controller",

@@ -48,6 +48,7 @@ fn cancel_on_signal(token: CancellationToken) {
 /// leader ([`leader`]); losing the Lease stops the process so that a new election starts.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(&args.log_level, args.log_format);
+    crate::build_info::log_start();
     let (client, lease_client) = crate::api_calls::clients(
         args.record_api_calls.as_deref(),
         usize::from(args.max_api_requests),

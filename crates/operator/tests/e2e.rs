@@ -13,6 +13,8 @@
 //! through the status subresource; the broker is the machine's real Redis (a database of its
 //! own, `e2e/redis.rs`).
 
+#[path = "e2e/chart_pod.rs"]
+mod chart_pod;
 #[path = "e2e/clusters.rs"]
 mod clusters;
 #[path = "e2e/harness.rs"]
@@ -39,6 +41,17 @@ mod selfcheck;
 mod storm;
 #[path = "e2e/storm_ui.rs"]
 mod storm_ui;
+
+/// The chart's own pod from the operator's image (`scripts/image`): the rendered chart applied,
+/// two replicas run by a node stand-in from the image's root filesystem with the in-cluster
+/// configuration (ServiceAccount token, CA, KUBERNETES_SERVICE_HOST/PORT, downward API), both
+/// Ready through the chart's readiness probe, one Lease holder, a QWorker and a
+/// StormWorkerPool reconciled with the chart's RBAC only, and the Lease handed over within its
+/// duration when the leader pod is deleted. Skips, saying why, without the image archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chart_pod_from_image() {
+    chart_pod::run().await;
+}
 
 /// StormWorkerPool: the seed's manifests, children, status, readiness, Events, metrics,
 /// autoscaling off, an invalid spec, garbage collection and the CEL rules.

@@ -5,8 +5,7 @@
 //! UI, two observed topologies, a pool scaled by the operator and one by an HPA). Then every
 //! panel query of every dashboard of the chart (`monitoring/dashboards/*.json`) is evaluated
 //! through Prometheus' HTTP API, with its template variables replaced: the scenario fails on a
-//! query Prometheus rejects, and on one that returns no series (except the few listed in
-//! [`PENDING`]). It also checks that every alert rule evaluates without error and that the
+//! query Prometheus rejects, and on one that returns no series. It also checks that every alert rule evaluates without error and that the
 //! unreachable broker's alert is pending.
 
 use std::path::{Path, PathBuf};
@@ -25,11 +24,6 @@ use crate::harness::{
 };
 use crate::redis::TestRedis;
 use crate::storm_ui::StormUi;
-
-/// Series that the dashboards show but that another branch adds to the operator
-/// (`workerpool_operator_build_info`): a query that names it may return no series until that
-/// branch is merged. Remove this list (and its use) once it is.
-pub const PENDING: [&str; 1] = ["workerpool_operator_build_info"];
 
 /// The Prometheus binary (Debian package `prometheus`).
 const PROMETHEUS: &str = "prometheus";
@@ -259,17 +253,6 @@ pub fn substitute(expr: &str, namespace: &str) -> String {
     out.push_str(rest);
     out
 }
-
-/// Whether `expr` names the metric `name` (not merely a longer name that starts with it).
-pub fn mentions(expr: &str, name: &str) -> bool {
-    expr.match_indices(name).any(|(at, _)| {
-        let before = expr[..at].chars().next_back();
-        let after = expr[at + name.len()..].chars().next();
-        let ident = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-        !ident(before) && !ident(after)
-    })
-}
-
 const EXTERNAL_STORM: &str = r#"
 apiVersion: storm.apache.org/v1beta1
 kind: StormCluster
@@ -523,21 +506,17 @@ pub async fn run(s: Scenario) {
     .unwrap_or_else(|e| s.fail(e));
     let ns = s.ns.as_str();
     let queries_ref = &queries;
-    let (with_data, pending) = s
+    let with_data = s
         .eventually(
             "every dashboard panel query to return series",
             LONG_WAIT,
             || async move {
                 let mut empty = Vec::new();
-                let mut pending = Vec::new();
                 let mut with_data = 0;
                 for q in queries_ref {
                     let expr = substitute(&q.expr, ns);
                     match prom.query(&expr).await {
                         Ok(series) if !series.is_empty() => with_data += 1,
-                        Ok(_) if PENDING.iter().any(|p| mentions(&q.expr, p)) => {
-                            pending.push(format!("{} / {}", q.dashboard, q.panel));
-                        }
                         Ok(_) => empty.push(format!("{} / {}: {expr}", q.dashboard, q.panel)),
                         Err(ApiError::Rejected(e)) => s.fail(format!(
                             "{} / {}: Prometheus rejects the query {expr}: {e}",
@@ -553,15 +532,13 @@ pub async fn run(s: Scenario) {
                         empty.join("\n    ")
                     )
                 })?;
-                Ok((with_data, pending))
+                Ok(with_data)
             },
         )
         .await;
     s.note(format!(
-        "{} dashboard panel queries: {with_data} returned series, {} returned none but name a \
-         pending series (allow-listed): {pending:?}",
-        queries.len(),
-        pending.len()
+        "{} dashboard panel queries: {with_data} returned series",
+        queries.len()
     ));
 
     // The alert rules load and evaluate without error; the unreachable broker's alert waits
@@ -653,13 +630,5 @@ fn selfcheck_dashboard_queries_are_found_and_substituted() {
         ),
         r#"rate(x{namespace=~"ns", qworker=~".*"}[30s])"#
     );
-    assert!(mentions(
-        "max(workerpool_operator_leader{a=\"b\"})",
-        "workerpool_operator_leader"
-    ));
-    assert!(!mentions(
-        "workerpool_operator_leader_transitions_total",
-        "workerpool_operator_leader"
-    ));
     assert_eq!(url_encode("up{a=\"b c\"}"), "up%7Ba%3D%22b%20c%22%7D");
 }

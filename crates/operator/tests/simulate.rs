@@ -170,7 +170,7 @@ fn after_a_step_ours_settles_around_the_needed_workers() {
 }
 
 /// The targets on the built-in traces, at the default start-up delay and at 60 s (see
-/// the README's table): at least 25 % fewer worker-seconds than the HPA model at an equal or lower
+/// the table in docs/scaling.md): at least 25 % fewer worker-seconds than the HPA model at an equal or lower
 /// p95 wait everywhere; after the step at 10 s start-up: overshoot <= 10 %, settled within ±5 %
 /// in <= 120 s, at least 10x fewer changes of desiredReplicas than the queue-length rule.
 #[test]

@@ -102,7 +102,7 @@
 //!   minutes, then the count falls far below the need and the queue builds up again.
 //!
 //! The rate policy sizes for the arrivals and counts the pods already starting, so it settles
-//! at the need (see the README's "Scaling quality").
+//! at the need (see docs/scaling.md, "Scaling quality").
 //!
 //! At a constant load that starts at its steady state both keep `ceil(rate / service_rate)`.
 //!

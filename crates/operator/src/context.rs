@@ -1,8 +1,6 @@
 //! State shared by every controller: the API client, the Event recorder and the metrics.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
@@ -27,8 +25,8 @@ pub struct Shared {
     pub gate: Gate,
     /// At most this many objects of one kind reconciled at once (0: unbounded).
     pub concurrency: u16,
-    /// Failure counts per object, for exponential requeue backoff.
-    failures: Arc<Mutex<HashMap<String, u32>>>,
+    /// Failure counts per object, for exponential requeue back-off.
+    pub backoff: crate::runtime::Backoff,
 }
 
 impl Shared {
@@ -46,7 +44,7 @@ impl Shared {
             metrics,
             gate: Gate::open(),
             concurrency: 0,
-            failures: Arc::default(),
+            backoff: crate::runtime::Backoff::default(),
         }
     }
 
@@ -105,20 +103,5 @@ impl Shared {
         if let Err(e) = Box::pin(recorder.publish(&event, object)).await {
             tracing::warn!(error = %e, reason, "could not publish event");
         }
-    }
-
-    /// Records a failed reconcile of `key` and returns how long to wait before the next try
-    /// (1 s doubling up to 5 min).
-    pub fn backoff(&self, key: &str) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = failures.entry(key.to_string()).or_insert(0);
-        *n = n.saturating_add(1);
-        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
-    }
-
-    /// Forgets the failures of `key` after a successful reconcile.
-    pub fn reset_backoff(&self, key: &str) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        failures.remove(key);
     }
 }

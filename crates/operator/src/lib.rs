@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod quantity;
 pub mod render;
 pub mod run;
+pub mod runtime;
 pub mod simulate;
 pub mod telemetry;
 

@@ -231,10 +231,10 @@ impl Metrics {
             .reconciles
             .get_or_create(&ControllerLabels { controller });
         if reconciles.get() == 0 {
-            for category in crate::error::CATEGORIES {
+            for category in crate::error::Category::ALL {
                 self.reconcile_errors.get_or_create_owned(&ErrorLabels {
                     controller,
-                    category,
+                    category: category.as_str(),
                 });
             }
         }
@@ -1031,7 +1031,7 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("workerpool_reconcile_errors_total{"))
             .count();
-        assert_eq!(errors, crate::error::CATEGORIES.len(), "{text}");
+        assert_eq!(errors, crate::error::Category::ALL.len(), "{text}");
     }
 
     #[test]

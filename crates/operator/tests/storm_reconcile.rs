@@ -857,7 +857,7 @@ async fn api_errors_are_returned_for_retry_and_reported() {
         .finish(task)
         .await
         .expect_err("a transient error is retried");
-    assert_eq!(err.category(), "ApiError");
+    assert_eq!(err.category().as_str(), "ApiError");
     assert_eq!(api.events.len(), 1);
     assert_eq!(
         (api.events[0].0.as_str(), api.events[0].1.as_str()),

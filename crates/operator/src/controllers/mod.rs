@@ -52,17 +52,6 @@ pub fn field_env(name: &str, path: &str) -> k8s_openapi::api::core::v1::EnvVar {
     }
 }
 
-/// How a reconcile ends when the API server refused a create because the object's namespace is
-/// being deleted: nothing can be created there any more and the object goes with its
-/// namespace, so nothing is reported (no Warning, no status) and nothing is retried.
-pub fn namespace_terminating(key: &str) -> kube::runtime::controller::Action {
-    tracing::debug!(
-        object = key,
-        "namespace is being deleted; nothing to create"
-    );
-    kube::runtime::controller::Action::await_change()
-}
-
 /// Whether `object` is controlled by `owner`: a controller ownerReference with the owner's uid.
 pub fn controlled_by<K: Resource, O: Resource>(object: &K, owner: &O) -> bool {
     let Some(uid) = owner.meta().uid.as_deref() else {

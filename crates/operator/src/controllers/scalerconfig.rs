@@ -14,7 +14,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
-use tracing::{instrument, warn};
+use tracing::instrument;
 use workerpool_api::conditions::{self, NewCondition, READY};
 use workerpool_api::qworker::{ScalerConfig, ScalerConfigStatus};
 
@@ -25,7 +25,7 @@ use crate::autoscaler::brokers::{
 use crate::autoscaler::hosts::AllowedHosts;
 use crate::context::Shared;
 use crate::controllers::scoped;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Controller name used in metrics and logs.
 pub const CONTROLLER: &str = "scalerconfig";
@@ -199,20 +199,11 @@ pub async fn reconcile(sc: Arc<ScalerConfig>, ctx: Arc<Context>) -> Result<Actio
     }
     Ok(Action::requeue(HEALTH_INTERVAL))
 }
-
-/// Requeues a failed check with backoff.
-pub fn error_policy(sc: Arc<ScalerConfig>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.shared
-        .metrics
-        .reconcile_failed(CONTROLLER, err.category());
-    let key = format!(
-        "scalerconfig/{}/{}",
-        sc.namespace().unwrap_or_default(),
-        sc.name_any()
-    );
-    let delay = ctx.shared.backoff(&key);
-    warn!(scalerconfig = %key, error = %err, ?delay, "health check failed");
-    Action::requeue(delay)
+impl crate::runtime::ControllerContext for Context {
+    const CONTROLLER: &'static str = CONTROLLER;
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
 }
 
 /// The ScalerConfig cache, the broker connections built on it, and the controller's future.
@@ -249,7 +240,7 @@ pub fn controller(
         .with_config(config)
         .reconcile_all_on(leadership)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, crate::runtime::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
     (brokers, future)
 }

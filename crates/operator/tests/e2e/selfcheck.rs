@@ -123,7 +123,7 @@ fn selfcheck_storm_expectations_match_the_builders() {
     }
     let err = sbuild::validate(&full).expect_err("\"lots\" is not a quantity");
     assert!(err.to_string().contains("lots"), "{err}");
-    assert_eq!(err.category(), "InvalidSpec");
+    assert_eq!(err.category().as_str(), "InvalidSpec");
 }
 
 #[test]

@@ -35,6 +35,7 @@ use crate::cache;
 use crate::context::Shared;
 use crate::controllers::scoped;
 use crate::error::{Error, Result};
+use crate::runtime;
 use plan::{DrainReason, Observed, PodView};
 
 /// Controller name used in metrics and logs.
@@ -161,7 +162,7 @@ pub fn forget(ctx: &Context, qw: &QWorker) {
     if let Some(autoscaler) = &ctx.autoscaler {
         autoscaler.forget(qw);
     }
-    ctx.shared.reset_backoff(&key(qw));
+    ctx.shared.backoff.forget_object(&uid);
     ctx.shared
         .metrics
         .forget_qworker(&qw.namespace().unwrap_or_default(), &qw.name_any());
@@ -171,44 +172,32 @@ pub fn forget(ctx: &Context, qw: &QWorker) {
 /// Reconciles one QWorker.
 #[instrument(skip_all, fields(qworker = %qw.name_any(), namespace = qw.namespace().unwrap_or_default()))]
 pub async fn reconcile(qw: Arc<QWorker>, ctx: Arc<Context>) -> Result<Action> {
-    if let Some(action) = ctx.shared.gate.closed() {
-        return Ok(action);
-    }
-    let _timer = ctx.shared.metrics.reconcile_started(CONTROLLER);
-    let k = key(&qw);
-    match reconcile_inner(&qw, &ctx).await {
-        Ok(action) => {
-            ctx.shared.reset_backoff(&k);
-            Ok(action)
+    let body = reconcile_inner(&qw, &ctx);
+    runtime::reconcile(&*qw, &*ctx, body, async |e: &Error| {
+        // `InvalidSpec`, or the API server's refusal of what the spec asks for (`Rejected`,
+        // `Forbidden`: a pod refused by admission).
+        let reason = e.category().as_str();
+        if let Err(write) = report_refused(&qw, &ctx, reason, &e.scrubbed()).await {
+            warn!(error = %write, "could not report the refused spec");
         }
-        Err(e) if e.namespace_terminating() => Ok(crate::controllers::namespace_terminating(&k)),
-        Err(e) => {
-            ctx.shared
-                .event(
-                    &qw.object_ref(&()),
-                    true,
-                    e.category(),
-                    "Reconcile",
-                    e.to_string(),
-                )
-                .await;
-            if e.is_permanent()
-                && let Err(write) = report_invalid(&qw, &ctx, &e.to_string()).await
-            {
-                warn!(error = %write, "could not report the invalid spec");
-            }
-            Err(e)
-        }
+    })
+    .await
+}
+
+impl runtime::ControllerContext for Context {
+    const CONTROLLER: &'static str = CONTROLLER;
+    fn shared(&self) -> &Shared {
+        &self.shared
     }
 }
 
-/// Sets `Ready=False` with reason `InvalidSpec` and the message.
-async fn report_invalid(qw: &QWorker, ctx: &Context, message: &str) -> Result<()> {
+/// Sets `Ready=False` with `reason` and the message.
+async fn report_refused(qw: &QWorker, ctx: &Context, reason: &str, message: &str) -> Result<()> {
     let status = qw.status.clone().unwrap_or_default();
     let mut conds = status.conditions.clone();
     conditions::set_condition(
         &mut conds,
-        NewCondition::new(READY, false, "InvalidSpec", message),
+        NewCondition::new(READY, false, reason, message),
         qw.metadata.generation,
         Timestamp::now(),
     );
@@ -678,22 +667,6 @@ async fn write_status(
     });
     own_status(qw, ctx, &status).await
 }
-
-/// Requeues a failed reconcile: an invalid spec waits for a change, the rest backs off.
-pub fn error_policy(qw: Arc<QWorker>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.shared
-        .metrics
-        .reconcile_failed(CONTROLLER, err.category());
-    let k = key(&qw);
-    if err.is_permanent() {
-        warn!(qworker = %k, error = %err, "invalid spec");
-        return Action::await_change();
-    }
-    let delay = ctx.shared.backoff(&k);
-    warn!(qworker = %k, category = err.category(), error = %err, ?delay, "reconcile failed");
-    Action::requeue(delay)
-}
-
 /// The QWorker cache, the autoscaler, and the future that runs the QWorker controller and the
 /// pod [`release`] controller (and their watches) until `shutdown`.
 ///
@@ -762,13 +735,13 @@ pub fn controller(
         .reconcile_on(owners_rx)
         .reconcile_all_on(shared.gate.on_leadership())
         .graceful_shutdown_on(shutdown.clone())
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, runtime::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
     let release_run = Controller::for_stream(pod_events, pods.store().clone())
         .with_config(shared.controller_config())
         .reconcile_all_on(shared.gate.on_leadership())
         .graceful_shutdown_on(shutdown)
-        .run(release::reconcile, release::error_policy, release_ctx)
+        .run(release::reconcile, runtime::error_policy, release_ctx)
         .for_each(|_| futures::future::ready(()));
     let future = async move {
         futures::future::join(run, release_run).await;

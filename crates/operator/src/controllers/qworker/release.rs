@@ -195,22 +195,9 @@ async fn unfinalize(shared: &Shared, pod: &Pod) -> Result<()> {
         Err(e) => Err(Error::Kube(e)),
     }
 }
-
-/// Requeues a failed check with backoff.
-pub fn error_policy(pod: Arc<Pod>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.shared
-        .metrics
-        .reconcile_failed(CONTROLLER, err.category());
-    let key = format!(
-        "pod/{}/{}",
-        pod.namespace().unwrap_or_default(),
-        pod.name_any()
-    );
-    let delay = if err.category() == "Conflict" {
-        Duration::from_millis(200)
-    } else {
-        ctx.shared.backoff(&key)
-    };
-    warn!(pod = %key, category = err.category(), error = %err, ?delay, "pod release failed");
-    Action::requeue(delay)
+impl crate::runtime::ControllerContext for Context {
+    const CONTROLLER: &'static str = CONTROLLER;
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
 }

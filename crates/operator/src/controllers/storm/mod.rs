@@ -31,6 +31,7 @@ use crate::apply;
 use crate::context::Shared;
 use crate::controllers::{ChildTracker, POOL_CHILDREN_SELECTOR, cached, scoped};
 use crate::error::{Error, Result};
+use crate::runtime;
 use replicas::BeforeApply;
 pub use replicas::{HANDOFF_MANAGER, manager_owns};
 use status::Blocked;
@@ -171,39 +172,22 @@ fn object_ref(pool: &StormWorkerPool) -> ObjectReference {
 /// return `Ok`; API failures return `Err` and are retried with backoff.
 #[instrument(skip_all, fields(pool = %pool.name_any(), namespace = pool.namespace().unwrap_or_default()))]
 pub async fn reconcile(pool: Arc<StormWorkerPool>, ctx: Arc<Context>) -> Result<Action> {
-    if let Some(action) = ctx.shared.gate.closed() {
-        return Ok(action);
-    }
-    let _timer = ctx.shared.metrics.reconcile_started(CONTROLLER);
-    let key = format!(
-        "{}/{}",
-        pool.namespace().unwrap_or_default(),
-        pool.name_any()
-    );
-    let result = reconcile_inner(&pool, &ctx).await;
-    ctx.children.publish(&ctx.shared, &*pool).await;
-    match result {
-        Ok(action) => {
-            ctx.shared.reset_backoff(&key);
-            Ok(action)
-        }
-        Err(e) if e.namespace_terminating() => Ok(crate::controllers::namespace_terminating(&key)),
-        Err(e) => {
-            ctx.shared
-                .event(
-                    &object_ref(&pool),
-                    true,
-                    e.category(),
-                    "Reconcile",
-                    e.to_string(),
-                )
-                .await;
-            if matches!(e.category(), "Rejected" | "Forbidden") {
-                let failed = status::failed(&pool, "ApplyFailed", &e.to_string(), Timestamp::now());
-                let _ = write_status(&pool, &ctx, failed).await;
-            }
-            Err(e)
-        }
+    let body = async {
+        let result = reconcile_inner(&pool, &ctx).await;
+        ctx.children.publish(&ctx.shared, &*pool).await;
+        result
+    };
+    runtime::reconcile(&*pool, &*ctx, body, async |e: &Error| {
+        let failed = status::failed(&pool, "ApplyFailed", &e.scrubbed(), Timestamp::now());
+        let _ = write_status(&pool, &ctx, failed).await;
+    })
+    .await
+}
+
+impl runtime::ControllerContext for Context {
+    const CONTROLLER: &'static str = CONTROLLER;
+    fn shared(&self) -> &Shared {
+        &self.shared
     }
 }
 
@@ -549,22 +533,6 @@ async fn write_status(
     ctx.written.record(pool, &status);
     Ok(())
 }
-
-/// Requeues a failed reconcile with per-object exponential backoff.
-pub fn error_policy(pool: Arc<StormWorkerPool>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.shared
-        .metrics
-        .reconcile_failed(CONTROLLER, err.category());
-    let key = format!(
-        "{}/{}",
-        pool.namespace().unwrap_or_default(),
-        pool.name_any()
-    );
-    let delay = ctx.shared.backoff(&key);
-    warn!(pool = %key, category = err.category(), error = %err, ?delay, "reconcile failed");
-    Action::requeue(delay)
-}
-
 /// The controller's cache of pools and the future that runs it until `shutdown` resolves.
 pub fn controller(
     shared: Shared,
@@ -665,7 +633,7 @@ pub fn controller(
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, runtime::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
     (store, future)
 }

@@ -204,29 +204,7 @@ pub fn validate(cluster: &StormCluster) -> Result<()> {
     Ok(())
 }
 
-/// Removes the userinfo (`user:password@`) of every URL in `text`, so that no credential of a
-/// `uiUrl` reaches a status, an Event or a log line.
-pub fn scrub_userinfo(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find("://") {
-        let (head, tail) = rest.split_at(pos + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| {
-                matches!(c, '/' | '?' | '#' | '"' | '\'' | '>' | ')' | ',') || c.is_whitespace()
-            })
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(at) => out.push_str(&authority[at + 1..]),
-            None => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
-}
+pub use crate::error::scrub_userinfo;
 
 /// The daemons' image: [`StormCluster::image_reference`] (`storm:2.6.4` by default; a
 /// `sha256:` tag is a digest).

@@ -32,6 +32,7 @@ use crate::apply;
 use crate::context::Shared;
 use crate::controllers::{CLUSTER_CHILDREN_SELECTOR, ChildTracker, cached, scoped};
 use crate::error::{Error, Result};
+use crate::runtime;
 pub use metrics::ClusterMetrics;
 use status::{Daemons, Outcome, Poll, StormRead};
 
@@ -142,58 +143,37 @@ fn key(cluster: &StormCluster) -> String {
 fn object_ref(cluster: &StormCluster) -> ObjectReference {
     cluster.object_ref(&())
 }
-
-/// Whether the API server refused an object as invalid (400 or 422): no retry helps until the
-/// spec changes.
-fn is_rejection(err: &Error) -> bool {
-    matches!(err, Error::Kube(kube::Error::Api(s)) if s.code == 400 || s.code == 422)
-}
-
 /// Reconciles one cluster: applies a Managed cluster's objects, polls Storm, writes the status
 /// when it changed, and requeues for the next poll. API failures return `Err` (retried with
 /// backoff); an apply rejected as invalid also sets the phase `Failed`.
 #[instrument(skip_all, fields(cluster = %cluster.name_any(), namespace = cluster.namespace().unwrap_or_default()))]
 pub async fn reconcile(cluster: Arc<StormCluster>, ctx: Arc<Context>) -> Result<Action> {
-    if let Some(action) = ctx.shared.gate.closed() {
-        return Ok(action);
-    }
-    let _timer = ctx.shared.metrics.reconcile_started(CONTROLLER);
-    let key = key(&cluster);
-    if cluster.metadata.deletion_timestamp.is_some() {
-        // Owner references delete the objects; only what the operator keeps is dropped.
-        ctx.forget(
-            &cluster.namespace().unwrap_or_default(),
-            &cluster.name_any(),
-        );
-        return Ok(Action::await_change());
-    }
-    let result = reconcile_inner(&cluster, &ctx).await;
-    ctx.children.publish(&ctx.shared, &*cluster).await;
-    match result {
-        Ok(action) => {
-            ctx.shared.reset_backoff(&key);
-            Ok(action)
+    let body = async {
+        if cluster.metadata.deletion_timestamp.is_some() {
+            // Owner references delete the objects; only what the operator keeps is dropped.
+            ctx.forget(
+                &cluster.namespace().unwrap_or_default(),
+                &cluster.name_any(),
+            );
+            return Ok(Action::await_change());
         }
-        Err(e) if e.namespace_terminating() => Ok(crate::controllers::namespace_terminating(&key)),
-        Err(e) => {
-            let message = build::scrub_userinfo(&e.to_string());
-            ctx.shared
-                .event(
-                    &object_ref(&cluster),
-                    true,
-                    e.category(),
-                    "Reconcile",
-                    message.clone(),
-                )
-                .await;
-            if is_rejection(&e) {
-                let failed = status::failed(&cluster, "ApplyRejected", &message, Timestamp::now());
-                if write_status(&cluster, &ctx, &failed).await.is_ok() {
-                    observe(&cluster, &ctx, &failed);
-                }
-            }
-            Err(e)
+        let result = reconcile_inner(&cluster, &ctx).await;
+        ctx.children.publish(&ctx.shared, &*cluster).await;
+        result
+    };
+    runtime::reconcile(&*cluster, &*ctx, body, async |e: &Error| {
+        let failed = status::failed(&cluster, "ApplyRejected", &e.scrubbed(), Timestamp::now());
+        if write_status(&cluster, &ctx, &failed).await.is_ok() {
+            observe(&cluster, &ctx, &failed);
         }
+    })
+    .await
+}
+
+impl runtime::ControllerContext for Context {
+    const CONTROLLER: &'static str = CONTROLLER;
+    fn shared(&self) -> &Shared {
+        &self.shared
     }
 }
 
@@ -394,18 +374,6 @@ async fn write_status(
     );
     apply::apply_status(&api, &cluster.name_any(), status).await
 }
-
-/// Requeues a failed reconcile with per-object exponential backoff.
-pub fn error_policy(cluster: Arc<StormCluster>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.shared
-        .metrics
-        .reconcile_failed(CONTROLLER, err.category());
-    let key = key(&cluster);
-    let delay = ctx.shared.backoff(&key);
-    warn!(cluster = %key, category = err.category(), error = %build::scrub_userinfo(&err.to_string()), ?delay, "reconcile failed");
-    Action::requeue(delay)
-}
-
 /// The controller's cache of StormClusters and the future that runs it until `shutdown`
 /// resolves. `connector` makes each cluster's Storm UI client; `metrics` holds the gauges
 /// (register them once with [`ClusterMetrics::register`]).
@@ -471,7 +439,7 @@ pub fn controller(
         .owns_stream(statefulset_events)
         .owns_stream(deployment_events)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, runtime::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
     (store, future)
 }

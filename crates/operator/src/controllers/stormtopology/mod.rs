@@ -40,6 +40,7 @@ use workerpool_storm::{Connector, StormApi, TopologyStatus, TopologySummary};
 use crate::context::Shared;
 use crate::controllers::scoped;
 use crate::error::{Error, Result};
+use crate::runtime::{self, BackoffKey};
 use build::JobState;
 pub use metrics::TopologyMetrics;
 use pools::PoolSummary;
@@ -92,15 +93,6 @@ pub struct Context {
     /// Cache of the Jobs this controller makes ([`build::JOB_SELECTOR`]).
     pub jobs: Store<Job>,
 }
-
-fn key(t: &StormTopology) -> String {
-    format!(
-        "stormtopology/{}/{}",
-        t.namespace().unwrap_or_default(),
-        t.name_any()
-    )
-}
-
 fn object_ref(t: &StormTopology) -> ObjectReference {
     t.object_ref(&())
 }
@@ -108,32 +100,14 @@ fn object_ref(t: &StormTopology) -> ObjectReference {
 /// Reconciles one StormTopology.
 #[instrument(skip_all, fields(topology = %topology.name_any(), namespace = topology.namespace().unwrap_or_default()))]
 pub async fn reconcile(topology: Arc<StormTopology>, ctx: Arc<Context>) -> Result<Action> {
-    if let Some(action) = ctx.shared.gate.closed() {
-        return Ok(action);
-    }
-    let _timer = ctx.shared.metrics.reconcile_started(CONTROLLER);
-    let k = key(&topology);
-    match reconcile_inner(&topology, &ctx).await {
-        Ok(action) => {
-            ctx.shared.reset_backoff(&k);
-            Ok(action)
-        }
-        // A topology being deleted still needs its kill: that keeps retrying.
-        Err(e) if e.namespace_terminating() && topology.metadata.deletion_timestamp.is_none() => {
-            Ok(crate::controllers::namespace_terminating(&k))
-        }
-        Err(e) => {
-            ctx.shared
-                .event(
-                    &object_ref(&topology),
-                    true,
-                    e.category(),
-                    "Reconcile",
-                    e.to_string(),
-                )
-                .await;
-            Err(e)
-        }
+    let body = reconcile_inner(&topology, &ctx);
+    runtime::reconcile(&*topology, &*ctx, body, async |_: &Error| {}).await
+}
+
+impl runtime::ControllerContext for Context {
+    const CONTROLLER: &'static str = CONTROLLER;
+    fn shared(&self) -> &Shared {
+        &self.shared
     }
 }
 
@@ -418,16 +392,16 @@ async fn reconcile_inner(t: &StormTopology, ctx: &Context) -> Result<Action> {
     let poll =
         Duration::from_secs(u64::try_from(cluster.poll_interval_seconds().max(1)).unwrap_or(15));
     let storm_name = t.storm_name();
-    let storm_key = format!("storm/{}", key(t));
+    let storm_key = BackoffKey::of(t, "storm");
 
     let observed = match look(ctx, &cluster, &storm_name, st.topology_id.as_deref()).await {
         Ok(o) => {
-            ctx.shared.reset_backoff(&storm_key);
+            ctx.shared.backoff.succeeded(&storm_key);
             o
         }
         Err(message) => {
             // Doubles from the poll interval up to MAX_BACKOFF while Storm does not answer.
-            let factor = ctx.shared.backoff(&storm_key).as_secs().max(1);
+            let factor = ctx.shared.backoff.failed(storm_key).as_secs().max(1);
             let delay = poll
                 .saturating_mul(u32::try_from(factor).unwrap_or(u32::MAX))
                 .min(MAX_BACKOFF);
@@ -1343,22 +1317,6 @@ async fn finalize(t: &StormTopology, ctx: &Context, now: Timestamp) -> Result<Ac
         }
     }
 }
-
-/// Requeues a failed reconcile with per-object exponential backoff (a conflict soon).
-pub fn error_policy(t: Arc<StormTopology>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.shared
-        .metrics
-        .reconcile_failed(CONTROLLER, err.category());
-    let k = key(&t);
-    let delay = if err.category() == "Conflict" {
-        Duration::from_millis(500)
-    } else {
-        ctx.shared.backoff(&k)
-    };
-    warn!(topology = %k, category = err.category(), error = %err, ?delay, "reconcile failed");
-    Action::requeue(delay)
-}
-
 /// The controller's cache of topologies and the future that runs it until `shutdown`.
 ///
 /// Its watches: StormTopologies; the Jobs it makes ([`build::JOB_SELECTOR`], each change
@@ -1434,7 +1392,7 @@ pub fn controller(
             })
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, runtime::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
     (store, future)
 }

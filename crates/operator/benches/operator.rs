@@ -23,10 +23,10 @@ use redis::AsyncCommands;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use workerpool_api::{QWorker, ScalerConfig, StormWorkerPool};
-use workerpool_operator::autoscaler::Autoscaler;
-use workerpool_operator::autoscaler::brokers::Brokers;
+use workerpool_operator::brokers::Brokers;
 use workerpool_operator::context::Shared;
 use workerpool_operator::controllers::ChildTracker;
+use workerpool_operator::controllers::qworker::autoscaler::Autoscaler;
 use workerpool_operator::controllers::storm;
 use workerpool_operator::metrics::Metrics;
 

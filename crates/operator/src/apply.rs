@@ -7,8 +7,52 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use sha2::{Digest, Sha256};
+
 use crate::FIELD_MANAGER;
 use crate::error::Result;
+
+/// Annotation on every child the operator applies: [`applied_hash`] of the apply body, so that
+/// a reconcile can skip an apply whose body the child already carries.
+pub const APPLIED_HASH_ANNOTATION: &str = "workerpool-operator/applied-hash";
+
+/// A short, stable hash of a string (hex, 16 characters).
+pub fn short_hash(data: &str) -> String {
+    let digest = Sha256::digest(data.as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A short hash of the apply body `object` as serialized, [`APPLIED_HASH_ANNOTATION`] left out
+/// (pure: the same desired object always gives the same hash).
+pub fn applied_hash<K: Resource + Serialize + Clone>(object: &K) -> String {
+    let mut body = object.clone();
+    if let Some(annotations) = body.meta_mut().annotations.as_mut() {
+        annotations.remove(APPLIED_HASH_ANNOTATION);
+        if annotations.is_empty() {
+            body.meta_mut().annotations = None;
+        }
+    }
+    short_hash(&serde_json::to_string(&body).unwrap_or_default())
+}
+
+/// `object` carrying its [`applied_hash`] in [`APPLIED_HASH_ANNOTATION`].
+pub fn with_applied_hash<K: Resource + Serialize + Clone>(mut object: K) -> K {
+    let hash = applied_hash(&object);
+    object
+        .annotations_mut()
+        .insert(APPLIED_HASH_ANNOTATION.into(), hash);
+    object
+}
+
+/// The [`APPLIED_HASH_ANNOTATION`] of `object`, if any.
+pub fn applied_hash_of<K: Resource>(object: &K) -> Option<&str> {
+    object
+        .meta()
+        .annotations
+        .as_ref()?
+        .get(APPLIED_HASH_ANNOTATION)
+        .map(String::as_str)
+}
 
 /// Patch parameters of every apply: the operator's field manager, forcing ownership of the
 /// fields it sets.

@@ -5,7 +5,7 @@
 
 pub mod api_calls;
 pub mod apply;
-pub mod autoscaler;
+pub mod brokers;
 pub mod build_info;
 pub mod cache;
 pub mod cli;

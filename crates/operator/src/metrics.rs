@@ -24,8 +24,7 @@ use workerpool_api::storm::StormTopology;
 use workerpool_api::{QWorker, StormWorkerPool};
 
 use crate::cache::Readiness;
-use crate::controllers::qworker::build::QWORKER_LABEL;
-use crate::controllers::qworker::plan::RECOVERY_FINALIZER;
+use workerpool_queue::protocol::{QWORKER_LABEL, RECOVERY_FINALIZER};
 
 /// Labels naming a controller.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -134,7 +133,7 @@ pub struct DecisionLabels {
     pub namespace: String,
     /// Name of the QWorker.
     pub qworker: String,
-    /// The deciding term ([`crate::autoscaler::policy::Term::as_str`]).
+    /// The deciding term ([`workerpool_scaling::Term::as_str`]).
     pub term: &'static str,
 }
 
@@ -265,7 +264,7 @@ impl Metrics {
                 quantity,
             });
         }
-        for term in crate::autoscaler::policy::Term::ALL {
+        for term in workerpool_scaling::Term::ALL {
             self.scale_decisions.remove(&DecisionLabels {
                 namespace: namespace.to_string(),
                 qworker: qworker.to_string(),

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use workerpool_api::qworker::{ScalerConfig, SecretValue};
 use workerpool_api::{QWorker, StormCluster, StormTopology, StormWorkerPool};
 
-use crate::autoscaler::brokers::{Credentials, broker_config};
+use crate::brokers::{Credentials, broker_config};
 use crate::cli::RenderArgs;
 use crate::controllers::{qworker, storm, stormcluster, stormtopology};
 

@@ -11,9 +11,9 @@ use kube::runtime::watcher;
 use redis::AsyncCommands;
 use serde_json::json;
 use workerpool_api::{QWorker, ScalerConfig};
-use workerpool_operator::autoscaler::Autoscaler;
-use workerpool_operator::autoscaler::brokers::Brokers;
+use workerpool_operator::brokers::Brokers;
 use workerpool_operator::context::Shared;
+use workerpool_operator::controllers::qworker::autoscaler::Autoscaler;
 use workerpool_operator::metrics::Metrics;
 
 const NS: &str = "vpa";

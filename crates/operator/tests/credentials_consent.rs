@@ -11,8 +11,8 @@ use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 use workerpool_api::ScalerConfig;
-use workerpool_operator::autoscaler::brokers::{Brokers, SECRET_CONSENT_ANNOTATION};
-use workerpool_operator::autoscaler::hosts::AllowedHosts;
+use workerpool_operator::brokers::hosts::AllowedHosts;
+use workerpool_operator::brokers::{Brokers, SECRET_CONSENT_ANNOTATION};
 use workerpool_operator::context::Shared;
 use workerpool_operator::controllers::scalerconfig::{self, Context};
 use workerpool_operator::metrics::Metrics;
@@ -137,9 +137,10 @@ async fn a_consenting_secret_reaches_the_real_broker() {
         let brokers = brokers.clone();
         tokio::spawn(async move {
             let broker = brokers.get("team-a", "rabbit").await?;
-            broker.ping().await.map_err(|e| {
-                workerpool_operator::autoscaler::brokers::BrokerUnavailable::from_queue(&e)
-            })
+            broker
+                .ping()
+                .await
+                .map_err(|e| workerpool_operator::brokers::BrokerUnavailable::from_queue(&e))
         })
     };
     let creds = secret(

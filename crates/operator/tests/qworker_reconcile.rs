@@ -11,7 +11,7 @@ use kube::runtime::watcher;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 use workerpool_api::{QWorker, QWorkerStatus, ScalerConfig};
-use workerpool_operator::autoscaler::brokers::Brokers;
+use workerpool_operator::brokers::Brokers;
 use workerpool_operator::context::Shared;
 use workerpool_operator::controllers::qworker::build::{
     self, DRAIN_ANNOTATION, POD_SPEC_HASH_LABEL,

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use workerpool_operator::autoscaler::policy::Mode;
 use workerpool_operator::simulate::{Outcome, Params, Policy, Stats, Trace, compare, simulate};
+use workerpool_scaling::Mode;
 
 fn trace(segments: &[(f64, f64)], length: f64) -> Trace {
     Trace::new("test", segments.to_vec(), length).expect("valid trace")

@@ -25,6 +25,7 @@ mod config;
 mod error;
 mod management;
 mod nats;
+pub mod protocol;
 mod rabbitmq;
 mod redis_impl;
 

@@ -10,15 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::ExitReason;
-
-/// Annotation the operator sets (to a non-empty value) on a pod it wants to leave.
-pub const DRAIN_ANNOTATION: &str = "quickube.com/drain";
-
-/// Annotation the operator keeps equal to the QWorker's `status.currentPodSpecHash`.
-pub const CURRENT_HASH_ANNOTATION: &str = "quickube.com/current-pod-spec-hash";
-
-/// Default path of the downward-API annotations file.
-pub const DEFAULT_ANNOTATIONS_FILE: &str = "/etc/qworker/annotations";
+pub use workerpool_queue::protocol::{
+    CURRENT_HASH_ANNOTATION, DEFAULT_ANNOTATIONS_FILE, DRAIN_ANNOTATION,
+};
 
 /// Parses a downward-API annotations file. Lines that are not `key="quoted value"` are skipped
 /// (with a warning); a later duplicate key wins.

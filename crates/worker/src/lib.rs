@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::Instrument as _;
-use workerpool_queue::{BrokerConfig, QueueError, Task, TaskSource};
+use workerpool_queue::{BrokerConfig, QueueError, Task, TaskSource, protocol};
 
 pub use annotations::{
     CURRENT_HASH_ANNOTATION, DEFAULT_ANNOTATIONS_FILE, DRAIN_ANNOTATION, exit_decision,
@@ -176,38 +176,39 @@ impl WorkerBuilder {
     /// count as unset.
     pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, WorkerError> {
         let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
-        let url = get("QWORKER_BROKER_URL").ok_or(WorkerError::MissingEnv("QWORKER_BROKER_URL"))?;
+        let url = get(protocol::ENV_BROKER_URL)
+            .ok_or(WorkerError::MissingEnv(protocol::ENV_BROKER_URL))?;
         let mut broker = BrokerConfig::from_url(&url).map_err(|e| WorkerError::InvalidEnv {
-            name: "QWORKER_BROKER_URL",
+            name: protocol::ENV_BROKER_URL,
             message: e.to_string(),
         })?;
-        if let Some(password) = get("QWORKER_BROKER_PASSWORD") {
+        if let Some(password) = get(protocol::ENV_BROKER_PASSWORD) {
             broker = broker
                 .with_password(&password)
                 .map_err(|e| WorkerError::InvalidEnv {
-                    name: "QWORKER_BROKER_URL",
+                    name: protocol::ENV_BROKER_URL,
                     message: e.to_string(),
                 })?;
         }
-        let queue = get("QWORKER_QUEUE").ok_or(WorkerError::MissingEnv("QWORKER_QUEUE"))?;
-        let pod_name = get("POD_NAME")
+        let queue = get(protocol::ENV_QUEUE).ok_or(WorkerError::MissingEnv(protocol::ENV_QUEUE))?;
+        let pod_name = get(protocol::ENV_POD_NAME)
             .or_else(|| get("HOSTNAME"))
-            .ok_or(WorkerError::MissingEnv("POD_NAME"))?;
+            .ok_or(WorkerError::MissingEnv(protocol::ENV_POD_NAME))?;
         let mut builder = Worker::builder(broker, queue, pod_name);
-        builder.pod_spec_hash = get("POD_SPEC_HASH");
-        builder.qworker = get("QWORKER_NAME");
-        builder.namespace = get("POD_NAMESPACE");
-        if let Some(path) = get("QWORKER_ANNOTATIONS_FILE") {
+        builder.pod_spec_hash = get(protocol::ENV_POD_SPEC_HASH);
+        builder.qworker = get(protocol::ENV_QWORKER_NAME);
+        builder.namespace = get(protocol::ENV_POD_NAMESPACE);
+        if let Some(path) = get(protocol::ENV_ANNOTATIONS_FILE) {
             builder.annotations_file = PathBuf::from(path);
         }
         builder.grace_period = seconds(
-            "QWORKER_GRACE_PERIOD_SECONDS",
-            get("QWORKER_GRACE_PERIOD_SECONDS"),
+            protocol::ENV_GRACE_PERIOD_SECONDS,
+            get(protocol::ENV_GRACE_PERIOD_SECONDS),
             DEFAULT_GRACE_PERIOD,
         )?;
         builder.poll_interval = seconds(
-            "QWORKER_POLL_SECONDS",
-            get("QWORKER_POLL_SECONDS"),
+            protocol::ENV_POLL_SECONDS,
+            get(protocol::ENV_POLL_SECONDS),
             DEFAULT_POLL_INTERVAL,
         )?;
         Ok(builder)

@@ -13,6 +13,8 @@ use kube::api::Api;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+/// Pod template annotation carrying the hash of the storm.yaml, so a config change rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "storm.apache.org/config-hash";
 /// Label selector of every object the operator creates.
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=workerpool-operator";
 /// Label selector of a StormWorkerPool's children (each kind is watched, and cached, once).
@@ -65,12 +67,12 @@ pub fn controlled_by<K: Resource, O: Resource>(object: &K, owner: &O) -> bool {
 
 /// Whether `current` (a cached or live child) already holds the apply body `desired`:
 /// controlled by `owner`, not being deleted, and carrying the same applied-hash annotation
-/// ([`storm::build::APPLIED_HASH_ANNOTATION`]).
+/// ([`crate::apply::APPLIED_HASH_ANNOTATION`]).
 pub fn up_to_date<K: Resource, O: Resource>(current: &K, desired: &K, owner: &O) -> bool {
     controlled_by(current, owner)
         && current.meta().deletion_timestamp.is_none()
-        && storm::build::applied_hash_of(desired).is_some()
-        && storm::build::applied_hash_of(current) == storm::build::applied_hash_of(desired)
+        && crate::apply::applied_hash_of(desired).is_some()
+        && crate::apply::applied_hash_of(current) == crate::apply::applied_hash_of(desired)
 }
 
 /// The cached copy of `desired` (same namespace and name), if any.

@@ -19,10 +19,8 @@ use workerpool_api::conditions::{self, NewCondition, READY};
 use workerpool_api::qworker::{ScalerConfig, ScalerConfigStatus};
 
 use crate::apply;
-use crate::autoscaler::brokers::{
-    BrokerUnavailable, Brokers, CredentialsExposure, credentials_exposure,
-};
-use crate::autoscaler::hosts::AllowedHosts;
+use crate::brokers::hosts::AllowedHosts;
+use crate::brokers::{BrokerUnavailable, Brokers, CredentialsExposure, credentials_exposure};
 use crate::context::Shared;
 use crate::controllers::scoped;
 use crate::error::Result;

@@ -2,10 +2,31 @@
 
 use std::time::Duration;
 
-use crate::autoscaler::policy::{Decision, Knobs, Observation, Scaler};
+use workerpool_scaling::{Decision, Knobs, Observation, Scaler};
 
-use super::engine::{TICK_MS, View};
 use super::{HpaBehavior, Params};
+
+/// Length of one time step in milliseconds.
+pub const TICK_MS: u64 = 100;
+/// Length of one time step in seconds.
+pub const TICK: f64 = TICK_MS as f64 / 1000.0;
+/// What a controller observes when it runs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct View {
+    /// Tasks waiting plus tasks in flight, as the operator measures queue length.
+    pub queue_length: u64,
+    /// Pods that exist and are not on their way out (ours: not draining; HPA: all pods, since
+    /// removed pods vanish at once).
+    pub pods: u32,
+    /// Ready pods that are not draining (what the operator's pod cache shows).
+    pub ready: u32,
+    /// Ready pods that are draining (finishing their task).
+    pub draining: u32,
+    /// Ages in seconds of the pods not ready yet (not draining).
+    pub starting: Vec<f64>,
+    /// Median seconds from creation to readiness of the ready pods (`None`: no ready pod).
+    pub startup_seconds: Option<f64>,
+}
 
 /// A control loop: told the starting replica count, then run once per time step.
 pub trait Controller {
@@ -49,7 +70,7 @@ fn due(next: &mut u64, period: u64, now: u64) -> bool {
 }
 
 /// Ours: every poll interval, the observation a poll makes (queue length, ready and starting
-/// pods, their start-up time) through [`Scaler::step`] from `crate::autoscaler::policy`,
+/// pods, their start-up time) through [`Scaler::step`] from `workerpool_scaling`,
 /// exactly as the live autoscaler does.
 pub struct OursModel {
     knobs: Knobs,

@@ -4,33 +4,12 @@
 use std::collections::VecDeque;
 
 use super::controllers::{Controller, HpaModel, OursModel};
+pub use super::controllers::{TICK, TICK_MS, View};
 use super::trace::Trace;
 use super::{Params, Policy};
 
-/// Length of one time step in milliseconds.
-pub const TICK_MS: u64 = 100;
-/// Length of one time step in seconds.
-pub const TICK: f64 = TICK_MS as f64 / 1000.0;
 /// Work left below this counts as done (floating-point slack).
 const EPS: f64 = 1e-9;
-
-/// What a controller observes when it runs.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct View {
-    /// Tasks waiting plus tasks in flight, as the operator measures queue length.
-    pub queue_length: u64,
-    /// Pods that exist and are not on their way out (ours: not draining; HPA: all pods, since
-    /// removed pods vanish at once).
-    pub pods: u32,
-    /// Ready pods that are not draining (what the operator's pod cache shows).
-    pub ready: u32,
-    /// Ready pods that are draining (finishing their task).
-    pub draining: u32,
-    /// Ages in seconds of the pods not ready yet (not draining).
-    pub starting: Vec<f64>,
-    /// Median seconds from creation to readiness of the ready pods (`None`: no ready pod).
-    pub startup_seconds: Option<f64>,
-}
 
 /// The figures of one run. Times are seconds; only the simulated window `[0, duration)` counts.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -91,7 +70,7 @@ pub struct Outcome {
     /// One sample per simulated second.
     pub samples: Vec<Sample>,
     /// Ours: every decision that changed the count, with its time in seconds.
-    pub decisions: Vec<(f64, crate::autoscaler::policy::Decision)>,
+    pub decisions: Vec<(f64, workerpool_scaling::Decision)>,
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -52,7 +52,7 @@
 //!
 //! The live code: every `--poll-interval` (1 s), what a poll sees (queue length, ready, draining
 //! and starting pods, the pods' median start-up time) through
-//! [`Scaler::step`](crate::autoscaler::policy::Scaler::step): the rate policy (`--policy rate`,
+//! [`Scaler::step`](workerpool_scaling::Scaler::step): the rate policy (`--policy rate`,
 //! the default, with `--target-drain-seconds` and `--max-surge-percent`) or the specification's
 //! rule (`--policy queue-length`), then the scale-down window `--stabilization` (30 s; with the
 //! rate policy it holds only the arrivals' need, not workers added for a backlog).
@@ -125,6 +125,7 @@
 //! - KEDA, Scaling Deployments (activation 0↔1 by KEDA, 1↔N by the HPA):
 //!   <https://keda.sh/docs/latest/concepts/scaling-deployments/>
 
+mod args;
 mod controllers;
 mod engine;
 mod plot;
@@ -140,7 +141,7 @@ pub use engine::{Outcome, Sample, Stats, TICK, percentile, simulate};
 pub use report::{Comparison, StepResponse, step_response};
 pub use trace::{BUILT_IN, Trace};
 
-use crate::cli::SimulateArgs;
+pub use args::SimulateArgs;
 
 /// Seconds of queued work per worker that the default scaling factor aims at.
 pub const TARGET_DRAIN_SECONDS: f64 = 10.0;
@@ -174,7 +175,7 @@ pub enum PolicyArg {
     QueueLength,
 }
 
-impl From<PolicyArg> for crate::autoscaler::policy::Mode {
+impl From<PolicyArg> for workerpool_scaling::Mode {
     fn from(p: PolicyArg) -> Self {
         match p {
             PolicyArg::Rate => Self::Rate,
@@ -248,7 +249,7 @@ pub struct Params {
     /// Start empty at the minimum instead of at the first rate's steady state.
     pub cold_start: bool,
     /// Our scaling policy (`scalingPolicy`: `Rate` by default, or the specification's `QueueLength`).
-    pub mode: crate::autoscaler::policy::Mode,
+    pub mode: workerpool_scaling::Mode,
     /// `targetDrainSeconds` (10).
     pub target_drain_seconds: f64,
     /// `maxSurgePercent` (10).
@@ -271,9 +272,9 @@ impl Default for Params {
             poll_interval: 1.0,
             stabilization: 30.0,
             cold_start: false,
-            mode: crate::autoscaler::policy::Mode::Rate,
-            target_drain_seconds: crate::autoscaler::policy::DEFAULT_TARGET_DRAIN_SECONDS,
-            max_surge_percent: crate::autoscaler::policy::DEFAULT_MAX_SURGE_PERCENT,
+            mode: workerpool_scaling::Mode::Rate,
+            target_drain_seconds: workerpool_scaling::DEFAULT_TARGET_DRAIN_SECONDS,
+            max_surge_percent: workerpool_scaling::DEFAULT_MAX_SURGE_PERCENT,
             seed: None,
             hpa: HpaParams::default(),
         }
@@ -282,8 +283,8 @@ impl Default for Params {
 
 impl Params {
     /// Our policy's settings, as a QWorker's `scaleConfig` gives them.
-    pub fn knobs(&self) -> crate::autoscaler::policy::Knobs {
-        crate::autoscaler::policy::Knobs {
+    pub fn knobs(&self) -> workerpool_scaling::Knobs {
+        workerpool_scaling::Knobs {
             scaling_factor: self.scaling_factor,
             min: self.min_replicas,
             max: self.max_replicas,

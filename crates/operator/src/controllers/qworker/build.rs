@@ -15,26 +15,16 @@ use workerpool_api::QWorker;
 use crate::MANAGED_BY;
 use crate::controllers::field_env;
 
-/// Label naming a worker pod's QWorker.
-pub const QWORKER_LABEL: &str = "quickube.com/qworker";
-/// Label with the hash of the pod template the pod was created from.
-pub const POD_SPEC_HASH_LABEL: &str = "quickube.com/pod-spec-hash";
-/// Annotation asking a worker to finish its current task and exit (value: the reason).
-pub const DRAIN_ANNOTATION: &str = "quickube.com/drain";
-/// Annotation with the QWorker's current pod-spec hash; a worker whose own hash differs exits.
-pub const CURRENT_HASH_ANNOTATION: &str = "quickube.com/current-pod-spec-hash";
+pub use workerpool_queue::protocol::{
+    CURRENT_HASH_ANNOTATION, DRAIN_ANNOTATION, POD_SPEC_HASH_LABEL, PODINFO_DIR, QUEUE_ANNOTATION,
+    QWORKER_LABEL, RECOVERY_FINALIZER, SCALER_CONFIG_ANNOTATION, WORKER_CONTAINER_ANNOTATION,
+};
+use workerpool_queue::protocol::{
+    ENV_ANNOTATIONS_FILE, ENV_POD_NAME, ENV_POD_NAMESPACE, ENV_POD_SPEC_HASH, ENV_QUEUE,
+    ENV_QWORKER_NAME,
+};
 /// Name of the downward-API volume that exposes the pod's annotations to the worker.
 pub const PODINFO_VOLUME: &str = "qworker-podinfo";
-/// Where the downward-API volume is mounted; the annotations are in `annotations` below it.
-pub const PODINFO_DIR: &str = "/etc/qworker";
-/// Annotation with the queue the pod's worker consumes (read when its tasks are recovered).
-pub const QUEUE_ANNOTATION: &str = "quickube.com/queue";
-/// Annotation on every worker pod: the name of its worker container (the template's first
-/// container), so that the pod's state is read from that container even when an admission
-/// webhook inserted a sidecar before it.
-pub const WORKER_CONTAINER_ANNOTATION: &str = "quickube.com/worker-container";
-/// Annotation with the ScalerConfig the pod's worker uses (read when its tasks are recovered).
-pub const SCALER_CONFIG_ANNOTATION: &str = "quickube.com/scaler-config";
 /// Annotation that lets the cluster autoscaler remove a node running a worker pod: a drained
 /// or evicted worker loses nothing (its task goes back to the queue). Set to `"true"` unless
 /// `spec.template.annotations` sets it.
@@ -128,14 +118,11 @@ fn env(name: &str, value: &str) -> EnvVar {
 
 fn with_protocol(mut c: Container, qw: &QWorker, hash: &str) -> Container {
     let identity = [
-        env("QWORKER_NAME", &qw.name_any()),
-        env("POD_SPEC_HASH", hash),
-        field_env("POD_NAME", "metadata.name"),
-        field_env("POD_NAMESPACE", "metadata.namespace"),
-        env(
-            "QWORKER_ANNOTATIONS_FILE",
-            &format!("{PODINFO_DIR}/annotations"),
-        ),
+        env(ENV_QWORKER_NAME, &qw.name_any()),
+        env(ENV_POD_SPEC_HASH, hash),
+        field_env(ENV_POD_NAME, "metadata.name"),
+        field_env(ENV_POD_NAMESPACE, "metadata.namespace"),
+        env(ENV_ANNOTATIONS_FILE, &format!("{PODINFO_DIR}/annotations")),
     ];
     let mut envs: Vec<EnvVar> = c
         .env
@@ -144,8 +131,8 @@ fn with_protocol(mut c: Container, qw: &QWorker, hash: &str) -> Container {
         .into_iter()
         .filter(|e| !identity.iter().any(|i| i.name == e.name))
         .collect();
-    if !envs.iter().any(|e| e.name == "QWORKER_QUEUE") {
-        envs.push(env("QWORKER_QUEUE", &qw.spec.scale_config.queue));
+    if !envs.iter().any(|e| e.name == ENV_QUEUE) {
+        envs.push(env(ENV_QUEUE, &qw.spec.scale_config.queue));
     }
     c.env = Some(identity.into_iter().chain(envs).collect());
     let mounts = c.volume_mounts.get_or_insert_default();
@@ -224,7 +211,7 @@ pub fn pod(qw: &QWorker, spec: &PodSpec, hash: &str, name: &str) -> Pod {
             labels: Some(labels),
             annotations: Some(annotations),
             owner_references: qw.controller_owner_ref(&()).map(|o| vec![o]),
-            finalizers: Some(vec![super::plan::RECOVERY_FINALIZER.into()]),
+            finalizers: Some(vec![RECOVERY_FINALIZER.into()]),
             ..ObjectMeta::default()
         },
         spec: Some(spec),

@@ -8,6 +8,7 @@
 //! carry the [`plan::RECOVERY_FINALIZER`]; [`release`] removes it once a deleted pod's worker has
 //! stopped and its tasks are back on the queue, so nothing depends on this process's memory.
 
+pub mod autoscaler;
 pub mod build;
 pub mod plan;
 pub mod release;
@@ -30,9 +31,9 @@ use tracing::{debug, info, instrument, warn};
 use workerpool_api::QWorker;
 use workerpool_api::conditions::{self, NewCondition, READY, SCALING};
 
-use crate::autoscaler::{Autoscaler, owned_by};
 use crate::cache;
 use crate::context::Shared;
+use crate::controllers::qworker::autoscaler::{Autoscaler, owned_by};
 use crate::controllers::scoped;
 use crate::error::{Error, Result};
 use crate::runtime;
@@ -139,7 +140,7 @@ pub struct Context {
     /// Cache of the managed worker pods, indexed by owner.
     pub pods: cache::Owned<Pod>,
     /// Broker connections, to recover the tasks of gone workers.
-    pub brokers: crate::autoscaler::brokers::Brokers,
+    pub brokers: crate::brokers::Brokers,
     /// The queue autoscaler; `None` in tests that drive `status.desiredReplicas` themselves.
     pub autoscaler: Option<Autoscaler>,
     /// Expectations, by QWorker uid.
@@ -626,7 +627,9 @@ async fn write_status(
     let leaving = views.iter().filter(|v| v.draining && !v.terminal()).count() + plan.drain.len();
     let scaling = if let Some(crash_loop) = &plan.crash_loop {
         NewCondition::new(SCALING, false, "CrashLooping", crash_loop.message())
-    } else if let Some(ineffective) = crate::autoscaler::ineffective_condition(&status) {
+    } else if let Some(ineffective) =
+        crate::controllers::qworker::autoscaler::ineffective_condition(&status)
+    {
         // The autoscaler holds the count: more workers did not raise the completion rate.
         ineffective
     } else if acted || current != desired || leaving > 0 {
@@ -676,7 +679,7 @@ async fn write_status(
 /// the gate, and every object is reconciled when it becomes the leader.
 pub fn controller(
     shared: Shared,
-    brokers: crate::autoscaler::brokers::Brokers,
+    brokers: crate::brokers::Brokers,
     namespace: Option<&str>,
     early_polls: u32,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,

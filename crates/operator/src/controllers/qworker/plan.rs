@@ -26,9 +26,7 @@ use super::build::{
     DRAIN_ANNOTATION, POD_NAME_ALPHABET, POD_SPEC_HASH_LABEL, WORKER_CONTAINER_ANNOTATION,
 };
 
-/// Finalizer on every worker pod: the pod object stays until its worker has stopped and its
-/// in-flight tasks are back on the queue.
-pub const RECOVERY_FINALIZER: &str = "quickube.com/task-recovery";
+pub use workerpool_queue::protocol::RECOVERY_FINALIZER;
 /// After a deleted pod's kill deadline (`deletionTimestamp`) has passed by this much, its
 /// containers are taken as stopped even if no kubelet reported so.
 pub const STOP_MARGIN: Duration = Duration::from_secs(10);

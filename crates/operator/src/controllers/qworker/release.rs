@@ -38,7 +38,7 @@ pub struct Context {
     /// The QWorker cache (for pods made before their queue was recorded on them).
     pub qworkers: Store<QWorker>,
     /// Broker connections.
-    pub brokers: crate::autoscaler::brokers::Brokers,
+    pub brokers: crate::brokers::Brokers,
 }
 
 /// Where a pod's worker took its tasks from: (queue, ScalerConfig name).
@@ -59,7 +59,7 @@ fn source(pod: &Pod, qworkers: &Store<QWorker>) -> Option<(String, String)> {
 /// Whether ScalerConfig `ns/name` names a broker that keeps per-worker lists; a ScalerConfig
 /// not in the cache (deleted, or not yet listed) is asked, as before, so nothing is skipped on
 /// a guess.
-fn keeps_lists(brokers: &crate::autoscaler::brokers::Brokers, ns: &str, name: &str) -> bool {
+fn keeps_lists(brokers: &crate::brokers::Brokers, ns: &str, name: &str) -> bool {
     brokers
         .configs()
         .get(&ObjectRef::new(name).within(ns))

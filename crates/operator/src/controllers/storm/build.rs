@@ -20,8 +20,6 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
-use sha2::{Digest, Sha256};
 use workerpool_api::storm::{
     DEFAULT_STORM_IMAGE, DEFAULT_STORM_TAG, MAX_POOL_NAME_LENGTH, MetricSourceType,
     POOL_RESERVED_KEYS, StormCluster, StormWorkerPool, image_reference, reserved_key_in,
@@ -35,8 +33,7 @@ use crate::controllers::field_env;
 use crate::error::{Error, Result};
 use crate::quantity;
 
-/// Name of the operator's worker container inside the pod template.
-pub const WORKER_CONTAINER: &str = "worker";
+pub use super::sizing::WORKER_CONTAINER;
 /// Name of the volume holding the pool's storm.yaml.
 pub const CONFIG_VOLUME: &str = "storm-config";
 /// Where the storm.yaml is mounted (the official image's `STORM_CONF_DIR`).
@@ -58,11 +55,10 @@ pub const STORM_UID: i64 = 1000;
 /// Storm's default `worker.childopts` (2.6–2.8's defaults.yaml): `jvmOpts` are appended to it,
 /// so `%HEAP-MEM%` and the heap-dump options stay.
 pub const DEFAULT_WORKER_CHILDOPTS: &str = "-Xmx%HEAP-MEM%m -XX:+IgnoreUnrecognizedVMOptions -XX:+PrintGCDetails -Xloggc:artifacts/gc.log -XX:+PrintGCDateStamps -XX:+PrintGCTimeStamps -XX:+UseGCLogFileRotation -XX:NumberOfGCLogFiles=10 -XX:GCLogFileSize=1M -XX:+HeapDumpOnOutOfMemoryError -XX:HeapDumpPath=artifacts/heapdump";
-/// Pod template annotation carrying the hash of the storm.yaml, so a config change rolls the pods.
-pub const CONFIG_HASH_ANNOTATION: &str = "storm.apache.org/config-hash";
-/// Annotation on every child the operator applies: [`applied_hash`] of the apply body, so that
-/// a reconcile can skip an apply whose body the child already carries.
-pub const APPLIED_HASH_ANNOTATION: &str = "workerpool-operator/applied-hash";
+pub use crate::apply::{
+    APPLIED_HASH_ANNOTATION, applied_hash, applied_hash_of, short_hash, with_applied_hash,
+};
+pub use crate::controllers::CONFIG_HASH_ANNOTATION;
 /// Label naming the pool on every child.
 pub const POOL_LABEL: &str = "storm.apache.org/pool";
 /// Label naming the topology on every child.
@@ -330,44 +326,6 @@ pub fn storm_yaml(pool: &StormWorkerPool, cluster: &StormCluster) -> Result<Stri
 /// the pod template so that a change rolls the pods.
 pub fn config_hash(storm_yaml: &str) -> String {
     short_hash(&format!("{storm_yaml}{CLUSTER_XML}{WORKER_XML}"))
-}
-
-/// A short, stable hash of a string (hex, 16 characters).
-pub fn short_hash(data: &str) -> String {
-    let digest = Sha256::digest(data.as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-/// A short hash of the apply body `object` as serialized, [`APPLIED_HASH_ANNOTATION`] left out
-/// (pure: the same desired object always gives the same hash).
-pub fn applied_hash<K: Resource + Serialize + Clone>(object: &K) -> String {
-    let mut body = object.clone();
-    if let Some(annotations) = body.meta_mut().annotations.as_mut() {
-        annotations.remove(APPLIED_HASH_ANNOTATION);
-        if annotations.is_empty() {
-            body.meta_mut().annotations = None;
-        }
-    }
-    short_hash(&serde_json::to_string(&body).unwrap_or_default())
-}
-
-/// `object` carrying its [`applied_hash`] in [`APPLIED_HASH_ANNOTATION`].
-pub fn with_applied_hash<K: Resource + Serialize + Clone>(mut object: K) -> K {
-    let hash = applied_hash(&object);
-    object
-        .annotations_mut()
-        .insert(APPLIED_HASH_ANNOTATION.into(), hash);
-    object
-}
-
-/// The [`APPLIED_HASH_ANNOTATION`] of `object`, if any.
-pub fn applied_hash_of<K: Resource>(object: &K) -> Option<&str> {
-    object
-        .meta()
-        .annotations
-        .as_ref()?
-        .get(APPLIED_HASH_ANNOTATION)
-        .map(String::as_str)
 }
 
 /// Whether the live child `current` already holds the apply body `desired`: it is controlled by

@@ -14,8 +14,10 @@
 
 use workerpool_api::storm::StormWorkerPool;
 
-use super::build::WORKER_CONTAINER;
 use crate::quantity;
+
+/// Name of the operator's worker container inside the pod template.
+pub const WORKER_CONTAINER: &str = "worker";
 
 /// Memory kept for the supervisor JVM (heap 256 MiB and the rest of the process), in MiB.
 pub const SUPERVISOR_RESERVE_MB: u64 = 512;

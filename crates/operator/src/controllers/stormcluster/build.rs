@@ -22,8 +22,9 @@ use workerpool_api::storm::{
 use workerpool_storm::log4j2::{CLUSTER_XML, CLUSTER_XML_NAME};
 
 use crate::MANAGED_BY;
+use crate::apply::{short_hash, with_applied_hash};
+use crate::controllers::CONFIG_HASH_ANNOTATION;
 use crate::controllers::field_env;
-use crate::controllers::storm::build::{CONFIG_HASH_ANNOTATION, short_hash, with_applied_hash};
 use crate::error::{Error, Result};
 use crate::quantity;
 
@@ -542,7 +543,7 @@ pub fn ui_deployment(cluster: &StormCluster, config_hash: &str) -> Deployment {
     }
 }
 
-/// Every object of a Managed cluster, each carrying its [`APPLIED_HASH_ANNOTATION`](crate::controllers::storm::build::APPLIED_HASH_ANNOTATION).
+/// Every object of a Managed cluster, each carrying its [`APPLIED_HASH_ANNOTATION`](crate::apply::APPLIED_HASH_ANNOTATION).
 #[derive(Clone, Debug)]
 pub struct Children {
     /// `<cluster>-config`.
@@ -573,7 +574,7 @@ pub fn children(cluster: &StormCluster) -> Result<Children> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controllers::storm::build::{APPLIED_HASH_ANNOTATION, applied_hash_of};
+    use crate::apply::{APPLIED_HASH_ANNOTATION, applied_hash_of};
     use workerpool_api::storm::{ImageSpec, NimbusSpec, StormClusterSpec};
 
     fn cluster(mode: ClusterMode) -> StormCluster {

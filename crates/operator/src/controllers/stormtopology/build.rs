@@ -17,7 +17,7 @@ use workerpool_api::storm::{
 use workerpool_storm::command::{self, Submission};
 
 use crate::MANAGED_BY;
-use crate::controllers::storm::build::short_hash;
+use crate::apply::short_hash;
 use crate::error::{Error, Result};
 
 /// Label naming the topology (`metadata.name`) on its Jobs.

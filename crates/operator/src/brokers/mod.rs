@@ -22,7 +22,9 @@ use kube::{Client, ResourceExt};
 use workerpool_api::qworker::{BrokerConnection, BrokerType, ScalerConfig, SecretValue};
 use workerpool_queue::{BrokerConfig, NatsConfig, QueueBroker, RabbitMqConfig, RedisConfig};
 
-use super::hosts::AllowedHosts;
+pub mod hosts;
+
+use hosts::AllowedHosts;
 
 /// Why a broker cannot be used; `reason` is a bounded CamelCase condition reason.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -7,10 +7,9 @@
 //! `BrokerReachable=False` is set with the reason, a Warning Event is published, and polls
 //! back off; the autoscaler never scales down on an error.
 
-pub mod brokers;
-pub mod hosts;
-pub mod policy;
 pub mod probe;
+
+use workerpool_scaling as policy;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,9 +25,9 @@ use tracing::{debug, info, warn};
 use workerpool_api::QWorker;
 use workerpool_api::conditions::{self, BROKER_REACHABLE, NewCondition};
 
+use crate::brokers::{BrokerUnavailable, Brokers};
 use crate::context::Shared;
 use crate::metrics::{BrokerErrorLabels, QWorkerLabels};
-use brokers::{BrokerUnavailable, Brokers};
 use probe::{Connection, Probes};
 
 /// Field manager of the autoscaler's status writes (`desiredReplicas`, `queueLength`,
@@ -72,7 +71,7 @@ pub fn pod_observation(
     queue_length: u64,
     now: Timestamp,
 ) -> policy::Observation {
-    use crate::controllers::qworker::build::DRAIN_ANNOTATION;
+    use workerpool_queue::protocol::DRAIN_ANNOTATION;
     let uid = qw.metadata.uid.as_deref();
     let mut obs = policy::Observation {
         at,
@@ -1187,7 +1186,7 @@ mod observation_tests {
         if drain {
             p.metadata.annotations = Some(
                 [(
-                    crate::controllers::qworker::build::DRAIN_ANNOTATION.to_string(),
+                    workerpool_queue::protocol::DRAIN_ANNOTATION.to_string(),
                     "scale-down".to_string(),
                 )]
                 .into(),

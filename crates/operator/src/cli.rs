@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::brokers::hosts::AllowedHosts;
+#[cfg(feature = "simulate")]
 use crate::simulate::SimulateArgs;
 use crate::telemetry::LogFormat;
 
@@ -25,6 +26,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once at start: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller manager against the cluster of the current kube context.
@@ -34,6 +37,7 @@ pub enum Command {
     /// Print, offline, the objects the operator would create for the resources in FILE.
     Render(RenderArgs),
     /// Replay a queue-load trace through the scaling code and compare policies, offline.
+    #[cfg(feature = "simulate")]
     Simulate(SimulateArgs),
 }
 

@@ -23,6 +23,7 @@ pub mod quantity;
 pub mod render;
 pub mod run;
 pub mod runtime;
+#[cfg(feature = "simulate")]
 pub mod simulate;
 pub mod telemetry;
 

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Render(args) => workerpool_operator::render::run(&args),
+        #[cfg(feature = "simulate")]
         Command::Simulate(args) => workerpool_operator::simulate::run(&args),
     };
     match result {

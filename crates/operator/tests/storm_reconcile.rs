@@ -1366,3 +1366,170 @@ async fn a_storm_metric_that_makes_no_sense_is_reported_and_kept_out_of_the_hpa(
     assert_eq!(warnings.len(), 1, "{events:?}");
     assert_eq!(warnings[0].0, "Warning");
 }
+
+/// One reconcile of the seed's autoscaled pool whose Storm-derived count was 5 and whose
+/// topology went idle for longer than the stabilisation window, with the Deployment at
+/// `replicas` and an HPA that cannot compute (no metrics-server); returns the Deployment's
+/// merge patch, if one was sent, and the written status.
+async fn idle_after_the_window(replicas: i32) -> (Option<Value>, Value) {
+    let (ui, _) = storm_ui(100, "15.000", "0.050").await;
+    let mut p = pool(include_str!(
+        "../../../examples/storm-autoscale-worker-pool.yaml"
+    ));
+    p.status = Some(
+        serde_json::from_value(json!({
+            "stormAutoscaling": {"replicas": 5, "recommendation": 2, "term": "MinReplicas",
+                "belowSince": "2020-01-01T00:00:00Z", "belowMax": 2}
+        }))
+        .expect("status"),
+    );
+    let (client, mut api) = support::mock();
+    let ctx = Arc::new(Context {
+        shared: Shared::new(client, Arc::new(Metrics::default()), None),
+        children: ChildTracker::default(),
+        written: Default::default(),
+        storm: workerpool_operator::controllers::storm::StormReader::new(Arc::new(
+            workerpool_storm::RestConnector::new(),
+        )),
+        caches: ChildCaches::default(),
+    });
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
+    let mut t = topology("streaming-topology", "Running");
+    t["status"]["topologyId"] = json!("streaming-topology-1-1700000000");
+    api.expect(
+        "GET",
+        &path(
+            "storm.apache.org/v1beta1",
+            "stormtopologies",
+            "streaming-topology",
+        ),
+        200,
+        t,
+    )
+    .await;
+    let mut c = cluster();
+    c["spec"]["uiUrl"] = json!(ui);
+    api.expect(
+        "GET",
+        &path("storm.apache.org/v1beta1", "stormclusters", "storm"),
+        200,
+        c,
+    )
+    .await;
+    expect_operator_apply(
+        &mut api,
+        &path("v1", "configmaps", "autoscale-workers-storm-config"),
+        json!({}),
+    )
+    .await;
+    let deploy_path = path("apps/v1", "deployments", "autoscale-workers-deployment");
+    let live = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "autoscale-workers-deployment", "namespace": NS, "managedFields": [
+            {"manager": "workerpool-operator", "operation": "Apply", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:metadata": {"f:labels": {}}, "f:spec": {"f:selector": {}, "f:template": {}}}},
+            {"manager": "kube-controller-manager", "operation": "Update", "subresource": "scale",
+             "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
+        "spec": {"replicas": replicas, "selector": {}, "template": {}}});
+    api.expect("GET", &deploy_path, 200, live).await;
+    expect_operator_apply(
+        &mut api,
+        &deploy_path,
+        json!({"spec": {"replicas": replicas}}),
+    )
+    .await;
+    expect_operator_apply(
+        &mut api,
+        &path("v1", "services", "autoscale-workers-headless"),
+        json!({}),
+    )
+    .await;
+    let hpa = expect_operator_apply(
+        &mut api,
+        &path("autoscaling/v2", "horizontalpodautoscalers", "autoscale-workers-hpa"),
+        json!({"status": {"currentReplicas": replicas, "desiredReplicas": replicas, "conditions": [
+            {"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale", "message": "ok"},
+            {"type": "ScalingActive", "status": "False", "reason": "FailedGetResourceMetric",
+             "message": "unable to get metrics for resource cpu"}]}}),
+    )
+    .await;
+    assert_eq!(
+        hpa.body["spec"]["minReplicas"], 2,
+        "the floor fell to minReplicas"
+    );
+    let (seen, send) = api.next().await;
+    let patch = if seen.method == "PATCH" && seen.path == deploy_path {
+        assert!(
+            seen.query
+                .contains("fieldManager=workerpool-operator-storm-autoscaler"),
+            "{}",
+            seen.query
+        );
+        let mut answer = seen.body.clone();
+        support::merge(
+            &mut answer,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "autoscale-workers-deployment", "namespace": NS}}),
+        );
+        send.send_response(
+            http::Response::builder()
+                .status(200)
+                .body(kube::client::Body::from(
+                    serde_json::to_vec(&answer).expect("json"),
+                ))
+                .expect("response"),
+        );
+        Some(seen.body)
+    } else {
+        assert_eq!(
+            seen.path,
+            path(
+                "storm.apache.org/v1beta1",
+                "stormworkerpools",
+                "autoscale-workers/status"
+            )
+        );
+        let mut answer = stored(&p);
+        support::merge(&mut answer, seen.body.clone());
+        send.send_response(
+            http::Response::builder()
+                .status(200)
+                .body(kube::client::Body::from(
+                    serde_json::to_vec(&answer).expect("json"),
+                ))
+                .expect("response"),
+        );
+        api.finish(task).await.expect("reconcile ok");
+        return (None, seen.body["status"].clone());
+    };
+    let status = api
+        .expect_apply(
+            &path(
+                "storm.apache.org/v1beta1",
+                "stormworkerpools",
+                "autoscale-workers/status",
+            ),
+            stored(&p),
+        )
+        .await;
+    api.finish(task).await.expect("reconcile ok");
+    (patch, status.body["status"].clone())
+}
+
+#[tokio::test]
+async fn a_stuck_hpa_gives_back_only_what_the_storm_floor_raised() {
+    // Raised to 5 by Storm: the HPA cannot compute, so the operator takes it back to 2.
+    let (patch, status) = idle_after_the_window(5).await;
+    assert_eq!(patch, Some(json!({"spec": {"replicas": 2}})));
+    assert_eq!(status["stormAutoscaling"]["replicas"], 2);
+    assert_eq!(
+        (
+            status["lastScaleDecision"]["from"].as_i64(),
+            status["lastScaleDecision"]["to"].as_i64()
+        ),
+        (Some(5), Some(2))
+    );
+    // At 8 the HPA scaled beyond the Storm floor on its own metrics before they failed: left alone.
+    let (patch, status) = idle_after_the_window(8).await;
+    assert_eq!(patch, None);
+    assert_eq!(status["stormAutoscaling"]["replicas"], 2);
+}

@@ -375,7 +375,8 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
 
     let deployment = match (scaling.floor, &hpa) {
         (Some(floor), Some(hpa)) => {
-            scale_down_for_a_stuck_hpa(pool, &deployments, deployment, hpa, floor).await?
+            let raised = raised_by_storm(pool.status.as_ref());
+            scale_down_for_a_stuck_hpa(pool, &deployments, deployment, hpa, floor, raised).await?
         }
         _ => deployment,
     };
@@ -546,16 +547,33 @@ async fn read_topology(
         .map_err(|e| format!("Storm's load of topology {id} not read: {e}"))
 }
 
+/// The highest count the Storm-derived floor recorded in `status` raised the pool to: the
+/// floor in force, or the count the last decision lowered it from. Only that much is taken
+/// back by [`scale_down_for_a_stuck_hpa`].
+pub fn raised_by_storm(status: Option<&StormWorkerPoolStatus>) -> i32 {
+    let floor = status
+        .and_then(|s| s.storm_autoscaling.as_ref())
+        .map_or(0, |a| a.replicas);
+    let lowered_from = status
+        .and_then(|s| s.last_scale_decision.as_ref())
+        .filter(|d| d.to < d.from)
+        .map_or(0, |d| d.from);
+    floor.max(lowered_from)
+}
+
 /// Lowers the Deployment to `floor` when the HPA cannot compute any count (`ScalingActive=False`,
 /// e.g. no metrics-server for its CPU and memory metrics): the HPA then only enforces its bounds
-/// and would never take a pool raised by the Storm-derived floor back down. While the HPA can
-/// compute, scaling down is left to it. Returns the Deployment as it is now.
+/// and would never take a pool raised by the Storm-derived floor back down. Only a count the
+/// floor raised (at most `raised`, see [`raised_by_storm`]) is taken back; a higher one (the HPA
+/// scaled on its own metrics before they failed) is left alone, and while the HPA can compute,
+/// scaling down is left to it. Returns the Deployment as it is now.
 async fn scale_down_for_a_stuck_hpa(
     pool: &StormWorkerPool,
     api: &Api<Deployment>,
     deployment: Deployment,
     hpa: &HorizontalPodAutoscaler,
     floor: i32,
+    raised: i32,
 ) -> Result<Deployment> {
     let replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
     let stuck = hpa
@@ -572,7 +590,7 @@ async fn scale_down_for_a_stuck_hpa(
             .and_then(|a| a.min_replicas)
             .unwrap_or(1),
     );
-    let Some(replicas) = replicas.filter(|r| stuck && *r > floor) else {
+    let Some(replicas) = replicas.filter(|r| stuck && *r > floor && *r <= raised) else {
         return Ok(deployment);
     };
     info!(

@@ -414,8 +414,8 @@ pub struct StormScaleDecision {
     pub from: i32,
     /// The count after.
     pub to: i32,
-    /// What decided: `PendingMessages`, `BoltCapacity`, `Tolerance`, `Stabilization`,
-    /// `ExecutorsExhausted`, `MinReplicas`, `MaxReplicas`.
+    /// What decided: `PendingMessages`, `BoltCapacity`, `Tolerance` (within 10 % of the
+    /// target), `ExecutorsExhausted`, `MinReplicas`, `MaxReplicas`, `NoData`.
     pub term: String,
     /// The decision in words.
     #[serde(default, skip_serializing_if = "String::is_empty")]

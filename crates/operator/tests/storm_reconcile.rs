@@ -1533,3 +1533,43 @@ async fn a_stuck_hpa_gives_back_only_what_the_storm_floor_raised() {
     assert_eq!(patch, None);
     assert_eq!(status["stormAutoscaling"]["replicas"], 2);
 }
+
+#[tokio::test]
+async fn an_unreachable_storm_ui_keeps_the_count_in_force_and_says_so() {
+    let mut p = pool(include_str!(
+        "../../../examples/storm-autoscale-worker-pool.yaml"
+    ));
+    p.status = Some(
+        serde_json::from_value(json!({
+            "stormAutoscaling": {"replicas": 4, "recommendation": 4, "term": "PendingMessages"}
+        }))
+        .expect("status"),
+    );
+    // Nothing listens on port 1.
+    let (hpa, status, events) = reconcile_with_storm(&p, "http://127.0.0.1:1").await;
+    assert_eq!(hpa["spec"]["minReplicas"], 4, "the count in force stays");
+    assert_eq!(status["stormAutoscaling"]["replicas"], 4);
+    assert!(status.get("lastScaleDecision").is_none(), "{status}");
+    let auto = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Autoscaling")
+        .expect("Autoscaling");
+    assert_eq!(
+        (auto["status"].as_str(), auto["reason"].as_str()),
+        (Some("False"), Some("StormUnreachable"))
+    );
+    let message = auto["message"].as_str().expect("message");
+    assert!(
+        message.contains("streaming-topology-1-1700000000")
+            && message.contains("Storm-derived count 4 kept"),
+        "{message}"
+    );
+    let warnings: Vec<_> = events
+        .iter()
+        .filter(|e| e.1 == "StormUnreachable")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{events:?}");
+    assert_eq!(warnings[0].0, "Warning");
+}

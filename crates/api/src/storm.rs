@@ -6,7 +6,7 @@ use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscalerBehavior,
 };
 use k8s_openapi::api::core::v1::{PodSpec, ResourceRequirements};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -29,6 +29,16 @@ pub const DEFAULT_STORM_TAG: &str = "2.6.4";
 /// label of at most 63 characters, and `-headless` is the longest suffix the operator appends
 /// to a name that must be such a label. The CRD's CEL rule on `metadata.name` says the same.
 pub const MAX_POOL_NAME_LENGTH: usize = 54;
+
+// Custom metrics of a StormWorkerPool's `autoscaling` that the operator evaluates itself from
+// the Storm UI (the HPA never gets them; see docs/storm.md).
+
+/// Tuple trees in flight per pod.
+pub const PENDING_MESSAGES: &str = "storm_pending_messages";
+/// Capacity of the busiest bolt executor.
+pub const BOLT_CAPACITY: &str = "storm_bolt_capacity";
+/// The custom metrics the operator evaluates itself.
+pub const RECOGNISED: [&str; 2] = [PENDING_MESSAGES, BOLT_CAPACITY];
 
 /// A pool of Storm worker pods serving one topology.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -338,6 +348,91 @@ pub struct StormWorkerPoolStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The count derived from Storm's own load (recognised `storm_*` custom metrics), enforced
+    /// as the HPA's `minReplicas`; absent when the pool has no recognised Storm metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm_autoscaling: Option<StormAutoscalingStatus>,
+    /// The last change of the Storm-derived count and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_decision: Option<StormScaleDecision>,
+}
+
+/// What Storm's UI REST API reported for an autoscaled pool's topology, and the figures the
+/// operator derived from it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StormScaleInputs {
+    /// Seconds of the Storm window the rates come from (600, or the uptime when shorter).
+    pub window_seconds: i64,
+    /// Worker pods the per-pod values are divided by (the Deployment's count).
+    pub pods: i32,
+    /// Tuple trees in flight in the topology: Σ over spouts of acked / window ×
+    /// completeLatency (Little's law).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_messages: Option<f64>,
+    /// `pendingMessages` per pod (`storm_pending_messages`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_messages_per_pod: Option<f64>,
+    /// The spouts' largest complete latency, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete_latency_ms: Option<f64>,
+    /// The bolt with the busiest executor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busiest_bolt: Option<String>,
+    /// Its capacity (`storm_bolt_capacity`): share of the last 10 minutes its busiest executor
+    /// spent executing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bolt_capacity: Option<f64>,
+    /// Its execute latency, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execute_latency_ms: Option<f64>,
+    /// The topology's executors (`executorsTotal`).
+    pub executors: i64,
+    /// Pods the executors can occupy: ⌈executors / slots per pod⌉; more cannot help.
+    pub useful_pods: i32,
+}
+
+/// The Storm-derived count in force and the scale-down stabilisation's memory
+/// (`status.stormAutoscaling`), kept in status so that an operator restart keeps it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StormAutoscalingStatus {
+    /// The count enforced as the HPA's `minReplicas`.
+    pub replicas: i32,
+    /// The latest recommendation, before stabilisation.
+    pub recommendation: i32,
+    /// The term that decided the recommendation (see [`StormScaleDecision::term`]).
+    pub term: String,
+    /// Since when every recommendation was below `replicas` (absent: it was not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below_since: Option<Time>,
+    /// The largest recommendation since `belowSince`: the count a scale-down goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below_max: Option<i32>,
+    /// The figures of the latest read of Storm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<StormScaleInputs>,
+}
+
+/// One change of the Storm-derived count (`status.lastScaleDecision`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StormScaleDecision {
+    /// When.
+    pub time: Time,
+    /// The count before.
+    pub from: i32,
+    /// The count after.
+    pub to: i32,
+    /// What decided: `PendingMessages`, `BoltCapacity`, `Tolerance` (within 10 % of the
+    /// target), `ExecutorsExhausted`, `MinReplicas`, `MaxReplicas`, `NoData`.
+    pub term: String,
+    /// The decision in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The figures it was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<StormScaleInputs>,
 }
 
 /// Longest Storm topology name the operator submits: Job names `<topology>-submit-<hash8>`

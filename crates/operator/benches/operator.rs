@@ -304,6 +304,7 @@ async fn reconciles(n: usize) -> anyhow::Result<(f64, Vec<Arc<StormWorkerPool>>)
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
         children: ChildTracker::default(),
         written: Default::default(),
+        storm: Default::default(),
         caches: storm::ChildCaches::default(),
     });
     let start = Instant::now();

@@ -24,6 +24,7 @@ use workerpool_api::storm::StormTopology;
 use workerpool_api::{QWorker, StormWorkerPool};
 
 use crate::cache::Readiness;
+use workerpool_api::storm::{BOLT_CAPACITY, PENDING_MESSAGES};
 use workerpool_queue::protocol::{QWORKER_LABEL, RECOVERY_FINALIZER};
 
 /// Labels naming a controller.
@@ -332,6 +333,20 @@ struct PoolBoundLabels {
     bound: &'static str,
 }
 
+/// Labels of `storm_worker_pool_storm_metric`: the pool and one of the recognised metric names.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolStormLabels {
+    namespace: String,
+    pool: String,
+    metric: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    namespace: String,
+    pool: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
     namespace: String,
@@ -369,7 +384,8 @@ pub const QWORKER_CONDITION_TYPES: [&str; 4] = [
 ];
 
 /// Gauges read from the controllers' caches at scrape time: `storm_worker_pool_replicas`,
-/// `storm_worker_pool_info`, `storm_worker_pool_autoscaling_replicas`, `storm_topology_info`,
+/// `storm_worker_pool_info`, `storm_worker_pool_autoscaling_replicas`,
+/// `storm_worker_pool_storm_metric`, `storm_worker_pool_storm_replicas`, `storm_topology_info`,
 /// `qworker_queue_length`, `qworker_desired_replicas`, `qworker_current_replicas`,
 /// `qworker_min_replicas`, `qworker_max_replicas`, `qworker_condition`,
 /// `qworker_pods_finalizer_held` and `qworker_pods_finalizer_held_max_seconds`.
@@ -430,7 +446,34 @@ impl Collector for ResourceCollector {
             let mut replicas = Vec::new();
             let mut info = Vec::new();
             let mut bounds = Vec::new();
+            let mut storm_metrics = Vec::new();
+            let mut storm_replicas = Vec::new();
             for pool in pools.state() {
+                if let Some(storm) = pool
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.storm_autoscaling.as_ref())
+                {
+                    let labels = |metric| PoolStormLabels {
+                        namespace: pool.namespace().unwrap_or_default(),
+                        pool: pool.name_any(),
+                        metric,
+                    };
+                    storm_replicas.push((
+                        PoolLabels {
+                            namespace: pool.namespace().unwrap_or_default(),
+                            pool: pool.name_any(),
+                        },
+                        i64::from(storm.replicas),
+                    ));
+                    let inputs = storm.inputs.clone().unwrap_or_default();
+                    if let Some(v) = inputs.pending_messages_per_pod {
+                        storm_metrics.push((labels(PENDING_MESSAGES), v));
+                    }
+                    if let Some(v) = inputs.bolt_capacity {
+                        storm_metrics.push((labels(BOLT_CAPACITY), v));
+                    }
+                }
                 if let Some(auto) = pool.spec.autoscaling.as_ref().filter(|a| a.enabled) {
                     let bound = |bound| PoolBoundLabels {
                         pool: pool.name_any(),
@@ -480,6 +523,18 @@ impl Collector for ResourceCollector {
                 "storm_worker_pool_autoscaling_replicas",
                 "Bounds (min, max) of the HPA of a pool with autoscaling enabled",
                 &bounds,
+            )?;
+            gauge_family(
+                &mut encoder,
+                "storm_worker_pool_storm_metric",
+                "Per-pod value of a Storm metric the operator evaluates (storm_pending_messages: tuple trees in flight per pod; storm_bolt_capacity: the busiest bolt's capacity), from the pool's last read of the Storm UI",
+                &storm_metrics,
+            )?;
+            gauge_family(
+                &mut encoder,
+                "storm_worker_pool_storm_replicas",
+                "The count derived from Storm's load, enforced as the HPA's minReplicas",
+                &storm_replicas,
             )?;
         }
         if let Some(topologies) = &self.topologies {

@@ -70,7 +70,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // An empty WATCH_NAMESPACE (as a Helm chart may set it) means all namespaces.
     let ns = args.namespace.as_deref().filter(|n| !n.is_empty());
 
-    let (pools, storm_fut) = storm::controller(shared.clone(), ns, token.clone().cancelled_owned());
     let credentials_ns = args.credentials_namespace();
     if let Some(credentials_ns) = credentials_ns {
         info!(namespace = %credentials_ns, "ScalerConfig Secrets are read from this namespace");
@@ -92,9 +91,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.early_polls,
         token.clone().cancelled_owned(),
     );
-    // One Storm UI client per cluster URL, shared by the cluster and topology controllers.
+    // One Storm UI client per cluster URL, shared by the cluster, topology and pool controllers.
     let connector: Arc<dyn workerpool_storm::Connector> =
         Arc::new(workerpool_storm::RestConnector::new());
+    let (pools, storm_fut) = storm::controller(
+        shared.clone(),
+        ns,
+        connector.clone(),
+        token.clone().cancelled_owned(),
+    );
     let cluster_metrics = Arc::new(stormcluster::ClusterMetrics::default());
     cluster_metrics.register(&mut registry);
     let (_clusters, cluster_fut) = stormcluster::controller(

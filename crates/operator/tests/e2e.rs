@@ -39,6 +39,8 @@ mod redis;
 mod selfcheck;
 #[path = "e2e/storm.rs"]
 mod storm;
+#[path = "e2e/storm_autoscale.rs"]
+mod storm_autoscale;
 #[path = "e2e/storm_ui.rs"]
 mod storm_ui;
 
@@ -58,6 +60,15 @@ async fn chart_pod_from_image() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn storm_worker_pools() {
     harness::scenario("storm", storm::run).await;
+}
+
+/// StormWorkerPool scaled on Storm's own load: the seed's `autoscale-workers` pool rises above
+/// minReplicas when its topology's busiest bolt reaches capacity 0.95 (900 ms complete latency)
+/// and returns after the load falls and the stabilisation window passed; its HPA carries no
+/// `storm_*` metric. Prints the times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn storm_autoscale() {
+    harness::scenario("stormscale", storm_autoscale::run).await;
 }
 
 /// QWorker and ScalerConfig: bare worker pods, scale subresource, rollout by hash, chosen

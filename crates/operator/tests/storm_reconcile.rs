@@ -27,6 +27,7 @@ fn context(client: kube::Client) -> Arc<Context> {
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
         children: ChildTracker::default(),
         written: Default::default(),
+        storm: Default::default(),
         caches: ChildCaches::default(),
     })
 }
@@ -240,9 +241,11 @@ async fn autoscaled_pool_is_created_at_its_initial_count_without_the_operator_ow
     .await;
     assert_eq!(hpa.body["spec"]["minReplicas"], 2);
     assert_eq!(hpa.body["spec"]["maxReplicas"], 20);
+    let metrics = hpa.body["spec"]["metrics"].as_array().expect("metrics");
     assert_eq!(
-        hpa.body["spec"]["metrics"][2]["pods"]["metric"]["name"],
-        "storm_pending_messages"
+        metrics.len(),
+        2,
+        "cpu and memory; storm_pending_messages is evaluated by the operator: {metrics:?}"
     );
     // No PodDisruptionBudget is configured and the cache shows none: nothing is read or deleted.
     let status = api
@@ -934,6 +937,7 @@ fn context_with(client: kube::Client, caches: ChildCaches) -> Arc<Context> {
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
         children: ChildTracker::default(),
         written: Default::default(),
+        storm: Default::default(),
         caches,
     })
 }
@@ -1127,4 +1131,445 @@ async fn a_reconcile_before_the_cache_shows_its_own_status_write_does_not_repeat
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), ctx.clone()));
     api.expect_apply(&status_path, stored(&p)).await;
     api.finish(task).await.expect("reconcile ok");
+}
+
+/// A Storm UI serving the recorded `/topology/{id}` with the spout acking `acked_per_second`
+/// at `complete_latency` ms and the bolt `count` at `capacity`; records the query strings.
+async fn storm_ui(
+    acked_per_second: i64,
+    complete_latency: &str,
+    capacity: &str,
+) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let mut detail: Value = serde_json::from_str(include_str!(
+        "../../storm/tests/fixtures/topology-detail.json"
+    ))
+    .expect("fixture");
+    detail["id"] = json!("streaming-topology-1-1700000000");
+    detail["spouts"][0]["acked"] = json!(acked_per_second * 600);
+    detail["spouts"][0]["completeLatency"] = json!(complete_latency);
+    detail["bolts"][1]["capacity"] = json!(capacity);
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/api/v1/topology/{id}",
+        axum::routing::get(move |uri: axum::http::Uri| {
+            let detail = detail.clone();
+            let record = record.clone();
+            async move {
+                record.lock().expect("lock").push(format!(
+                    "{}?{}",
+                    uri.path(),
+                    uri.query().unwrap_or_default()
+                ));
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    detail.to_string(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+/// Runs one reconcile of `p` (topology with a Storm id, cluster at `ui`) through every child
+/// apply; returns the applied HPA and the written status.
+async fn reconcile_with_storm(
+    p: &StormWorkerPool,
+    ui: &str,
+) -> (Value, Value, Vec<(String, String, String)>) {
+    let (client, mut api) = support::mock();
+    let ctx = Arc::new(Context {
+        shared: Shared::new(client, Arc::new(Metrics::default()), None),
+        children: ChildTracker::default(),
+        written: Default::default(),
+        storm: workerpool_operator::controllers::storm::StormReader::new(Arc::new(
+            workerpool_storm::RestConnector::new(),
+        )),
+        caches: ChildCaches::default(),
+    });
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
+    let mut t = topology("streaming-topology", "Running");
+    t["status"]["topologyId"] = json!("streaming-topology-1-1700000000");
+    api.expect(
+        "GET",
+        &path(
+            "storm.apache.org/v1beta1",
+            "stormtopologies",
+            "streaming-topology",
+        ),
+        200,
+        t,
+    )
+    .await;
+    let mut c = cluster();
+    c["spec"]["uiUrl"] = json!(ui);
+    api.expect(
+        "GET",
+        &path("storm.apache.org/v1beta1", "stormclusters", "storm"),
+        200,
+        c,
+    )
+    .await;
+    expect_operator_apply(
+        &mut api,
+        &path("v1", "configmaps", "autoscale-workers-storm-config"),
+        json!({}),
+    )
+    .await;
+    let deploy_path = path("apps/v1", "deployments", "autoscale-workers-deployment");
+    api.expect("GET", &deploy_path, 404, not_found()).await;
+    expect_handoff(&mut api, &deploy_path, false).await;
+    expect_operator_apply(
+        &mut api,
+        &deploy_path,
+        json!({"spec": {"replicas": 2}, "status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2, "updatedReplicas": 2}}),
+    )
+    .await;
+    expect_handoff(&mut api, &deploy_path, false).await;
+    expect_operator_apply(
+        &mut api,
+        &path("v1", "services", "autoscale-workers-headless"),
+        json!({}),
+    )
+    .await;
+    let hpa = expect_operator_apply(
+        &mut api,
+        &path(
+            "autoscaling/v2",
+            "horizontalpodautoscalers",
+            "autoscale-workers-hpa",
+        ),
+        json!({}),
+    )
+    .await;
+    let status = api
+        .expect_apply(
+            &path(
+                "storm.apache.org/v1beta1",
+                "stormworkerpools",
+                "autoscale-workers/status",
+            ),
+            stored(p),
+        )
+        .await;
+    api.finish(task).await.expect("reconcile ok");
+    (hpa.body, status.body["status"].clone(), api.events.clone())
+}
+
+#[tokio::test]
+async fn storms_load_raises_the_hpa_floor_and_the_status_says_why() {
+    // 5000 tuple trees acked per second at 900 ms: 4500 in flight, 2250 per pod of 2.
+    let (ui, seen) = storm_ui(5000, "900.000", "0.950").await;
+    let p = pool(include_str!(
+        "../../../examples/storm-autoscale-worker-pool.yaml"
+    ));
+    let (hpa, status, events) = reconcile_with_storm(&p, &ui).await;
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        ["/api/v1/topology/streaming-topology-1-1700000000?window=600"]
+    );
+    assert_eq!(hpa["spec"]["minReplicas"], 5, "⌈4500 / 1000⌉");
+    assert_eq!(hpa["spec"]["maxReplicas"], 20);
+    let names: Vec<&str> = hpa["spec"]["metrics"]
+        .as_array()
+        .expect("metrics")
+        .iter()
+        .map(|m| {
+            m["resource"]["name"]
+                .as_str()
+                .unwrap_or("not a resource metric")
+        })
+        .collect();
+    assert_eq!(names, ["cpu", "memory"]);
+    let storm = &status["stormAutoscaling"];
+    assert_eq!(storm["replicas"], 5);
+    assert_eq!(storm["term"], "PendingMessages");
+    assert_eq!(storm["inputs"]["pendingMessages"], 4500.0);
+    assert_eq!(storm["inputs"]["pendingMessagesPerPod"], 2250.0);
+    assert_eq!(storm["inputs"]["busiestBolt"], "count");
+    assert_eq!(storm["inputs"]["boltCapacity"], 0.95);
+    assert_eq!(storm["inputs"]["usefulPods"], 7);
+    let decision = &status["lastScaleDecision"];
+    assert_eq!(
+        (decision["from"].as_i64(), decision["to"].as_i64()),
+        (Some(2), Some(5))
+    );
+    assert_eq!(decision["term"], "PendingMessages");
+    let auto = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Autoscaling")
+        .expect("Autoscaling");
+    let message = auto["message"].as_str().expect("message");
+    assert!(
+        message.contains("Storm-derived count 5 (PendingMessages")
+            && message.contains("4500 tuples in flight, 2250/pod over 2 pod(s)")
+            && message.contains("busiest bolt count at capacity 0.950"),
+        "{message}"
+    );
+    let scaled: Vec<&(String, String, String)> =
+        events.iter().filter(|e| e.1 == "StormScaled").collect();
+    assert_eq!(scaled.len(), 1, "{events:?}");
+    assert_eq!(scaled[0].0, "Normal");
+    assert!(
+        scaled[0]
+            .2
+            .starts_with("Storm-derived count 2 -> 5 (PendingMessages)"),
+        "{}",
+        scaled[0].2
+    );
+}
+
+#[tokio::test]
+async fn a_storm_metric_that_makes_no_sense_is_reported_and_kept_out_of_the_hpa() {
+    let (ui, seen) = storm_ui(5000, "900.000", "0.950").await;
+    let mut p = pool(include_str!(
+        "../../../examples/storm-autoscale-worker-pool.yaml"
+    ));
+    if let Some(auto) = p.spec.autoscaling.as_mut() {
+        auto.custom_metrics[0].type_ = workerpool_api::storm::MetricSourceType::External;
+        auto.custom_metrics[0].target_value = Some("1000".into());
+        auto.custom_metrics[0].target_average_value = None;
+    }
+    let (hpa, status, events) = reconcile_with_storm(&p, &ui).await;
+    assert!(seen.lock().expect("lock").is_empty(), "Storm is not read");
+    assert_eq!(hpa["spec"]["minReplicas"], 2);
+    assert_eq!(hpa["spec"]["metrics"].as_array().map(Vec::len), Some(2));
+    assert!(status.get("stormAutoscaling").is_none(), "{status}");
+    let auto = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Autoscaling")
+        .expect("Autoscaling");
+    assert_eq!(
+        (auto["status"].as_str(), auto["reason"].as_str()),
+        (Some("False"), Some("InvalidStormMetric"))
+    );
+    assert!(
+        auto["message"]
+            .as_str()
+            .expect("message")
+            .contains("use type: pods"),
+        "{auto}"
+    );
+    let warnings: Vec<_> = events
+        .iter()
+        .filter(|e| e.1 == "InvalidStormMetric")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{events:?}");
+    assert_eq!(warnings[0].0, "Warning");
+}
+
+/// One reconcile of the seed's autoscaled pool whose Storm-derived count was 5 and whose
+/// topology went idle for longer than the stabilisation window, with the Deployment at
+/// `replicas` and an HPA that cannot compute (no metrics-server); returns the Deployment's
+/// merge patch, if one was sent, and the written status.
+async fn idle_after_the_window(replicas: i32) -> (Option<Value>, Value) {
+    let (ui, _) = storm_ui(100, "15.000", "0.050").await;
+    let mut p = pool(include_str!(
+        "../../../examples/storm-autoscale-worker-pool.yaml"
+    ));
+    p.status = Some(
+        serde_json::from_value(json!({
+            "stormAutoscaling": {"replicas": 5, "recommendation": 2, "term": "MinReplicas",
+                "belowSince": "2020-01-01T00:00:00Z", "belowMax": 2}
+        }))
+        .expect("status"),
+    );
+    let (client, mut api) = support::mock();
+    let ctx = Arc::new(Context {
+        shared: Shared::new(client, Arc::new(Metrics::default()), None),
+        children: ChildTracker::default(),
+        written: Default::default(),
+        storm: workerpool_operator::controllers::storm::StormReader::new(Arc::new(
+            workerpool_storm::RestConnector::new(),
+        )),
+        caches: ChildCaches::default(),
+    });
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), ctx));
+    let mut t = topology("streaming-topology", "Running");
+    t["status"]["topologyId"] = json!("streaming-topology-1-1700000000");
+    api.expect(
+        "GET",
+        &path(
+            "storm.apache.org/v1beta1",
+            "stormtopologies",
+            "streaming-topology",
+        ),
+        200,
+        t,
+    )
+    .await;
+    let mut c = cluster();
+    c["spec"]["uiUrl"] = json!(ui);
+    api.expect(
+        "GET",
+        &path("storm.apache.org/v1beta1", "stormclusters", "storm"),
+        200,
+        c,
+    )
+    .await;
+    expect_operator_apply(
+        &mut api,
+        &path("v1", "configmaps", "autoscale-workers-storm-config"),
+        json!({}),
+    )
+    .await;
+    let deploy_path = path("apps/v1", "deployments", "autoscale-workers-deployment");
+    let live = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "autoscale-workers-deployment", "namespace": NS, "managedFields": [
+            {"manager": "workerpool-operator", "operation": "Apply", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:metadata": {"f:labels": {}}, "f:spec": {"f:selector": {}, "f:template": {}}}},
+            {"manager": "kube-controller-manager", "operation": "Update", "subresource": "scale",
+             "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
+        "spec": {"replicas": replicas, "selector": {}, "template": {}}});
+    api.expect("GET", &deploy_path, 200, live).await;
+    expect_operator_apply(
+        &mut api,
+        &deploy_path,
+        json!({"spec": {"replicas": replicas}}),
+    )
+    .await;
+    expect_operator_apply(
+        &mut api,
+        &path("v1", "services", "autoscale-workers-headless"),
+        json!({}),
+    )
+    .await;
+    let hpa = expect_operator_apply(
+        &mut api,
+        &path("autoscaling/v2", "horizontalpodautoscalers", "autoscale-workers-hpa"),
+        json!({"status": {"currentReplicas": replicas, "desiredReplicas": replicas, "conditions": [
+            {"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale", "message": "ok"},
+            {"type": "ScalingActive", "status": "False", "reason": "FailedGetResourceMetric",
+             "message": "unable to get metrics for resource cpu"}]}}),
+    )
+    .await;
+    assert_eq!(
+        hpa.body["spec"]["minReplicas"], 2,
+        "the floor fell to minReplicas"
+    );
+    let (seen, send) = api.next().await;
+    let patch = if seen.method == "PATCH" && seen.path == deploy_path {
+        assert!(
+            seen.query
+                .contains("fieldManager=workerpool-operator-storm-autoscaler"),
+            "{}",
+            seen.query
+        );
+        let mut answer = seen.body.clone();
+        support::merge(
+            &mut answer,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "autoscale-workers-deployment", "namespace": NS}}),
+        );
+        send.send_response(
+            http::Response::builder()
+                .status(200)
+                .body(kube::client::Body::from(
+                    serde_json::to_vec(&answer).expect("json"),
+                ))
+                .expect("response"),
+        );
+        Some(seen.body)
+    } else {
+        assert_eq!(
+            seen.path,
+            path(
+                "storm.apache.org/v1beta1",
+                "stormworkerpools",
+                "autoscale-workers/status"
+            )
+        );
+        let mut answer = stored(&p);
+        support::merge(&mut answer, seen.body.clone());
+        send.send_response(
+            http::Response::builder()
+                .status(200)
+                .body(kube::client::Body::from(
+                    serde_json::to_vec(&answer).expect("json"),
+                ))
+                .expect("response"),
+        );
+        api.finish(task).await.expect("reconcile ok");
+        return (None, seen.body["status"].clone());
+    };
+    let status = api
+        .expect_apply(
+            &path(
+                "storm.apache.org/v1beta1",
+                "stormworkerpools",
+                "autoscale-workers/status",
+            ),
+            stored(&p),
+        )
+        .await;
+    api.finish(task).await.expect("reconcile ok");
+    (patch, status.body["status"].clone())
+}
+
+#[tokio::test]
+async fn a_stuck_hpa_gives_back_only_what_the_storm_floor_raised() {
+    // Raised to 5 by Storm: the HPA cannot compute, so the operator takes it back to 2.
+    let (patch, status) = idle_after_the_window(5).await;
+    assert_eq!(patch, Some(json!({"spec": {"replicas": 2}})));
+    assert_eq!(status["stormAutoscaling"]["replicas"], 2);
+    assert_eq!(
+        (
+            status["lastScaleDecision"]["from"].as_i64(),
+            status["lastScaleDecision"]["to"].as_i64()
+        ),
+        (Some(5), Some(2))
+    );
+    // At 8 the HPA scaled beyond the Storm floor on its own metrics before they failed: left alone.
+    let (patch, status) = idle_after_the_window(8).await;
+    assert_eq!(patch, None);
+    assert_eq!(status["stormAutoscaling"]["replicas"], 2);
+}
+
+#[tokio::test]
+async fn an_unreachable_storm_ui_keeps_the_count_in_force_and_says_so() {
+    let mut p = pool(include_str!(
+        "../../../examples/storm-autoscale-worker-pool.yaml"
+    ));
+    p.status = Some(
+        serde_json::from_value(json!({
+            "stormAutoscaling": {"replicas": 4, "recommendation": 4, "term": "PendingMessages"}
+        }))
+        .expect("status"),
+    );
+    // Nothing listens on port 1.
+    let (hpa, status, events) = reconcile_with_storm(&p, "http://127.0.0.1:1").await;
+    assert_eq!(hpa["spec"]["minReplicas"], 4, "the count in force stays");
+    assert_eq!(status["stormAutoscaling"]["replicas"], 4);
+    assert!(status.get("lastScaleDecision").is_none(), "{status}");
+    let auto = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Autoscaling")
+        .expect("Autoscaling");
+    assert_eq!(
+        (auto["status"].as_str(), auto["reason"].as_str()),
+        (Some("False"), Some("StormUnreachable"))
+    );
+    let message = auto["message"].as_str().expect("message");
+    assert!(
+        message.contains("streaming-topology-1-1700000000")
+            && message.contains("Storm-derived count 4 kept"),
+        "{message}"
+    );
+    let warnings: Vec<_> = events
+        .iter()
+        .filter(|e| e.1 == "StormUnreachable")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{events:?}");
+    assert_eq!(warnings[0].0, "Warning");
 }

@@ -84,6 +84,13 @@ pub trait StormApi: Send + Sync {
     async fn topology_summary(&self) -> Result<Vec<TopologySummary>>;
     /// `GET /api/v1/topology/{id}`.
     async fn topology(&self, id: &str) -> Result<TopologyDetail>;
+    /// `GET /api/v1/topology/{id}?window=<window>`: the spouts' and bolts' figures over the
+    /// window (`"600"`, `"10800"`, `"86400"` or `":all-time"`). Without an override, the
+    /// default window's detail.
+    async fn topology_window(&self, id: &str, window: &str) -> Result<TopologyDetail> {
+        let _ = window;
+        self.topology(id).await
+    }
     /// `POST /api/v1/topology/{id}/activate`.
     async fn activate(&self, id: &str) -> Result<()>;
     /// `POST /api/v1/topology/{id}/deactivate`.

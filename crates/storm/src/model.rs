@@ -169,7 +169,29 @@ pub struct TopologySummary {
     pub executors_total: i64,
 }
 
-/// The last error of a spout or bolt in `/topology/{id}`.
+/// Storm writes some figures as `%.3f` text (`"0.950"`), others as numbers; `"0"` or an empty
+/// string means unset. Either becomes a number here; anything else is 0.
+fn decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(f64),
+        Text(String),
+        Null(()),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::Number(n) if n.is_finite() => n,
+        Raw::Text(t) => t
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite())
+            .unwrap_or(0.0),
+        _ => 0.0,
+    })
+}
+
+/// A spout or bolt in `/topology/{id}`: its last error and, for the chosen `window`, its load.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ComponentErrorSummary {
@@ -180,6 +202,22 @@ pub struct ComponentErrorSummary {
     pub last_error: String,
     /// When it happened, in epoch seconds.
     pub error_time: Option<i64>,
+    /// Executors of the component.
+    pub executors: i64,
+    /// Tuples acked in the window (a spout's: tuple trees completed).
+    pub acked: i64,
+    /// Bolts: tuples executed in the window.
+    pub executed: i64,
+    /// Bolts: the busiest executor's share of the last 10 minutes spent executing (near 1.0:
+    /// saturated). Storm computes it over the 600 s window whatever `window` asks.
+    #[serde(deserialize_with = "decimal")]
+    pub capacity: f64,
+    /// Bolts: mean milliseconds to execute a tuple.
+    #[serde(deserialize_with = "decimal")]
+    pub execute_latency: f64,
+    /// Spouts: mean milliseconds from emit to the tuple tree's ack.
+    #[serde(deserialize_with = "decimal")]
+    pub complete_latency: f64,
 }
 
 /// `GET /api/v1/topology/{id}` (the parts the operator reads).

@@ -197,6 +197,14 @@ impl StormApi for RestClient {
         self.get(&["topology", id]).await
     }
 
+    async fn topology_window(&self, id: &str, window: &str) -> Result<TopologyDetail> {
+        check_id(id)?;
+        let mut url = self.endpoint(&["topology", id])?;
+        url.query_pairs_mut().append_pair("window", window);
+        let (_, body) = self.call(Method::GET, url.clone()).await?;
+        decode(&url, &body)
+    }
+
     async fn activate(&self, id: &str) -> Result<()> {
         self.operate(id, &["activate"]).await
     }

@@ -464,6 +464,56 @@ async fn topology_detail_parses_the_fixture_and_its_last_error() {
     assert_eq!(ui.paths(), [format!("/api/v1/topology/{ID}")]);
 }
 
+#[tokio::test]
+async fn topology_window_asks_for_the_window_and_reads_the_load() {
+    let ui = FakeUi::start().await;
+    let d = ui
+        .client()
+        .topology_window(ID, "600")
+        .await
+        .expect("topology");
+    let requests = ui.requests();
+    assert_eq!(requests[0].path, format!("/api/v1/topology/{ID}"));
+    assert_eq!(requests[0].query.as_deref(), Some("window=600"));
+    // `capacity`, `executeLatency` and `completeLatency` are `%.3f` text in Storm's JSON.
+    let split = &d.bolts[0];
+    assert_eq!(
+        (
+            split.executors,
+            split.executed,
+            split.capacity,
+            split.execute_latency
+        ),
+        (8, 372_300, 0.005, 0.412)
+    );
+    assert_eq!(
+        (d.bolts[1].capacity, d.bolts[1].execute_latency),
+        (0.002, 0.031)
+    );
+    let spout = &d.spouts[0];
+    assert_eq!(
+        (spout.executors, spout.acked, spout.complete_latency),
+        (5, 372_280, 14.237)
+    );
+    assert_eq!(spout.capacity, 0.0, "a spout has no capacity");
+}
+
+#[test]
+fn load_figures_take_text_numbers_and_unset_values() {
+    let mut v: serde_json::Value = serde_json::from_str(DETAIL).expect("fixture");
+    v["bolts"][0]["capacity"] = 0.95.into();
+    v["bolts"][1]["capacity"] = "0".into();
+    v["bolts"][1]["executeLatency"] = serde_json::Value::Null;
+    v["spouts"][0]["completeLatency"] = "not a number".into();
+    let d: TopologyDetail = serde_json::from_value(v).expect("detail");
+    assert_eq!(d.bolts[0].capacity, 0.95);
+    assert_eq!(
+        (d.bolts[1].capacity, d.bolts[1].execute_latency),
+        (0.0, 0.0)
+    );
+    assert_eq!(d.spouts[0].complete_latency, 0.0);
+}
+
 #[test]
 fn last_error_picks_the_most_recent_error() {
     let mut v: serde_json::Value = serde_json::from_str(DETAIL).expect("fixture");

@@ -33,7 +33,24 @@ struct UiState {
     topologies: BTreeMap<String, (String, String, i64)>,
     /// name → executorsTotal, where a test set it (else the recorded response's).
     executors: BTreeMap<String, i64>,
+    /// name → the load `/topology/{id}` reports, where a test set it.
+    load: BTreeMap<String, Load>,
     requests: Vec<String>,
+}
+
+/// The load a topology reports in `/topology/{id}` (any `window`): its busiest bolt's
+/// capacity and execute latency, and its spout's complete latency and ack rate (acked over
+/// the 600 s window).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Load {
+    /// Capacity of the bolt `count` (the other bolt stays at the recorded 0.005).
+    pub capacity: f64,
+    /// Execute latency of `count`, ms.
+    pub execute_latency_ms: f64,
+    /// Complete latency of the spout, ms.
+    pub complete_latency_ms: f64,
+    /// Tuple trees acked per second.
+    pub acked_per_second: f64,
 }
 
 /// The served UI.
@@ -112,6 +129,12 @@ impl StormUi {
         state.executors.insert(name.into(), executors);
     }
 
+    /// Reports `load` for topology `name` from now on.
+    pub fn set_load(&self, name: &str, load: Load) {
+        let mut state = self.state.lock().expect("lock");
+        state.load.insert(name.into(), load);
+    }
+
     /// Storm's status of `name`, if listed.
     pub fn status(&self, name: &str) -> Option<String> {
         let state = self.state.lock().expect("lock");
@@ -177,9 +200,21 @@ async fn topology_detail(State(s): State<Arc<Mutex<UiState>>>, Path(id): Path<St
     let mut body = parse(TOPOLOGY_DETAIL);
     body["id"] = Value::from(id.as_str());
     body["encodedId"] = Value::from(id.as_str());
-    body["name"] = Value::from(name);
+    body["name"] = Value::from(name.as_str());
     body["status"] = Value::from(status);
     body["workersTotal"] = Value::from(workers);
+    if let Some(executors) = state.executors.get(&name) {
+        body["executorsTotal"] = Value::from(*executors);
+    }
+    if let Some(load) = state.load.get(&name) {
+        // Storm writes these as `%.3f` text; the counts over the 600 s window.
+        let count = &mut body["bolts"][1];
+        count["capacity"] = Value::from(format!("{:.3}", load.capacity));
+        count["executeLatency"] = Value::from(format!("{:.3}", load.execute_latency_ms));
+        let spout = &mut body["spouts"][0];
+        spout["completeLatency"] = Value::from(format!("{:.3}", load.complete_latency_ms));
+        spout["acked"] = Value::from((load.acked_per_second * 600.0).round() as i64);
+    }
     json(StatusCode::OK, &body)
 }
 

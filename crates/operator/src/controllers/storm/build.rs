@@ -706,9 +706,25 @@ fn resource_metric(name: &str, percent: i32) -> MetricSpec {
     }
 }
 
-/// HPA `<pool>-hpa` (autoscaling/v2), when autoscaling is enabled.
+/// HPA `<pool>-hpa` (autoscaling/v2), when autoscaling is enabled, at the spec's bounds.
 pub fn hpa(pool: &StormWorkerPool) -> Option<HorizontalPodAutoscaler> {
+    hpa_with_floor(pool, None)
+}
+
+/// HPA `<pool>-hpa` with `minReplicas` raised to `floor` (the count derived from Storm's load,
+/// at most `maxReplicas`). The custom metrics the operator evaluates itself
+/// ([`super::autoscale::recognised`]) are left out: nothing would serve them to the HPA.
+pub fn hpa_with_floor(
+    pool: &StormWorkerPool,
+    floor: Option<i32>,
+) -> Option<HorizontalPodAutoscaler> {
     let auto = pool.spec.enabled_autoscaling()?;
+    let max_replicas = auto.max_replicas.unwrap_or(1);
+    let min_replicas = auto
+        .min_replicas
+        .unwrap_or(1)
+        .max(floor.unwrap_or(0))
+        .min(max_replicas.max(1));
     let mut metrics = Vec::new();
     if let Some(cpu) = auto.target_cpu_utilization_percentage {
         metrics.push(resource_metric("cpu", cpu));
@@ -716,7 +732,11 @@ pub fn hpa(pool: &StormWorkerPool) -> Option<HorizontalPodAutoscaler> {
     if let Some(mem) = auto.target_memory_utilization_percentage {
         metrics.push(resource_metric("memory", mem));
     }
-    for m in &auto.custom_metrics {
+    for m in auto
+        .custom_metrics
+        .iter()
+        .filter(|m| !super::autoscale::recognised(&m.name))
+    {
         let metric = MetricIdentifier {
             name: m.name.clone(),
             selector: m.selector.clone(),
@@ -752,8 +772,8 @@ pub fn hpa(pool: &StormWorkerPool) -> Option<HorizontalPodAutoscaler> {
                 kind: "Deployment".into(),
                 name: deployment_name(&pool.name_any()),
             },
-            min_replicas: Some(auto.min_replicas.unwrap_or(1)),
-            max_replicas: auto.max_replicas.unwrap_or(1),
+            min_replicas: Some(min_replicas),
+            max_replicas,
             metrics: (!metrics.is_empty()).then_some(metrics),
             behavior: auto.behavior.clone(),
         }),
@@ -797,6 +817,15 @@ pub struct Children {
 /// Validates the pool and builds all of its children, each carrying its
 /// [`APPLIED_HASH_ANNOTATION`].
 pub fn children(pool: &StormWorkerPool, cluster: &StormCluster) -> Result<Children> {
+    children_with_floor(pool, cluster, None)
+}
+
+/// [`children`], with the HPA's `minReplicas` raised to the Storm-derived `floor`.
+pub fn children_with_floor(
+    pool: &StormWorkerPool,
+    cluster: &StormCluster,
+    floor: Option<i32>,
+) -> Result<Children> {
     validate(pool)?;
     let yaml = storm_yaml(pool, cluster)?;
     let hash = config_hash(&yaml);
@@ -804,7 +833,7 @@ pub fn children(pool: &StormWorkerPool, cluster: &StormCluster) -> Result<Childr
         config_map: with_applied_hash(config_map(pool, &yaml)),
         deployment: with_applied_hash(deployment(pool, cluster, &hash)),
         service: with_applied_hash(service(pool)),
-        hpa: hpa(pool).map(with_applied_hash),
+        hpa: hpa_with_floor(pool, floor).map(with_applied_hash),
         pdb: pdb(pool).map(with_applied_hash),
     })
 }
@@ -1227,7 +1256,11 @@ mod tests {
         assert_eq!(spec.scale_target_ref.kind, "Deployment");
         assert_eq!(spec.scale_target_ref.name, "autoscale-workers-deployment");
         let metrics = spec.metrics.expect("metrics");
-        assert_eq!(metrics.len(), 3);
+        assert_eq!(
+            metrics.len(),
+            2,
+            "storm_pending_messages is the operator's, not the HPA's: {metrics:?}"
+        );
         let cpu = metrics[0].resource.as_ref().expect("cpu");
         assert_eq!(
             (cpu.name.as_str(), cpu.target.average_utilization),
@@ -1238,11 +1271,54 @@ mod tests {
             (mem.name.as_str(), mem.target.average_utilization),
             ("memory", Some(80))
         );
-        assert_eq!(metrics[2].type_, "Pods");
-        let pods = metrics[2].pods.as_ref().expect("pods");
-        assert_eq!(pods.metric.name, "storm_pending_messages");
-        assert_eq!(pods.target.type_, "AverageValue");
-        assert_eq!(pods.target.average_value, Some(Quantity("1000".into())));
+    }
+
+    #[test]
+    fn the_storm_floor_raises_min_replicas_and_unknown_metrics_pass_through() {
+        let mut pool = autoscale();
+        let auto = pool.spec.autoscaling.as_mut().expect("autoscaling");
+        auto.custom_metrics
+            .push(workerpool_api::storm::CustomMetric {
+                name: "storm_custom_from_an_adapter".into(),
+                target_average_value: Some("5".into()),
+                ..Default::default()
+            });
+        let min_and_names = |floor| {
+            let spec = hpa_with_floor(&pool, floor)
+                .and_then(|h| h.spec)
+                .expect("spec");
+            let names: Vec<String> = spec
+                .metrics
+                .unwrap_or_default()
+                .iter()
+                .map(|m| match &m.pods {
+                    Some(p) => p.metric.name.clone(),
+                    None => m
+                        .resource
+                        .as_ref()
+                        .map(|r| r.name.clone())
+                        .unwrap_or_default(),
+                })
+                .collect();
+            (spec.min_replicas, names)
+        };
+        let names = vec![
+            "cpu".to_string(),
+            "memory".into(),
+            "storm_custom_from_an_adapter".into(),
+        ];
+        assert_eq!(min_and_names(None), (Some(2), names.clone()));
+        assert_eq!(
+            min_and_names(Some(1)),
+            (Some(2), names.clone()),
+            "never below minReplicas"
+        );
+        assert_eq!(min_and_names(Some(5)), (Some(5), names.clone()));
+        assert_eq!(
+            min_and_names(Some(50)),
+            (Some(20), names),
+            "never above maxReplicas"
+        );
     }
 
     #[test]
@@ -1342,7 +1418,7 @@ mod tests {
         assert_eq!(annotations["prometheus.io/scrape"], "true");
         assert!(annotations.contains_key(CONFIG_HASH_ANNOTATION));
         let hpa = c.hpa.and_then(|h| h.spec).expect("hpa");
-        let external = hpa.metrics.expect("metrics")[2]
+        let external = hpa.metrics.expect("metrics")[1]
             .external
             .clone()
             .expect("external");

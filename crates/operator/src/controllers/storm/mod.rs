@@ -1,6 +1,7 @@
 //! The StormWorkerPool controller: reads the pool's topology and cluster, applies the
 //! children built by [`build`], and writes the status computed by [`status`].
 
+pub mod autoscale;
 pub mod build;
 pub mod replicas;
 pub mod sizing;
@@ -8,7 +9,7 @@ pub mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -25,7 +26,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, instrument, warn};
 use workerpool_api::conditions::{self, READY};
-use workerpool_api::storm::{StormCluster, StormTopology, StormWorkerPool, StormWorkerPoolStatus};
+use workerpool_api::storm::{
+    StormAutoscalingStatus, StormCluster, StormScaleDecision, StormTopology, StormWorkerPool,
+    StormWorkerPoolStatus,
+};
+use workerpool_storm::Connector;
 
 use crate::apply;
 use crate::context::Shared;
@@ -54,6 +59,78 @@ pub struct Context {
     pub caches: ChildCaches,
     /// Status writes the pool cache does not show yet.
     pub written: WrittenStatuses,
+    /// Reads of Storm's load for the pools that scale on it.
+    pub storm: StormReader,
+}
+
+/// Reads Storm's load for the pools with recognised `storm_*` metrics
+/// ([`autoscale::recognised`]): through `connector` (none: nothing is read, the pool's recorded
+/// Storm-derived count stays), at most once per cluster poll interval per pool. The last
+/// outcome per pool is kept in memory only to answer the reconciles in between (a child's or
+/// the pool's own status write wakes it); everything the policy needs is in the pool's status.
+#[derive(Default)]
+pub struct StormReader {
+    /// Makes a cluster's Storm UI client.
+    pub connector: Option<Arc<dyn Connector>>,
+    last: Mutex<HashMap<String, LastRead>>,
+}
+
+impl StormReader {
+    /// A reader through `connector`.
+    pub fn new(connector: Arc<dyn Connector>) -> Self {
+        Self {
+            connector: Some(connector),
+            last: Mutex::default(),
+        }
+    }
+
+    fn recent(&self, pool: &StormWorkerPool, within: Duration) -> Option<StormScaling> {
+        let uid = pool.metadata.uid.as_deref()?;
+        let all = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, generation, outcome) = all.get(uid)?;
+        (at.elapsed() < within && *generation == pool.metadata.generation).then(|| StormScaling {
+            decision: None,
+            ..outcome.clone()
+        })
+    }
+
+    fn remember(&self, pool: &StormWorkerPool, outcome: &StormScaling) {
+        let Some(uid) = pool.metadata.uid.clone() else {
+            return;
+        };
+        let mut all = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        all.insert(
+            uid,
+            (Instant::now(), pool.metadata.generation, outcome.clone()),
+        );
+    }
+
+    fn forget(&self, pool: &StormWorkerPool) {
+        if let Some(uid) = pool.metadata.uid.as_deref() {
+            self.last
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(uid);
+        }
+    }
+}
+
+/// When a pool's Storm load was last read, at which generation, and what came of it.
+type LastRead = (Instant, Option<i64>, StormScaling);
+
+/// What the Storm-driven autoscaling decided in one reconcile.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StormScaling {
+    /// The HPA's `minReplicas` floor (`None`: the spec's).
+    pub floor: Option<i32>,
+    /// `status.stormAutoscaling` to write (`None`: the pool has no recognised metric).
+    pub status: Option<StormAutoscalingStatus>,
+    /// A change of the count, for `status.lastScaleDecision` and an Event.
+    pub decision: Option<StormScaleDecision>,
+    /// Why Storm's load could not be evaluated: reason and message.
+    pub problem: Option<(&'static str, String)>,
+    /// When to look again (`None`: no Storm metric to follow).
+    pub requeue: Option<Duration>,
 }
 
 /// Status writes that the pool cache does not show yet, by pool uid: the resourceVersion of the
@@ -199,8 +276,8 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
     if let Err(e) = build::validate(pool) {
         return report_invalid(pool, ctx, &e, now).await;
     }
-    let cluster = match resolve(pool, ctx).await? {
-        Ok(cluster) => cluster,
+    let (topology, cluster) = match resolve(pool, ctx).await? {
+        Ok(found) => found,
         Err(blocked) if blocked.unobserved => {
             debug!(reason = blocked.reason, message = %blocked.message, "waiting for the reference's first status");
             return Ok(Action::requeue(UNOBSERVED_RETRY));
@@ -222,7 +299,8 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
             return Ok(Action::requeue(RESYNC));
         }
     };
-    let children = match build::children(pool, &cluster) {
+    let scaling = storm_scaling(pool, ctx, &topology, &cluster, now).await;
+    let children = match build::children_with_floor(pool, &cluster, scaling.floor) {
         Ok(c) => c,
         Err(e) => return report_invalid(pool, ctx, &e, now).await,
     };
@@ -279,9 +357,39 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
         }
     }
 
-    let new_status = status::running(pool, &deployment, hpa.as_ref(), now);
+    let deployment = match (scaling.floor, &hpa) {
+        (Some(floor), Some(hpa)) => {
+            let raised = raised_by_storm(pool.status.as_ref());
+            scale_down_for_a_stuck_hpa(pool, &deployments, deployment, hpa, floor, raised).await?
+        }
+        _ => deployment,
+    };
+    let mut new_status = status::running(pool, &deployment, hpa.as_ref(), now);
+    status::storm(&mut new_status, pool, &scaling, now);
     let misfit = status::new_misfit(pool.status.as_ref(), &new_status);
+    let problem = status::new_storm_problem(pool.status.as_ref(), &new_status);
     write_status(pool, ctx, new_status).await?;
+    if let Some(d) = &scaling.decision {
+        info!(from = d.from, to = d.to, term = %d.term, message = %d.message, "Storm-derived count changed");
+        ctx.shared
+            .event(
+                &object_ref(pool),
+                false,
+                "StormScaled",
+                "Autoscale",
+                format!(
+                    "Storm-derived count {} -> {} ({}): {}",
+                    d.from, d.to, d.term, d.message
+                ),
+            )
+            .await;
+    }
+    if let Some((reason, message)) = problem {
+        warn!(%reason, %message, "Storm's load is not evaluated");
+        ctx.shared
+            .event(&object_ref(pool), true, &reason, "Autoscale", message)
+            .await;
+    }
     if let Some(message) = misfit {
         warn!(%message, "the slots do not fit the worker container's memory");
         ctx.shared
@@ -294,14 +402,204 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
             )
             .await;
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(
+        scaling.requeue.map_or(RESYNC, |r| r.min(RESYNC)),
+    ))
 }
+
+/// Evaluates Storm's load for a pool with recognised `storm_*` metrics (see [`autoscale`]):
+/// reads `/topology/{id}?window=600` at most once per cluster poll interval and plans the
+/// count from the pool's status. A problem (an invalid Storm metric, a topology without a
+/// Storm id, an unreachable UI) is reported, and the count recorded in status stays in force.
+async fn storm_scaling(
+    pool: &StormWorkerPool,
+    ctx: &Context,
+    topology: &StormTopology,
+    cluster: &StormCluster,
+    now: Timestamp,
+) -> StormScaling {
+    let Some(auto) = pool.spec.enabled_autoscaling() else {
+        ctx.storm.forget(pool);
+        return StormScaling::default();
+    };
+    let targets = match autoscale::targets(auto) {
+        Ok(t) if t.is_empty() => {
+            ctx.storm.forget(pool);
+            return StormScaling::default();
+        }
+        Ok(t) => t,
+        Err(message) => {
+            return StormScaling {
+                problem: Some(("InvalidStormMetric", message)),
+                ..StormScaling::default()
+            };
+        }
+    };
+    let Some(connector) = ctx.storm.connector.clone() else {
+        let previous = pool
+            .status
+            .as_ref()
+            .and_then(|s| s.storm_autoscaling.clone());
+        return StormScaling {
+            floor: previous.as_ref().map(|p| p.replicas),
+            status: previous,
+            ..StormScaling::default()
+        };
+    };
+    let poll =
+        Duration::from_secs(u64::try_from(cluster.poll_interval_seconds().max(5)).unwrap_or(15));
+    if let Some(recent) = ctx.storm.recent(pool, poll) {
+        return recent;
+    }
+    let previous = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.storm_autoscaling.clone());
+    let keep = |reason: &'static str, message: String| StormScaling {
+        floor: previous.as_ref().map(|p| p.replicas),
+        status: previous.clone(),
+        decision: None,
+        problem: Some((reason, message)),
+        requeue: Some(poll),
+    };
+    let ns = pool.namespace().unwrap_or_default();
+    let outcome = match topology.status.as_ref().and_then(|s| s.topology_id.clone()) {
+        None => keep(
+            "StormTopologyUnknown",
+            format!(
+                "StormTopology {ns}/{} has no Storm id yet: Storm's load is not read",
+                topology.name_any()
+            ),
+        ),
+        Some(id) => match read_topology(connector.as_ref(), cluster, &id).await {
+            Err(message) => keep("StormUnreachable", message),
+            Ok(detail) => {
+                let name = build::deployment_name(&pool.name_any());
+                let min = auto.min_replicas.unwrap_or(1);
+                let pods = ctx
+                    .caches
+                    .deployments
+                    .get(&ObjectRef::new(&name).within(&ns))
+                    .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas))
+                    .or(previous.as_ref().map(|p| p.replicas))
+                    .unwrap_or(min);
+                let inputs = autoscale::inputs(&detail, pods, pool.spec.ports().count);
+                let stabilization = auto
+                    .behavior
+                    .as_ref()
+                    .and_then(|b| b.scale_down.as_ref())
+                    .and_then(|s| s.stabilization_window_seconds)
+                    .map_or(autoscale::DEFAULT_STABILIZATION, |s| {
+                        Duration::from_secs(u64::try_from(s).unwrap_or(0))
+                    });
+                let plan = autoscale::plan(&autoscale::PlanInput {
+                    targets: &targets,
+                    inputs: &inputs,
+                    min,
+                    max: auto.max_replicas.unwrap_or(min),
+                    previous: previous.as_ref(),
+                    stabilization,
+                    now,
+                });
+                debug!(replicas = plan.status.replicas, term = %plan.status.term, message = %plan.message, "Storm-derived count");
+                StormScaling {
+                    floor: Some(plan.status.replicas),
+                    status: Some(plan.status),
+                    decision: plan.decision,
+                    problem: None,
+                    requeue: Some(poll),
+                }
+            }
+        },
+    };
+    ctx.storm.remember(pool, &outcome);
+    outcome
+}
+
+/// `/topology/{id}?window=600` from the cluster's Storm UI, or why not.
+async fn read_topology(
+    connector: &dyn Connector,
+    cluster: &StormCluster,
+    id: &str,
+) -> std::result::Result<workerpool_storm::TopologyDetail, String> {
+    let url = cluster
+        .ui_url()
+        .ok_or_else(|| format!("StormCluster {} has no Storm UI URL", cluster.name_any()))?;
+    let api = connector.connect(&url).map_err(|e| e.to_string())?;
+    api.topology_window(id, autoscale::WINDOW)
+        .await
+        .map_err(|e| format!("Storm's load of topology {id} not read: {e}"))
+}
+
+/// The highest count the Storm-derived floor recorded in `status` raised the pool to: the
+/// floor in force, or the count the last decision lowered it from. Only that much is taken
+/// back by [`scale_down_for_a_stuck_hpa`].
+pub fn raised_by_storm(status: Option<&StormWorkerPoolStatus>) -> i32 {
+    let floor = status
+        .and_then(|s| s.storm_autoscaling.as_ref())
+        .map_or(0, |a| a.replicas);
+    let lowered_from = status
+        .and_then(|s| s.last_scale_decision.as_ref())
+        .filter(|d| d.to < d.from)
+        .map_or(0, |d| d.from);
+    floor.max(lowered_from)
+}
+
+/// Lowers the Deployment to `floor` when the HPA cannot compute any count (`ScalingActive=False`,
+/// e.g. no metrics-server for its CPU and memory metrics): the HPA then only enforces its bounds
+/// and would never take a pool raised by the Storm-derived floor back down. Only a count the
+/// floor raised (at most `raised`, see [`raised_by_storm`]) is taken back; a higher one (the HPA
+/// scaled on its own metrics before they failed) is left alone, and while the HPA can compute,
+/// scaling down is left to it. Returns the Deployment as it is now.
+async fn scale_down_for_a_stuck_hpa(
+    pool: &StormWorkerPool,
+    api: &Api<Deployment>,
+    deployment: Deployment,
+    hpa: &HorizontalPodAutoscaler,
+    floor: i32,
+    raised: i32,
+) -> Result<Deployment> {
+    let replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
+    let stuck = hpa
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "ScalingActive" && c.status == "False")
+        });
+    let floor = floor.max(
+        pool.spec
+            .enabled_autoscaling()
+            .and_then(|a| a.min_replicas)
+            .unwrap_or(1),
+    );
+    let Some(replicas) = replicas.filter(|r| stuck && *r > floor && *r <= raised) else {
+        return Ok(deployment);
+    };
+    info!(
+        from = replicas,
+        to = floor,
+        "the HPA cannot compute a count: the Deployment goes down to the Storm-derived count"
+    );
+    let patch = serde_json::json!({"spec": {"replicas": floor}});
+    let params = kube::api::PatchParams {
+        field_manager: Some(STORM_SCALE_MANAGER.into()),
+        ..kube::api::PatchParams::default()
+    };
+    Ok(api
+        .patch(&deployment.name_any(), &params, &Patch::Merge(&patch))
+        .await?)
+}
+
+/// Field manager of the scale-down [`scale_down_for_a_stuck_hpa`] makes.
+pub const STORM_SCALE_MANAGER: &str = "workerpool-operator-storm-autoscaler";
 
 /// The pool's cluster, or why the pool must wait.
 async fn resolve(
     pool: &StormWorkerPool,
     ctx: &Context,
-) -> Result<std::result::Result<StormCluster, Blocked>> {
+) -> Result<std::result::Result<(StormTopology, StormCluster), Blocked>> {
     let ns = pool.namespace().unwrap_or_default();
     let topologies: Api<StormTopology> = Api::namespaced(ctx.shared.client.clone(), &ns);
     let clusters: Api<StormCluster> = Api::namespaced(ctx.shared.client.clone(), &ns);
@@ -350,7 +648,7 @@ async fn resolve(
             unobserved: phase.is_none(),
         }));
     }
-    Ok(Ok(cluster))
+    Ok(Ok((topology, cluster)))
 }
 
 fn reason_changed(pool: &StormWorkerPool, reason: &str) -> bool {
@@ -537,6 +835,7 @@ async fn write_status(
 pub fn controller(
     shared: Shared,
     namespace: Option<&str>,
+    connector: Arc<dyn Connector>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> (
     Store<StormWorkerPool>,
@@ -594,6 +893,7 @@ pub fn controller(
         shared,
         children: ChildTracker::default(),
         written: WrittenStatuses::default(),
+        storm: StormReader::new(connector),
         caches: ChildCaches {
             config_maps,
             deployments,

@@ -150,6 +150,72 @@ pub fn running(
     status
 }
 
+/// Reasons of `Autoscaling=False` when Storm's load cannot be evaluated.
+pub const STORM_PROBLEMS: [&str; 3] = [
+    "InvalidStormMetric",
+    "StormTopologyUnknown",
+    "StormUnreachable",
+];
+
+/// Adds the Storm-driven autoscaling to a status computed by [`running`]:
+/// `stormAutoscaling`, `lastScaleDecision` on a change, and the `Autoscaling` condition, which
+/// names the Storm-derived count and its inputs, or turns `False` with the problem's reason
+/// (the HPA's own state follows in the message).
+pub fn storm(
+    status: &mut StormWorkerPoolStatus,
+    pool: &StormWorkerPool,
+    scaling: &super::StormScaling,
+    now: Timestamp,
+) {
+    status.storm_autoscaling = scaling.status.clone();
+    if let Some(d) = &scaling.decision {
+        status.last_scale_decision = Some(d.clone());
+    }
+    let Some(current) = conditions::find(&status.conditions, AUTOSCALING).cloned() else {
+        return;
+    };
+    let condition = match (&scaling.problem, &scaling.status) {
+        (Some((reason, problem)), _) => {
+            let kept = scaling.status.as_ref().map_or(String::new(), |s| {
+                format!("; Storm-derived count {} kept", s.replicas)
+            });
+            NewCondition::new(
+                AUTOSCALING,
+                false,
+                *reason,
+                format!("{}{kept}; {}", quoted(problem), current.message),
+            )
+        }
+        (None, Some(storm)) => NewCondition::new(
+            AUTOSCALING,
+            current.status == "True",
+            current.reason.clone(),
+            format!("{}; {}", current.message, super::autoscale::describe(storm)),
+        ),
+        (None, None) => return,
+    };
+    conditions::set_condition(
+        &mut status.conditions,
+        condition,
+        pool.metadata.generation,
+        now,
+    );
+}
+
+/// The reason and message of an `Autoscaling=False` for a Storm problem that `new` reports and
+/// `old` did not (by reason), for a Warning Event once per problem.
+pub fn new_storm_problem(
+    old: Option<&StormWorkerPoolStatus>,
+    new: &StormWorkerPoolStatus,
+) -> Option<(String, String)> {
+    let now = conditions::find(&new.conditions, AUTOSCALING)
+        .filter(|c| c.status == "False" && STORM_PROBLEMS.contains(&c.reason.as_str()))?;
+    let before = old.and_then(|o| conditions::find(&o.conditions, AUTOSCALING));
+    before
+        .is_none_or(|b| b.reason != now.reason)
+        .then(|| (now.reason.clone(), now.message.clone()))
+}
+
 /// Longest text taken from another object's condition into a message.
 const MAX_QUOTED: usize = 1024;
 

@@ -377,6 +377,96 @@ where
     (reader, stream)
 }
 
+/// How many changed objects a [`SharedWatch`] holds for a subscriber that has not taken them
+/// yet; one that falls further behind gets every cached object again (a trigger is idempotent).
+pub const SHARED_BUFFER: usize = 1024;
+
+/// One watch of a kind shared by every controller that needs it: one cache (a reflector store,
+/// objects slimmed by [`slim`]) and, for each subscriber, the stream of changed objects
+/// (applied and deleted) to trigger reconciles with. Subscribe before [`SharedWatch::run`]:
+/// the watch starts there and marks its readiness on the first complete list.
+pub struct SharedWatch<K: Resource<DynamicType = ()> + 'static> {
+    store: Store<K>,
+    changes: tokio::sync::broadcast::Sender<Arc<K>>,
+    driver: Mutex<Option<futures::future::BoxFuture<'static, ()>>>,
+}
+
+impl<K> SharedWatch<K>
+where
+    K: Resource<DynamicType = ()>
+        + Slim
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    /// A watch of `api` with `config`; `synced` is marked on its first complete list.
+    pub fn new(api: Api<K>, config: watcher::Config, synced: Synced) -> Self {
+        let (store, stream) = watch(api, config, synced);
+        let (changes, _) = tokio::sync::broadcast::channel(SHARED_BUFFER);
+        let sender = changes.clone();
+        let driver = stream.for_each(move |change| {
+            match change {
+                // No subscriber left is not an error: the object is in the store.
+                Ok(object) => drop(sender.send(Arc::new(object))),
+                Err(e) => tracing::warn!(
+                    kind = K::kind(&()).as_ref(),
+                    error = %e,
+                    "watch failed; retrying with back-off"
+                ),
+            }
+            futures::future::ready(())
+        });
+        Self {
+            store,
+            changes,
+            driver: Mutex::new(Some(Box::pin(driver))),
+        }
+    }
+
+    /// The cache.
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// The changed objects from now on, for a controller's trigger (`for_stream`,
+    /// `owns_stream`, `watches_stream`).
+    pub fn subscribe(&self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+        use tokio::sync::broadcast::error::RecvError;
+        let store = self.store.clone();
+        futures::stream::unfold(self.changes.subscribe(), move |mut rx| {
+            let store = store.clone();
+            async move {
+                let batch: Vec<K> = match rx.recv().await {
+                    Ok(object) => vec![(*object).clone()],
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::debug!(
+                            kind = K::kind(&()).as_ref(),
+                            missed,
+                            "a subscriber fell behind; every cached object triggers again"
+                        );
+                        store.state().iter().map(|o| (**o).clone()).collect()
+                    }
+                    Err(RecvError::Closed) => return None,
+                };
+                Some((futures::stream::iter(batch.into_iter().map(Ok)), rx))
+            }
+        })
+        .flatten()
+    }
+
+    /// Starts the watch on the runtime (it fills the cache and feeds the subscribers until the
+    /// process stops); later calls do nothing.
+    pub fn spawn(&self) {
+        let driver = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(driver) = driver {
+            tokio::spawn(driver);
+        }
+    }
+}
+
 /// A cache with an index of its objects by the uid of their controller owner, so that "the pods
 /// of this QWorker" is a lookup, not a scan of every cached pod (the autoscaler asks once per poll
 /// of every QWorker).

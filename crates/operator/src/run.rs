@@ -94,9 +94,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // One Storm UI client per cluster URL, shared by the cluster, topology and pool controllers.
     let connector: Arc<dyn workerpool_storm::Connector> =
         Arc::new(workerpool_storm::RestConnector::new());
+    // One watch per Storm kind, shared by the three Storm controllers.
+    let storm_watches = crate::controllers::StormWatches::new(&client, ns, &readiness);
     let (pools, storm_fut) = storm::controller(
         shared.clone(),
         ns,
+        &storm_watches,
         connector.clone(),
         token.clone().cancelled_owned(),
     );
@@ -105,6 +108,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (_clusters, cluster_fut) = stormcluster::controller(
         shared.clone(),
         ns,
+        &storm_watches,
         connector.clone(),
         cluster_metrics,
         token.clone().cancelled_owned(),
@@ -114,10 +118,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (topologies, topology_fut) = stormtopology::controller(
         shared.clone(),
         ns,
+        &storm_watches,
         connector,
         topology_metrics,
         token.clone().cancelled_owned(),
     );
+    storm_watches.spawn();
     registry.register_collector(Box::new(ResourceCollector {
         pools: Some(pools),
         qworkers: Some(qworkers),

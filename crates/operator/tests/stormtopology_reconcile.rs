@@ -15,7 +15,6 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use workerpool_api::storm::{StormCluster, StormTopology, StormTopologyStatus, StormWorkerPool};
 use workerpool_operator::context::Shared;
-use workerpool_operator::controllers::stormtopology::pools::PoolSummary;
 use workerpool_operator::controllers::stormtopology::{
     Context, FINALIZER, TopologyMetrics, build, reconcile,
 };
@@ -274,7 +273,7 @@ fn setup(
         }),
         metrics: Arc::new(TopologyMetrics::default()),
         clusters: store(vec![cluster()]),
-        pools: store(pools.iter().map(PoolSummary::of).collect()),
+        pools: store(pools),
         jobs: store(jobs),
     });
     Setup { storm, ctx }

@@ -10,8 +10,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use kube::api::Api;
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use workerpool_api::{StormCluster, StormTopology, StormWorkerPool};
+
+use crate::cache::{Readiness, SharedWatch};
 
 /// Pod template annotation carrying the hash of the storm.yaml, so a config change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "storm.apache.org/config-hash";
@@ -23,6 +27,48 @@ pub const POOL_CHILDREN_SELECTOR: &str =
 /// Label selector of a managed StormCluster's objects.
 pub const CLUSTER_CHILDREN_SELECTOR: &str =
     "app.kubernetes.io/managed-by=workerpool-operator,app.kubernetes.io/name=storm";
+
+/// The watches of the Storm kinds, one per kind, shared by the StormWorkerPool, StormTopology
+/// and StormCluster controllers (each kind is cached once, whichever controllers read it).
+pub struct StormWatches {
+    /// StormWorkerPools: the pool controller's objects; the topology controller reads their
+    /// slots.
+    pub pools: SharedWatch<StormWorkerPool>,
+    /// StormTopologies: the topology controller's objects; pools wait for theirs.
+    pub topologies: SharedWatch<StormTopology>,
+    /// StormClusters: the cluster controller's objects; pools and topologies read theirs.
+    pub clusters: SharedWatch<StormCluster>,
+}
+
+impl StormWatches {
+    /// The watches in `namespace` (or all namespaces), each registered with `readiness`.
+    pub fn new(client: &Client, namespace: Option<&str>, readiness: &Readiness) -> Self {
+        Self {
+            pools: SharedWatch::new(
+                scoped(client, namespace),
+                watcher::Config::default(),
+                readiness.track("stormworkerpools"),
+            ),
+            topologies: SharedWatch::new(
+                scoped(client, namespace),
+                watcher::Config::default(),
+                readiness.track("stormtopologies"),
+            ),
+            clusters: SharedWatch::new(
+                scoped(client, namespace),
+                watcher::Config::default(),
+                readiness.track("stormclusters"),
+            ),
+        }
+    }
+
+    /// Starts the watches (after every controller subscribed); they run until the process stops.
+    pub fn spawn(&self) {
+        self.pools.spawn();
+        self.topologies.spawn();
+        self.clusters.spawn();
+    }
+}
 
 /// An API of `K` in `namespace`, or in all namespaces.
 pub fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>

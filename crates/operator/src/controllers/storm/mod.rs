@@ -835,6 +835,7 @@ async fn write_status(
 pub fn controller(
     shared: Shared,
     namespace: Option<&str>,
+    watches: &crate::controllers::StormWatches,
     connector: Arc<dyn Connector>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> (
@@ -844,11 +845,7 @@ pub fn controller(
     let client = shared.client.clone();
     let ns = namespace;
     let labelled = watcher::Config::default().labels(POOL_CHILDREN_SELECTOR);
-    let (store, pools) = crate::cache::watch(
-        scoped::<StormWorkerPool>(&client, ns),
-        watcher::Config::default(),
-        shared.gate.readiness.track("stormworkerpools"),
-    );
+    let (store, pools) = (watches.pools.store(), watches.pools.subscribe());
     let by_topology = store.clone();
     let by_cluster = store.clone();
     let leadership = shared.gate.on_leadership();
@@ -879,16 +876,9 @@ pub fn controller(
         labelled,
         readiness.track("storm-pdbs"),
     );
-    let (topologies, topology_events) = crate::cache::watch(
-        scoped::<StormTopology>(&client, ns),
-        watcher::Config::default(),
-        readiness.track("storm-topologies"),
-    );
-    let (clusters, cluster_events) = crate::cache::watch(
-        scoped::<StormCluster>(&client, ns),
-        watcher::Config::default(),
-        readiness.track("storm-clusters"),
-    );
+    let (topologies, topology_events) =
+        (watches.topologies.store(), watches.topologies.subscribe());
+    let (clusters, cluster_events) = (watches.clusters.store(), watches.clusters.subscribe());
     let ctx = Arc::new(Context {
         shared,
         children: ChildTracker::default(),

@@ -380,6 +380,7 @@ async fn write_status(
 pub fn controller(
     shared: Shared,
     namespace: Option<&str>,
+    watches: &crate::controllers::StormWatches,
     connector: Arc<dyn Connector>,
     metrics: Arc<ClusterMetrics>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
@@ -388,11 +389,7 @@ pub fn controller(
     let ns = namespace;
     let labelled = watcher::Config::default().labels(CLUSTER_CHILDREN_SELECTOR);
     let readiness = shared.gate.readiness.clone();
-    let (store, clusters) = crate::cache::watch(
-        scoped::<StormCluster>(&client, ns),
-        watcher::Config::default(),
-        readiness.track("stormclusters"),
-    );
+    let (store, clusters) = (watches.clusters.store(), watches.clusters.subscribe());
     let (config_maps, config_map_events) = crate::cache::watch(
         scoped::<ConfigMap>(&client, ns),
         labelled.clone(),

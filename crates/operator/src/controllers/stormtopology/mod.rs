@@ -13,7 +13,6 @@
 
 pub mod build;
 pub mod metrics;
-pub mod pools;
 pub mod rebalance;
 pub mod status;
 
@@ -33,7 +32,7 @@ use tracing::{debug, info, instrument, warn};
 use workerpool_api::conditions::{self, READY};
 use workerpool_api::storm::{
     DEFAULT_KILL_WAIT_SECONDS, RebalanceRecord, StormCluster, StormTopology, StormTopologyStatus,
-    TopologyPhase,
+    StormWorkerPool, TopologyPhase,
 };
 use workerpool_storm::{Connector, StormApi, TopologyStatus, TopologySummary};
 
@@ -43,7 +42,6 @@ use crate::error::{Error, Result};
 use crate::runtime::{self, BackoffKey};
 use build::JobState;
 pub use metrics::TopologyMetrics;
-use pools::PoolSummary;
 use rebalance::{Decision, PoolView};
 use status::{CLUSTER_READY, REBALANCED, SUBMITTED};
 
@@ -87,9 +85,9 @@ pub struct Context {
     pub metrics: Arc<TopologyMetrics>,
     /// Cache of StormClusters.
     pub clusters: Store<StormCluster>,
-    /// Cache of StormWorkerPools, as summaries (the pools serving a topology give its ready
-    /// slots).
-    pub pools: Store<PoolSummary>,
+    /// Cache of StormWorkerPools, shared with the pool controller (the pools serving a
+    /// topology give its ready slots).
+    pub pools: Store<StormWorkerPool>,
     /// Cache of the Jobs this controller makes ([`build::JOB_SELECTOR`]).
     pub jobs: Store<Job>,
 }
@@ -1326,6 +1324,7 @@ async fn finalize(t: &StormTopology, ctx: &Context, now: Timestamp) -> Result<Ac
 pub fn controller(
     shared: Shared,
     namespace: Option<&str>,
+    watches: &crate::controllers::StormWatches,
     connector: Arc<dyn Connector>,
     metrics: Arc<TopologyMetrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -1335,21 +1334,9 @@ pub fn controller(
 ) {
     let client = shared.client.clone();
     let readiness = shared.gate.readiness.clone();
-    let (store, topology_events) = crate::cache::watch(
-        scoped::<StormTopology>(&client, namespace),
-        watcher::Config::default(),
-        readiness.track("stormtopologies"),
-    );
-    let (clusters, cluster_events) = crate::cache::watch(
-        scoped::<StormCluster>(&client, namespace),
-        watcher::Config::default(),
-        readiness.track("stormtopology-clusters"),
-    );
-    let (pools, pool_events) = crate::cache::watch(
-        scoped::<PoolSummary>(&client, namespace),
-        watcher::Config::default(),
-        readiness.track("stormtopology-pools"),
-    );
+    let (store, topology_events) = (watches.topologies.store(), watches.topologies.subscribe());
+    let (clusters, cluster_events) = (watches.clusters.store(), watches.clusters.subscribe());
+    let (pools, pool_events) = (watches.pools.store(), watches.pools.subscribe());
     let (jobs, job_events) = crate::cache::watch(
         scoped::<Job>(&client, namespace),
         watcher::Config::default().labels(build::JOB_SELECTOR),
@@ -1384,7 +1371,7 @@ pub fn controller(
                 .map(|t| ObjectRef::from_obj(&*t))
                 .collect::<Vec<_>>()
         })
-        .watches_stream(pool_events, |pool: PoolSummary| {
+        .watches_stream(pool_events, |pool: StormWorkerPool| {
             let topology = ObjectRef::new(&pool.spec.topology_ref);
             Some(match pool.namespace() {
                 Some(ns) => topology.within(&ns),

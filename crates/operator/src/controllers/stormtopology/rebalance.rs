@@ -26,7 +26,9 @@
 //! - The last rebalance started less than `minIntervalSeconds` (default 300) ago ([`Hold::Damped`]).
 
 use k8s_openapi::jiff::Timestamp;
-use workerpool_api::storm::{DEFAULT_REBALANCE_INTERVAL_SECONDS, PoolPhase, RebalanceSpec};
+use workerpool_api::storm::{
+    DEFAULT_REBALANCE_INTERVAL_SECONDS, PoolPhase, RebalanceSpec, StormWorkerPool,
+};
 use workerpool_storm::TopologyStatus;
 
 /// What the decision needs of one pool serving the topology.
@@ -45,15 +47,14 @@ pub struct PoolView {
 }
 
 impl PoolView {
-    /// The view of a pool as the topology controller caches it (a pool without status counts
-    /// as having nothing ready).
-    pub fn of(pool: &super::pools::PoolSummary) -> Self {
-        let status = pool.status.unwrap_or_default();
+    /// The view of a pool (a pool without status counts as having nothing ready).
+    pub fn of(pool: &StormWorkerPool) -> Self {
+        let status = pool.status.clone().unwrap_or_default();
         Self {
             replicas: status.replicas,
             ready_replicas: status.ready_replicas,
             updated_replicas: status.updated_replicas,
-            slots_per_pod: pool.slots_per_pod(),
+            slots_per_pod: pool.spec.ports.clone().unwrap_or_default().count,
             stalled: status.phase == Some(PoolPhase::Degraded),
         }
     }

@@ -434,9 +434,30 @@ where
     /// The changed objects from now on, for a controller's trigger (`for_stream`,
     /// `owns_stream`, `watches_stream`).
     pub fn subscribe(&self) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
-        use tokio::sync::broadcast::error::RecvError;
-        let store = self.store.clone();
-        futures::stream::unfold(self.changes.subscribe(), move |mut rx| {
+        changes_of(self.changes.subscribe(), self.store.clone())
+    }
+
+    /// Starts the watch on the runtime (it fills the cache and feeds the subscribers until the
+    /// process stops); later calls do nothing.
+    pub fn spawn(&self) {
+        let driver = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(driver) = driver {
+            tokio::spawn(driver);
+        }
+    }
+}
+
+/// The objects `rx` announces; when it lagged behind, every object of `store` instead.
+fn changes_of<K>(
+    rx: tokio::sync::broadcast::Receiver<Arc<K>>,
+    store: Store<K>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    use tokio::sync::broadcast::error::RecvError;
+    {
+        futures::stream::unfold(rx, move |mut rx| {
             let store = store.clone();
             async move {
                 let batch: Vec<K> = match rx.recv().await {
@@ -455,15 +476,6 @@ where
             }
         })
         .flatten()
-    }
-
-    /// Starts the watch on the runtime (it fills the cache and feeds the subscribers until the
-    /// process stops); later calls do nothing.
-    pub fn spawn(&self) {
-        let driver = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(driver) = driver {
-            tokio::spawn(driver);
-        }
     }
 }
 
@@ -669,6 +681,46 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config_map(name: &str) -> k8s_openapi::api::core::v1::ConfigMap {
+        k8s_openapi::api::core::v1::ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_gets_each_change_and_everything_again_when_it_lagged() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let (store, mut writer) = reflector::store::<ConfigMap>();
+        let (tx, _) = tokio::sync::broadcast::channel(2);
+        let names = |items: Vec<Result<ConfigMap, watcher::Error>>| {
+            let mut names: Vec<String> = items
+                .into_iter()
+                .map(|i| i.expect("no error").name_any())
+                .collect();
+            names.sort();
+            names
+        };
+
+        let mut on_time = Box::pin(changes_of(tx.subscribe(), store.clone()));
+        let lagging = changes_of(tx.subscribe(), store.clone());
+        for name in ["a", "b", "c"] {
+            writer.apply_watcher_event(&watcher::Event::Apply(config_map(name)));
+            tx.send(Arc::new(config_map(name))).expect("subscribers");
+            let seen = on_time.next().await.expect("a change").expect("no error");
+            assert_eq!(seen.name_any(), name, "the subscriber that keeps up sees each change");
+        }
+        drop(tx);
+        // The other one missed "a" (a buffer of 2): it gets every cached object, then "b" and
+        // "c" as they were announced, and ends with the watch.
+        let all = names(lagging.collect().await);
+        assert_eq!(all, ["a", "b", "b", "c", "c"]);
+    }
 
     #[test]
     fn a_slimmed_pod_looks_the_same_to_the_planner() {

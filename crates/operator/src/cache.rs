@@ -713,7 +713,11 @@ mod tests {
             writer.apply_watcher_event(&watcher::Event::Apply(config_map(name)));
             tx.send(Arc::new(config_map(name))).expect("subscribers");
             let seen = on_time.next().await.expect("a change").expect("no error");
-            assert_eq!(seen.name_any(), name, "the subscriber that keeps up sees each change");
+            assert_eq!(
+                seen.name_any(),
+                name,
+                "the subscriber that keeps up sees each change"
+            );
         }
         drop(tx);
         // The other one missed "a" (a buffer of 2): it gets every cached object, then "b" and

@@ -343,7 +343,7 @@ fn converged<K: kube::Resource>(object: &K, observed: Option<i64>) -> bool {
 async fn floor(client: &Client, ns: &str, concurrency: usize) -> (Duration, BTreeMap<String, f64>) {
     use futures::future::BoxFuture;
     use workerpool_operator::apply::{apply, apply_status};
-    use workerpool_operator::controllers::{qworker, storm};
+    use workerpool_operator::controllers::{qworker, stormworkerpool};
     let pools: Api<StormWorkerPool> = Api::namespaced(client.clone(), ns);
     let qworkers: Api<QWorker> = Api::namespaced(client.clone(), ns);
     let cluster = Api::<StormCluster>::namespaced(client.clone(), ns)
@@ -359,7 +359,7 @@ async fn floor(client: &Client, ns: &str, concurrency: usize) -> (Duration, BTre
     let pool_job = |pool: StormWorkerPool| -> BoxFuture<'_, ()> {
         let (client, cluster, pools) = (client.clone(), &cluster, &pools);
         Box::pin(async move {
-            let children = storm::build::children(&pool, cluster).expect("children");
+            let children = stormworkerpool::build::children(&pool, cluster).expect("children");
             apply(&Api::namespaced(client.clone(), ns), &children.config_map)
                 .await
                 .expect("ConfigMap");
@@ -377,7 +377,12 @@ async fn floor(client: &Client, ns: &str, concurrency: usize) -> (Duration, BTre
                 ),
                 None => None,
             };
-            let status = storm::status::running(&pool, &deployment, hpa.as_ref(), Timestamp::now());
+            let status = stormworkerpool::status::running(
+                &pool,
+                &deployment,
+                hpa.as_ref(),
+                Timestamp::now(),
+            );
             apply_status(pools, &pool.name_any(), &status)
                 .await
                 .expect("pool status");

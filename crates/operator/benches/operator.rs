@@ -27,7 +27,7 @@ use workerpool_operator::brokers::Brokers;
 use workerpool_operator::context::Shared;
 use workerpool_operator::controllers::ChildTracker;
 use workerpool_operator::controllers::qworker::autoscaler::Autoscaler;
-use workerpool_operator::controllers::storm;
+use workerpool_operator::controllers::stormworkerpool;
 use workerpool_operator::metrics::Metrics;
 
 const NS: &str = "bench";
@@ -300,16 +300,16 @@ async fn reconciles(n: usize) -> anyhow::Result<(f64, Vec<Arc<StormWorkerPool>>)
         );
     }
     let client = mock_api(Arc::new(Mutex::new(objects)), tx);
-    let ctx = Arc::new(storm::Context {
+    let ctx = Arc::new(stormworkerpool::Context {
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
         children: ChildTracker::default(),
         written: Default::default(),
         storm: Default::default(),
-        caches: storm::ChildCaches::default(),
+        caches: stormworkerpool::ChildCaches::default(),
     });
     let start = Instant::now();
     for p in &pools {
-        storm::reconcile(p.clone(), ctx.clone()).await?;
+        stormworkerpool::reconcile(p.clone(), ctx.clone()).await?;
     }
     Ok((n as f64 / start.elapsed().as_secs_f64(), pools))
 }

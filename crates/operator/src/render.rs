@@ -20,7 +20,7 @@ use workerpool_api::{QWorker, StormCluster, StormTopology, StormWorkerPool};
 
 use crate::brokers::{Credentials, broker_config};
 use crate::cli::RenderArgs;
-use crate::controllers::{qworker, storm, stormcluster, stormtopology};
+use crate::controllers::{qworker, stormcluster, stormtopology, stormworkerpool};
 
 /// Where a bad document is and what is wrong with it.
 #[derive(Debug)]
@@ -265,8 +265,8 @@ pub fn render(texts: &[(String, String)]) -> anyhow::Result<Vec<serde_json::Valu
                     format!("StormCluster {ns}/{cluster_name} is not in the input"),
                 )
             })?;
-        let children =
-            storm::build::children(pool, cluster).map_err(|e| doc.error(None, e.to_string()))?;
+        let children = stormworkerpool::build::children(pool, cluster)
+            .map_err(|e| doc.error(None, e.to_string()))?;
         out.push(to_json(&children.config_map)?);
         out.push(to_json(&children.deployment)?);
         out.push(to_json(&children.service)?);

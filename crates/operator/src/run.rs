@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use crate::cache::{Gate, Readiness};
 use crate::cli::RunArgs;
 use crate::context::Shared;
-use crate::controllers::{qworker, scalerconfig, storm, stormcluster, stormtopology};
+use crate::controllers::{qworker, scalerconfig, stormcluster, stormtopology, stormworkerpool};
 use crate::http::{self, HttpState};
 use crate::leader;
 use crate::metrics::{Metrics, OperatorCollector, ResourceCollector};
@@ -96,7 +96,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Arc::new(workerpool_storm::RestConnector::new());
     // One watch per Storm kind, shared by the three Storm controllers.
     let storm_watches = crate::controllers::StormWatches::new(&client, ns, &readiness);
-    let (pools, storm_fut) = storm::controller(
+    let (pools, storm_fut) = stormworkerpool::controller(
         shared.clone(),
         ns,
         &storm_watches,

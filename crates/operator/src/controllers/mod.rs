@@ -2,9 +2,9 @@
 
 pub mod qworker;
 pub mod scalerconfig;
-pub mod storm;
 pub mod stormcluster;
 pub mod stormtopology;
+pub mod stormworkerpool;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -55,7 +55,7 @@ pub const UNRECORDED: &[(&str, &str, &str, &str)] = &[
         "stormclusters",
         "get",
         "a pool reads its cluster from the watch cache and GETs it only when the cache does not \
-         hold it yet (storm_reconcile's tests cover the read)",
+         hold it yet (stormworkerpool_reconcile's tests cover the read)",
     ),
 ];
 

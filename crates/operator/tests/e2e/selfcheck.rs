@@ -17,7 +17,7 @@ use workerpool_api::{
     QWorker, QWorkerStatus, StormCluster, StormWorkerPool, StormWorkerPoolStatus,
 };
 use workerpool_operator::controllers::qworker::build as qbuild;
-use workerpool_operator::controllers::storm::{build as sbuild, status as sstatus};
+use workerpool_operator::controllers::stormworkerpool::{build as sbuild, status as sstatus};
 use workerpool_operator::metrics::{ResourceCollector, encode};
 
 use crate::harness::{Operator, documents, find_series, free_port, http_get, logs_dir};

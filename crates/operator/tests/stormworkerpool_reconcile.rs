@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use workerpool_api::StormWorkerPool;
 use workerpool_operator::context::Shared;
 use workerpool_operator::controllers::ChildTracker;
-use workerpool_operator::controllers::storm::{ChildCaches, Context, reconcile};
+use workerpool_operator::controllers::stormworkerpool::{ChildCaches, Context, reconcile};
 use workerpool_operator::metrics::Metrics;
 
 const NS: &str = "team-a";
@@ -590,7 +590,7 @@ async fn a_topology_its_controller_has_not_looked_at_yet_is_waited_for_quietly()
     assert_eq!(
         action,
         kube::runtime::controller::Action::requeue(
-            workerpool_operator::controllers::storm::UNOBSERVED_RETRY
+            workerpool_operator::controllers::stormworkerpool::UNOBSERVED_RETRY
         )
     );
 }
@@ -886,9 +886,9 @@ fn settled(
     p: &mut StormWorkerPool,
 ) -> (
     ChildCaches,
-    workerpool_operator::controllers::storm::build::Children,
+    workerpool_operator::controllers::stormworkerpool::build::Children,
 ) {
-    use workerpool_operator::controllers::storm::{build, status};
+    use workerpool_operator::controllers::stormworkerpool::{build, status};
     let cluster: workerpool_api::storm::StormCluster =
         serde_json::from_value(cluster()).expect("cluster");
     let children = build::children(p, &cluster).expect("children");
@@ -1187,7 +1187,7 @@ async fn reconcile_with_storm(
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
         children: ChildTracker::default(),
         written: Default::default(),
-        storm: workerpool_operator::controllers::storm::StormReader::new(Arc::new(
+        storm: workerpool_operator::controllers::stormworkerpool::StormReader::new(Arc::new(
             workerpool_storm::RestConnector::new(),
         )),
         caches: ChildCaches::default(),
@@ -1388,7 +1388,7 @@ async fn idle_after_the_window(replicas: i32) -> (Option<Value>, Value) {
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
         children: ChildTracker::default(),
         written: Default::default(),
-        storm: workerpool_operator::controllers::storm::StormReader::new(Arc::new(
+        storm: workerpool_operator::controllers::stormworkerpool::StormReader::new(Arc::new(
             workerpool_storm::RestConnector::new(),
         )),
         caches: ChildCaches::default(),

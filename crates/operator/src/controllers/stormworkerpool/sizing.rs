@@ -259,7 +259,7 @@ mod tests {
 
     #[test]
     fn the_memoryfit_condition_reports_a_misfit_once() {
-        use crate::controllers::storm::status::{
+        use crate::controllers::stormworkerpool::status::{
             MEMORY_FIT, SLOTS_DO_NOT_FIT, memory_fit, new_misfit,
         };
         use workerpool_api::conditions;

@@ -315,6 +315,32 @@ pub fn slim<K: Slim>(object: &mut K) {
     object.slim();
 }
 
+/// What a watched kind must be: a typed resource that can be slimmed, decoded, cloned into a
+/// cache and shared between tasks.
+pub trait Watched:
+    Resource<DynamicType = ()>
+    + Slim
+    + DeserializeOwned
+    + Clone
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<DynamicType = ()>
+        + Slim
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A watch of `api` with `config`: its cache (a reflector store, objects slimmed by [`slim`]),
 /// and the stream of changed objects that must be polled to keep the cache current (give it to a
 /// controller as trigger). The stream marks `synced` on the watcher's first `InitDone`.
@@ -327,14 +353,7 @@ pub fn watch<K>(
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
 )
 where
-    K: Resource<DynamicType = ()>
-        + Slim
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     watch_with(api, config, synced, |_| {})
 }
@@ -350,14 +369,7 @@ fn watch_with<K, F>(
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
 )
 where
-    K: Resource<DynamicType = ()>
-        + Slim
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
     F: FnMut(&watcher::Event<K>) + Send + 'static,
 {
     let (reader, writer) = reflector::store::<K>();
@@ -393,14 +405,7 @@ pub struct SharedWatch<K: Resource<DynamicType = ()> + 'static> {
 
 impl<K> SharedWatch<K>
 where
-    K: Resource<DynamicType = ()>
-        + Slim
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     /// A watch of `api` with `config`; `synced` is marked on its first complete list.
     pub fn new(api: Api<K>, config: watcher::Config, synced: Synced) -> Self {
@@ -612,14 +617,7 @@ pub fn watch_owned<K>(
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
 )
 where
-    K: Resource<DynamicType = ()>
-        + Slim
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     let index: Arc<std::sync::RwLock<OwnerIndex<K>>> = Arc::default();
     let writes = index.clone();

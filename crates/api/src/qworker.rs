@@ -452,4 +452,10 @@ pub struct ScalerConfigStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The queues whose in-flight lists the operator sweeps on this broker (Redis only): the
+    /// queues of the QWorkers and worker pods that use it, each kept after they are gone until
+    /// a sweep finds no list of it, so that tasks of workers that are gone return to their queue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub queues: Vec<String>,
 }

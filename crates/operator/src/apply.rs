@@ -95,13 +95,28 @@ where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
     S: Serialize,
 {
+    apply_status_as(api, name, FIELD_MANAGER, status).await
+}
+
+/// [`apply_status`] by field manager `manager`: the fields of `status` become that manager's,
+/// and the fields other managers own stay as they are.
+pub async fn apply_status_as<K, S>(
+    api: &Api<K>,
+    name: &str,
+    manager: &str,
+    status: &S,
+) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
+    S: Serialize,
+{
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "metadata": { "name": name },
         "status": status,
     });
-    api.patch_status(name, &params(), &Patch::Apply(&patch))
+    api.patch_status(name, &params_of(manager).force(), &Patch::Apply(&patch))
         .await?;
     Ok(())
 }

@@ -17,6 +17,7 @@ use workerpool_operator::controllers::qworker::build::{
     self, DRAIN_ANNOTATION, POD_SPEC_HASH_LABEL,
 };
 use workerpool_operator::controllers::qworker::plan::RECOVERY_FINALIZER;
+use workerpool_operator::controllers::qworker::sweep::Sweeper;
 use workerpool_operator::controllers::qworker::{Context, Expectations, reconcile, release};
 use workerpool_operator::metrics::Metrics;
 
@@ -447,28 +448,40 @@ async fn redis() -> redis::aio::MultiplexedConnection {
 }
 
 #[tokio::test]
-async fn the_first_reconcile_returns_the_tasks_of_pods_that_vanished_while_the_operator_was_down() {
+async fn the_sweep_returns_the_tasks_of_workers_that_vanished_while_the_operator_was_down() {
     let queue = format!("test-sweep-{}", std::process::id());
+    let old_queue = format!("test-sweep-old-{}", std::process::id());
+    let untracked = format!("test-sweep-untracked-{}", std::process::id());
     let mut conn = redis().await;
     // A worker pod force-deleted while no operator ran: its list stays behind.
     let gone = workerpool_queue::processing_list(&queue, "example-qworker-bcd45");
-    // A live worker's list, and a list of a worker this QWorker never made: both stay.
+    // The list of a worker of a QWorker deleted since; its queue is only in `status.queues`.
+    let orphan = workerpool_queue::processing_list(&old_queue, "deleted-qworker-xkz42");
+    // A live worker's list, and a list of a worker the operator never made: both stay.
     let live = workerpool_queue::processing_list(&queue, "example-qworker-live2");
     let foreign = workerpool_queue::processing_list(&queue, "some-other-host");
     // The list of a busy worker of a QWorker with the same name and queue in another
     // namespace (processing lists carry no namespace): it stays too.
     let neighbour = workerpool_queue::processing_list(&queue, "example-qworker-nsb22");
-    let _: () = conn
-        .del(&[&queue, &gone, &live, &foreign, &neighbour])
-        .await
-        .expect("del");
-    let _: () = conn.lpush(&neighbour, "task-10").await.expect("lpush");
-    let _: () = conn.lpush(&gone, "task-7").await.expect("lpush");
-    let _: () = conn.lpush(&live, "task-8").await.expect("lpush");
-    let _: () = conn.lpush(&foreign, "task-9").await.expect("lpush");
+    // A queue this ScalerConfig does not serve: not looked at.
+    let other = workerpool_queue::processing_list(&untracked, "someone-else-abc12");
+    let keys = [
+        &queue, &old_queue, &untracked, &gone, &orphan, &live, &foreign, &neighbour, &other,
+    ];
+    let _: () = conn.del(&keys).await.expect("del");
+    for (list, task) in [
+        (&gone, "task-7"),
+        (&orphan, "task-6"),
+        (&live, "task-8"),
+        (&foreign, "task-9"),
+        (&neighbour, "task-10"),
+        (&other, "task-11"),
+    ] {
+        let _: () = conn.lpush(list, task).await.expect("lpush");
+    }
 
     let (client, mut api) = support::mock();
-    let mut h = harness(client);
+    let mut h = harness(client.clone());
     let mut q = qworker(1);
     q.spec.scale_config.queue = queue.clone();
     let hash = current_hash(&q);
@@ -490,40 +503,95 @@ async fn the_first_reconcile_returns_the_tasks_of_pods_that_vanished_while_the_o
         ),
         other_namespace,
     ]);
+    let mut config = redis_config();
+    config.status = Some(serde_json::from_value(json!({"queues": [old_queue]})).expect("status"));
     h.configs
-        .apply_watcher_event(&watcher::Event::Apply(redis_config()));
+        .apply_watcher_event(&watcher::Event::Apply(config));
+    let (qworkers, mut qworker_writer) = reflector::store::<QWorker>();
+    qworker_writer.apply_watcher_event(&watcher::Event::Apply(q.clone()));
+    let mut sweeper = Sweeper::new(
+        h.ctx.shared.clone(),
+        h.ctx.brokers.clone(),
+        qworkers,
+        h.ctx.pods.store().clone(),
+        None,
+    );
 
-    let task = tokio::spawn(reconcile(Arc::new(q.clone()), h.ctx.clone()));
-    let status = api
-        .expect_apply(&status_path("example-qworker"), stored(&q))
+    let task = tokio::spawn(async move {
+        sweeper.tick().await;
+        sweeper
+    });
+    // The queue in use is recorded before the sweep looks, with the sweep's own manager.
+    let recorded = api
+        .expect_apply(
+            "/apis/quickube.com/v1alpha1/namespaces/jobs/scalerconfigs/example-scaler-config/status",
+            json!({"spec": serde_json::to_value(&redis_config().spec).expect("spec")}),
+        )
         .await;
-    assert_eq!(status.body["status"]["currentReplicas"], 1);
-    api.finish(task).await.expect("reconcile ok");
+    assert!(
+        recorded
+            .query
+            .contains("fieldManager=workerpool-operator-sweep")
+    );
+    let mut want = vec![old_queue.clone(), queue.clone()];
+    want.sort();
+    assert_eq!(recorded.body["status"], json!({"queues": want}));
+    // Each vanished worker is confirmed gone by the API server, by name, in every namespace.
+    let mut asked = Vec::new();
+    for _ in 0..2 {
+        let seen = api
+            .expect(
+                "GET",
+                "/api/v1/pods",
+                200,
+                json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}),
+            )
+            .await;
+        asked.push(seen.query);
+    }
+    assert!(
+        asked.iter().any(|q| q.contains("example-qworker-bcd45")),
+        "{asked:?}"
+    );
+    assert!(
+        asked.iter().any(|q| q.contains("deleted-qworker-xkz42")),
+        "{asked:?}"
+    );
+    api.finish(task).await;
+
     let queued: Vec<String> = conn.lrange(&queue, 0, -1).await.expect("lrange");
+    assert_eq!(queued, vec!["task-7"], "the vanished worker's task returns");
+    let requeued: Vec<String> = conn.lrange(&old_queue, 0, -1).await.expect("lrange");
     assert_eq!(
-        queued,
-        vec!["task-7"],
-        "only the vanished worker's task returns"
+        requeued,
+        vec!["task-6"],
+        "so does the task of a deleted QWorker's worker, found by its recorded queue"
     );
-    let live_left: Vec<String> = conn.lrange(&live, 0, -1).await.expect("lrange");
-    assert_eq!(live_left, vec!["task-8"], "a live worker keeps its task");
-    let foreign_left: Vec<String> = conn.lrange(&foreign, 0, -1).await.expect("lrange");
+    for (list, task, why) in [
+        (&live, "task-8", "a live worker keeps its task"),
+        (&foreign, "task-9", "lists of other workers are not touched"),
+        (
+            &neighbour,
+            "task-10",
+            "the busy worker of the same QWorker name in another namespace keeps its task",
+        ),
+        (
+            &other,
+            "task-11",
+            "a queue the ScalerConfig does not serve is not swept",
+        ),
+    ] {
+        let left: Vec<String> = conn.lrange(list, 0, -1).await.expect("lrange");
+        assert_eq!(left, vec![task], "{why}");
+    }
     assert_eq!(
-        foreign_left,
-        vec!["task-9"],
-        "lists of other workers are not touched"
+        api.events
+            .iter()
+            .filter(|e| e.1 == "TasksRecovered")
+            .count(),
+        2
     );
-    let neighbour_left: Vec<String> = conn.lrange(&neighbour, 0, -1).await.expect("lrange");
-    assert_eq!(
-        neighbour_left,
-        vec!["task-10"],
-        "the busy worker of the same QWorker name in another namespace keeps its task"
-    );
-    assert!(api.events.iter().any(|e| e.1 == "TasksRecovered"));
-    let _: () = conn
-        .del(&[&queue, &gone, &live, &foreign, &neighbour])
-        .await
-        .expect("cleanup");
+    let _: () = conn.del(&keys).await.expect("cleanup");
 }
 
 #[tokio::test]

@@ -2,13 +2,14 @@
 //! one [`QueueBroker::depths`] call, so that a thousand queues polled on the same tick cost one
 //! round trip (Redis: one pipeline) instead of a thousand.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
-use crate::{BrokerKind, DepthQuery, QueueBroker, QueueError};
+use crate::{BrokerKind, DepthQuery, HoldersPage, QueueBroker, QueueError};
 
 /// How long the first read of a batch waits for others to join it.
 pub const GATHER: Duration = Duration::from_millis(1);
@@ -125,8 +126,13 @@ impl QueueBroker for Batched {
         self.state.inner.recover(queue, worker).await
     }
 
-    async fn holders(&self, queue: &str) -> Result<Vec<String>, QueueError> {
-        self.state.inner.holders(queue).await
+    async fn holders_page(
+        &self,
+        queues: &BTreeSet<String>,
+        cursor: u64,
+        budget: u32,
+    ) -> Result<HoldersPage, QueueError> {
+        self.state.inner.holders_page(queues, cursor, budget).await
     }
 
     async fn ping(&self) -> Result<(), QueueError> {

@@ -29,6 +29,7 @@ pub mod protocol;
 mod rabbitmq;
 mod redis_impl;
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
@@ -85,12 +86,21 @@ pub trait QueueBroker: Send + Sync {
     /// themselves.
     async fn recover(&self, queue: &str, worker: &str) -> Result<u64, QueueError>;
 
-    /// Names of the workers that hold tasks of `queue` (Redis: the non-empty processing lists
-    /// `{queue}:processing:{worker}`), so that the operator can return the tasks of workers that
-    /// no longer exist. Empty for RabbitMQ and NATS, which track delivery themselves.
-    async fn holders(&self, queue: &str) -> Result<Vec<String>, QueueError> {
-        let _ = queue;
-        Ok(Vec::new())
+    /// One step of a sweep over the in-flight lists of `queues` (Redis: the non-empty
+    /// processing lists `{queue}:processing:{worker}`), so that the operator can return the
+    /// tasks of workers that no longer exist. The step starts at `cursor` (0 starts a sweep) and
+    /// does at most `budget` bounded calls to the broker (Redis: `SCAN … COUNT` [`SCAN_COUNT`]);
+    /// the page's `cursor` continues the sweep, 0 when it is complete. A list may be reported
+    /// twice in one sweep. Empty and complete for RabbitMQ and NATS, which track delivery
+    /// themselves.
+    async fn holders_page(
+        &self,
+        queues: &BTreeSet<String>,
+        cursor: u64,
+        budget: u32,
+    ) -> Result<HoldersPage, QueueError> {
+        let _ = (queues, cursor, budget);
+        Ok(HoldersPage::default())
     }
 
     /// Cheap health check (one round trip).
@@ -107,6 +117,27 @@ pub struct DepthQuery {
     pub workers: Vec<String>,
 }
 
+/// How many keys one `SCAN` call of [`QueueBroker::holders_page`] asks Redis to look at.
+pub const SCAN_COUNT: u32 = 1000;
+
+/// One worker's non-empty in-flight list, found by [`QueueBroker::holders_page`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Holder {
+    /// The queue the tasks came from.
+    pub queue: String,
+    /// The worker (pod) name.
+    pub worker: String,
+}
+
+/// One step of a sweep ([`QueueBroker::holders_page`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HoldersPage {
+    /// The lists found in this step.
+    pub holders: Vec<Holder>,
+    /// Where the next step starts; 0 when the sweep is complete.
+    pub cursor: u64,
+}
+
 /// Connects to the broker. The returned value keeps one reconnecting connection for all calls.
 pub async fn connect(cfg: &BrokerConfig) -> Result<Arc<dyn QueueBroker>, QueueError> {
     Ok(match cfg {
@@ -119,8 +150,11 @@ pub async fn connect(cfg: &BrokerConfig) -> Result<Arc<dyn QueueBroker>, QueueEr
 /// The Redis list that holds the tasks worker `worker` has taken from `queue` and not yet
 /// acknowledged: `{queue}:processing:{worker}`.
 pub fn processing_list(queue: &str, worker: &str) -> String {
-    format!("{queue}:processing:{worker}")
+    format!("{queue}{PROCESSING_INFIX}{worker}")
 }
+
+/// What separates the queue from the worker in a [`processing_list`] name.
+pub const PROCESSING_INFIX: &str = ":processing:";
 
 /// One task taken from a queue. It stays owned by the worker that took it until
 /// [`TaskSource::ack`] or [`TaskSource::requeue`].

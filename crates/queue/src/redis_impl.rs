@@ -1,6 +1,7 @@
 //! Redis: queues are lists; producers `LPUSH`, workers `BLMOVE` from the right end into their
 //! own processing list, acknowledge with `LREM`.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,8 +10,9 @@ use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisError}
 
 use crate::error::{BrokerKind, QueueError, timed};
 use crate::{
-    CALL_TIMEOUT, CONNECT_TIMEOUT, DepthQuery, Handle, QueueBroker, RedisConfig, Task, TaskSource,
-    install_crypto_provider, processing_list,
+    CALL_TIMEOUT, CONNECT_TIMEOUT, DepthQuery, Handle, Holder, HoldersPage, PROCESSING_INFIX,
+    QueueBroker, RedisConfig, SCAN_COUNT, Task, TaskSource, install_crypto_provider,
+    processing_list,
 };
 
 const KIND: BrokerKind = BrokerKind::Redis;
@@ -194,33 +196,47 @@ impl QueueBroker for RedisBroker {
         Ok(moved)
     }
 
-    async fn holders(&self, queue: &str) -> Result<Vec<String>, QueueError> {
-        let prefix = processing_list(queue, "");
-        let pattern = format!("{}*", glob_escape(&prefix));
+    async fn holders_page(
+        &self,
+        queues: &BTreeSet<String>,
+        mut cursor: u64,
+        budget: u32,
+    ) -> Result<HoldersPage, QueueError> {
+        let mut page = HoldersPage::default();
+        if queues.is_empty() {
+            return Ok(page);
+        }
+        // One queue: Redis filters by its prefix; several: by the processing-list infix, and
+        // the keys of queues not asked for are dropped here.
+        let pattern = match queues.iter().next() {
+            Some(q) if queues.len() == 1 => format!("{}*", glob_escape(&processing_list(q, ""))),
+            _ => format!("*{}*", glob_escape(PROCESSING_INFIX)),
+        };
         let mut conn = self.conn.clone();
-        let mut cursor: u64 = 0;
-        let mut names = Vec::new();
-        loop {
+        for _ in 0..budget.max(1) {
             let mut cmd = redis::cmd("SCAN");
             cmd.arg(cursor)
                 .arg("MATCH")
                 .arg(&pattern)
                 .arg("COUNT")
-                .arg(1000);
+                .arg(SCAN_COUNT);
             let (next, keys): (u64, Vec<String>) = query(&mut conn, "holders", &cmd).await?;
-            names.extend(
-                keys.into_iter()
-                    .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string))
-                    .filter(|w| !w.is_empty()),
-            );
-            if next == 0 {
+            page.holders.extend(keys.iter().filter_map(|k| {
+                let (queue, worker) = k.rsplit_once(PROCESSING_INFIX)?;
+                (!worker.is_empty() && queues.contains(queue)).then(|| Holder {
+                    queue: queue.to_owned(),
+                    worker: worker.to_owned(),
+                })
+            }));
+            cursor = next;
+            if cursor == 0 {
                 break;
             }
-            cursor = next;
         }
-        names.sort();
-        names.dedup();
-        Ok(names)
+        page.holders.sort();
+        page.holders.dedup();
+        page.cursor = cursor;
+        Ok(page)
     }
 
     async fn ping(&self) -> Result<(), QueueError> {

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use support::{redis_cfg, unique};
@@ -421,43 +422,91 @@ async fn silent_server_times_out_instead_of_hanging() {
     drop(listener);
 }
 
+/// Every list [`QueueBroker::holders_page`] reports for `queues`, step by step with `budget`;
+/// also the number of steps.
+async fn sweep(
+    broker: &dyn QueueBroker,
+    queues: &[&str],
+    budget: u32,
+) -> (Vec<(String, String)>, usize) {
+    let queues: BTreeSet<String> = queues.iter().map(|q| q.to_string()).collect();
+    let (mut found, mut steps, mut cursor) = (Vec::new(), 0, 0);
+    loop {
+        let page = broker
+            .holders_page(&queues, cursor, budget)
+            .await
+            .expect("holders_page");
+        steps += 1;
+        found.extend(page.holders.into_iter().map(|h| (h.queue, h.worker)));
+        cursor = page.cursor;
+        if cursor == 0 {
+            break;
+        }
+    }
+    found.sort();
+    found.dedup();
+    (found, steps)
+}
+
 #[tokio::test]
 async fn redis_holders_are_the_workers_with_tasks_in_flight() {
     // A queue name with glob characters: the scan must match it literally.
     let queue = unique("redis-h*?[x]");
     let other = format!("{queue}x");
+    let unasked = unique("redis-h-unasked");
     let cfg = redis_cfg();
     let broker = connect(&cfg).await.expect("connect");
-    assert_eq!(broker.holders(&queue).await.ok(), Some(vec![]));
+    let pair = |q: &str, w: &str| (q.to_string(), w.to_string());
+    assert_eq!(sweep(&*broker, &[&queue], 100).await.0, vec![]);
     push_batch(&cfg, &queue, &payloads(&["a", "b"]))
         .await
         .expect("push");
     push_batch(&cfg, &other, &payloads(&["c"]))
         .await
         .expect("push");
+    push_batch(&cfg, &unasked, &payloads(&["d"]))
+        .await
+        .expect("push");
     let mut s1 = task_source(&cfg, &queue, "w-1").await.expect("source");
     let mut s2 = task_source(&cfg, &queue, "w-2").await.expect("source");
     let mut s3 = task_source(&cfg, &other, "w-3").await.expect("source");
+    let mut s4 = task_source(&cfg, &unasked, "w-4").await.expect("source");
     let _t1 = take_one(&mut s1).await;
     let t2 = take_one(&mut s2).await;
     let _t3 = take_one(&mut s3).await;
+    let _t4 = take_one(&mut s4).await;
     assert_eq!(
-        broker.holders(&queue).await.expect("holders"),
-        vec!["w-1".to_string(), "w-2".to_string()]
+        sweep(&*broker, &[&queue], 100).await.0,
+        vec![pair(&queue, "w-1"), pair(&queue, "w-2")]
     );
+    // Several queues: one pass over the keyspace, a queue not asked for is left out, and a
+    // budget of one call per step still finds everything, in more steps.
+    let (found, _) = sweep(&*broker, &[&queue, &other], 1).await;
+    assert_eq!(
+        found,
+        vec![
+            pair(&queue, "w-1"),
+            pair(&queue, "w-2"),
+            pair(&other, "w-3")
+        ]
+    );
+    let (_, steps_at_once) = sweep(&*broker, &[&queue, &other], 1_000).await;
+    assert_eq!(steps_at_once, 1, "a step goes on until its budget is spent");
     s2.ack(t2).await.expect("ack");
     assert_eq!(
-        broker.holders(&queue).await.expect("holders"),
-        vec!["w-1".to_string()],
+        sweep(&*broker, &[&queue], 100).await.0,
+        vec![pair(&queue, "w-1")],
         "an empty processing list does not exist in Redis"
     );
     assert_eq!(broker.recover(&queue, "w-1").await.ok(), Some(1));
-    assert_eq!(broker.holders(&queue).await.ok(), Some(vec![]));
+    assert_eq!(sweep(&*broker, &[&queue], 100).await.0, vec![]);
     redis_cleanup(&[
         queue.clone(),
         other.clone(),
         processing_list(&queue, "w-1"),
         processing_list(&other, "w-3"),
+        unasked.clone(),
+        processing_list(&unasked, "w-4"),
     ])
     .await;
 }

@@ -3,15 +3,17 @@
 //! deletes pods whose work is over, returns the in-flight tasks of workers that are gone to the
 //! queue, and writes the rest of the status.
 //!
-//! Each reconcile observes (pods from the synced cache, expectations, and now and then the
-//! broker's in-flight lists), lets [`plan::plan`] decide, and carries the plan out. Worker pods
-//! carry the [`plan::RECOVERY_FINALIZER`]; [`release`] removes it once a deleted pod's worker has
-//! stopped and its tasks are back on the queue, so nothing depends on this process's memory.
+//! Each reconcile observes (pods from the synced cache and expectations), lets [`plan::plan`]
+//! decide, and carries the plan out. Worker pods carry the [`plan::RECOVERY_FINALIZER`];
+//! [`release`] removes it once a deleted pod's worker has stopped and its tasks are back on the
+//! queue, so nothing depends on this process's memory. What a release missed is found by the
+//! per-ScalerConfig [`sweep`], which runs beside the reconciles and never inside one.
 
 pub mod autoscaler;
 pub mod build;
 pub mod plan;
 pub mod release;
+pub mod sweep;
 pub mod vpa;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -50,20 +52,16 @@ pub const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(60);
 pub const RESYNC: Duration = Duration::from_secs(30);
 /// While creates or drains are on their way, the QWorker is looked at again after this long.
 pub const SETTLING: Duration = Duration::from_secs(5);
-/// How often the broker's in-flight lists are swept for workers that no longer exist (and at
-/// the first reconcile of each QWorker after the operator starts).
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Expectations of one QWorker: pods created or annotated but not yet seen so in the cache.
 #[derive(Default)]
 struct Pending {
     creates: HashMap<String, Instant>,
     drains: HashMap<String, Instant>,
-    last_sweep: Option<Instant>,
 }
 
 /// Per-QWorker short-term memory, keyed by uid. Losing it (a restart) is safe: the cache, once
-/// synced, shows every pod, and the first reconcile after a start sweeps the broker.
+/// synced, shows every pod, and the sweeper ([`sweep`]) returns the lists of workers that are gone.
 #[derive(Default)]
 pub struct Expectations {
     by_uid: Mutex<HashMap<String, Pending>>,
@@ -102,16 +100,6 @@ impl Expectations {
 
     fn drained(&self, uid: &str, name: &str) {
         self.with(uid, |p| p.drains.insert(name.to_string(), Instant::now()));
-    }
-
-    fn sweep_due(&self, uid: &str) -> bool {
-        self.with(uid, |p| {
-            p.last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_INTERVAL)
-        })
-    }
-
-    fn swept(&self, uid: &str) {
-        self.with(uid, |p| p.last_sweep = Some(Instant::now()));
     }
 
     /// Forgets everything about the QWorker `uid` (it was deleted).
@@ -268,25 +256,6 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
         .as_ref()
         .map_or(0, |s| s.desired_replicas)
         .clamp(sc.min_replicas.max(0), sc.max_replicas.max(0));
-    let holders = if ctx.expectations.sweep_due(&uid) {
-        sweep(ctx, qw).await
-    } else {
-        None
-    };
-    // Every cached worker pod name, of every namespace, needed only when a sweep found lists
-    // to return: processing lists carry no namespace, and a QWorker of the same name on the
-    // same queue in another namespace has lists of its own that must not be returned.
-    let known: HashSet<String> = if holders.is_some() {
-        ctx.pods
-            .store()
-            .state()
-            .iter()
-            .map(|p| p.name_any())
-            .collect()
-    } else {
-        HashSet::new()
-    };
-
     // Decide.
     let plan = plan::plan(&Observed {
         qworker: &qw.name_any(),
@@ -295,13 +264,8 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
         desired,
         pending_creates: &pending_creates,
         pending_drains: &pending_drains,
-        holders: holders.as_deref(),
-        known_pods: &known,
         now: Timestamp::now(),
     });
-    if holders.is_some() {
-        ctx.expectations.swept(&uid);
-    }
 
     // Act.
     let acted = act(qw, ctx, &plan, &spec, &hash).await?;
@@ -317,27 +281,6 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
         Some(l) => next.min(l.retry_in.max(Duration::from_secs(1))),
         None => next,
     }))
-}
-
-/// Lists the workers that hold tasks of the QWorker's queue, for the sweep; `None` when the
-/// broker cannot be asked now (the sweep is tried again at the next reconcile).
-async fn sweep(ctx: &Context, qw: &QWorker) -> Option<Vec<String>> {
-    let sc = &qw.spec.scale_config;
-    let ns = qw.namespace().unwrap_or_default();
-    let broker = match ctx.brokers.get(&ns, &sc.scaler_config_ref).await {
-        Ok(b) => b,
-        Err(e) => {
-            debug!(reason = e.reason, "in-flight sweep postponed");
-            return None;
-        }
-    };
-    match broker.holders(&sc.queue).await {
-        Ok(holders) => Some(holders),
-        Err(e) => {
-            debug!(error = %e, "in-flight sweep postponed");
-            None
-        }
-    }
 }
 
 /// What [`act`] did.
@@ -721,6 +664,7 @@ pub fn controller(
         qworkers: qworkers.clone(),
         brokers: brokers.clone(),
     });
+    let brokers_for_sweep = brokers.clone();
     let ctx = Arc::new(Context {
         shared: shared.clone(),
         pods: pods.clone(),
@@ -740,6 +684,14 @@ pub fn controller(
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, runtime::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
+    let sweeper = sweep::Sweeper::new(
+        shared.clone(),
+        brokers_for_sweep,
+        qworkers.clone(),
+        pods.store().clone(),
+        namespace,
+    );
+    let sweep_run = sweeper.run(shutdown.clone());
     let release_run = Controller::for_stream(pod_events, pods.store().clone())
         .with_config(shared.controller_config())
         .reconcile_all_on(shared.gate.on_leadership())
@@ -747,7 +699,7 @@ pub fn controller(
         .run(release::reconcile, runtime::error_policy, release_ctx)
         .for_each(|_| futures::future::ready(()));
     let future = async move {
-        futures::future::join(run, release_run).await;
+        futures::future::join3(run, release_run, sweep_run).await;
     };
     (qworkers, autoscaler, future)
 }

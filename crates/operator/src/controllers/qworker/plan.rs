@@ -306,15 +306,16 @@ impl PodView {
     }
 }
 
-/// Whether `name` is a pod name the QWorker `qworker` could have given one of its pods
-/// (`<qworker>-<5 characters of the pod-name alphabet>`, the prefix cut to 57 characters).
-pub fn is_worker_name(qworker: &str, name: &str) -> bool {
-    let prefix: String = qworker.chars().take(57).collect();
-    name.strip_prefix(&prefix)
-        .and_then(|rest| rest.strip_prefix('-'))
-        .is_some_and(|suffix| {
-            suffix.len() == 5 && suffix.bytes().all(|b| POD_NAME_ALPHABET.contains(&b))
-        })
+/// Whether `name` has the shape of a worker pod name this operator gives
+/// (`<qworker>-<5 characters of the pod-name alphabet>`, the QWorker's name cut to 57
+/// characters): the sweep leaves alone the lists of workers that are not pods of it (a worker
+/// run outside Kubernetes on the same queue, `worker-1`).
+pub fn is_generated_pod_name(name: &str) -> bool {
+    name.rsplit_once('-').is_some_and(|(prefix, suffix)| {
+        (1..=57).contains(&prefix.chars().count())
+            && suffix.len() == 5
+            && suffix.bytes().all(|b| POD_NAME_ALPHABET.contains(&b))
+    })
 }
 
 /// What the QWorker reconciler observed.
@@ -332,10 +333,6 @@ pub struct Observed<'a> {
     pub pending_creates: &'a HashSet<String>,
     /// Names of pods asked to drain but not yet seen so in the cache.
     pub pending_drains: &'a HashSet<String>,
-    /// Workers that hold tasks in the broker (a sweep ran this time), else `None`.
-    pub holders: Option<&'a [String]>,
-    /// Every worker pod name in the cache, of every namespace (all QWorkers, terminating ones too).
-    pub known_pods: &'a HashSet<String>,
     /// The time of the decision.
     pub now: Timestamp,
 }
@@ -401,8 +398,8 @@ pub struct Plan {
     /// Pods to delete: finished (crashed ones beyond those kept), drained and done, or never
     /// started.
     pub delete: Vec<String>,
-    /// Workers whose in-flight tasks go back to the queue first: pods that no longer exist,
-    /// and pods to delete that carry no recovery finalizer (made by an older version).
+    /// Workers whose in-flight tasks go back to the queue first: pods to delete that carry no
+    /// recovery finalizer (made by an older version).
     pub recover: Vec<String>,
     /// Live workers after the plan: not terminal, not terminating, not draining.
     pub current: i32,
@@ -547,17 +544,6 @@ pub fn plan(o: &Observed<'_>) -> Plan {
             })
         });
     }
-    if let Some(holders) = o.holders {
-        for h in holders {
-            if is_worker_name(o.qworker, h)
-                && !o.known_pods.contains(h)
-                && !o.pending_creates.contains(h)
-                && !out.recover.contains(h)
-            {
-                out.recover.push(h.clone());
-            }
-        }
-    }
     out
 }
 
@@ -644,8 +630,6 @@ mod tests {
         pods: Vec<PodView>,
         desired: i32,
         pending_creates: Vec<&'static str>,
-        holders: Option<Vec<&'static str>>,
-        known: Vec<&'static str>,
         create: usize,
         drain: Vec<&'static str>,
         delete: Vec<&'static str>,
@@ -955,33 +939,10 @@ mod tests {
                 drain: vec!["b", "a"],
                 ..Case::default()
             },
-            Case {
-                name: "sweep returns the lists of this QWorker's pods that are gone, only",
-                pods: vec![view("w-bbbbb", h, true, 10)],
-                desired: 2,
-                pending_creates: vec!["w-ddddd"],
-                known: vec!["w-bbbbb", "other-ccccc", "w-zzzzz"],
-                holders: Some(vec![
-                    "w-bbbbb",
-                    "w-ccccc",
-                    "w-ddddd",
-                    "worker-1",
-                    "other-ccccc",
-                    "w-zzzzz",
-                ]),
-                recover: vec!["w-ccccc"],
-                current: 2,
-                ..Case::default()
-            },
         ];
         for c in cases {
             let pending_creates: HashSet<String> =
                 c.pending_creates.iter().map(|s| s.to_string()).collect();
-            let known: HashSet<String> = c.known.iter().map(|s| s.to_string()).collect();
-            let holders: Option<Vec<String>> = c
-                .holders
-                .as_ref()
-                .map(|hs| hs.iter().map(|s| s.to_string()).collect());
             let none = HashSet::new();
             let p = plan(&Observed {
                 qworker: "w",
@@ -990,8 +951,6 @@ mod tests {
                 desired: c.desired,
                 pending_creates: &pending_creates,
                 pending_drains: &none,
-                holders: holders.as_deref(),
-                known_pods: &known,
                 now: at(c.now),
             });
             let drained: Vec<&str> = p.drain.iter().map(|(n, _)| n.as_str()).collect();
@@ -1015,15 +974,19 @@ mod tests {
     }
 
     #[test]
-    fn worker_names_are_recognised_by_prefix_and_alphabet() {
-        assert!(is_worker_name("w", "w-bcd45"));
-        assert!(!is_worker_name("w", "w-bcd4"), "too short");
-        assert!(!is_worker_name("w", "w-abcde"), "a is not in the alphabet");
-        assert!(!is_worker_name("w", "wx-bcd45"));
-        assert!(!is_worker_name("w", "worker-1"));
+    fn worker_names_are_recognised_by_their_suffix() {
+        assert!(is_generated_pod_name("w-bcd45"));
+        assert!(!is_generated_pod_name("w-bcd4"), "too short");
+        assert!(
+            !is_generated_pod_name("w-abcde"),
+            "a is not in the alphabet"
+        );
+        assert!(!is_generated_pod_name("-bcd45"), "no QWorker name");
+        assert!(!is_generated_pod_name("worker-1"));
+        assert!(!is_generated_pod_name(&format!("{}-bcd45", "q".repeat(58))));
         let long = "q".repeat(80);
         let name = super::super::build::pod_name(&long);
-        assert!(is_worker_name(&long, &name), "{name}");
+        assert!(is_generated_pod_name(&name), "{name}");
     }
 
     #[test]

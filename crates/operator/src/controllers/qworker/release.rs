@@ -5,8 +5,8 @@
 //! It works from the pod alone (its queue and ScalerConfig are in its annotations), so it also
 //! serves pods whose QWorker is gone. A finalizer never strands a pod: if the tasks cannot be
 //! returned within [`plan::RELEASE_TIMEOUT`] (the broker or the ScalerConfig is gone), the
-//! finalizer is released with a Warning Event, and the QWorker's periodic sweep returns the
-//! tasks once the broker answers again.
+//! finalizer is released with a Warning Event, and the ScalerConfig's [`super::sweep`] returns
+//! the tasks once the broker answers again.
 
 use std::sync::Arc;
 use std::time::Duration;

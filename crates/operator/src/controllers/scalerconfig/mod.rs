@@ -193,6 +193,11 @@ pub async fn reconcile(sc: Arc<ScalerConfig>, ctx: Arc<Context>) -> Result<Actio
     }
     if sc.status.as_ref() != Some(&status) {
         let api: Api<ScalerConfig> = Api::namespaced(ctx.shared.client.clone(), &ns);
+        // `status.queues` belongs to the in-flight sweep (a field manager of its own).
+        let status = ScalerConfigStatus {
+            queues: Vec::new(),
+            ..status
+        };
         apply::apply_status(&api, &sc.name_any(), &status).await?;
     }
     Ok(Action::requeue(HEALTH_INTERVAL))

@@ -303,7 +303,7 @@ async fn reconciles(n: usize) -> anyhow::Result<(f64, Vec<Arc<StormWorkerPool>>)
     let ctx = Arc::new(stormworkerpool::Context {
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
         children: ChildTracker::default(),
-        written: Default::default(),
+        status: Default::default(),
         storm: Default::default(),
         caches: stormworkerpool::ChildCaches::default(),
     });

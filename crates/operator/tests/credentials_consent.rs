@@ -287,6 +287,7 @@ async fn the_scaler_config_reports_refused_consent_and_plaintext_credentials() {
     let ctx = Arc::new(Context {
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
         brokers,
+        status: Default::default(),
     });
     let secret_path = "/api/v1/namespaces/team-a/secrets/creds";
     let status_path = "/apis/quickube.com/v1alpha1/namespaces/team-a/scalerconfigs/redis/status";

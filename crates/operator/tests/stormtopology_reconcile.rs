@@ -275,6 +275,7 @@ fn setup(
         clusters: store(vec![cluster()]),
         pools: store(pools),
         jobs: store(jobs),
+        status: Default::default(),
     });
     Setup { storm, ctx }
 }
@@ -804,6 +805,7 @@ async fn a_topology_deleted_mid_submission_deletes_its_job_first_then_kills_by_i
         clusters: store(vec![cluster()]),
         pools: store(vec![]),
         jobs: store(vec![]),
+        status: Default::default(),
     });
     let t2 = after(&t, &status);
     let task = tokio::spawn(reconcile(Arc::new(t2.clone()), gone));

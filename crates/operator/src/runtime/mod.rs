@@ -3,10 +3,12 @@
 //! ([`backoff`]). A controller supplies its own reconcile body and, where a failure should also
 //! show on the object's status, a hook for that; the rules around them (the leader gate, the
 //! duration metric, the Warning Event, a namespace being deleted, how long to wait before the
-//! next try) are written here once.
+//! next try) are written here once, and so is the writing of a status ([`status`]).
 
 pub mod backoff;
 mod reconcile;
+pub mod status;
 
 pub use backoff::{Backoff, BackoffKey};
 pub use reconcile::{ControllerContext, error_policy, reconcile};
+pub use status::{HasStatus, StatusWriter};

@@ -13,6 +13,7 @@ pub mod autoscaler;
 pub mod build;
 pub mod plan;
 pub mod release;
+pub mod status;
 pub mod sweep;
 pub mod vpa;
 
@@ -31,7 +32,6 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 use workerpool_api::QWorker;
-use workerpool_api::conditions::{self, NewCondition, READY, SCALING};
 
 use crate::cache;
 use crate::context::Shared;
@@ -182,36 +182,8 @@ impl runtime::ControllerContext for Context {
 
 /// Sets `Ready=False` with `reason` and the message.
 async fn report_refused(qw: &QWorker, ctx: &Context, reason: &str, message: &str) -> Result<()> {
-    let status = qw.status.clone().unwrap_or_default();
-    let mut conds = status.conditions.clone();
-    conditions::set_condition(
-        &mut conds,
-        NewCondition::new(READY, false, reason, message),
-        qw.metadata.generation,
-        Timestamp::now(),
-    );
-    // Fields this manager owns are repeated as they are, so that the apply does not drop them.
-    let mine: Vec<_> = conds
-        .into_iter()
-        .filter(|c| c.type_ == READY || c.type_ == SCALING)
-        .collect();
-    let status = serde_json::json!({
-        "currentReplicas": status.current_replicas,
-        "currentPodSpecHash": status.current_pod_spec_hash,
-        "selector": build::selector(qw),
-        "observedGeneration": qw.metadata.generation,
-        "conditions": mine,
-    });
-    own_status(qw, ctx, &status).await
-}
-
-/// Applies the reconciler's own status fields (the autoscaler applies the others).
-async fn own_status(qw: &QWorker, ctx: &Context, status: &serde_json::Value) -> Result<()> {
-    let api: Api<QWorker> = Api::namespaced(
-        ctx.shared.client.clone(),
-        &qw.namespace().unwrap_or_default(),
-    );
-    crate::apply::apply_status(&api, &qw.name_any(), status).await
+    let fields = status::refused(qw, reason, message, Timestamp::now());
+    status::write(qw, &ctx.shared.client, &fields).await
 }
 
 /// The requests activateVPA gives new pods, from `status.maxContainerResourcesUsage`.
@@ -270,7 +242,23 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
     // Act.
     let acted = act(qw, ctx, &plan, &spec, &hash).await?;
     let current = plan.current + acted.created as i32;
-    write_status(qw, ctx, &plan, current, desired, &hash, &views, acted.any()).await?;
+    let fields = status::observed(
+        qw,
+        &status::Observed {
+            plan: &plan,
+            current,
+            desired,
+            hash: &hash,
+            views: &views,
+            acted: acted.any(),
+            ineffective: qw
+                .status
+                .as_ref()
+                .and_then(autoscaler::ineffective_condition),
+        },
+        Timestamp::now(),
+    );
+    status::write(qw, &ctx.shared.client, &fields).await?;
     let waiting = !pending_creates.is_empty()
         || !pending_drains.is_empty()
         || acted.any()
@@ -526,93 +514,6 @@ async fn recover(ctx: &Context, qw: &QWorker, names: &[String]) -> HashSet<Strin
     failed
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn write_status(
-    qw: &QWorker,
-    ctx: &Context,
-    plan: &plan::Plan,
-    current: i32,
-    desired: i32,
-    hash: &str,
-    views: &[PodView],
-    acted: bool,
-) -> Result<()> {
-    let now = Timestamp::now();
-    let status = qw.status.clone().unwrap_or_default();
-    let generation = qw.metadata.generation;
-    let ready = views
-        .iter()
-        .filter(|v| {
-            v.ready
-                && !v.terminal()
-                && !v.terminating()
-                && !v.draining
-                && v.hash.as_deref() == Some(hash)
-        })
-        .count() as i32;
-    let mut conds = status.conditions.clone();
-    let ready_cond = if ready >= desired {
-        NewCondition::new(
-            READY,
-            true,
-            "WorkersReady",
-            format!("All {desired} worker(s) are ready"),
-        )
-    } else {
-        NewCondition::new(
-            READY,
-            false,
-            "WorkersNotReady",
-            format!("{ready}/{desired} worker(s) are ready"),
-        )
-    };
-    conditions::set_condition(&mut conds, ready_cond, generation, now);
-    let leaving = views.iter().filter(|v| v.draining && !v.terminal()).count() + plan.drain.len();
-    let scaling = if let Some(crash_loop) = &plan.crash_loop {
-        NewCondition::new(SCALING, false, "CrashLooping", crash_loop.message())
-    } else if let Some(ineffective) =
-        crate::controllers::qworker::autoscaler::ineffective_condition(&status)
-    {
-        // The autoscaler holds the count: more workers did not raise the completion rate.
-        ineffective
-    } else if acted || current != desired || leaving > 0 {
-        NewCondition::new(
-            SCALING,
-            true,
-            "Scaling",
-            format!("{current} of {desired} worker(s) running, {leaving} finishing their task"),
-        )
-    } else {
-        NewCondition::new(
-            SCALING,
-            false,
-            "Stable",
-            format!("{desired} worker(s) running"),
-        )
-    };
-    conditions::set_condition(&mut conds, scaling, generation, now);
-    let mine: Vec<_> = conds
-        .iter()
-        .filter(|c| c.type_ == READY || c.type_ == SCALING)
-        .cloned()
-        .collect();
-    let unchanged = status.current_replicas == current
-        && status.current_pod_spec_hash == hash
-        && status.observed_generation == generation
-        && status.selector.as_deref() == Some(build::selector(qw).as_str())
-        && mine.iter().all(|c| status.conditions.contains(c));
-    if unchanged {
-        return Ok(());
-    }
-    let status = serde_json::json!({
-        "currentReplicas": current,
-        "currentPodSpecHash": hash,
-        "selector": build::selector(qw),
-        "observedGeneration": generation,
-        "conditions": mine,
-    });
-    own_status(qw, ctx, &status).await
-}
 /// The QWorker cache, the autoscaler, and the future that runs the QWorker controller and the
 /// pod [`release`] controller (and their watches) until `shutdown`.
 ///

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::{Controller, watcher};
 use kube::{Resource, ResourceExt};
@@ -18,12 +17,12 @@ use tracing::instrument;
 use workerpool_api::conditions::{self, NewCondition, READY};
 use workerpool_api::qworker::{ScalerConfig, ScalerConfigStatus};
 
-use crate::apply;
 use crate::brokers::hosts::AllowedHosts;
 use crate::brokers::{BrokerUnavailable, Brokers, CredentialsExposure, credentials_exposure};
 use crate::context::Shared;
 use crate::controllers::scoped;
 use crate::error::Result;
+use crate::runtime::StatusWriter;
 
 /// Controller name used in metrics and logs.
 pub const CONTROLLER: &str = "scalerconfig";
@@ -40,6 +39,8 @@ pub struct Context {
     pub shared: Shared,
     /// The broker connections (shared with the autoscaler).
     pub brokers: Brokers,
+    /// Writes the ScalerConfigs' status.
+    pub status: StatusWriter<ScalerConfig>,
 }
 
 /// The `CredentialsProtected` condition of a ScalerConfig's spec (pure); `None` when the spec
@@ -191,15 +192,14 @@ pub async fn reconcile(sc: Arc<ScalerConfig>, ctx: Arc<Context>) -> Result<Actio
             )
             .await;
     }
-    if sc.status.as_ref() != Some(&status) {
-        let api: Api<ScalerConfig> = Api::namespaced(ctx.shared.client.clone(), &ns);
-        // `status.queues` belongs to the in-flight sweep (a field manager of its own).
-        let status = ScalerConfigStatus {
-            queues: Vec::new(),
-            ..status
-        };
-        apply::apply_status(&api, &sc.name_any(), &status).await?;
-    }
+    // `status.queues` belongs to the in-flight sweep (a field manager of its own).
+    let fields = ScalerConfigStatus {
+        queues: Vec::new(),
+        ..status.clone()
+    };
+    ctx.status
+        .write_fields(&ctx.shared.client, &sc, &status, &fields)
+        .await?;
     Ok(Action::requeue(HEALTH_INTERVAL))
 }
 impl crate::runtime::ControllerContext for Context {
@@ -238,6 +238,7 @@ pub fn controller(
     let ctx = Arc::new(Context {
         shared,
         brokers: brokers.clone(),
+        status: StatusWriter::default(),
     });
     let future = Controller::for_stream(events, store)
         .with_config(config)

@@ -28,11 +28,10 @@ use workerpool_api::conditions::{self, READY};
 use workerpool_api::storm::{ClusterMode, StormCluster, StormClusterStatus};
 use workerpool_storm::Connector;
 
-use crate::apply;
 use crate::context::Shared;
 use crate::controllers::{CLUSTER_CHILDREN_SELECTOR, ChildTracker, cached, scoped};
 use crate::error::{Error, Result};
-use crate::runtime;
+use crate::runtime::{self, StatusWriter};
 pub use metrics::ClusterMetrics;
 use status::{Daemons, Outcome, Poll, StormRead};
 
@@ -81,6 +80,8 @@ pub struct Context {
     pub caches: ChildCaches,
     /// Last seen version of each applied object, to tell created from updated in Events.
     pub children: ChildTracker,
+    /// Writes the clusters' status.
+    pub status: StatusWriter<StormCluster>,
     /// Consecutive polls per cluster (`namespace/name`) whose UI did not answer.
     unreachable_polls: Mutex<HashMap<String, u32>>,
 }
@@ -99,6 +100,7 @@ impl Context {
             metrics,
             caches,
             children: ChildTracker::default(),
+            status: StatusWriter::default(),
             unreachable_polls: Mutex::default(),
         }
     }
@@ -365,14 +367,10 @@ async fn write_status(
     ctx: &Context,
     status: &StormClusterStatus,
 ) -> Result<()> {
-    if status::unchanged(cluster.status.as_ref(), status) {
-        return Ok(());
-    }
-    let api: Api<StormCluster> = Api::namespaced(
-        ctx.shared.client.clone(),
-        &cluster.namespace().unwrap_or_default(),
-    );
-    apply::apply_status(&api, &cluster.name_any(), status).await
+    ctx.status
+        .write(&ctx.shared.client, cluster, status)
+        .await
+        .map(drop)
 }
 /// The controller's cache of StormClusters and the future that runs it until `shutdown`
 /// resolves. `connector` makes each cluster's Storm UI client; `metrics` holds the gauges

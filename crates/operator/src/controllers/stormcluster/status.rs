@@ -337,21 +337,7 @@ pub fn failed(
     s
 }
 
-/// Whether `new` says the same as `current`, transition times aside: nothing to write.
-pub fn unchanged(current: Option<&StormClusterStatus>, new: &StormClusterStatus) -> bool {
-    let Some(current) = current else {
-        return false;
-    };
-    let mut new = new.clone();
-    for c in &mut new.conditions {
-        if let Some(old) = conditions::find(&current.conditions, &c.type_)
-            && old.status == c.status
-        {
-            c.last_transition_time = old.last_transition_time.clone();
-        }
-    }
-    *current == new
-}
+pub use crate::runtime::status::unchanged;
 
 /// Whether the status says that the Storm UI answers with a leader (`Reachable` true).
 pub fn is_reachable(status: &StormClusterStatus) -> bool {

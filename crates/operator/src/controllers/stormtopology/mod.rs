@@ -39,7 +39,7 @@ use workerpool_storm::{Connector, StormApi, TopologyStatus, TopologySummary};
 use crate::context::Shared;
 use crate::controllers::scoped;
 use crate::error::{Error, Result};
-use crate::runtime::{self, BackoffKey};
+use crate::runtime::{self, BackoffKey, StatusWriter};
 use build::JobState;
 pub use metrics::TopologyMetrics;
 use rebalance::{Decision, PoolView};
@@ -90,6 +90,8 @@ pub struct Context {
     pub pools: Store<StormWorkerPool>,
     /// Cache of the Jobs this controller makes ([`build::JOB_SELECTOR`]).
     pub jobs: Store<Job>,
+    /// Writes the topologies' status.
+    pub status: StatusWriter<StormTopology>,
 }
 fn object_ref(t: &StormTopology) -> ObjectReference {
     t.object_ref(&())
@@ -109,34 +111,9 @@ impl runtime::ControllerContext for Context {
     }
 }
 
-/// Writes the status when it changed from what was last written (or read).
-struct StatusWriter<'a> {
-    topology: &'a StormTopology,
-    ctx: &'a Context,
-    current: Option<StormTopologyStatus>,
-}
-
-impl<'a> StatusWriter<'a> {
-    fn new(topology: &'a StormTopology, ctx: &'a Context) -> Self {
-        Self {
-            topology,
-            ctx,
-            current: topology.status.clone(),
-        }
-    }
-
-    async fn write(&mut self, new: &StormTopologyStatus) -> Result<()> {
-        if status::unchanged(self.current.as_ref(), new) {
-            return Ok(());
-        }
-        let api: Api<StormTopology> = Api::namespaced(
-            self.ctx.shared.client.clone(),
-            &self.topology.namespace().unwrap_or_default(),
-        );
-        crate::apply::apply_status(&api, &self.topology.name_any(), new).await?;
-        self.current = Some(new.clone());
-        Ok(())
-    }
+/// Writes `st` as `t`'s status unless it already says so.
+async fn write_status(t: &StormTopology, ctx: &Context, st: &StormTopologyStatus) -> Result<()> {
+    ctx.status.write(&ctx.shared.client, t, st).await.map(drop)
 }
 
 /// What Storm says about the topology.
@@ -323,7 +300,6 @@ async fn reconcile_inner(t: &StormTopology, ctx: &Context) -> Result<Action> {
     let ns = t.namespace().unwrap_or_default();
     let name = t.name_any();
     let generation = t.metadata.generation;
-    let mut writer = StatusWriter::new(t, ctx);
     let mut st = t.status.clone().unwrap_or_default();
 
     if let Err(e) = build::validate(t) {
@@ -337,7 +313,7 @@ async fn reconcile_inner(t: &StormTopology, ctx: &Context) -> Result<Action> {
             generation,
             now,
         );
-        writer.write(&st).await?;
+        write_status(t, ctx, &st).await?;
         if !reported {
             warn!(%message, "invalid spec");
             ctx.shared
@@ -374,7 +350,7 @@ async fn reconcile_inner(t: &StormTopology, ctx: &Context) -> Result<Action> {
                 generation,
                 now,
             );
-            writer.write(&st).await?;
+            write_status(t, ctx, &st).await?;
             return Ok(Action::requeue(CLUSTER_RETRY));
         }
     };
@@ -415,7 +391,7 @@ async fn reconcile_inner(t: &StormTopology, ctx: &Context) -> Result<Action> {
                 now,
             );
             st.observed_generation = generation;
-            writer.write(&st).await?;
+            write_status(t, ctx, &st).await?;
             return Ok(Action::requeue(delay));
         }
     };
@@ -446,22 +422,11 @@ async fn reconcile_inner(t: &StormTopology, ctx: &Context) -> Result<Action> {
             Action::requeue(poll)
         }
         (None, Some(found)) => {
-            running(
-                t,
-                ctx,
-                &cluster,
-                &observed,
-                found,
-                &jobs,
-                &mut st,
-                &mut writer,
-                now,
-            )
-            .await?;
+            running(t, ctx, &cluster, &observed, found, &jobs, &mut st, now).await?;
             Action::requeue(poll)
         }
     };
-    writer.write(&st).await?;
+    write_status(t, ctx, &st).await?;
     Ok(action)
 }
 
@@ -849,7 +814,6 @@ async fn running(
     found: &TopologySummary,
     jobs: &[Job],
     st: &mut StormTopologyStatus,
-    writer: &mut StatusWriter<'_>,
     now: Timestamp,
 ) -> Result<()> {
     let generation = t.metadata.generation;
@@ -928,7 +892,7 @@ async fn running(
         generation,
         now,
     );
-    rebalance(t, ctx, cluster, found, storm_status, jobs, st, writer, now).await
+    rebalance(t, ctx, cluster, found, storm_status, jobs, st, now).await
 }
 
 /// Follows the last rebalance Job and starts a new one when [`rebalance::decide`] says so.
@@ -941,7 +905,6 @@ async fn rebalance(
     storm_status: TopologyStatus,
     jobs: &[Job],
     st: &mut StormTopologyStatus,
-    writer: &mut StatusWriter<'_>,
     now: Timestamp,
 ) -> Result<()> {
     let ns = t.namespace().unwrap_or_default();
@@ -1094,7 +1057,7 @@ async fn rebalance(
         result: Some(RESULT_RUNNING.into()),
     });
     // Recorded first: a restart finds the record and creates the same Job, never a second one.
-    writer.write(st).await?;
+    write_status(t, ctx, st).await?;
     let job = build::rebalance_job(t, cluster, &job_name, to);
     create_job(ctx, &job).await?;
     ctx.metrics.rebalance(&ns, &name, "started");
@@ -1188,7 +1151,7 @@ async fn finalize(t: &StormTopology, ctx: &Context, now: Timestamp) -> Result<Ac
             generation,
             now,
         );
-        StatusWriter::new(t, ctx).write(&st).await?;
+        write_status(t, ctx, &st).await?;
         return Ok(Action::requeue(SETTLING));
     }
     let recorded_id = t.status.as_ref().and_then(|s| s.topology_id.clone());
@@ -1239,7 +1202,6 @@ async fn finalize(t: &StormTopology, ctx: &Context, now: Timestamp) -> Result<Ac
     .await;
 
     let mut st = t.status.clone().unwrap_or_default();
-    let mut writer = StatusWriter::new(t, ctx);
     match outcome {
         Ok(None) => {
             info!("the topology has left Storm; releasing");
@@ -1282,7 +1244,7 @@ async fn finalize(t: &StormTopology, ctx: &Context, now: Timestamp) -> Result<Ac
                 generation,
                 now,
             );
-            writer.write(&st).await?;
+            write_status(t, ctx, &st).await?;
             Ok(Action::requeue(if wait >= 10 {
                 KILL_POLL
             } else {
@@ -1310,7 +1272,7 @@ async fn finalize(t: &StormTopology, ctx: &Context, now: Timestamp) -> Result<Ac
                 generation,
                 now,
             );
-            writer.write(&st).await?;
+            write_status(t, ctx, &st).await?;
             Ok(Action::requeue(KILL_POLL))
         }
     }
@@ -1356,6 +1318,7 @@ pub fn controller(
         clusters,
         pools,
         jobs,
+        status: StatusWriter::default(),
     });
     let future = Controller::for_stream(topology_events, store.clone())
         .with_config(config)

@@ -140,22 +140,7 @@ pub fn storm_reason(status: TopologyStatus) -> &'static str {
     }
 }
 
-/// Whether writing `new` would change nothing: it equals `current`, where a condition whose
-/// status did not change counts as equal whatever its `lastTransitionTime`.
-pub fn unchanged(current: Option<&StormTopologyStatus>, new: &StormTopologyStatus) -> bool {
-    let Some(current) = current else {
-        return false;
-    };
-    let mut new = new.clone();
-    for c in &mut new.conditions {
-        if let Some(old) = conditions::find(&current.conditions, &c.type_)
-            && old.status == c.status
-        {
-            c.last_transition_time = old.last_transition_time.clone();
-        }
-    }
-    *current == new
-}
+pub use crate::runtime::status::unchanged;
 
 #[cfg(test)]
 mod tests {

@@ -32,11 +32,10 @@ use workerpool_api::storm::{
 };
 use workerpool_storm::Connector;
 
-use crate::apply;
 use crate::context::Shared;
 use crate::controllers::{ChildTracker, POOL_CHILDREN_SELECTOR, cached, scoped};
 use crate::error::{Error, Result};
-use crate::runtime;
+use crate::runtime::{self, StatusWriter};
 use replicas::BeforeApply;
 pub use replicas::{HANDOFF_MANAGER, manager_owns};
 use status::Blocked;
@@ -57,8 +56,8 @@ pub struct Context {
     pub children: ChildTracker,
     /// The watch caches of the pools' children, read before each apply.
     pub caches: ChildCaches,
-    /// Status writes the pool cache does not show yet.
-    pub written: WrittenStatuses,
+    /// Writes the pools' status.
+    pub status: StatusWriter<StormWorkerPool>,
     /// Reads of Storm's load for the pools that scale on it.
     pub storm: StormReader,
 }
@@ -131,58 +130,6 @@ pub struct StormScaling {
     pub problem: Option<(&'static str, String)>,
     /// When to look again (`None`: no Storm metric to follow).
     pub requeue: Option<Duration>,
-}
-
-/// Status writes that the pool cache does not show yet, by pool uid: the resourceVersion of the
-/// pool each was computed from, and the status written. A reconcile that runs before the watch
-/// delivers the pool's own last write (an event of a child or of its topology woke it) sees the
-/// same version; when its status is the same too, it sends nothing. An entry goes as soon as
-/// the cache shows another version, so only writes in flight are kept.
-#[derive(Default)]
-pub struct WrittenStatuses {
-    by_uid: Mutex<HashMap<String, (String, StormWorkerPoolStatus)>>,
-}
-
-impl WrittenStatuses {
-    /// Whether `new` was already written from the version of `pool` that the cache still shows.
-    pub fn in_flight(&self, pool: &StormWorkerPool, new: &StormWorkerPoolStatus) -> bool {
-        let uid = pool.metadata.uid.as_deref().unwrap_or_default();
-        let mut all = self.by_uid.lock().unwrap_or_else(|p| p.into_inner());
-        match all.get(uid) {
-            Some((version, written))
-                if pool.metadata.resource_version.as_ref() == Some(version) =>
-            {
-                status::unchanged(Some(written), new)
-            }
-            Some(_) => {
-                all.remove(uid);
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// Records that `status` was written for `pool` as the cache showed it.
-    pub fn record(&self, pool: &StormWorkerPool, status: &StormWorkerPoolStatus) {
-        let (Some(uid), Some(version)) = (&pool.metadata.uid, &pool.metadata.resource_version)
-        else {
-            return;
-        };
-        self.by_uid
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(uid.clone(), (version.clone(), status.clone()));
-    }
-
-    /// Number of writes in flight.
-    pub fn len(&self) -> usize {
-        self.by_uid.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Whether no write is in flight.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The caches of the children (labelled [`POOL_CHILDREN_SELECTOR`], managedFields stripped) that the
@@ -819,17 +766,10 @@ async fn write_status(
     ctx: &Context,
     status: StormWorkerPoolStatus,
 ) -> Result<()> {
-    // In-flight first: it also forgets a write the cache now shows.
-    if ctx.written.in_flight(pool, &status) || status::unchanged(pool.status.as_ref(), &status) {
-        return Ok(());
-    }
-    let api: Api<StormWorkerPool> = Api::namespaced(
-        ctx.shared.client.clone(),
-        &pool.namespace().unwrap_or_default(),
-    );
-    apply::apply_status(&api, &pool.name_any(), &status).await?;
-    ctx.written.record(pool, &status);
-    Ok(())
+    ctx.status
+        .write(&ctx.shared.client, pool, &status)
+        .await
+        .map(drop)
 }
 /// The controller's cache of pools and the future that runs it until `shutdown` resolves.
 pub fn controller(
@@ -882,7 +822,7 @@ pub fn controller(
     let ctx = Arc::new(Context {
         shared,
         children: ChildTracker::default(),
-        written: WrittenStatuses::default(),
+        status: StatusWriter::default(),
         storm: StormReader::new(connector),
         caches: ChildCaches {
             config_maps,

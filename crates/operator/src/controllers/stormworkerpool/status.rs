@@ -329,24 +329,7 @@ fn autoscaling(pool: &StormWorkerPool, hpa: Option<&HorizontalPodAutoscaler>) ->
     NewCondition::new(AUTOSCALING, true, "HPAActive", message)
 }
 
-/// Whether writing `new` would change nothing: it equals `current`, where a condition whose
-/// status did not change counts as equal whatever its `lastTransitionTime` ([`running`],
-/// [`blocked`] and [`failed`] keep that time anyway; this also tolerates a time that the server
-/// stored at a coarser precision).
-pub fn unchanged(current: Option<&StormWorkerPoolStatus>, new: &StormWorkerPoolStatus) -> bool {
-    let Some(current) = current else {
-        return false;
-    };
-    let mut new = new.clone();
-    for c in &mut new.conditions {
-        if let Some(old) = conditions::find(&current.conditions, &c.type_)
-            && old.status == c.status
-        {
-            c.last_transition_time = old.last_transition_time.clone();
-        }
-    }
-    *current == new
-}
+pub use crate::runtime::status::unchanged;
 
 /// Status of a pool that waits for its topology or cluster (phase `Pending`).
 pub fn blocked(pool: &StormWorkerPool, why: &Blocked, now: Timestamp) -> StormWorkerPoolStatus {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch};
+use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
@@ -27,6 +27,7 @@ use workerpool_api::conditions::{self, BROKER_REACHABLE, NewCondition};
 
 use crate::brokers::{BrokerUnavailable, Brokers};
 use crate::context::Shared;
+use crate::controllers::qworker::status::AutoscalerStatus;
 use crate::metrics::{BrokerErrorLabels, QWorkerLabels};
 use probe::{Connection, Probes};
 
@@ -970,46 +971,31 @@ impl Poller {
         } else {
             status.last_scale_time.clone()
         };
-        let mut patch = serde_json::json!({
-            "apiVersion": QWorker::api_version(&()),
-            "kind": QWorker::kind(&()),
-            "metadata": { "name": qw.name_any() },
-            "status": {
-                "desiredReplicas": desired,
-                "conditions": broker_condition.into_iter().collect::<Vec<_>>(),
-            }
-        });
-        if let Some(t) = last_scale_time {
-            patch["status"]["lastScaleTime"] = serde_json::json!(t);
-        }
-        if let Some(d) = &self.last_decision {
-            patch["status"]["lastScaleDecision"] = d.clone();
-        }
-        if let Some(record) = &self.vpa.record {
-            patch["status"]["maxContainerResourcesUsage"] = serde_json::json!(record);
-            patch["status"]["oomKillsSeen"] = serde_json::json!(self.vpa.ooms.seen);
-            if let Some(t) = self.vpa.ooms.last_raise {
-                patch["status"]["lastOomRaiseTime"] = serde_json::json!(Time(t));
-            }
-        }
-        if let Some(c) = &self.vpa.condition
-            && let Some(list) = patch["status"]["conditions"].as_array_mut()
-        {
-            list.push(serde_json::json!(c));
-        }
         let written_length = length.or(previous.queue_length);
-        if let Some(l) = written_length {
-            patch["status"]["queueLength"] = serde_json::json!(l);
-        }
+        let vpa = self.vpa.record.as_ref();
+        let fields = AutoscalerStatus {
+            desired_replicas: desired,
+            conditions: broker_condition
+                .into_iter()
+                .chain(self.vpa.condition.clone())
+                .collect(),
+            last_scale_time,
+            last_scale_decision: self.last_decision.as_ref(),
+            queue_length: written_length,
+            max_container_resources_usage: vpa,
+            oom_kills_seen: vpa.map(|_| self.vpa.ooms.seen.as_slice()),
+            last_oom_raise_time: vpa.and(self.vpa.ooms.last_raise).map(Time),
+        };
         let api: Api<QWorker> = Api::namespaced(
             self.scaler.shared.client.clone(),
             &qw.namespace().unwrap_or_default(),
         );
         // Boxed while it runs (see `size_tests`).
-        match Box::pin(api.patch_status(
+        match Box::pin(crate::apply::apply_status_as(
+            &api,
             &qw.name_any(),
-            &crate::apply::params_of(AUTOSCALER_MANAGER).force(),
-            &Patch::Apply(&patch),
+            AUTOSCALER_MANAGER,
+            &fields,
         ))
         .await
         {

@@ -1,5 +1,6 @@
 //! State shared by every controller: the API client, the Event recorder and the metrics.
 
+use crate::runtime::Reason;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -75,11 +76,12 @@ impl Shared {
     pub async fn event(
         &self,
         object: &ObjectReference,
-        warning: bool,
-        reason: &str,
+        reason: Reason,
         action: &str,
         note: String,
     ) {
+        let warning = reason.is_warning();
+        let reason = reason.name();
         let event = Event {
             type_: if warning {
                 EventType::Warning

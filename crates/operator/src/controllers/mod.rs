@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use workerpool_api::{StormCluster, StormTopology, StormWorkerPool};
 
 use crate::cache::{Readiness, SharedWatch};
+use crate::runtime::Reason;
 
 /// Pod template annotation carrying the hash of the storm.yaml, so a config change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "storm.apache.org/config-hash";
@@ -172,10 +173,10 @@ pub enum ChildChange {
 
 impl ChildChange {
     /// Event reason.
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> Reason {
         match self {
-            ChildChange::Created => "Created",
-            ChildChange::Updated => "Updated",
+            ChildChange::Created => Reason::CREATED,
+            ChildChange::Updated => Reason::UPDATED,
         }
     }
     /// Verb for the Event's message.
@@ -266,7 +267,6 @@ impl ChildTracker {
             shared
                 .event(
                     &owner.object_ref(&()),
-                    false,
                     change.reason(),
                     "ApplyChildren",
                     format!("{} {}", change.verb(), children.join(", ")),

@@ -6,9 +6,11 @@
 //! next try) are written here once, and so is the writing of a status ([`status`]).
 
 pub mod backoff;
+pub mod events;
 mod reconcile;
 pub mod status;
 
 pub use backoff::{Backoff, BackoffKey};
+pub use events::Reason;
 pub use reconcile::{ControllerContext, error_policy, reconcile};
 pub use status::{HasStatus, StatusWriter};

@@ -11,6 +11,7 @@ use tracing::{debug, warn};
 use super::BackoffKey;
 use crate::context::Shared;
 use crate::error::{Category, Error, Result};
+use crate::runtime::Reason;
 
 /// How soon a reconcile that lost a write race (HTTP 409) is tried again: the next try reads
 /// the winner's write, so it needs no back-off.
@@ -69,8 +70,7 @@ where
             shared
                 .event(
                     &object.object_ref(&()),
-                    true,
-                    category.as_str(),
+                    Reason::warning(category.as_str()),
                     "Reconcile",
                     e.scrubbed(),
                 )

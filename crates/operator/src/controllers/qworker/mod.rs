@@ -39,6 +39,7 @@ use crate::controllers::qworker::autoscaler::{Autoscaler, owned_by};
 use crate::controllers::scoped;
 use crate::error::{Error, Result};
 use crate::runtime;
+use crate::runtime::Reason;
 use plan::{DrainReason, Observed, PodView};
 
 /// Controller name used in metrics and logs.
@@ -320,8 +321,7 @@ async fn act(
         ctx.shared
             .event(
                 &qw.object_ref(&()),
-                false,
-                "Deleted",
+                Reason::DELETED,
                 "DeletePod",
                 format!(
                     "Deleted {} worker pod(s) that finished, drained or never started: {}",
@@ -364,11 +364,10 @@ async fn act(
         ctx.shared
             .event(
                 &qw.object_ref(&()),
-                false,
                 if scale_down {
-                    "DrainRequested"
+                    Reason::DRAIN_REQUESTED
                 } else {
-                    "RollingOut"
+                    Reason::ROLLING_OUT
                 },
                 "Drain",
                 format!(
@@ -407,8 +406,7 @@ async fn act(
         ctx.shared
             .event(
                 &qw.object_ref(&()),
-                false,
-                "Created",
+                Reason::CREATED,
                 "CreatePod",
                 format!(
                     "Created {} worker pod(s): {}",
@@ -452,8 +450,7 @@ async fn mark_crashed(
                 ctx.shared
                     .event(
                         &qw.object_ref(&()),
-                        true,
-                        "CrashLooping",
+                        Reason::CRASH_LOOPING,
                         "KeepFailedPod",
                         format!(
                             "Worker pod {pod} failed ({streak} crash(es) in a row); its tasks are back on the queue and the pod is kept for inspection"
@@ -495,8 +492,7 @@ async fn recover(ctx: &Context, qw: &QWorker, names: &[String]) -> HashSet<Strin
                 ctx.shared
                     .event(
                         &qw.object_ref(&()),
-                        false,
-                        "TasksRecovered",
+                        Reason::TASKS_RECOVERED,
                         "Recover",
                         format!(
                             "Returned {n} in-flight task(s) of worker {pod} to queue {}",

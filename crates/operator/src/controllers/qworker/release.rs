@@ -25,6 +25,7 @@ use super::plan::{self, PodView, RECOVERY_FINALIZER, Release};
 use crate::cache;
 use crate::context::Shared;
 use crate::error::{Error, Result};
+use crate::runtime::Reason;
 
 /// Controller name used in metrics and logs.
 pub const CONTROLLER: &str = "qworker-pod-release";
@@ -126,8 +127,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
                         ctx.shared
                             .event(
                                 &subject(&pod),
-                                false,
-                                "TasksRecovered",
+                                Reason::TASKS_RECOVERED,
                                 "Recover",
                                 format!(
                                     "Returned {moved} in-flight task(s) of worker {name} to queue {queue}"
@@ -147,8 +147,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
                     ctx.shared
                         .event(
                             &subject(&pod),
-                            true,
-                            "RecoveryTimedOut",
+                            Reason::RECOVERY_TIMED_OUT,
                             "Recover",
                             format!(
                                 "Released worker pod {name} without returning its tasks ({why}); they stay in the broker and return to the queue at the next sweep"

@@ -37,6 +37,7 @@ use crate::apply;
 use crate::brokers::Brokers;
 use crate::context::Shared;
 use crate::controllers::scoped;
+use crate::runtime::Reason;
 
 /// How often a ScalerConfig's in-flight lists are swept for workers that no longer exist.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
@@ -48,8 +49,6 @@ pub const SCAN_BUDGET: u32 = 20;
 /// The field manager of `status.queues`: the health check writes the rest of the status with
 /// the operator's own manager, and neither removes the other's fields.
 pub const FIELD_MANAGER: &str = "workerpool-operator-sweep";
-/// Event reason of a list returned to its queue.
-pub const TASKS_RECOVERED: &str = "TasksRecovered";
 
 /// The queues each ScalerConfig (`namespace`, name) is used for: its QWorkers' queues and the
 /// queues recorded on its worker pods (a pod made before a queue edit still consumes the old one).
@@ -308,8 +307,7 @@ impl Sweeper {
                 self.shared
                     .event(
                         &sc.object_ref(&()),
-                        false,
-                        TASKS_RECOVERED,
+                        Reason::TASKS_RECOVERED,
                         "Sweep",
                         format!(
                             "Returned {n} in-flight task(s) of worker {worker}, which no longer exists, to queue {queue}"

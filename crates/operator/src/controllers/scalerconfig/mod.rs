@@ -22,6 +22,7 @@ use crate::brokers::{BrokerUnavailable, Brokers, CredentialsExposure, credential
 use crate::context::Shared;
 use crate::controllers::scoped;
 use crate::error::Result;
+use crate::runtime::Reason;
 use crate::runtime::StatusWriter;
 
 /// Controller name used in metrics and logs.
@@ -158,14 +159,13 @@ pub async fn reconcile(sc: Arc<ScalerConfig>, ctx: Arc<Context>) -> Result<Actio
     let ready_reason_changed =
         reason_of(sc.status.as_ref(), READY) != reason_of(Some(&status), READY);
     if was_healthy != Some(status.healthy) || ready_reason_changed {
-        let (warning, reason) = match &result {
-            Ok(()) => (false, "BrokerReachable"),
-            Err(e) => (true, e.reason),
+        let reason = match &result {
+            Ok(()) => Reason::BROKER_REACHABLE,
+            Err(e) => Reason::warning(e.reason),
         };
         ctx.shared
             .event(
                 &sc.object_ref(&()),
-                warning,
                 reason,
                 "HealthCheck",
                 status.message.clone().unwrap_or_default(),
@@ -185,8 +185,7 @@ pub async fn reconcile(sc: Arc<ScalerConfig>, ctx: Arc<Context>) -> Result<Actio
         ctx.shared
             .event(
                 &sc.object_ref(&()),
-                true,
-                PLAINTEXT_CREDENTIALS,
+                Reason::PLAINTEXT_CREDENTIALS,
                 "CredentialsCheck",
                 note,
             )

@@ -31,6 +31,7 @@ use workerpool_storm::Connector;
 use crate::context::Shared;
 use crate::controllers::{CLUSTER_CHILDREN_SELECTOR, ChildTracker, cached, scoped};
 use crate::error::{Error, Result};
+use crate::runtime::Reason;
 use crate::runtime::{self, StatusWriter};
 pub use metrics::ClusterMetrics;
 use status::{Daemons, Outcome, Poll, StormRead};
@@ -204,19 +205,13 @@ async fn reconcile_inner(cluster: &StormCluster, ctx: &Context) -> Result<Action
     let notes = status::notes(cluster.status.as_ref(), &new_status);
     write_status(cluster, ctx, &new_status).await?;
     for note in notes {
-        if note.warning {
-            warn!(reason = note.reason, message = %note.message, "Storm cluster");
+        if note.reason.is_warning() {
+            warn!(reason = note.reason.name(), message = %note.message, "Storm cluster");
         } else {
-            info!(reason = note.reason, message = %note.message, "Storm cluster");
+            info!(reason = note.reason.name(), message = %note.message, "Storm cluster");
         }
         ctx.shared
-            .event(
-                &object_ref(cluster),
-                note.warning,
-                note.reason,
-                "PollStorm",
-                note.message,
-            )
+            .event(&object_ref(cluster), note.reason, "PollStorm", note.message)
             .await;
     }
     observe(cluster, ctx, &new_status);
@@ -265,8 +260,7 @@ async fn report_invalid(
         ctx.shared
             .event(
                 &object_ref(cluster),
-                true,
-                "InvalidSpec",
+                Reason::INVALID_SPEC,
                 "Validate",
                 message,
             )

@@ -7,6 +7,7 @@ use workerpool_api::storm::{ClusterMode, ClusterPhase, StormCluster, StormCluste
 use workerpool_storm::{ClusterSummary, Error as StormError, NimbusStatus, NimbusSummary};
 
 use super::build::scrub_userinfo;
+use crate::runtime::Reason;
 
 /// Condition type: the Storm UI REST API answers with a Nimbus leader.
 pub const REACHABLE: &str = "Reachable";
@@ -347,10 +348,8 @@ pub fn is_reachable(status: &StormClusterStatus) -> bool {
 /// An Event a status change deserves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Note {
-    /// Warning (else Normal).
-    pub warning: bool,
-    /// `StormUnreachable`, `StormReachable` or `LeaderElected`.
-    pub reason: &'static str,
+    /// `StormUnreachable` (a Warning), `StormReachable` or `LeaderElected`.
+    pub reason: Reason,
     /// Human readable.
     pub message: String,
 }
@@ -365,14 +364,12 @@ pub fn notes(previous: Option<&StormClusterStatus>, new: &StormClusterStatus) ->
         let changed = before.is_none_or(|b| b.status != now.status || b.reason != now.reason);
         if changed && now.status == "False" && now.reason != "InvalidUIUrl" {
             out.push(Note {
-                warning: true,
-                reason: "StormUnreachable",
+                reason: Reason::STORM_UNREACHABLE,
                 message: format!("{} ({})", now.message, now.reason),
             });
         } else if now.status == "True" && before.is_none_or(|b| b.status != "True") {
             out.push(Note {
-                warning: false,
-                reason: "StormReachable",
+                reason: Reason::STORM_REACHABLE,
                 message: format!(
                     "The Storm UI at {} answers",
                     new.ui_url.as_deref().unwrap_or_default()
@@ -384,8 +381,7 @@ pub fn notes(previous: Option<&StormClusterStatus>, new: &StormClusterStatus) ->
         && previous.and_then(|p| p.nimbus_leader.as_ref()) != Some(l)
     {
         out.push(Note {
-            warning: false,
-            reason: "LeaderElected",
+            reason: Reason::LEADER_ELECTED,
             message: format!("Nimbus leader is {l}"),
         });
     }
@@ -741,8 +737,8 @@ mod tests {
         let down = compute(&c, None, &unreachable(), ts(1));
         let n = notes(c.status.as_ref(), &down);
         assert_eq!(n.len(), 1);
-        assert!(n[0].warning);
-        assert_eq!(n[0].reason, "StormUnreachable");
+        assert_eq!(n[0].reason, Reason::STORM_UNREACHABLE);
+        assert!(n[0].reason.is_warning());
         assert!(!n[0].message.contains("secret"), "{}", n[0].message);
         c.status = Some(down.clone());
         let still = compute(&c, None, &unreachable(), ts(2));
@@ -754,7 +750,10 @@ mod tests {
             ts(3),
         );
         let n = notes(Some(&down), &up);
-        let reasons: Vec<_> = n.iter().map(|n| (n.warning, n.reason)).collect();
+        let reasons: Vec<_> = n
+            .iter()
+            .map(|n| (n.reason.is_warning(), n.reason.name()))
+            .collect();
         assert_eq!(
             reasons,
             vec![(false, "StormReachable"), (false, "LeaderElected")]
@@ -768,7 +767,7 @@ mod tests {
         );
         let n = notes(Some(&up), &moved);
         assert_eq!(n.len(), 1);
-        assert_eq!(n[0].reason, "LeaderElected");
+        assert_eq!(n[0].reason, Reason::LEADER_ELECTED);
         assert_eq!(n[0].message, "Nimbus leader is n1:6627");
     }
 

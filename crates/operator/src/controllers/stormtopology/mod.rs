@@ -39,6 +39,7 @@ use workerpool_storm::{Connector, StormApi, TopologyStatus, TopologySummary};
 use crate::context::Shared;
 use crate::controllers::scoped;
 use crate::error::{Error, Result};
+use crate::runtime::Reason;
 use crate::runtime::{self, BackoffKey, StatusWriter};
 use build::JobState;
 pub use metrics::TopologyMetrics;
@@ -317,7 +318,7 @@ async fn reconcile_inner(t: &StormTopology, ctx: &Context) -> Result<Action> {
         if !reported {
             warn!(%message, "invalid spec");
             ctx.shared
-                .event(&object_ref(t), true, "InvalidSpec", "Validate", message)
+                .event(&object_ref(t), Reason::INVALID_SPEC, "Validate", message)
                 .await;
         }
         return Ok(Action::await_change());
@@ -460,8 +461,7 @@ async fn submission(
             ctx.shared
                 .event(
                     &object_ref(t),
-                    false,
-                    "Submitted",
+                    Reason::SUBMITTED,
                     "Submit",
                     format!("Job {job_name} submitted topology {storm_name} to Storm"),
                 )
@@ -578,8 +578,7 @@ async fn submission(
             ctx.shared
                 .event(
                     &object_ref(t),
-                    false,
-                    "Redeploying",
+                    Reason::REDEPLOYING,
                     "Kill",
                     format!("Killing {storm_name} ({}) with a wait of {wait} s to submit the new spec: {why}", found.id),
                 )
@@ -589,8 +588,7 @@ async fn submission(
                 ctx.shared
                     .event(
                         &object_ref(t),
-                        true,
-                        "KillFailed",
+                        Reason::KILL_FAILED,
                         "Kill",
                         format!(
                             "Could not kill {storm_name} ({}) for the redeploy: {e}",
@@ -633,8 +631,7 @@ async fn submission(
                 ctx.shared
                     .event(
                         &object_ref(t),
-                        false,
-                        "Submitting",
+                        Reason::SUBMITTING,
                         "Submit",
                         format!("Created Job {job_name} to submit {storm_name} (spec {hash})"),
                     )
@@ -676,8 +673,7 @@ async fn submission(
                 ctx.shared
                     .event(
                         &object_ref(t),
-                        true,
-                        "SubmissionFailed",
+                        Reason::SUBMISSION_FAILED,
                         "Submit",
                         format!(
                             "{message}; change the spec, or delete Job {job_name}, to submit again"
@@ -701,8 +697,7 @@ async fn submission(
             ctx.shared
                 .event(
                     &object_ref(t),
-                    false,
-                    "Resubmitting",
+                    Reason::RESUBMITTING,
                     "Submit",
                     message.clone(),
                 )
@@ -750,7 +745,7 @@ async fn submission(
                 if !reported {
                     warn!(%message, "submitted topology not listed");
                     ctx.shared
-                        .event(&object_ref(t), true, "NotListed", "Submit", message)
+                        .event(&object_ref(t), Reason::NOT_LISTED, "Submit", message)
                         .await;
                 }
                 return Ok(Some(Action::requeue(RESYNC)));
@@ -833,8 +828,7 @@ async fn running(
                 ctx.shared
                     .event(
                         &object_ref(t),
-                        false,
-                        "Suspended",
+                        Reason::SUSPENDED,
                         "Deactivate",
                         format!("Deactivated {storm_name} ({id}) in Storm: spec.suspend is true"),
                     )
@@ -844,8 +838,7 @@ async fn running(
                 ctx.shared
                     .event(
                         &object_ref(t),
-                        true,
-                        "SuspendFailed",
+                        Reason::SUSPEND_FAILED,
                         "Deactivate",
                         format!("Could not deactivate {storm_name} ({id}): {e}"),
                     )
@@ -859,8 +852,7 @@ async fn running(
                 ctx.shared
                     .event(
                         &object_ref(t),
-                        false,
-                        "Resumed",
+                        Reason::RESUMED,
                         "Activate",
                         format!("Activated {storm_name} ({id}) in Storm: spec.suspend is false"),
                     )
@@ -870,8 +862,7 @@ async fn running(
                 ctx.shared
                     .event(
                         &object_ref(t),
-                        true,
-                        "ResumeFailed",
+                        Reason::RESUME_FAILED,
                         "Activate",
                         format!("Could not activate {storm_name} ({id}): {e}"),
                     )
@@ -927,8 +918,7 @@ async fn rebalance(
                 ctx.shared
                     .event(
                         &object_ref(t),
-                        false,
-                        "Rebalanced",
+                        Reason::REBALANCED,
                         "Rebalance",
                         format!(
                             "Job {job_name} rebalanced {storm_name} to {} workers",
@@ -943,8 +933,7 @@ async fn rebalance(
                 ctx.shared
                     .event(
                         &object_ref(t),
-                        true,
-                        "RebalanceFailed",
+                        Reason::REBALANCE_FAILED,
                         "Rebalance",
                         format!(
                             "Rebalance Job {job_name} ({} → {} workers) failed: {why}",
@@ -1025,8 +1014,7 @@ async fn rebalance(
                     ctx.shared
                         .event(
                             &object_ref(t),
-                            false,
-                            "RebalanceSettled",
+                            Reason::REBALANCE_SETTLED,
                             "Rebalance",
                             hold.describe(),
                         )
@@ -1065,8 +1053,7 @@ async fn rebalance(
     ctx.shared
         .event(
             &object_ref(t),
-            false,
-            "Rebalancing",
+            Reason::REBALANCING,
             "Rebalance",
             format!("workers {from} → {to}: {reason} (Job {job_name})"),
         )
@@ -1078,12 +1065,12 @@ async fn rebalance(
 async fn release(
     ctx: &Context,
     t: &StormTopology,
-    reason: &'static str,
+    reason: Reason,
     message: String,
 ) -> Result<Action> {
-    warn!(reason, %message, "releasing without a confirmed kill");
+    warn!(reason = reason.name(), %message, "releasing without a confirmed kill");
     ctx.shared
-        .event(&object_ref(t), true, reason, "Kill", message)
+        .event(&object_ref(t), reason, "Kill", message)
         .await;
     remove_finalizer(ctx, t).await?;
     ctx.metrics
@@ -1163,7 +1150,7 @@ async fn finalize(t: &StormTopology, ctx: &Context, now: Timestamp) -> Result<Ac
         return release(
             ctx,
             t,
-            "ClusterGone",
+            Reason::CLUSTER_GONE,
             format!("StormCluster {cluster_name} is gone: removed the finalizer without killing {storm_name} in Storm"),
         )
         .await;
@@ -1190,8 +1177,7 @@ async fn finalize(t: &StormTopology, ctx: &Context, now: Timestamp) -> Result<Ac
             ctx.shared
                 .event(
                     &object_ref(t),
-                    false,
-                    "Killing",
+                    Reason::KILLING,
                     "Kill",
                     format!("Killing {storm_name} ({}) in Storm with a wait of {wait} s: the StormTopology is being deleted", f.id),
                 )
@@ -1208,8 +1194,7 @@ async fn finalize(t: &StormTopology, ctx: &Context, now: Timestamp) -> Result<Ac
             ctx.shared
                 .event(
                     &object_ref(t),
-                    false,
-                    "Killed",
+                    Reason::KILLED,
                     "Kill",
                     format!("{storm_name} is no longer in Storm"),
                 )
@@ -1224,7 +1209,7 @@ async fn finalize(t: &StormTopology, ctx: &Context, now: Timestamp) -> Result<Ac
                 return release(
             ctx,
             t,
-                    "KillTimedOut",
+                    Reason::KILL_TIMED_OUT,
                     format!("{storm_name} ({}) is still listed by Storm ({}) {waited} s after the deletion; removed the finalizer anyway", found.id, found.status.as_str()),
                 )
                 .await;
@@ -1256,7 +1241,7 @@ async fn finalize(t: &StormTopology, ctx: &Context, now: Timestamp) -> Result<Ac
                 return release(
             ctx,
             t,
-                    "KillTimedOut",
+                    Reason::KILL_TIMED_OUT,
                     format!("Storm has not answered for {waited} s since the deletion ({message}); removed the finalizer without confirming that {storm_name} was killed"),
                 )
                 .await;

@@ -35,6 +35,7 @@ use workerpool_storm::Connector;
 use crate::context::Shared;
 use crate::controllers::{ChildTracker, POOL_CHILDREN_SELECTOR, cached, scoped};
 use crate::error::{Error, Result};
+use crate::runtime::Reason;
 use crate::runtime::{self, StatusWriter};
 use replicas::BeforeApply;
 pub use replicas::{HANDOFF_MANAGER, manager_owns};
@@ -236,8 +237,7 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
                 ctx.shared
                     .event(
                         &object_ref(pool),
-                        true,
-                        blocked.reason,
+                        Reason::warning(blocked.reason),
                         "Reconcile",
                         blocked.message,
                     )
@@ -273,8 +273,7 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
                 ctx.shared
                     .event(
                         &object_ref(pool),
-                        false,
-                        "Deleted",
+                        Reason::DELETED,
                         "DeleteHPA",
                         format!("Deleted HorizontalPodAutoscaler {name}: autoscaling is disabled, replicas set to {}", pool.spec.replicas.unwrap_or(1)),
                     )
@@ -294,8 +293,7 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
                 ctx.shared
                     .event(
                         &object_ref(pool),
-                        false,
-                        "Deleted",
+                        Reason::DELETED,
                         "DeletePodDisruptionBudget",
                         format!("Deleted PodDisruptionBudget {name}: no longer configured"),
                     )
@@ -321,8 +319,7 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
         ctx.shared
             .event(
                 &object_ref(pool),
-                false,
-                "StormScaled",
+                Reason::STORM_SCALED,
                 "Autoscale",
                 format!(
                     "Storm-derived count {} -> {} ({}): {}",
@@ -334,7 +331,12 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
     if let Some((reason, message)) = problem {
         warn!(%reason, %message, "Storm's load is not evaluated");
         ctx.shared
-            .event(&object_ref(pool), true, &reason, "Autoscale", message)
+            .event(
+                &object_ref(pool),
+                Reason::warning(reason),
+                "Autoscale",
+                message,
+            )
             .await;
     }
     if let Some(message) = misfit {
@@ -342,8 +344,7 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
         ctx.shared
             .event(
                 &object_ref(pool),
-                true,
-                status::SLOTS_DO_NOT_FIT,
+                Reason::SLOTS_DO_NOT_FIT,
                 "Sizing",
                 message,
             )
@@ -628,7 +629,7 @@ async fn report_invalid(
     if !unchanged {
         warn!(%message, "invalid spec");
         ctx.shared
-            .event(&object_ref(pool), true, "InvalidSpec", "Validate", message)
+            .event(&object_ref(pool), Reason::INVALID_SPEC, "Validate", message)
             .await;
     }
     Ok(Action::await_change())

@@ -207,13 +207,13 @@ pub fn storm(
 pub fn new_storm_problem(
     old: Option<&StormWorkerPoolStatus>,
     new: &StormWorkerPoolStatus,
-) -> Option<(String, String)> {
-    let now = conditions::find(&new.conditions, AUTOSCALING)
-        .filter(|c| c.status == "False" && STORM_PROBLEMS.contains(&c.reason.as_str()))?;
+) -> Option<(&'static str, String)> {
+    let now = conditions::find(&new.conditions, AUTOSCALING).filter(|c| c.status == "False")?;
+    let reason = STORM_PROBLEMS.iter().find(|r| **r == now.reason)?;
     let before = old.and_then(|o| conditions::find(&o.conditions, AUTOSCALING));
     before
         .is_none_or(|b| b.reason != now.reason)
-        .then(|| (now.reason.clone(), now.message.clone()))
+        .then(|| (*reason, now.message.clone()))
 }
 
 /// Longest text taken from another object's condition into a message.

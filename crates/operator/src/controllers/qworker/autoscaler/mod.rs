@@ -29,6 +29,7 @@ use crate::brokers::{BrokerUnavailable, Brokers};
 use crate::context::Shared;
 use crate::controllers::qworker::status::AutoscalerStatus;
 use crate::metrics::{BrokerErrorLabels, QWorkerLabels};
+use crate::runtime::Reason;
 use probe::{Connection, Probes};
 
 /// Field manager of the autoscaler's status writes (`desiredReplicas`, `queueLength`,
@@ -783,8 +784,7 @@ impl Poller {
                 .shared
                 .event(
                     &qw.object_ref(&()),
-                    true,
-                    "OOMKilled",
+                    Reason::OOM_KILLED,
                     "ActivateVPA",
                     raise.message(),
                 )
@@ -861,8 +861,7 @@ impl Poller {
                     .shared
                     .event(
                         &object,
-                        true,
-                        "Ineffective",
+                        Reason::INEFFECTIVE,
                         "Autoscale",
                         format!(
                             "More workers do not raise the completion rate ({e}); holding at most {} worker(s) and probing every {} s",
@@ -877,8 +876,7 @@ impl Poller {
                     .shared
                     .event(
                         &object,
-                        false,
-                        "Effective",
+                        Reason::EFFECTIVE,
                         "Autoscale",
                         "More workers raise the completion rate again; scaling resumes".into(),
                     )
@@ -1016,9 +1014,9 @@ impl Poller {
         let object = qw.object_ref(&());
         if changed_desired {
             let direction = if desired > previous.desired {
-                "ScaledUp"
+                Reason::SCALED_UP
             } else {
-                "ScaledDown"
+                Reason::SCALED_DOWN
             };
             info!(qworker = %self.object, from = previous.desired, to = desired, queue_length = ?length, term = new_decision.as_ref().map(|d| d.term.as_str()), "desired workers changed");
             let message = new_decision.map_or_else(
@@ -1034,7 +1032,7 @@ impl Poller {
             );
             self.scaler
                 .shared
-                .event(&object, false, direction, "Autoscale", message)
+                .event(&object, direction, "Autoscale", message)
                 .await;
         }
         if changed_reachability {
@@ -1045,8 +1043,7 @@ impl Poller {
                         .shared
                         .event(
                             &object,
-                            true,
-                            e.reason,
+                            Reason::warning(e.reason),
                             "ReadQueue",
                             format!("{}; keeping {desired} desired worker(s)", e.message),
                         )
@@ -1057,8 +1054,7 @@ impl Poller {
                         .shared
                         .event(
                             &object,
-                            false,
-                            "BrokerReachable",
+                            Reason::BROKER_REACHABLE,
                             "ReadQueue",
                             "The queue can be read again".into(),
                         )

@@ -26,6 +26,9 @@ pub mod hosts;
 
 use hosts::AllowedHosts;
 
+/// The reason of a [`BrokerUnavailable`] whose broker refused the credentials.
+pub const AUTH_FAILED: &str = "BrokerAuthFailed";
+
 /// Why a broker cannot be used; `reason` is a bounded CamelCase condition reason.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -41,6 +44,12 @@ pub struct BrokerUnavailable {
 }
 
 impl BrokerUnavailable {
+    /// Whether the broker refused the credentials (the connection is then rebuilt, so that a
+    /// rotated Secret is read again).
+    pub fn is_auth_failure(&self) -> bool {
+        self.reason == AUTH_FAILED
+    }
+
     fn config(reason: &'static str, message: String) -> Self {
         Self {
             reason,
@@ -54,7 +63,7 @@ impl BrokerUnavailable {
         let category = err.category();
         let reason = match category {
             "connect" => "BrokerConnectFailed",
-            "auth" => "BrokerAuthFailed",
+            "auth" => AUTH_FAILED,
             "timeout" => "BrokerTimeout",
             "not_found" => "QueueNotFound",
             _ => "BrokerError",

@@ -150,7 +150,7 @@ pub async fn reconcile(sc: Arc<ScalerConfig>, ctx: Arc<Context>) -> Result<Actio
         Err(e) => Err(e),
     };
     if let Err(e) = &result
-        && e.reason == "BrokerAuthFailed"
+        && e.is_auth_failure()
     {
         ctx.brokers.invalidate(&ns, &sc.name_any());
     }

@@ -30,7 +30,7 @@ use workerpool_storm::Connector;
 
 use crate::context::Shared;
 use crate::controllers::{CLUSTER_CHILDREN_SELECTOR, ChildTracker, cached, scoped};
-use crate::error::{Error, Result};
+use crate::error::{Category, Error, Result};
 use crate::runtime::Reason;
 use crate::runtime::{self, StatusWriter};
 pub use metrics::ClusterMetrics;
@@ -251,7 +251,7 @@ async fn report_invalid(
         .status
         .as_ref()
         .and_then(|s| conditions::find(&s.conditions, READY))
-        .is_some_and(|c| c.reason == "InvalidSpec" && c.message == message);
+        .is_some_and(|c| c.reason == Category::InvalidSpec.as_str() && c.message == message);
     let failed = status::failed(cluster, "InvalidSpec", &message, now);
     write_status(cluster, ctx, &failed).await?;
     observe(cluster, ctx, &failed);

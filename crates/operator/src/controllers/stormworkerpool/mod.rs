@@ -34,7 +34,7 @@ use workerpool_storm::Connector;
 
 use crate::context::Shared;
 use crate::controllers::{ChildTracker, POOL_CHILDREN_SELECTOR, cached, scoped};
-use crate::error::{Error, Result};
+use crate::error::{Category, Error, Result};
 use crate::runtime::Reason;
 use crate::runtime::{self, StatusWriter};
 use replicas::BeforeApply;
@@ -619,7 +619,7 @@ async fn report_invalid(
         .status
         .as_ref()
         .and_then(|s| conditions::find(&s.conditions, READY))
-        .is_some_and(|c| c.reason == "InvalidSpec" && c.message == message);
+        .is_some_and(|c| c.reason == Category::InvalidSpec.as_str() && c.message == message);
     write_status(
         pool,
         ctx,

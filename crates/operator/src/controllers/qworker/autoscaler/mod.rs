@@ -674,7 +674,7 @@ impl Poller {
                         category: e.category,
                     })
                     .inc();
-                if e.reason == "BrokerAuthFailed" {
+                if e.is_auth_failure() {
                     self.scaler.brokers.invalidate(&ns, &sc.scaler_config_ref);
                 }
                 // Failing polls back off; nothing reads the queue early meanwhile.

@@ -12,35 +12,33 @@
 pub mod autoscaler;
 pub mod build;
 pub mod plan;
+mod reconcile;
 pub mod release;
 pub mod status;
 pub mod sweep;
 pub mod vpa;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+pub use reconcile::{reconcile, vpa_requests};
+
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::ResourceExt;
 use kube::runtime::Controller;
-use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
-use tracing::{debug, info, instrument, warn};
+use tracing::debug;
 use workerpool_api::QWorker;
 
 use crate::cache;
 use crate::context::Shared;
-use crate::controllers::qworker::autoscaler::{Autoscaler, owned_by};
+use crate::controllers::qworker::autoscaler::Autoscaler;
 use crate::controllers::scoped;
-use crate::error::{Error, Result};
 use crate::runtime;
-use crate::runtime::Reason;
-use plan::{DrainReason, Observed, PodView};
+use plan::PodView;
 
 /// Controller name used in metrics and logs.
 pub const CONTROLLER: &str = "qworker";
@@ -159,355 +157,11 @@ pub fn forget(ctx: &Context, qw: &QWorker) {
     debug!(qworker = %key(qw), "QWorker deleted; its state is freed");
 }
 
-/// Reconciles one QWorker.
-#[instrument(skip_all, fields(qworker = %qw.name_any(), namespace = qw.namespace().unwrap_or_default()))]
-pub async fn reconcile(qw: Arc<QWorker>, ctx: Arc<Context>) -> Result<Action> {
-    let body = reconcile_inner(&qw, &ctx);
-    runtime::reconcile(&*qw, &*ctx, body, async |e: &Error| {
-        // `InvalidSpec`, or the API server's refusal of what the spec asks for (`Rejected`,
-        // `Forbidden`: a pod refused by admission).
-        let reason = e.category().as_str();
-        if let Err(write) = report_refused(&qw, &ctx, reason, &e.scrubbed()).await {
-            warn!(error = %write, "could not report the refused spec");
-        }
-    })
-    .await
-}
-
 impl runtime::ControllerContext for Context {
     const CONTROLLER: &'static str = CONTROLLER;
     fn shared(&self) -> &Shared {
         &self.shared
     }
-}
-
-/// Sets `Ready=False` with `reason` and the message.
-async fn report_refused(qw: &QWorker, ctx: &Context, reason: &str, message: &str) -> Result<()> {
-    let fields = status::refused(qw, reason, message, Timestamp::now());
-    status::write(qw, &ctx.shared.client, &fields).await
-}
-
-/// The requests activateVPA gives new pods, from `status.maxContainerResourcesUsage`.
-pub fn vpa_requests(qw: &QWorker) -> BTreeMap<String, BTreeMap<String, String>> {
-    let record = qw
-        .status
-        .as_ref()
-        .map(|s| s.max_container_resources_usage.clone())
-        .unwrap_or_default();
-    vpa::requests(qw, &record)
-}
-
-async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
-    build::validate(qw).map_err(Error::InvalidSpec)?;
-    if let Some(autoscaler) = &ctx.autoscaler {
-        autoscaler.ensure(qw);
-        if !autoscaler.answered(qw) {
-            // After a start, decide nothing from a desired count older than the autoscaler's
-            // first look at the queue (it comes within one poll).
-            return Ok(Action::requeue(cache::NOT_READY_RETRY));
-        }
-    }
-    let sc = &qw.spec.scale_config;
-    let ns = qw.namespace().unwrap_or_default();
-    let uid = qw.metadata.uid.clone().unwrap_or_default();
-
-    // Observe.
-    let spec = build::template_spec(qw, &vpa_requests(qw));
-    let hash = build::pod_spec_hash(qw, &spec);
-    let views: Vec<PodView> = ctx
-        .pods
-        .owned_by(&uid)
-        .iter()
-        .filter(|p| {
-            p.namespace().as_deref() == Some(ns.as_str()) && owned_by(p, Some(uid.as_str()))
-        })
-        .map(|p| PodView::of(p))
-        .collect();
-    let (pending_creates, pending_drains) = ctx.expectations.settle(&uid, &views);
-    let desired = qw
-        .status
-        .as_ref()
-        .map_or(0, |s| s.desired_replicas)
-        .clamp(sc.min_replicas.max(0), sc.max_replicas.max(0));
-    // Decide.
-    let plan = plan::plan(&Observed {
-        qworker: &qw.name_any(),
-        pods: &views,
-        hash: &hash,
-        desired,
-        pending_creates: &pending_creates,
-        pending_drains: &pending_drains,
-        now: Timestamp::now(),
-    });
-
-    // Act.
-    let acted = act(qw, ctx, &plan, &spec, &hash).await?;
-    let current = plan.current + acted.created as i32;
-    let fields = status::observed(
-        qw,
-        &status::Observed {
-            plan: &plan,
-            current,
-            desired,
-            hash: &hash,
-            views: &views,
-            acted: acted.any(),
-            ineffective: qw
-                .status
-                .as_ref()
-                .and_then(autoscaler::ineffective_condition),
-        },
-        Timestamp::now(),
-    );
-    status::write(qw, &ctx.shared.client, &fields).await?;
-    let waiting = !pending_creates.is_empty()
-        || !pending_drains.is_empty()
-        || acted.any()
-        || views.iter().any(|v| v.draining || v.terminating());
-    let next = if waiting { SETTLING } else { RESYNC };
-    Ok(Action::requeue(match &plan.crash_loop {
-        // Look again when the crash backoff ends.
-        Some(l) => next.min(l.retry_in.max(Duration::from_secs(1))),
-        None => next,
-    }))
-}
-
-/// What [`act`] did.
-#[derive(Default)]
-struct Acted {
-    created: usize,
-    drained: usize,
-    deleted: usize,
-}
-
-impl Acted {
-    fn any(&self) -> bool {
-        self.created + self.drained + self.deleted > 0
-    }
-}
-
-/// Carries out `plan`: recoveries first, then deletions (of pods whose tasks are safe), drains
-/// and creations, with an Event for each kind of change.
-async fn act(
-    qw: &QWorker,
-    ctx: &Context,
-    plan: &plan::Plan,
-    spec: &k8s_openapi::api::core::v1::PodSpec,
-    hash: &str,
-) -> Result<Acted> {
-    let ns = qw.namespace().unwrap_or_default();
-    let name = qw.name_any();
-    let uid = qw.metadata.uid.clone().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), &ns);
-    let labels = crate::metrics::QWorkerLabels {
-        namespace: ns.clone(),
-        qworker: name.clone(),
-    };
-    let mut acted = Acted::default();
-
-    let unrecovered = recover(ctx, qw, &plan.recover).await;
-    mark_crashed(ctx, qw, &pods, &plan.mark_crashed).await?;
-    let mut deleted = Vec::new();
-    for pod in plan.delete.iter().filter(|p| !unrecovered.contains(*p)) {
-        match pods.delete(pod, &DeleteParams::background()).await {
-            Ok(_) => deleted.push(pod.clone()),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if !deleted.is_empty() {
-        info!(pods = ?deleted, "deleted worker pods whose work is over");
-        acted.deleted = deleted.len();
-        ctx.shared
-            .event(
-                &qw.object_ref(&()),
-                Reason::DELETED,
-                "DeletePod",
-                format!(
-                    "Deleted {} worker pod(s) that finished, drained or never started: {}",
-                    deleted.len(),
-                    deleted.join(", ")
-                ),
-            )
-            .await;
-    }
-
-    let mut drained: Vec<String> = Vec::new();
-    for (pod, reason) in &plan.drain {
-        let patch = serde_json::json!({
-            "metadata": { "annotations": {
-                build::DRAIN_ANNOTATION: reason.as_str(),
-                build::CURRENT_HASH_ANNOTATION: hash,
-            }}
-        });
-        let params = PatchParams {
-            field_manager: Some(crate::FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
-        match pods.patch(pod, &params, &Patch::Merge(&patch)).await {
-            Ok(_) => {
-                ctx.expectations.drained(&uid, pod);
-                ctx.shared
-                    .metrics
-                    .drains_requested
-                    .get_or_create(&labels)
-                    .inc();
-                drained.push(format!("{pod} ({})", reason.as_str()));
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if !drained.is_empty() {
-        acted.drained = drained.len();
-        let scale_down = plan.drain.iter().any(|(_, r)| *r == DrainReason::ScaleDown);
-        ctx.shared
-            .event(
-                &qw.object_ref(&()),
-                if scale_down {
-                    Reason::DRAIN_REQUESTED
-                } else {
-                    Reason::ROLLING_OUT
-                },
-                "Drain",
-                format!(
-                    "Asked {} worker(s) to finish their task and exit: {}",
-                    drained.len(),
-                    drained.join(", ")
-                ),
-            )
-            .await;
-    }
-
-    let mut created = Vec::new();
-    let mut failure = None;
-    for _ in 0..plan.create {
-        let pod_name = build::pod_name(&name);
-        let pod = build::pod(qw, spec, hash, &pod_name);
-        let params = PostParams {
-            field_manager: Some(crate::FIELD_MANAGER.into()),
-            ..PostParams::default()
-        };
-        match pods.create(&params, &pod).await {
-            Ok(_) => {
-                ctx.expectations.created(&uid, &pod_name);
-                ctx.shared.metrics.pods_created.get_or_create(&labels).inc();
-                created.push(pod_name);
-            }
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    if !created.is_empty() {
-        acted.created = created.len();
-        ctx.shared
-            .event(
-                &qw.object_ref(&()),
-                Reason::CREATED,
-                "CreatePod",
-                format!(
-                    "Created {} worker pod(s): {}",
-                    created.len(),
-                    created.join(", ")
-                ),
-            )
-            .await;
-    }
-    match failure {
-        Some(e) => Err(e.into()),
-        None => Ok(acted),
-    }
-}
-
-/// Crashed pods kept for inspection, seen for the first time: their in-flight tasks go back to
-/// the queue, then the pod is annotated with its place in the crash streak (which also says its
-/// tasks were returned). A pod whose tasks cannot be returned now is tried again next time.
-async fn mark_crashed(
-    ctx: &Context,
-    qw: &QWorker,
-    pods: &Api<Pod>,
-    marks: &[(String, u32)],
-) -> Result<()> {
-    if marks.is_empty() {
-        return Ok(());
-    }
-    let names: Vec<String> = marks.iter().map(|(n, _)| n.clone()).collect();
-    let unrecovered = recover(ctx, qw, &names).await;
-    let params = PatchParams {
-        field_manager: Some(crate::FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
-    for (pod, streak) in marks.iter().filter(|(n, _)| !unrecovered.contains(n)) {
-        let patch = serde_json::json!({
-            "metadata": { "annotations": { plan::CRASH_STREAK_ANNOTATION: streak.to_string() } }
-        });
-        match pods.patch(pod, &params, &Patch::Merge(&patch)).await {
-            Ok(_) => {
-                info!(%pod, streak, "crashed worker pod kept for inspection");
-                ctx.shared
-                    .event(
-                        &qw.object_ref(&()),
-                        Reason::CRASH_LOOPING,
-                        "KeepFailedPod",
-                        format!(
-                            "Worker pod {pod} failed ({streak} crash(es) in a row); its tasks are back on the queue and the pod is kept for inspection"
-                        ),
-                    )
-                    .await;
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
-/// Moves the in-flight tasks of the workers `names` (which no longer run) back to the queue;
-/// returns the names whose tasks could not be returned now (the broker is unreachable).
-async fn recover(ctx: &Context, qw: &QWorker, names: &[String]) -> HashSet<String> {
-    if names.is_empty() {
-        return HashSet::new();
-    }
-    let sc = &qw.spec.scale_config;
-    let ns = qw.namespace().unwrap_or_default();
-    let broker = match ctx.brokers.get(&ns, &sc.scaler_config_ref).await {
-        Ok(b) => b,
-        Err(e) => {
-            warn!(
-                reason = e.reason,
-                "cannot recover tasks of gone workers yet"
-            );
-            return names.iter().cloned().collect();
-        }
-    };
-    let mut failed = HashSet::new();
-    for pod in names {
-        match broker.recover(&sc.queue, pod).await {
-            Ok(0) => {}
-            Ok(n) => {
-                info!(%pod, tasks = n, "returned the tasks of a gone worker to the queue");
-                ctx.shared
-                    .event(
-                        &qw.object_ref(&()),
-                        Reason::TASKS_RECOVERED,
-                        "Recover",
-                        format!(
-                            "Returned {n} in-flight task(s) of worker {pod} to queue {}",
-                            sc.queue
-                        ),
-                    )
-                    .await;
-            }
-            Err(e) => {
-                warn!(%pod, error = %e, "could not recover tasks");
-                failed.insert(pod.clone());
-            }
-        }
-    }
-    failed
 }
 
 /// The QWorker cache, the autoscaler, and the future that runs the QWorker controller and the

@@ -37,12 +37,16 @@ mod recovery;
 mod redis;
 #[path = "e2e/selfcheck.rs"]
 mod selfcheck;
+#[path = "e2e/shared_broker.rs"]
+mod shared_broker;
 #[path = "e2e/storm.rs"]
 mod storm;
 #[path = "e2e/storm_autoscale.rs"]
 mod storm_autoscale;
 #[path = "e2e/storm_ui.rs"]
 mod storm_ui;
+#[path = "e2e/webhook.rs"]
+mod webhook;
 
 /// The chart's own pod from the operator's image (`scripts/image`): the rendered chart applied,
 /// two replicas run by a node stand-in from the image's root filesystem with the in-cluster
@@ -98,10 +102,21 @@ async fn recovery() {
 
 /// QWorkers in the clusters users have: an evicted pod replaced at once (no crash back-off), a
 /// queue edit rolling the pods, a worker that crashes beside a running sidecar under
-/// `restartPolicy: Never` counted as a crash (its task returned).
+/// `restartPolicy: Never` counted as a crash (its task returned), and a proxy that a mutating
+/// admission webhook (served by the test) inserts as the first container: the worker's crash
+/// and its exit after a drain seen beside the running proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn qworkers_in_real_clusters() {
     harness::scenario("clusters", clusters::run).await;
+}
+
+/// The same QWorker name and queue in two namespaces on one Redis, under one cluster-wide
+/// operator SIGKILLed and restarted: the list of a worker deleted meanwhile is back on the
+/// queue within 20 s, exactly once (the sweep, one TasksRecovered Event), while the live busy
+/// workers' lists of both namespaces keep their tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shared_broker_across_namespaces() {
+    harness::scenario("sharedbroker", shared_broker::run).await;
 }
 
 /// One leader at a time: two and three replicas started at the same instant, the leader gauge

@@ -169,6 +169,8 @@ pub struct Operator {
     /// File with the operator's stdout and stderr.
     pub log: PathBuf,
     namespace: String,
+    /// Watches every namespace (no `--namespace`); `namespace` still names its log and calls.
+    cluster_wide: bool,
     kubeconfig: Option<PathBuf>,
     extra: Vec<String>,
 }
@@ -202,6 +204,23 @@ impl Operator {
         extra: &[&str],
         log_suffix: &str,
     ) -> Result<Self, String> {
+        Self::launch(namespace, false, kubeconfig, extra, log_suffix)
+    }
+
+    /// Starts `workerpool-operator run` watching every namespace (no `--namespace`), as the
+    /// chart installs it by default; its log is `<namespace><log_suffix>.log` and its API calls
+    /// are recorded for `namespace`'s scenario, as [`Operator::start_with`] does.
+    pub fn start_cluster_wide(namespace: &str, log_suffix: &str) -> Result<Self, String> {
+        Self::launch(namespace, true, None, &[], log_suffix)
+    }
+
+    fn launch(
+        namespace: &str,
+        cluster_wide: bool,
+        kubeconfig: Option<&Path>,
+        extra: &[&str],
+        log_suffix: &str,
+    ) -> Result<Self, String> {
         let port = free_port().obs("cannot pick a free port")?;
         let dir = logs_dir();
         std::fs::create_dir_all(&dir).obs(&format!("cannot create {}", dir.display()))?;
@@ -212,6 +231,7 @@ impl Operator {
             port,
             log,
             namespace: namespace.to_string(),
+            cluster_wide,
             kubeconfig: kubeconfig.map(Path::to_path_buf),
             extra: extra.iter().map(|a| a.to_string()).collect(),
         };
@@ -242,14 +262,12 @@ impl Operator {
                 command.env("KUBE_RS_DEBUG_IMPERSONATE_USER", user);
             }
         }
+        command.arg("run");
+        if !self.cluster_wide {
+            command.args(["--namespace", &self.namespace]);
+        }
         let child = command
-            .args([
-                "run",
-                "--namespace",
-                &self.namespace,
-                "--metrics-addr",
-                &format!("127.0.0.1:{}", self.port),
-            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", self.port)])
             .arg("--record-api-calls")
             .arg(&calls)
             .args(&self.extra)
@@ -392,26 +410,10 @@ where
 
     let ns = format!("wpo-e2e-{name}-{}", random_suffix());
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(ns.clone()),
-            labels: Some(
-                [
-                    (NAMESPACE_LABEL.to_string(), FIELD_MANAGER.to_string()),
-                    // Worker pods must be admitted even where a cluster-wide Pod Security
-                    // default is stricter (the seed's pods set no security context).
-                    (
-                        "pod-security.kubernetes.io/enforce".to_string(),
-                        "privileged".to_string(),
-                    ),
-                ]
-                .into(),
-            ),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    if let Err(e) = namespaces.create(&PostParams::default(), &namespace).await {
+    if let Err(e) = namespaces
+        .create(&PostParams::default(), &namespace(&ns))
+        .await
+    {
         panic!("e2e[{name}]: cannot create namespace {ns}: {e}");
     }
     eprintln!("e2e[{name}]: namespace {ns}");
@@ -453,15 +455,7 @@ where
         // The operator keeps running while the namespace goes: it releases the task-recovery
         // finalizers of the worker pods being deleted.
         let _ = operator.restart_if_stopped();
-        delete_namespace(&namespaces, &ns).await;
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline && matches!(namespaces.get_opt(&ns).await, Ok(Some(_))) {
-            tokio::time::sleep(POLL).await;
-        }
-        if matches!(namespaces.get_opt(&ns).await, Ok(Some(_))) {
-            eprintln!("e2e[{name}]: namespace {ns} still exists {WAIT:?} after its deletion");
-            release_pods(&client, &ns).await;
-        }
+        remove_namespace(&client, &ns).await;
         operator.stop();
     }
     drop(kubelet);
@@ -477,6 +471,46 @@ where
             );
             std::panic::resume_unwind(panic);
         }
+    }
+}
+
+/// A namespace of the suite: labelled [`NAMESPACE_LABEL`] (for manual clean-up) and with the
+/// `privileged` Pod Security level.
+pub fn namespace(name: &str) -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(
+                [
+                    (NAMESPACE_LABEL.to_string(), FIELD_MANAGER.to_string()),
+                    // Worker pods must be admitted even where a cluster-wide Pod Security
+                    // default is stricter (the seed's pods set no security context).
+                    (
+                        "pod-security.kubernetes.io/enforce".to_string(),
+                        "privileged".to_string(),
+                    ),
+                ]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
+}
+
+/// Deletes namespace `ns` and waits up to [`WAIT`] for it to go (an operator watching it
+/// releases the task-recovery finalizers meanwhile); then removes the finalizers of the pods
+/// still in it.
+pub async fn remove_namespace(client: &Client, ns: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    delete_namespace(&namespaces, ns).await;
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline && matches!(namespaces.get_opt(ns).await, Ok(Some(_))) {
+        tokio::time::sleep(POLL).await;
+    }
+    if matches!(namespaces.get_opt(ns).await, Ok(Some(_))) {
+        eprintln!("e2e: namespace {ns} still exists {WAIT:?} after its deletion");
+        release_pods(client, ns).await;
     }
 }
 

@@ -5,16 +5,29 @@
 //! killed them, and then its deletion finished (grace period 0). The scenario writes any other state itself (a worker that finished, ...).
 //!
 //! `hold` keeps new pods unbound and Pending (a cluster that cannot place them).
+//!
+//! The pods are bound to the Node [`NODE`], which the stand-in registers, as a kubelet does,
+//! and keeps `Ready` (a heartbeat every 10 s): kube-controller-manager's pod garbage collector
+//! force-deletes every pod bound to a node that does not exist, some 40 s after it first sees
+//! one (and every 40 s after), and would take the scenarios' workers from under them. The Node
+//! is never deleted: scenarios of other processes may bind to it too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
+
+use crate::harness::{FIELD_MANAGER, NAMESPACE_LABEL};
+
+/// The Node the stand-in binds pods to.
+pub const NODE: &str = "e2e-node";
+/// How often the stand-in renews its Node's `Ready` condition.
+const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// The stand-in; stops when dropped.
 pub struct Kubelet {
@@ -32,11 +45,16 @@ impl Kubelet {
     /// Serves the pods of `namespace` that match `selector`, every 200 ms.
     pub fn start(client: Client, namespace: &str, selector: &str) -> Self {
         let hold = Arc::new(AtomicBool::new(false));
+        let nodes: Api<Node> = Api::all(client.clone());
         let api: Api<Pod> = Api::namespaced(client, namespace);
         let selector = selector.to_string();
         let held = hold.clone();
         let task = tokio::spawn(async move {
+            let mut beat: Option<std::time::Instant> = None;
             loop {
+                if beat.is_none_or(|t| t.elapsed() >= HEARTBEAT) && heartbeat(&nodes).await {
+                    beat = Some(std::time::Instant::now());
+                }
                 if let Ok(pods) = api.list(&ListParams::default().labels(&selector)).await {
                     for pod in pods.items {
                         step(&api, &pod, held.load(Ordering::SeqCst)).await;
@@ -52,6 +70,41 @@ impl Kubelet {
     pub fn hold(&self, hold: bool) {
         self.hold.store(hold, Ordering::SeqCst);
     }
+}
+
+/// Registers [`NODE`] unless it exists and reports it `Ready`; whether that worked.
+async fn heartbeat(nodes: &Api<Node>) -> bool {
+    let now = Timestamp::now().to_string();
+    match nodes.get_opt(NODE).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            let node = json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": NODE, "labels": {
+                    "kubernetes.io/hostname": NODE, NAMESPACE_LABEL: FIELD_MANAGER}},
+            });
+            let Ok(node) = serde_json::from_value::<Node>(node) else {
+                return false;
+            };
+            match nodes.create(&PostParams::default(), &node).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => {
+                    eprintln!("e2e: the node stand-in cannot register Node {NODE}: {e}");
+                    return false;
+                }
+            }
+        }
+        Err(_) => return false,
+    }
+    let ready = json!({"status": {"conditions": [{
+        "type": "Ready", "status": "True", "reason": "KubeletReady",
+        "message": "the e2e node stand-in", "lastHeartbeatTime": now
+    }]}});
+    nodes
+        .patch_status(NODE, &status_patch(), &Patch::Merge(&ready))
+        .await
+        .is_ok()
 }
 
 fn containers(pod: &Pod) -> Vec<String> {
@@ -119,7 +172,7 @@ async fn step(api: &Api<Pod>, pod: &Pod, hold: bool) {
         }
         let binding = json!({
             "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": "e2e-node"}
+            "target": {"apiVersion": "v1", "kind": "Node", "name": NODE}
         });
         if api
             .create_subresource::<serde_json::Value, serde_json::Value>(

@@ -70,6 +70,14 @@ impl TestRedis {
             .map_err(|e| format!("LRANGE {key}: {e}"))
     }
 
+    /// The keys matching the glob `pattern` (`KEYS`: the scenario's database is small).
+    pub async fn keys(&self, pattern: &str) -> Result<Vec<String>, String> {
+        let mut conn = self.conn.clone();
+        conn.keys(pattern)
+            .await
+            .map_err(|e| format!("KEYS {pattern}: {e}"))
+    }
+
     /// Deletes `keys` (clean-up).
     pub async fn del(&self, keys: &[String]) {
         let mut conn = self.conn.clone();

@@ -358,7 +358,15 @@ async fn node_loop(
     stop: CancellationToken,
 ) {
     let api: Api<Pod> = Api::namespaced(config.client.clone(), &config.namespace);
+    let nodes = Api::all(config.client.clone());
+    let mut beat: Option<std::time::Instant> = None;
     while !stop.is_cancelled() {
+        // The Node the pods are bound to exists, or the pod garbage collector deletes them.
+        if beat.is_none_or(|t| t.elapsed() >= crate::kubelet::HEARTBEAT)
+            && crate::kubelet::heartbeat(&nodes).await
+        {
+            beat = Some(std::time::Instant::now());
+        }
         if let Ok(list) = api
             .list(&ListParams::default().labels(&config.selector))
             .await
@@ -433,7 +441,7 @@ async fn serve_pod(config: &NodeConfig, pod: &Pod, run: &PodRun) -> Result<(), S
     // Bound, as a scheduler would: its deletion is then graceful.
     let binding = json!({
         "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-        "target": {"apiVersion": "v1", "kind": "Node", "name": "e2e-image-node"}
+        "target": {"apiVersion": "v1", "kind": "Node", "name": crate::kubelet::NODE}
     });
     api.create_subresource::<Value, Value>("binding", &name, &PostParams::default(), &binding)
         .await
@@ -860,7 +868,7 @@ fn pod_env(
                 "metadata.name" => pod.name_any(),
                 "metadata.namespace" => config.namespace.clone(),
                 "metadata.uid" => pod.uid().unwrap_or_default(),
-                "spec.nodeName" => "e2e-image-node".into(),
+                "spec.nodeName" => crate::kubelet::NODE.into(),
                 "spec.serviceAccountName" => pod
                     .spec
                     .as_ref()

@@ -27,7 +27,7 @@ use crate::harness::{FIELD_MANAGER, NAMESPACE_LABEL};
 /// The Node the stand-in binds pods to.
 pub const NODE: &str = "e2e-node";
 /// How often the stand-in renews its Node's `Ready` condition.
-const HEARTBEAT: Duration = Duration::from_secs(10);
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// The stand-in; stops when dropped.
 pub struct Kubelet {
@@ -73,7 +73,7 @@ impl Kubelet {
 }
 
 /// Registers [`NODE`] unless it exists and reports it `Ready`; whether that worked.
-async fn heartbeat(nodes: &Api<Node>) -> bool {
+pub async fn heartbeat(nodes: &Api<Node>) -> bool {
     let now = Timestamp::now().to_string();
     match nodes.get_opt(NODE).await {
         Ok(Some(_)) => {}

@@ -29,12 +29,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::Path;
-use axum::routing::get;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -44,6 +40,8 @@ use kube::{Client, ResourceExt};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 use workerpool_api::{QWorker, StormCluster, StormTopology, StormWorkerPool};
+use workerpool_testkit::install_crds;
+use workerpool_testkit::storm_ui::{Config, StormUi};
 
 const MANAGER: &str = "workerpool-bench";
 const TOPOLOGIES: usize = 10;
@@ -104,70 +102,32 @@ fn options() -> Options {
     o
 }
 
-/// A JSON response body.
-fn json_body(value: Value) -> ([(http::header::HeaderName, &'static str); 1], String) {
-    (
-        [(http::header::CONTENT_TYPE, "application/json")],
-        value.to_string(),
-    )
-}
-
-/// A Storm UI REST API answering with Storm 2.x shapes: one leader, every bench topology ACTIVE.
-async fn storm_ui() -> String {
-    // Uptimes grow with the clock, as Storm's do (a frozen uptime would move the topologies'
-    // launchTime, and so their status, as time passes).
-    let started = Instant::now();
-    let summary = move || {
-        let uptime = 3600 + started.elapsed().as_secs();
-        let topologies: Vec<Value> = (0..TOPOLOGIES)
-            .map(|i| {
-                json!({"id": format!("scale-t{i}-1-1700000000"), "encodedId": format!("scale-t{i}-1-1700000000"),
-                       "name": format!("scale-t{i}"), "status": "ACTIVE", "uptime": "1h", "uptimeSeconds": uptime,
-                       "tasksTotal": 8, "workersTotal": 2, "executorsTotal": 8})
-            })
-            .collect();
-        json!({"topologies": topologies, "schedulerDisplayResource": false})
-    };
-    let app = Router::new()
-        .route("/api/v1/cluster/summary", get(|| async {
-            json_body(json!({"stormVersion": "2.8.8", "supervisors": 2, "topologies": 10, "slotsUsed": 3,
-                              "slotsTotal": 8, "slotsFree": 5, "tasksTotal": 80, "executorsTotal": 80}))
-        }))
-        .route("/api/v1/nimbus/summary", get(|| async {
-            json_body(json!({"nimbuses": [{"host": "nimbus-0.nimbus", "port": 6627, "status": "Leader",
-                              "version": "2.8.8", "nimbusUpTimeSeconds": 4452, "nimbusUpTime": "1h"}]}))
-        }))
-        .route("/api/v1/supervisor/summary", get(|| async {
-            json_body(json!({"supervisors": []}))
-        }))
-        .route("/api/v1/topology/summary", get(move || {
-            let body = summary();
-            async move { json_body(body) }
-        }))
-        .route("/api/v1/topology/{id}", get(move |Path(id): Path<String>| async move {
-            let name = id.split('-').take(2).collect::<Vec<_>>().join("-");
-            let uptime = 3600 + started.elapsed().as_secs();
-            json_body(json!({"id": id, "name": name, "status": "ACTIVE", "uptimeSeconds": uptime,
-                              "tasksTotal": 8, "workersTotal": 2, "executorsTotal": 8, "spouts": [], "bolts": []}))
-        }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the Storm UI");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
-}
-
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let params = PatchParams::apply(MANAGER).force();
-    for crd in workerpool_api::all_crds() {
-        let name = crd.name_any();
-        api.patch(&name, &params, &Patch::Apply(&crd))
-            .await
-            .unwrap_or_else(|e| panic!("CRD {name}: {e}"));
+/// A Storm UI REST API answering with Storm 2.x shapes, smaller than the recorded ones: one
+/// leader, every bench topology ACTIVE with 2 workers and 8 executors, no spout or bolt.
+async fn storm_ui() -> StormUi {
+    let topology = json!({"uptime": "1h", "uptimeSeconds": 3600, "tasksTotal": 8, "workersTotal": 2,
+        "executorsTotal": 8});
+    let mut detail = topology.clone();
+    detail["spouts"] = json!([]);
+    detail["bolts"] = json!([]);
+    let ui = StormUi::start_with(Config {
+        cluster_summary: json!({"stormVersion": "2.8.8", "supervisors": 2, "slotsUsed": 3,
+            "slotsTotal": 8, "slotsFree": 5, "tasksTotal": 80, "executorsTotal": 80}),
+        nimbus_summary: json!({"nimbuses": [{"host": "nimbus-0.nimbus", "port": 6627, "status": "Leader",
+            "version": "2.8.8", "nimbusUpTimeSeconds": 4452, "nimbusUpTime": "1h"}]}),
+        supervisor_summary: json!({"supervisors": []}),
+        topology_summary: json!({"topologies": [topology], "schedulerDisplayResource": false}),
+        topology_detail: detail,
+        // Uptimes grow with the clock, as Storm's do (a frozen uptime would move the
+        // topologies' launchTime, and so their status, as time passes).
+        uptimes_grow: true,
+        ..Config::default()
+    })
+    .await;
+    for i in 0..TOPOLOGIES {
+        ui.add(&format!("scale-t{i}"), "ACTIVE", 2);
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    ui
 }
 
 /// Creates every object of `items` (JSON) through `api`, 32 at a time.
@@ -455,7 +415,7 @@ async fn main() {
         }
         Err(_) => return println!("cluster bench: skipped — the API server did not answer in 5 s"),
     }
-    install_crds(&client).await;
+    install_crds(&client, MANAGER).await;
     let ns = format!("wpo-scale-{:06x}", rand::random::<u32>() & 0xff_ffff);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
@@ -465,7 +425,7 @@ async fn main() {
         )
         .await
         .expect("namespace");
-    let ui = storm_ui().await;
+    let ui = storm_ui().await.url;
     println!(
         "namespace {ns}; Storm UI at {ui}; {} QWorkers, {} pools",
         o.qworkers, o.pools

@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::Request;
 use k8s_openapi::api::core::v1::Pod;
 use kube::client::Body;
 use kube::runtime::reflector::{self, store::Writer};
@@ -22,13 +22,14 @@ use kube::runtime::watcher;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use workerpool_api::{QWorker, ScalerConfig, StormWorkerPool};
+use workerpool_api::{QWorker, ScalerConfig, StormCluster, StormWorkerPool};
 use workerpool_operator::brokers::Brokers;
 use workerpool_operator::context::Shared;
 use workerpool_operator::controllers::ChildTracker;
 use workerpool_operator::controllers::qworker::autoscaler::Autoscaler;
 use workerpool_operator::controllers::stormworkerpool;
 use workerpool_operator::metrics::Metrics;
+use workerpool_testkit::{self as testkit, Builder, merge, response};
 
 const NS: &str = "bench";
 
@@ -37,25 +38,6 @@ struct Write {
     name: String,
     desired: i64,
     at: Instant,
-}
-
-fn respond(status: u16, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(body).unwrap_or_default()))
-        .unwrap_or_else(|_| Response::new(Body::empty()))
-}
-
-fn merge(target: &mut Value, extra: &Value) {
-    match (target, extra) {
-        (Value::Object(t), Value::Object(e)) => {
-            for (k, v) in e {
-                merge(t.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (t, e) => *t = e.clone(),
-    }
 }
 
 /// An in-process Kubernetes API that answers every request at once: GETs of topologies and
@@ -74,18 +56,19 @@ fn mock_api(
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let name = path.rsplit('/').next().unwrap_or_default().to_string();
             let resp = match method.as_str() {
-                "GET" if path.contains("/stormtopologies/") => respond(
+                "GET" if path.contains("/stormtopologies/") => response(
                     200,
-                    &json!({"apiVersion": "storm.apache.org/v1beta1", "kind": "StormTopology",
-                        "metadata": {"name": name, "namespace": NS}, "spec": {"clusterRef": "storm"},
-                        "status": {"phase": "Running"}}),
+                    &testkit::topology(NS, &name)
+                        .status(json!({"phase": "Running"}))
+                        .json(),
                 ),
-                "GET" if path.contains("/stormclusters/") => respond(
+                "GET" if path.contains("/stormclusters/") => response(
                     200,
-                    &json!({"apiVersion": "storm.apache.org/v1beta1", "kind": "StormCluster",
-                        "metadata": {"name": name, "namespace": NS},
-                        "spec": {"mode": "External", "uiUrl": "http://storm-ui:8080", "zookeeperServers": ["zk"], "nimbusSeeds": ["nimbus"]},
-                        "status": {"phase": "Running"}}),
+                    &Builder::<StormCluster>::new(NS, &name)
+                        .spec(json!({"mode": "External", "uiUrl": "http://storm-ui:8080",
+                            "zookeeperServers": ["zk"], "nimbusSeeds": ["nimbus"]}))
+                        .status(json!({"phase": "Running"}))
+                        .json(),
                 ),
                 "PATCH" if path.ends_with("/status") => {
                     let base = path.trim_end_matches("/status").to_string();
@@ -95,7 +78,7 @@ fn mock_api(
                         .ok()
                         .flatten()
                         .unwrap_or(Value::Null);
-                    merge(&mut stored, &body);
+                    merge(&mut stored, body.clone());
                     if path.contains("/qworkers/") {
                         let qw = base.rsplit('/').next().unwrap_or_default().to_string();
                         let desired = body["status"]["desiredReplicas"].as_i64().unwrap_or(-1);
@@ -105,18 +88,18 @@ fn mock_api(
                             at: Instant::now(),
                         });
                     }
-                    respond(200, &stored)
+                    response(200, &stored)
                 }
                 "PATCH" => {
                     let mut stored = body.clone();
                     merge(
                         &mut stored,
-                        &json!({"metadata": {"resourceVersion": "1", "generation": 1, "namespace": NS}}),
+                        json!({"metadata": {"resourceVersion": "1", "generation": 1, "namespace": NS}}),
                     );
-                    respond(200, &stored)
+                    response(200, &stored)
                 }
-                "POST" => respond(201, &body),
-                _ => respond(
+                "POST" => response(201, &body),
+                _ => response(
                     404,
                     &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"}),
                 ),
@@ -128,18 +111,15 @@ fn mock_api(
 }
 
 fn qworker(i: usize, queue: &str) -> QWorker {
-    serde_json::from_value(json!({
-        "apiVersion": "quickube.com/v1alpha1", "kind": "QWorker",
-        "metadata": {"name": format!("qw-{i}"), "namespace": NS, "uid": format!("uid-{i}"), "generation": 1},
-        "spec": {
+    testkit::qworker(NS, &format!("qw-{i}"), queue)
+        .uid(&format!("uid-{i}"))
+        .spec(json!({
             "podSpec": {"containers": [{"name": "worker", "image": "worker:1"}]},
-            "scaleConfig": {"scalerConfigRef": "redis", "queue": queue, "minReplicas": 0,
-                "maxReplicas": 50, "scalingFactor": 1, "pollIntervalSeconds": 1}
-        },
-        "status": {"desiredReplicas": 0, "conditions": [{"type": "BrokerReachable", "status": "True",
-            "reason": "QueueRead", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
-    }))
-    .unwrap_or_default()
+            "scaleConfig": {"minReplicas": 0, "maxReplicas": 50, "pollIntervalSeconds": 1}
+        }))
+        .status(json!({"desiredReplicas": 0, "conditions": [{"type": "BrokerReachable", "status": "True",
+            "reason": "QueueRead", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}))
+        .build()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -168,12 +148,9 @@ async fn fleet(n: usize, tag: &str) -> anyhow::Result<Fleet> {
     let (pod_reader, mut pod_writer) = reflector::store::<Pod>();
     let (sc_reader, mut sc_writer) = reflector::store::<ScalerConfig>();
     pod_writer.apply_watcher_event(&watcher::Event::InitDone);
-    let sc: ScalerConfig = serde_json::from_value(json!({
-        "apiVersion": "quickube.com/v1alpha1", "kind": "ScalerConfig",
-        "metadata": {"name": "redis", "namespace": NS, "uid": "sc", "generation": 1},
-        "spec": {"type": "redis", "config": {"host": "127.0.0.1", "port": "6379"}}
-    }))?;
-    sc_writer.apply_watcher_event(&watcher::Event::Apply(sc));
+    sc_writer.apply_watcher_event(&watcher::Event::Apply(testkit::local_redis(
+        NS, "redis", "sc",
+    )));
     let redis = redis::Client::open("redis://127.0.0.1:6379/")?
         .get_multiplexed_async_connection()
         .await?;
@@ -277,13 +254,12 @@ fn cpu_seconds() -> f64 {
 }
 
 fn pool(i: usize) -> StormWorkerPool {
-    serde_json::from_value(json!({
-        "apiVersion": "storm.apache.org/v1beta1", "kind": "StormWorkerPool",
-        "metadata": {"name": format!("pool-{i}"), "namespace": NS, "uid": format!("pool-uid-{i}"), "generation": 1},
-        "spec": {"topologyRef": "topo", "replicas": 3,
-            "template": {"spec": {"containers": [{"name": "worker", "resources": {"requests": {"cpu": "1"}}}]}}}
-    }))
-    .unwrap_or_default()
+    Builder::new(NS, &format!("pool-{i}"))
+        .uid(&format!("pool-uid-{i}"))
+        .generation(1)
+        .spec(json!({"topologyRef": "topo", "replicas": 3,
+            "template": {"spec": {"containers": [{"name": "worker", "resources": {"requests": {"cpu": "1"}}}]}}}))
+        .build()
 }
 
 async fn reconciles(n: usize) -> anyhow::Result<(f64, Vec<Arc<StormWorkerPool>>)> {

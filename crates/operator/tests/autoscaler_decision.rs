@@ -3,8 +3,6 @@
 //! the queue length and the rates), written with the autoscaler's field manager in the same
 //! apply as `desiredReplicas`; the same numbers on `/metrics`.
 
-mod support;
-
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -17,32 +15,28 @@ use workerpool_operator::brokers::Brokers;
 use workerpool_operator::context::Shared;
 use workerpool_operator::controllers::qworker::autoscaler::{AUTOSCALER_MANAGER, Autoscaler};
 use workerpool_operator::metrics::Metrics;
+use workerpool_testkit as testkit;
 
 const NS: &str = "decide";
 const PATH: &str = "/apis/quickube.com/v1alpha1/namespaces/decide/qworkers/rated/status";
 
 fn qworker(queue: &str) -> QWorker {
-    serde_json::from_value(json!({
-        "apiVersion": "quickube.com/v1alpha1", "kind": "QWorker",
-        "metadata": {"name": "rated", "namespace": NS, "uid": "rated-uid", "generation": 1},
-        "spec": {
-            "podSpec": {"containers": [{"name": "worker", "image": "w:1"}]},
-            "scaleConfig": {"scalerConfigRef": "redis", "queue": queue, "minReplicas": 0,
-                "maxReplicas": 50, "scalingFactor": 1, "scalingPolicy": "Rate"}
-        }
-    }))
-    .expect("qworker")
+    testkit::qworker(NS, "rated", queue)
+        .spec(
+            json!({"scaleConfig": {"minReplicas": 0, "maxReplicas": 50, "scalingPolicy": "Rate"}}),
+        )
+        .build()
 }
 
 #[tokio::test]
 async fn a_change_of_the_desired_count_records_the_decision_and_its_rates() {
     let queue = format!("decide-{}", std::process::id());
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let (qw_reader, mut qw_writer) = reflector::store::<QWorker>();
     let (pod_reader, mut pod_writer) = reflector::store::<Pod>();
     let (sc_reader, mut sc_writer) = reflector::store::<ScalerConfig>();
     pod_writer.apply_watcher_event(&watcher::Event::InitDone);
-    sc_writer.apply_watcher_event(&watcher::Event::Apply(support::local_redis(
+    sc_writer.apply_watcher_event(&watcher::Event::Apply(testkit::local_redis(
         NS, "redis", "sc",
     )));
     let q = qworker(&queue);

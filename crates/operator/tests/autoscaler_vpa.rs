@@ -1,8 +1,6 @@
 //! The autoscaler against a mocked API server and the real local Redis: activateVPA reads
 //! PodMetrics (mocked responses) and records the largest use; missing metrics never stop scaling.
 
-mod support;
-
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -15,33 +13,30 @@ use workerpool_operator::brokers::Brokers;
 use workerpool_operator::context::Shared;
 use workerpool_operator::controllers::qworker::autoscaler::Autoscaler;
 use workerpool_operator::metrics::Metrics;
+use workerpool_testkit as testkit;
 
 const NS: &str = "vpa";
 
 fn qworker(queue: &str) -> QWorker {
-    serde_json::from_value(json!({
-        "apiVersion": "quickube.com/v1alpha1", "kind": "QWorker",
-        "metadata": {"name": "sized", "namespace": NS, "uid": "sized-uid", "generation": 1},
-        "spec": {
+    testkit::qworker(NS, "sized", queue)
+        .spec(json!({
             "podSpec": {"containers": [{"name": "worker", "image": "w:1",
                 "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]},
-            "scaleConfig": {"scalerConfigRef": "redis", "queue": queue, "minReplicas": 1,
-                "maxReplicas": 5, "scalingFactor": 1, "activateVPA": true}
-        }
-    }))
-    .expect("qworker")
+            "scaleConfig": {"minReplicas": 1, "maxReplicas": 5, "activateVPA": true}
+        }))
+        .build()
 }
 
 async fn start(
     queue: &str,
     tasks: &[&str],
-) -> (support::ApiServer, redis::aio::MultiplexedConnection) {
-    let (client, api) = support::mock();
+) -> (testkit::ApiServer, redis::aio::MultiplexedConnection) {
+    let (client, api) = testkit::mock();
     let (qw_reader, mut qw_writer) = reflector::store::<QWorker>();
     let (pod_reader, mut pod_writer) = reflector::store::<Pod>();
     let (sc_reader, mut sc_writer) = reflector::store::<ScalerConfig>();
     pod_writer.apply_watcher_event(&watcher::Event::InitDone);
-    sc_writer.apply_watcher_event(&watcher::Event::Apply(support::local_redis(
+    sc_writer.apply_watcher_event(&watcher::Event::Apply(testkit::local_redis(
         NS, "redis", "sc",
     )));
     let q = qworker(queue);
@@ -126,7 +121,7 @@ async fn a_cluster_without_metrics_server_still_scales() {
         "GET",
         "/apis/metrics.k8s.io/v1beta1/namespaces/vpa/pods",
         404,
-        support::status_error(
+        testkit::status_error(
             404,
             "NotFound",
             "the server could not find the requested resource",
@@ -168,9 +163,9 @@ async fn start_with(
     q: QWorker,
     pods: Vec<Pod>,
     tasks: &[&str],
-) -> (support::ApiServer, redis::aio::MultiplexedConnection) {
+) -> (testkit::ApiServer, redis::aio::MultiplexedConnection) {
     let queue = q.spec.scale_config.queue.clone();
-    let (client, api) = support::mock();
+    let (client, api) = testkit::mock();
     let (qw_reader, mut qw_writer) = reflector::store::<QWorker>();
     let (pod_reader, mut pod_writer) = reflector::store::<Pod>();
     let (sc_reader, mut sc_writer) = reflector::store::<ScalerConfig>();
@@ -178,7 +173,7 @@ async fn start_with(
     for p in pods {
         pod_writer.apply_watcher_event(&watcher::Event::Apply(p));
     }
-    sc_writer.apply_watcher_event(&watcher::Event::Apply(support::local_redis(
+    sc_writer.apply_watcher_event(&watcher::Event::Apply(testkit::local_redis(
         NS, "redis", "sc",
     )));
     qw_writer.apply_watcher_event(&watcher::Event::Apply(q.clone()));
@@ -219,7 +214,7 @@ fn oom_pod(name: &str, finished: &str) -> Pod {
     .expect("pod")
 }
 
-async fn first_status(api: &mut support::ApiServer, q: &QWorker) -> serde_json::Value {
+async fn first_status(api: &mut testkit::ApiServer, q: &QWorker) -> serde_json::Value {
     api.expect(
         "GET",
         "/apis/metrics.k8s.io/v1beta1/namespaces/vpa/pods",

@@ -2,8 +2,6 @@
 //! reconciler against a mocked API server (the Secrets), and the real local RabbitMQ
 //! (127.0.0.1:5672, guest/guest) when the Secret permits the ScalerConfig.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +14,7 @@ use workerpool_operator::brokers::{Brokers, SECRET_CONSENT_ANNOTATION};
 use workerpool_operator::context::Shared;
 use workerpool_operator::controllers::scalerconfig::{self, Context};
 use workerpool_operator::metrics::Metrics;
+use workerpool_testkit as testkit;
 
 /// A value that must never leave the Secret except towards a permitted broker.
 const CANARY: &str = "canary-5f0c9e";
@@ -49,12 +48,7 @@ fn secret_metadata(namespace: &str, name: &str, consent: Option<&str>) -> Value 
 }
 
 fn scaler_config(namespace: &str, name: &str, type_: &str, config: Value) -> ScalerConfig {
-    serde_json::from_value(json!({
-        "apiVersion": "quickube.com/v1alpha1", "kind": "ScalerConfig",
-        "metadata": {"name": name, "namespace": namespace, "uid": format!("{name}-uid"), "generation": 1},
-        "spec": {"type": type_, "config": config},
-    }))
-    .expect("ScalerConfig")
+    testkit::scaler_config(namespace, name, type_, config).build()
 }
 
 /// A RabbitMQ ScalerConfig for the local broker whose user and password come from Secret `creds`.
@@ -95,7 +89,7 @@ async fn a_secret_without_consent_is_never_sent() {
         json!({"host": "127.0.0.1", "port": port,
                "password": {"secret": {"name": "creds", "key": "password"}}}),
     );
-    let (client, mut server) = support::mock();
+    let (client, mut server) = testkit::mock();
     let (brokers, _writer) = brokers_with(client, &[sc]);
     for consent in [None, Some("other-scaler-config, team-b/redis")] {
         let brokers = brokers.clone();
@@ -131,7 +125,7 @@ async fn a_secret_without_consent_is_never_sent() {
 #[tokio::test]
 async fn a_consenting_secret_reaches_the_real_broker() {
     let sc = local_rabbit("team-a", "rabbit");
-    let (client, mut server) = support::mock();
+    let (client, mut server) = testkit::mock();
     let (brokers, _writer) = brokers_with(client, &[sc]);
     let task = {
         let brokers = brokers.clone();
@@ -166,7 +160,7 @@ async fn a_consenting_secret_reaches_the_real_broker() {
 #[tokio::test]
 async fn withdrawn_consent_closes_the_pooled_connection() {
     let sc = local_rabbit("team-a", "rabbit");
-    let (client, mut server) = support::mock();
+    let (client, mut server) = testkit::mock();
     let (brokers, _writer) = brokers_with(client, &[sc]);
     let brokers = brokers.with_consent_recheck(Duration::ZERO);
     let path = "/api/v1/namespaces/team-a/secrets/creds";
@@ -224,7 +218,7 @@ async fn withdrawn_consent_closes_the_pooled_connection() {
 #[tokio::test]
 async fn the_credentials_namespace_holds_the_secrets_and_their_consent() {
     let sc = local_rabbit("team-a", "rabbit");
-    let (client, mut server) = support::mock();
+    let (client, mut server) = testkit::mock();
     let (brokers, _writer) = brokers_with(client, &[sc]);
     let brokers = brokers.with_credentials_namespace(Some("workerpool-system".into()));
     let path = "/api/v1/namespaces/workerpool-system/secrets/creds";
@@ -282,7 +276,7 @@ async fn the_scaler_config_reports_refused_consent_and_plaintext_credentials() {
         json!({"host": "redis.example.invalid",
                "password": {"secret": {"name": "creds", "key": "password"}}}),
     );
-    let (client, mut server) = support::mock();
+    let (client, mut server) = testkit::mock();
     let (brokers, _writer) = brokers_with(client.clone(), std::slice::from_ref(&sc));
     let ctx = Arc::new(Context {
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
@@ -375,7 +369,7 @@ async fn a_broker_host_outside_the_allow_list_is_never_connected_to() {
         "redis",
         json!({"host": "127.0.0.1", "port": port}),
     );
-    let (client, _server) = support::mock();
+    let (client, _server) = testkit::mock();
     let (brokers, _writer) = brokers_with(client, &[sc]);
     let only_10 = AllowedHosts::parse("10.0.0.0/8,*.brokers.svc").expect("list");
     let refused = brokers

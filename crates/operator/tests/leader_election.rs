@@ -2,12 +2,11 @@
 //! it was decided on, a write that lost the race (409) is not leadership, a live Lease of
 //! another replica is left alone, and a release is conditional too.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use workerpool_operator::leader::{Elector, Outcome, Timing};
+use workerpool_testkit as testkit;
 
 const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/wp";
 
@@ -31,7 +30,7 @@ fn elector(client: kube::Client, identity: &str) -> Elector {
 
 #[tokio::test]
 async fn a_free_lease_is_taken_by_a_replace_on_the_version_read() {
-    let (client, mut server) = support::mock();
+    let (client, mut server) = testkit::mock();
     let mut me = elector(client, "a");
     let task = tokio::spawn(async move { (me.try_acquire_or_renew().await, me) });
     server.expect("GET", PATH, 200, lease("7", None)).await;
@@ -69,7 +68,7 @@ async fn a_free_lease_is_taken_by_a_replace_on_the_version_read() {
             "PUT",
             PATH,
             409,
-            support::status_error(409, "Conflict", "changed"),
+            testkit::status_error(409, "Conflict", "changed"),
         )
         .await;
     assert_eq!(put.body["metadata"]["resourceVersion"], "8");
@@ -82,7 +81,7 @@ async fn a_free_lease_is_taken_by_a_replace_on_the_version_read() {
 
 #[tokio::test]
 async fn a_write_that_lost_the_race_is_not_leadership() {
-    let (client, mut server) = support::mock();
+    let (client, mut server) = testkit::mock();
     let mut me = elector(client, "b");
     let task = tokio::spawn(async move { me.try_acquire_or_renew().await });
     server.expect("GET", PATH, 200, lease("7", None)).await;
@@ -91,7 +90,7 @@ async fn a_write_that_lost_the_race_is_not_leadership() {
             "PUT",
             PATH,
             409,
-            support::status_error(409, "Conflict", "the object has been modified"),
+            testkit::status_error(409, "Conflict", "the object has been modified"),
         )
         .await;
     assert_eq!(
@@ -102,23 +101,16 @@ async fn a_write_that_lost_the_race_is_not_leadership() {
 
 #[tokio::test]
 async fn a_create_that_lost_the_race_is_not_leadership() {
-    let (client, mut server) = support::mock();
+    let (client, mut server) = testkit::mock();
     let mut me = elector(client, "b");
     let task = tokio::spawn(async move { me.try_acquire_or_renew().await });
-    server
-        .expect(
-            "GET",
-            PATH,
-            404,
-            support::status_error(404, "NotFound", "not found"),
-        )
-        .await;
+    server.expect("GET", PATH, 404, testkit::not_found()).await;
     let post = server
         .expect(
             "POST",
             "/apis/coordination.k8s.io/v1/namespaces/ops/leases",
             409,
-            support::status_error(409, "AlreadyExists", "exists"),
+            testkit::status_error(409, "AlreadyExists", "exists"),
         )
         .await;
     assert_eq!(post.body["spec"]["holderIdentity"], "b");
@@ -130,7 +122,7 @@ async fn a_create_that_lost_the_race_is_not_leadership() {
 
 #[tokio::test]
 async fn a_live_lease_of_another_replica_is_left_alone() {
-    let (client, mut server) = support::mock();
+    let (client, mut server) = testkit::mock();
     let mut me = elector(client, "b");
     let task = tokio::spawn(async move { me.try_acquire_or_renew().await });
     server.expect("GET", PATH, 200, lease("9", Some("a"))).await;

@@ -1,8 +1,6 @@
 //! Reconcile tests of the QWorker controller against a mocked API server (and the real local
 //! Redis where tasks are recovered): pod creation, victim choice, rollouts, expectations.
 
-mod support;
-
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -20,15 +18,12 @@ use workerpool_operator::controllers::qworker::plan::RECOVERY_FINALIZER;
 use workerpool_operator::controllers::qworker::sweep::Sweeper;
 use workerpool_operator::controllers::qworker::{Context, Expectations, reconcile, release};
 use workerpool_operator::metrics::Metrics;
+use workerpool_testkit as testkit;
 
 const NS: &str = "jobs";
 
 fn qworker(desired: i32) -> QWorker {
-    let mut q: QWorker =
-        serde_yaml::from_str(include_str!("../../../examples/qworker.yaml")).expect("example");
-    q.metadata.namespace = Some(NS.into());
-    q.metadata.uid = Some("qw-uid".into());
-    q.metadata.generation = Some(2);
+    let mut q: QWorker = testkit::example(testkit::examples::QWORKER, NS, "qw-uid", 2);
     q.status = Some(QWorkerStatus {
         desired_replicas: desired,
         ..QWorkerStatus::default()
@@ -109,7 +104,7 @@ fn stored(q: &QWorker) -> Value {
 
 #[tokio::test]
 async fn creates_the_desired_workers_with_the_protocol() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let mut h = harness(client);
     h.with_pods(vec![]);
     let q = qworker(3);
@@ -202,7 +197,7 @@ async fn creates_the_desired_workers_with_the_protocol() {
 
 #[tokio::test]
 async fn scale_down_drains_exactly_the_excess_not_ready_then_youngest() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let mut h = harness(client);
     let q = qworker(2);
     let hash = current_hash(&q);
@@ -277,7 +272,7 @@ async fn scale_down_drains_exactly_the_excess_not_ready_then_youngest() {
 
 #[tokio::test]
 async fn a_new_template_drains_old_pods_and_creates_new_ones() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let mut h = harness(client);
     let q = qworker(1);
     h.with_pods(vec![pod(
@@ -357,7 +352,7 @@ async fn finished_pods_without_finalizer_are_deleted_after_their_tasks_return_to
     let _: () = conn.del(&[&queue, &processing]).await.expect("del");
     let _: () = conn.lpush(&processing, "task-42").await.expect("lpush");
 
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let mut h = harness(client);
     let mut q = qworker(1);
     q.spec.scale_config.queue = queue.clone();
@@ -382,7 +377,7 @@ async fn finished_pods_without_finalizer_are_deleted_after_their_tasks_return_to
             "2026-11-23T10:00:00Z",
         ),
     ]);
-    let config: ScalerConfig = support::local_redis(NS, "example-scaler-config", "sc-uid");
+    let config: ScalerConfig = testkit::local_redis(NS, "example-scaler-config", "sc-uid");
     h.configs
         .apply_watcher_event(&watcher::Event::Apply(config));
 
@@ -411,7 +406,7 @@ async fn finished_pods_without_finalizer_are_deleted_after_their_tasks_return_to
 
 #[tokio::test]
 async fn min_above_max_is_reported_on_the_status() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let mut h = harness(client);
     h.with_pods(vec![]);
     let mut q = qworker(1);
@@ -436,7 +431,7 @@ async fn min_above_max_is_reported_on_the_status() {
 }
 
 fn redis_config() -> ScalerConfig {
-    support::local_redis(NS, "example-scaler-config", "sc-uid")
+    testkit::local_redis(NS, "example-scaler-config", "sc-uid")
 }
 
 async fn redis() -> redis::aio::MultiplexedConnection {
@@ -480,7 +475,7 @@ async fn the_sweep_returns_the_tasks_of_workers_that_vanished_while_the_operator
         let _: () = conn.lpush(list, task).await.expect("lpush");
     }
 
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let mut h = harness(client.clone());
     let mut q = qworker(1);
     q.spec.scale_config.queue = queue.clone();
@@ -603,7 +598,7 @@ async fn a_deleted_pod_is_released_only_after_its_worker_stopped_and_its_tasks_r
     let _: () = conn.del(&[&queue, &processing]).await.expect("del");
     let _: () = conn.lpush(&processing, "task-1").await.expect("lpush");
 
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let (qworkers, _writer) = reflector::store::<QWorker>();
     let (config_reader, mut configs) = reflector::store();
     configs.apply_watcher_event(&watcher::Event::Apply(redis_config()));
@@ -667,7 +662,7 @@ async fn a_deleted_pod_is_released_only_after_its_worker_stopped_and_its_tasks_r
 
 #[tokio::test]
 async fn a_deleted_qworker_leaves_no_expectations_nor_metric_series_behind() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let mut h = harness(client);
     h.with_pods(vec![]);
     let q = qworker(2);
@@ -706,7 +701,7 @@ async fn a_deleted_qworker_leaves_no_expectations_nor_metric_series_behind() {
 
 #[tokio::test]
 async fn a_deleted_scalerconfig_closes_its_broker_connection() {
-    let (client, _api) = support::mock();
+    let (client, _api) = testkit::mock();
     let (config_reader, mut configs) = reflector::store();
     configs.apply_watcher_event(&watcher::Event::Apply(redis_config()));
     let brokers = Brokers::new(client, config_reader);
@@ -739,7 +734,7 @@ async fn a_crashed_pod_is_kept_its_tasks_returned_and_its_replacement_backs_off(
     let _: () = conn.del(&[&queue, &processing]).await.expect("del");
     let _: () = conn.lpush(&processing, "task-7").await.expect("lpush");
 
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let mut h = harness(client);
     let mut q = qworker(1);
     q.spec.scale_config.queue = queue.clone();

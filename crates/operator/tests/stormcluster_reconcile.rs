@@ -1,11 +1,7 @@
 //! Reconcile tests of the StormCluster controller against a mocked API server and a fake Storm
 //! UI client: the exact requests, the applied objects, the written status and the Events.
 
-mod support;
-
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DeploymentStatus, StatefulSetStatus};
@@ -19,193 +15,12 @@ use workerpool_operator::controllers::stormcluster::{
 };
 use workerpool_operator::metrics::Metrics;
 use workerpool_storm::model::NumberOrText;
-use workerpool_storm::{
-    ClusterSummary, Connector, Error as StormError, NimbusStatus, NimbusSummary, StormApi,
-    SupervisorSummary, TopologyDetail, TopologySummary,
+use workerpool_storm::{ClusterSummary, NimbusStatus, NimbusSummary};
+use workerpool_testkit::{
+    self as testkit, Builder, FakeConnector, FakeStorm, cache_of, condition, stored,
 };
 
 const NS: &str = "team-a";
-
-/// What the fake Storm UI answers.
-#[derive(Clone, Debug)]
-enum Answer {
-    /// Both summaries, with this leader host (fixture-shaped: 2 supervisors, 8 slots).
-    Leader(&'static str),
-    /// Connection refused.
-    Unreachable,
-}
-
-/// A fake [`Connector`]: records the URLs it is asked for and hands out [`FakeStorm`]s.
-struct FakeConnector {
-    answer: Answer,
-    urls: Mutex<Vec<String>>,
-}
-
-impl FakeConnector {
-    fn new(answer: Answer) -> Arc<Self> {
-        Arc::new(Self {
-            answer,
-            urls: Mutex::default(),
-        })
-    }
-
-    fn urls(&self) -> Vec<String> {
-        self.urls.lock().expect("lock").clone()
-    }
-}
-
-impl Connector for FakeConnector {
-    fn connect(&self, ui_url: &str) -> workerpool_storm::Result<Arc<dyn StormApi>> {
-        self.urls.lock().expect("lock").push(ui_url.to_string());
-        Ok(Arc::new(FakeStorm {
-            answer: self.answer.clone(),
-            url: ui_url.to_string(),
-        }))
-    }
-}
-
-struct FakeStorm {
-    answer: Answer,
-    url: String,
-}
-
-type Fut<'a, T> = Pin<Box<dyn Future<Output = workerpool_storm::Result<T>> + Send + 'a>>;
-
-fn done<'a, T: Send + 'a>(v: workerpool_storm::Result<T>) -> Fut<'a, T> {
-    Box::pin(std::future::ready(v))
-}
-
-impl FakeStorm {
-    fn check(&self) -> workerpool_storm::Result<()> {
-        match self.answer {
-            Answer::Leader(_) => Ok(()),
-            Answer::Unreachable => Err(StormError::Unreachable {
-                url: self.url.clone(),
-                message: "connection refused".into(),
-            }),
-        }
-    }
-}
-
-// The trait is `#[async_trait]`; this is its expansion, written out because the test crate does
-// not depend on async-trait.
-impl StormApi for FakeStorm {
-    fn cluster_summary<'life0, 'async_trait>(&'life0 self) -> Fut<'async_trait, ClusterSummary>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        done(self.check().map(|()| ClusterSummary {
-            storm_version: Some("2.8.8".into()),
-            supervisors: 2,
-            topologies: 1,
-            slots_used: 3,
-            slots_total: 8,
-            slots_free: 5,
-            executors_total: 28,
-            tasks_total: 28,
-        }))
-    }
-
-    fn nimbus_summary<'life0, 'async_trait>(&'life0 self) -> Fut<'async_trait, Vec<NimbusSummary>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        let host = match self.answer {
-            Answer::Leader(h) => h,
-            Answer::Unreachable => "",
-        };
-        done(self.check().map(|()| {
-            vec![NimbusSummary {
-                host: host.into(),
-                port: NumberOrText::Number(6627),
-                status: NimbusStatus::Leader,
-                version: Some("2.8.8".into()),
-                nimbus_up_time_seconds: Some(NumberOrText::Number(4452)),
-            }]
-        }))
-    }
-
-    fn supervisor_summary<'life0, 'async_trait>(
-        &'life0 self,
-    ) -> Fut<'async_trait, Vec<SupervisorSummary>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        done(self.check().map(|()| Vec::new()))
-    }
-
-    fn topology_summary<'life0, 'async_trait>(
-        &'life0 self,
-    ) -> Fut<'async_trait, Vec<TopologySummary>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        done(Err(StormError::Invalid(
-            "not used by the cluster controller".into(),
-        )))
-    }
-
-    fn topology<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        _id: &'life1 str,
-    ) -> Fut<'async_trait, TopologyDetail>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        done(Err(StormError::Invalid(
-            "not used by the cluster controller".into(),
-        )))
-    }
-
-    fn activate<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        _id: &'life1 str,
-    ) -> Fut<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        done(Err(StormError::Invalid(
-            "not used by the cluster controller".into(),
-        )))
-    }
-
-    fn deactivate<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        _id: &'life1 str,
-    ) -> Fut<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        done(Err(StormError::Invalid(
-            "not used by the cluster controller".into(),
-        )))
-    }
-
-    fn kill<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        _id: &'life1 str,
-        _wait_secs: u32,
-    ) -> Fut<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        done(Err(StormError::Invalid(
-            "not used by the cluster controller".into(),
-        )))
-    }
-}
 
 fn managed() -> StormCluster {
     cluster(json!({"mode": "Managed", "zookeeperServers": ["zk-0.zk", "zk-1.zk"]}))
@@ -217,12 +32,11 @@ fn external() -> StormCluster {
 }
 
 fn cluster(spec: Value) -> StormCluster {
-    serde_json::from_value(
-        json!({"apiVersion": "storm.apache.org/v1beta1", "kind": "StormCluster",
-        "metadata": {"name": "storm", "namespace": NS, "uid": "cluster-uid", "generation": 2},
-        "spec": spec}),
-    )
-    .expect("a StormCluster")
+    Builder::new(NS, "storm")
+        .uid("cluster-uid")
+        .generation(2)
+        .spec(spec)
+        .build()
 }
 
 fn context(
@@ -239,38 +53,10 @@ fn context(
 }
 
 fn path(group_version: &str, kind: &str, name: &str) -> String {
-    let prefix = if group_version == "v1" {
-        "/api"
-    } else {
-        "/apis"
-    };
-    format!("{prefix}/{group_version}/namespaces/{NS}/{kind}/{name}")
+    testkit::object_path(NS, group_version, kind, name)
 }
 
-/// What the server stores after a status apply (the response is the whole object).
-fn stored(c: &StormCluster) -> Value {
-    let mut v = serde_json::to_value(c).expect("json");
-    v.as_object_mut().expect("object").remove("status");
-    v
-}
-
-/// Expects an apply with exactly the operator's field manager, forced.
-async fn expect_operator_apply(
-    api: &mut support::ApiServer,
-    path: &str,
-    extra: Value,
-) -> support::Seen {
-    let seen = api.expect_apply(path, extra).await;
-    let params: Vec<&str> = seen.query.split('&').collect();
-    assert!(
-        params.contains(&"fieldManager=workerpool-operator") && params.contains(&"force=true"),
-        "{path}: {}",
-        seen.query
-    );
-    seen
-}
-
-fn owned_by_cluster(seen: &support::Seen) {
+fn owned_by_cluster(seen: &testkit::Seen) {
     let owner = &seen.body["metadata"]["ownerReferences"][0];
     assert_eq!(owner["kind"], "StormCluster", "{}", seen.path);
     assert_eq!(owner["uid"], "cluster-uid", "{}", seen.path);
@@ -283,39 +69,36 @@ fn owned_by_cluster(seen: &support::Seen) {
 
 /// Expects the five applies of a Managed cluster named `storm`; the StatefulSet and Deployment
 /// report `ready` ready pods. Returns the applied bodies in order.
-async fn expect_managed_applies(api: &mut support::ApiServer, ready: i32) -> Vec<support::Seen> {
-    let cm = expect_operator_apply(api, &path("v1", "configmaps", "storm-config"), json!({})).await;
-    let headless =
-        expect_operator_apply(api, &path("v1", "services", "storm-nimbus"), json!({})).await;
-    let sts = expect_operator_apply(
-        api,
-        &path("apps/v1", "statefulsets", "storm-nimbus"),
-        json!({"status": {"replicas": 1, "readyReplicas": ready}}),
-    )
-    .await;
-    let ui = expect_operator_apply(
-        api,
-        &path("apps/v1", "deployments", "storm-ui"),
-        json!({"status": {"replicas": 1, "readyReplicas": ready}}),
-    )
-    .await;
-    let ui_svc = expect_operator_apply(api, &path("v1", "services", "storm-ui"), json!({})).await;
+async fn expect_managed_applies(api: &mut testkit::ApiServer, ready: i32) -> Vec<testkit::Seen> {
+    let cm = api
+        .expect_operator_apply(&path("v1", "configmaps", "storm-config"), json!({}))
+        .await;
+    let headless = api
+        .expect_operator_apply(&path("v1", "services", "storm-nimbus"), json!({}))
+        .await;
+    let sts = api
+        .expect_operator_apply(
+            &path("apps/v1", "statefulsets", "storm-nimbus"),
+            json!({"status": {"replicas": 1, "readyReplicas": ready}}),
+        )
+        .await;
+    let ui = api
+        .expect_operator_apply(
+            &path("apps/v1", "deployments", "storm-ui"),
+            json!({"status": {"replicas": 1, "readyReplicas": ready}}),
+        )
+        .await;
+    let ui_svc = api
+        .expect_operator_apply(&path("v1", "services", "storm-ui"), json!({}))
+        .await;
     vec![cm, headless, sts, ui, ui_svc]
-}
-
-fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
-    status["conditions"]
-        .as_array()
-        .expect("conditions")
-        .iter()
-        .find(|c| c["type"] == type_)
 }
 
 #[tokio::test]
 async fn a_managed_cluster_gets_its_objects_and_reports_the_leader() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let c = managed();
-    let connector = FakeConnector::new(Answer::Leader("storm-nimbus-0.storm-nimbus.team-a.svc"));
+    let connector = FakeConnector::new(FakeStorm::leader("storm-nimbus-0.storm-nimbus.team-a.svc"));
     let ctx = context(client, connector.clone(), ChildCaches::default());
     let task = tokio::spawn(reconcile(Arc::new(c.clone()), ctx));
 
@@ -404,9 +187,9 @@ async fn a_managed_cluster_gets_its_objects_and_reports_the_leader() {
 
 #[tokio::test]
 async fn an_external_cluster_gets_nothing_but_its_status() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let c = external();
-    let connector = FakeConnector::new(Answer::Leader("nimbus-a.storm"));
+    let connector = FakeConnector::new(FakeStorm::leader("nimbus-a.storm"));
     let task = tokio::spawn(reconcile(
         Arc::new(c.clone()),
         context(client, connector.clone(), ChildCaches::default()),
@@ -439,9 +222,9 @@ async fn an_external_cluster_gets_nothing_but_its_status() {
 
 #[tokio::test]
 async fn an_unreachable_new_cluster_is_pending_with_one_warning() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let c = managed();
-    let connector = FakeConnector::new(Answer::Unreachable);
+    let connector = FakeConnector::new(FakeStorm::unreachable());
     let task = tokio::spawn(reconcile(
         Arc::new(c.clone()),
         context(client, connector, ChildCaches::default()),
@@ -486,7 +269,7 @@ async fn an_unreachable_new_cluster_is_pending_with_one_warning() {
 
 #[tokio::test]
 async fn a_running_external_cluster_whose_ui_stops_answering_is_degraded_and_polled_less() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let mut c = external();
     let up = status::compute(
         &c,
@@ -506,7 +289,7 @@ async fn a_running_external_cluster_whose_ui_stops_answering_is_degraded_and_pol
     c.status = Some(up);
     let ctx = context(
         client,
-        FakeConnector::new(Answer::Unreachable),
+        FakeConnector::new(FakeStorm::unreachable()),
         ChildCaches::default(),
     );
     let task = tokio::spawn(reconcile(Arc::new(c.clone()), ctx.clone()));
@@ -584,23 +367,12 @@ fn settled(c: &mut StormCluster) -> ChildCaches {
     }
 }
 
-fn cache_of<K>(objects: impl IntoIterator<Item = K>) -> kube::runtime::reflector::Store<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + 'static,
-{
-    let (reader, mut writer) = kube::runtime::reflector::store();
-    for object in objects {
-        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(object));
-    }
-    reader
-}
-
 #[tokio::test]
 async fn a_poll_of_an_unchanged_cluster_sends_no_write() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let mut c = managed();
     let caches = settled(&mut c);
-    let connector = FakeConnector::new(Answer::Leader("storm-nimbus-0.storm-nimbus.team-a.svc"));
+    let connector = FakeConnector::new(FakeStorm::leader("storm-nimbus-0.storm-nimbus.team-a.svc"));
     let task = tokio::spawn(reconcile(
         Arc::new(c.clone()),
         context(client, connector.clone(), caches),
@@ -615,7 +387,7 @@ async fn a_poll_of_an_unchanged_cluster_sends_no_write() {
 
 #[tokio::test]
 async fn a_changed_config_is_applied_and_rolls_the_daemons() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let mut c = managed();
     let caches = settled(&mut c);
     c.spec.storm_config = Some(
@@ -623,17 +395,14 @@ async fn a_changed_config_is_applied_and_rolls_the_daemons() {
             .into_iter()
             .collect(),
     );
-    let connector = FakeConnector::new(Answer::Leader("storm-nimbus-0.storm-nimbus.team-a.svc"));
+    let connector = FakeConnector::new(FakeStorm::leader("storm-nimbus-0.storm-nimbus.team-a.svc"));
     let task = tokio::spawn(reconcile(
         Arc::new(c.clone()),
         context(client, connector, caches),
     ));
-    let cm = expect_operator_apply(
-        &mut api,
-        &path("v1", "configmaps", "storm-config"),
-        json!({}),
-    )
-    .await;
+    let cm = api
+        .expect_operator_apply(&path("v1", "configmaps", "storm-config"), json!({}))
+        .await;
     assert!(
         cm.body["data"]["storm.yaml"]
             .as_str()
@@ -641,14 +410,12 @@ async fn a_changed_config_is_applied_and_rolls_the_daemons() {
             .contains("topology.debug: true")
     );
     // The headless Service did not change; the StatefulSet and the Deployment carry a new config hash.
-    expect_operator_apply(
-        &mut api,
+    api.expect_operator_apply(
         &path("apps/v1", "statefulsets", "storm-nimbus"),
         json!({"status": {"replicas": 1, "readyReplicas": 1}}),
     )
     .await;
-    expect_operator_apply(
-        &mut api,
+    api.expect_operator_apply(
         &path("apps/v1", "deployments", "storm-ui"),
         json!({"status": {"replicas": 1, "readyReplicas": 1}}),
     )
@@ -659,9 +426,9 @@ async fn a_changed_config_is_applied_and_rolls_the_daemons() {
 
 #[tokio::test]
 async fn an_apply_rejected_as_invalid_fails_the_cluster() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let c = managed();
-    let connector = FakeConnector::new(Answer::Leader("x"));
+    let connector = FakeConnector::new(FakeStorm::leader("x"));
     let task = tokio::spawn(reconcile(
         Arc::new(c.clone()),
         context(client, connector.clone(), ChildCaches::default()),
@@ -670,7 +437,7 @@ async fn an_apply_rejected_as_invalid_fails_the_cluster() {
         "PATCH",
         &path("v1", "configmaps", "storm-config"),
         422,
-        support::status_error(422, "Invalid", "ConfigMap \"storm-config\" is invalid"),
+        testkit::status_error(422, "Invalid", "ConfigMap \"storm-config\" is invalid"),
     )
     .await;
     let status = api
@@ -693,9 +460,9 @@ async fn an_apply_rejected_as_invalid_fails_the_cluster() {
 
 #[tokio::test]
 async fn a_namespace_being_deleted_is_left_alone_without_a_warning_or_a_retry() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let c = managed();
-    let connector = FakeConnector::new(Answer::Leader("x"));
+    let connector = FakeConnector::new(FakeStorm::leader("x"));
     let task = tokio::spawn(reconcile(
         Arc::new(c.clone()),
         context(client, connector.clone(), ChildCaches::default()),
@@ -705,7 +472,7 @@ async fn a_namespace_being_deleted_is_left_alone_without_a_warning_or_a_retry() 
         "PATCH",
         &path("v1", "configmaps", "storm-config"),
         403,
-        support::namespace_terminating(&namespace, "configmaps", "storm-config"),
+        testkit::namespace_terminating(&namespace, "configmaps", "storm-config"),
     )
     .await;
     api.expect_quiet_end(task).await;

@@ -1,17 +1,10 @@
 //! Reconcile tests of the StormTopology controller against a mocked API server and a fake
-//! Storm (an in-test `StormApi`, no HTTP): the exact Kubernetes requests, the written status,
+//! Storm (the testkit's `FakeStorm`, no HTTP): the exact Kubernetes requests, the written status,
 //! and the Storm calls (by id, never by name).
 
-mod support;
-
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::Job;
-use kube::Resource;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
 use serde_json::{Value, json};
 use workerpool_api::storm::{StormCluster, StormTopology, StormTopologyStatus, StormWorkerPool};
 use workerpool_operator::context::Shared;
@@ -20,185 +13,13 @@ use workerpool_operator::controllers::stormtopology::{
 };
 use workerpool_operator::metrics::Metrics;
 use workerpool_storm::command::{self, Submission};
-use workerpool_storm::{
-    ClusterSummary, Connector, NimbusSummary, StormApi, SupervisorSummary, TopologyDetail,
-    TopologyStatus, TopologySummary,
+use workerpool_storm::{TopologyStatus, TopologySummary};
+use workerpool_testkit::{
+    self as testkit, Builder, FakeConnector, FakeStorm, cache_of, condition, stored,
 };
 
 const NS: &str = "team-a";
 const ID: &str = "wordcount-7-1700000000";
-
-type Fut<'a, T> = Pin<Box<dyn Future<Output = workerpool_storm::Result<T>> + Send + 'a>>;
-
-/// A Storm that holds a list of topologies and records every call.
-#[derive(Default)]
-struct FakeStorm {
-    topologies: Mutex<Vec<TopologySummary>>,
-    calls: Mutex<Vec<String>>,
-}
-
-impl FakeStorm {
-    fn with(topologies: Vec<TopologySummary>) -> Arc<Self> {
-        Arc::new(Self {
-            topologies: Mutex::new(topologies),
-            calls: Mutex::default(),
-        })
-    }
-    fn record(&self, call: String) {
-        self.calls.lock().expect("calls").push(call);
-    }
-    fn calls(&self) -> Vec<String> {
-        self.calls.lock().expect("calls").clone()
-    }
-    fn set(&self, topologies: Vec<TopologySummary>) {
-        *self.topologies.lock().expect("topologies") = topologies;
-    }
-    fn by_id(&self, id: &str) -> workerpool_storm::Result<TopologySummary> {
-        self.topologies
-            .lock()
-            .expect("topologies")
-            .iter()
-            .find(|t| t.id == id)
-            .cloned()
-            .ok_or_else(|| workerpool_storm::Error::Storm {
-                status: 500,
-                error: "500 Server Error".into(),
-                message: format!("{id} is not alive"),
-            })
-    }
-    fn set_status(&self, id: &str, status: TopologyStatus) -> workerpool_storm::Result<()> {
-        let mut all = self.topologies.lock().expect("topologies");
-        match all.iter_mut().find(|t| t.id == id) {
-            Some(t) => {
-                t.status = status;
-                Ok(())
-            }
-            None => Err(workerpool_storm::Error::Storm {
-                status: 500,
-                error: "500 Server Error".into(),
-                message: format!("{id} is not alive"),
-            }),
-        }
-    }
-}
-
-impl StormApi for FakeStorm {
-    fn cluster_summary<'life0, 'async_trait>(&'life0 self) -> Fut<'async_trait, ClusterSummary>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move { Ok(ClusterSummary::default()) })
-    }
-    fn nimbus_summary<'life0, 'async_trait>(&'life0 self) -> Fut<'async_trait, Vec<NimbusSummary>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move { Ok(Vec::new()) })
-    }
-    fn supervisor_summary<'life0, 'async_trait>(
-        &'life0 self,
-    ) -> Fut<'async_trait, Vec<SupervisorSummary>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move { Ok(Vec::new()) })
-    }
-    fn topology_summary<'life0, 'async_trait>(
-        &'life0 self,
-    ) -> Fut<'async_trait, Vec<TopologySummary>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            self.record("summary".into());
-            Ok(self.topologies.lock().expect("topologies").clone())
-        })
-    }
-    fn topology<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        id: &'life1 str,
-    ) -> Fut<'async_trait, TopologyDetail>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            self.record(format!("topology:{id}"));
-            let t = self.by_id(id)?;
-            Ok(TopologyDetail {
-                id: t.id,
-                name: t.name,
-                status: t.status,
-                uptime_seconds: t.uptime_seconds,
-                tasks_total: t.tasks_total,
-                workers_total: t.workers_total,
-                executors_total: t.executors_total,
-                spouts: Vec::new(),
-                bolts: Vec::new(),
-            })
-        })
-    }
-    fn activate<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        id: &'life1 str,
-    ) -> Fut<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            self.record(format!("activate:{id}"));
-            self.set_status(id, TopologyStatus::Active)
-        })
-    }
-    fn deactivate<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        id: &'life1 str,
-    ) -> Fut<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            self.record(format!("deactivate:{id}"));
-            self.set_status(id, TopologyStatus::Inactive)
-        })
-    }
-    fn kill<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        id: &'life1 str,
-        wait_secs: u32,
-    ) -> Fut<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            self.record(format!("kill:{id}:{wait_secs}"));
-            self.set_status(id, TopologyStatus::Killed)
-        })
-    }
-}
-
-struct FakeConnector {
-    storm: Arc<FakeStorm>,
-    urls: Mutex<Vec<String>>,
-}
-
-impl Connector for FakeConnector {
-    fn connect(&self, ui_url: &str) -> workerpool_storm::Result<Arc<dyn StormApi>> {
-        self.urls.lock().expect("urls").push(ui_url.to_string());
-        Ok(self.storm.clone())
-    }
-}
 
 fn summary(status: TopologyStatus, workers: i64) -> TopologySummary {
     TopologySummary {
@@ -212,35 +33,18 @@ fn summary(status: TopologyStatus, workers: i64) -> TopologySummary {
     }
 }
 
-fn store<K>(objects: Vec<K>) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    let (reader, mut writer) = reflector::store();
-    for o in objects {
-        writer.apply_watcher_event(&watcher::Event::Apply(o));
-    }
-    reader
-}
-
 fn cluster() -> StormCluster {
-    serde_json::from_value(
-        json!({"apiVersion": "storm.apache.org/v1beta1", "kind": "StormCluster",
-        "metadata": {"name": "storm", "namespace": NS},
-        "spec": {"mode": "External", "uiUrl": "http://storm-ui:8080", "zookeeperServers": ["zk-0"],
-            "nimbusSeeds": ["nimbus-0"], "image": {"repository": "storm", "tag": "2.6.4"}},
-        "status": {"phase": "Running"}}),
-    )
-    .expect("cluster")
+    testkit::running_external_cluster(NS).build()
 }
 
 /// A topology named `wordcount` with `spec` merged in.
 fn topology(spec: Value) -> StormTopology {
-    let mut v = json!({"apiVersion": "storm.apache.org/v1beta1", "kind": "StormTopology",
-        "metadata": {"name": "wordcount", "namespace": NS, "uid": "t-uid", "generation": 2, "resourceVersion": "7"},
-        "spec": {"clusterRef": "storm"}});
-    support::merge(&mut v["spec"], spec);
-    serde_json::from_value(v).expect("topology")
+    testkit::topology(NS, "wordcount")
+        .uid("t-uid")
+        .generation(2)
+        .resource_version("7")
+        .spec(spec)
+        .build()
 }
 
 fn jar_spec() -> Value {
@@ -267,14 +71,11 @@ fn setup(
     let storm = FakeStorm::with(found);
     let ctx = Arc::new(Context {
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
-        connector: Arc::new(FakeConnector {
-            storm: storm.clone(),
-            urls: Mutex::default(),
-        }),
+        connector: FakeConnector::new(storm.clone()),
         metrics: Arc::new(TopologyMetrics::default()),
-        clusters: store(vec![cluster()]),
-        pools: store(pools),
-        jobs: store(jobs),
+        clusters: cache_of([cluster()]),
+        pools: cache_of(pools),
+        jobs: cache_of(jobs),
         status: Default::default(),
     });
     Setup { storm, ctx }
@@ -288,14 +89,8 @@ fn jobs_path() -> String {
     format!("/apis/batch/v1/namespaces/{NS}/jobs")
 }
 
-fn stored(t: &StormTopology) -> Value {
-    let mut v = serde_json::to_value(t).expect("json");
-    v.as_object_mut().expect("object").remove("status");
-    v
-}
-
 /// The topology with the status a status apply wrote.
-fn after(t: &StormTopology, seen: &support::Seen) -> StormTopology {
+fn after(t: &StormTopology, seen: &testkit::Seen) -> StormTopology {
     let mut next = t.clone();
     let status: StormTopologyStatus =
         serde_json::from_value(seen.body["status"].clone()).expect("status");
@@ -310,7 +105,7 @@ fn main_argv(job: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn a_new_topology_gets_its_finalizer_and_a_submission_job() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let s = setup(client, vec![], vec![], vec![]);
     let t = topology(jar_spec());
     let task = tokio::spawn(reconcile(Arc::new(t.clone()), s.ctx.clone()));
@@ -356,14 +151,7 @@ async fn a_new_topology_gets_its_finalizer_and_a_submission_job() {
         seen.body["spec"]["template"]["spec"]["initContainers"][0]["command"][3],
         "https://repo.example/wc.jar"
     );
-    send.send_response(
-        http::Response::builder()
-            .status(201)
-            .body(kube::client::Body::from(
-                serde_json::to_vec(&seen.body).expect("json"),
-            ))
-            .expect("response"),
-    );
+    send.send_response(testkit::response(201, &seen.body));
 
     let status = api
         .expect_apply(&path("wordcount/status"), stored(&t))
@@ -382,7 +170,7 @@ async fn a_new_topology_gets_its_finalizer_and_a_submission_job() {
 
 #[tokio::test]
 async fn a_topology_found_active_is_running_with_its_id() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let s = setup(
         client,
         vec![summary(TopologyStatus::Active, 3)],
@@ -423,7 +211,7 @@ async fn a_topology_found_active_is_running_with_its_id() {
 
 #[tokio::test]
 async fn suspend_deactivates_by_id() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let s = setup(
         client,
         vec![summary(TopologyStatus::Active, 3)],
@@ -448,7 +236,7 @@ async fn suspend_deactivates_by_id() {
 
 #[tokio::test]
 async fn delete_kills_by_id_and_keeps_the_finalizer_until_storm_drops_it() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let s = setup(
         client,
         vec![summary(TopologyStatus::Active, 3)],
@@ -511,7 +299,7 @@ fn succeeded_job(t: &StormTopology) -> Job {
 
 #[tokio::test]
 async fn a_steady_topology_makes_no_write_on_the_second_reconcile() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let t = with_finalizer(topology(jar_spec()));
     let s = setup(
         client,
@@ -543,7 +331,7 @@ async fn a_steady_topology_makes_no_write_on_the_second_reconcile() {
 
 #[tokio::test]
 async fn a_changed_spec_kills_the_running_topology_once() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let old = with_finalizer(topology(jar_spec()));
     let mut t = with_finalizer(topology(
         json!({"jar": {"url": "https://repo.example/wc-2.jar"}, "mainClass": "org.example.WordCount"}),
@@ -569,18 +357,15 @@ async fn a_changed_spec_kills_the_running_topology_once() {
 }
 
 fn pool(ready: i32) -> StormWorkerPool {
-    serde_json::from_value(
-        json!({"apiVersion": "storm.apache.org/v1beta1", "kind": "StormWorkerPool",
-        "metadata": {"name": "wc-workers", "namespace": NS},
-        "spec": {"topologyRef": "wordcount"},
-        "status": {"replicas": ready, "readyReplicas": ready, "updatedReplicas": ready}}),
-    )
-    .expect("pool")
+    Builder::new(NS, "wc-workers")
+        .spec(json!({"topologyRef": "wordcount"}))
+        .status(json!({"replicas": ready, "readyReplicas": ready, "updatedReplicas": ready}))
+        .build()
 }
 
 #[tokio::test]
 async fn a_rebalance_is_recorded_before_its_job_is_created() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let s = setup(
         client,
         vec![summary(TopologyStatus::Active, 4)],
@@ -620,19 +405,9 @@ async fn a_rebalance_is_recorded_before_its_job_is_created() {
     );
 }
 
-fn condition(status: &Value, type_: &str) -> Value {
-    status["conditions"]
-        .as_array()
-        .expect("conditions")
-        .iter()
-        .find(|c| c["type"] == type_)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
-}
-
 #[tokio::test]
 async fn a_failed_submission_job_fails_the_topology_without_a_new_job() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let t = with_finalizer(topology(jar_spec()));
     let hash = build::spec_hash(&t);
     let mut job = build::submit_job(&t, &cluster(), &hash).expect("job");
@@ -648,7 +423,7 @@ async fn a_failed_submission_job_fails_the_topology_without_a_new_job() {
         .await;
     let st = &status.body["status"];
     assert_eq!(st["phase"], "Failed");
-    let submitted = condition(st, "Submitted");
+    let submitted = condition(st, "Submitted").expect("a Submitted condition");
     assert_eq!(submitted["status"], "False");
     assert_eq!(submitted["reason"], "SubmissionFailed");
     assert!(
@@ -670,7 +445,7 @@ async fn a_failed_submission_job_fails_the_topology_without_a_new_job() {
 
 #[tokio::test]
 async fn a_cluster_that_is_not_running_leaves_the_topology_pending() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let s = setup(
         client,
         vec![summary(TopologyStatus::Active, 3)],
@@ -684,7 +459,7 @@ async fn a_cluster_that_is_not_running_leaves_the_topology_pending() {
         .await;
     let st = &status.body["status"];
     assert_eq!(st["phase"], "Pending");
-    let ready = condition(st, "ClusterReady");
+    let ready = condition(st, "ClusterReady").expect("a ClusterReady condition");
     assert_eq!(
         (ready["status"].as_str(), ready["reason"].as_str()),
         (Some("False"), Some("ClusterNotFound"))
@@ -699,7 +474,7 @@ async fn a_cluster_that_is_not_running_leaves_the_topology_pending() {
 
 #[tokio::test]
 async fn a_renamed_topology_kills_the_one_under_the_recorded_id() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let old = with_finalizer(topology(jar_spec()));
     let mut spec = jar_spec();
     spec["topologyName"] = json!("wordcount-v2");
@@ -730,7 +505,7 @@ async fn a_renamed_topology_kills_the_one_under_the_recorded_id() {
 
 #[tokio::test]
 async fn a_namespace_being_deleted_gets_no_submission_warning_or_retry() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let s = setup(client, vec![], vec![], vec![]);
     let t = topology(jar_spec());
     let task = tokio::spawn(reconcile(Arc::new(t.clone()), s.ctx.clone()));
@@ -743,7 +518,7 @@ async fn a_namespace_being_deleted_gets_no_submission_warning_or_retry() {
         "POST",
         &jobs_path(),
         403,
-        support::namespace_terminating(&namespace, "jobs", &job),
+        testkit::namespace_terminating(&namespace, "jobs", &job),
     )
     .await;
     api.expect_quiet_end(task).await;
@@ -751,7 +526,7 @@ async fn a_namespace_being_deleted_gets_no_submission_warning_or_retry() {
 
 #[tokio::test]
 async fn a_topology_deleted_mid_submission_deletes_its_job_first_then_kills_by_id_and_name() {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let mut t = with_finalizer(topology(json!({
         "jar": {"url": "https://repo.example/wc.jar"}, "mainClass": "org.example.WordCount",
         "topologyName": "wordcount-v2", "killWaitSeconds": 0})));
@@ -802,9 +577,9 @@ async fn a_topology_deleted_mid_submission_deletes_its_job_first_then_kills_by_i
         shared: s.ctx.shared.clone(),
         connector: s.ctx.connector.clone(),
         metrics: s.ctx.metrics.clone(),
-        clusters: store(vec![cluster()]),
-        pools: store(vec![]),
-        jobs: store(vec![]),
+        clusters: cache_of([cluster()]),
+        pools: cache_of([]),
+        jobs: cache_of([]),
         status: Default::default(),
     });
     let t2 = after(&t, &status);

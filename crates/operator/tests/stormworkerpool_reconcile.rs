@@ -1,8 +1,6 @@
 //! Reconcile tests of the StormWorkerPool controller against a mocked API server: the exact
 //! requests, the applied objects and the written status.
 
-mod support;
-
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -11,15 +9,17 @@ use workerpool_operator::context::Shared;
 use workerpool_operator::controllers::ChildTracker;
 use workerpool_operator::controllers::stormworkerpool::{ChildCaches, Context, reconcile};
 use workerpool_operator::metrics::Metrics;
+use workerpool_testkit::examples::{
+    STORM_AUTOSCALE_WORKER_POOL as AUTOSCALE, STORM_BASIC_WORKER_POOL as BASIC,
+    STORM_GPU_WORKER_POOL as GPU,
+};
+use workerpool_testkit::storm_ui::{Load, Recorded, StormUi};
+use workerpool_testkit::{self as testkit, cache_of, not_found, stored};
 
 const NS: &str = "team-a";
 
 fn pool(yaml: &str) -> StormWorkerPool {
-    let mut p: StormWorkerPool = serde_yaml::from_str(yaml).expect("example");
-    p.metadata.namespace = Some(NS.into());
-    p.metadata.uid = Some("0000-1111".into());
-    p.metadata.generation = Some(3);
-    p
+    testkit::example(yaml, NS, "0000-1111", 3)
 }
 
 fn context(client: kube::Client) -> Arc<Context> {
@@ -33,36 +33,21 @@ fn context(client: kube::Client) -> Arc<Context> {
 }
 
 fn topology(name: &str, phase: &str) -> Value {
-    json!({"apiVersion": "storm.apache.org/v1beta1", "kind": "StormTopology",
-        "metadata": {"name": name, "namespace": NS}, "spec": {"clusterRef": "storm"},
-        "status": {"phase": phase}})
+    testkit::topology(NS, name)
+        .status(json!({"phase": phase}))
+        .json()
 }
 
 fn cluster() -> Value {
-    json!({"apiVersion": "storm.apache.org/v1beta1", "kind": "StormCluster",
-        "metadata": {"name": "storm", "namespace": NS},
-        "spec": {"mode": "External", "uiUrl": "http://storm-ui:8080", "zookeeperServers": ["zk-0"], "nimbusSeeds": ["nimbus-0"], "image": {"repository": "storm", "tag": "2.6.4"}},
-        "status": {"phase": "Running"}})
+    testkit::running_external_cluster(NS).json()
 }
 
 fn path(group_version: &str, kind: &str, name: &str) -> String {
-    let prefix = if group_version == "v1" {
-        "/api".to_string()
-    } else {
-        "/apis".to_string()
-    };
-    format!("{prefix}/{group_version}/namespaces/{NS}/{kind}/{name}")
-}
-
-/// What the server stores after a status apply: the pool itself (the response is the whole object).
-fn stored(p: &StormWorkerPool) -> Value {
-    let mut v = serde_json::to_value(p).expect("json");
-    v.as_object_mut().expect("object").remove("status");
-    v
+    testkit::object_path(NS, group_version, kind, name)
 }
 
 /// Answers the reconciler's reads of a Running topology `name` and its Running cluster.
-async fn expect_running_references(api: &mut support::ApiServer, name: &str) {
+async fn expect_running_references(api: &mut testkit::ApiServer, name: &str) {
     api.expect(
         "GET",
         &path("storm.apache.org/v1beta1", "stormtopologies", name),
@@ -79,39 +64,9 @@ async fn expect_running_references(api: &mut support::ApiServer, name: &str) {
     .await;
 }
 
-fn not_found() -> Value {
-    support::status_error(404, "NotFound", "not found")
-}
-
-/// The `fieldManager` of a request and whether it forces.
-fn manager(seen: &support::Seen) -> (String, bool) {
-    let params: Vec<&str> = seen.query.split('&').collect();
-    let manager = params
-        .iter()
-        .find_map(|p| p.strip_prefix("fieldManager="))
-        .unwrap_or_default()
-        .to_string();
-    (manager, params.contains(&"force=true"))
-}
-
-/// Expects a server-side apply of the operator's own field manager (forced) to `path`.
-async fn expect_operator_apply(
-    api: &mut support::ApiServer,
-    path: &str,
-    extra: Value,
-) -> support::Seen {
-    let seen = api.expect_apply(path, extra).await;
-    assert_eq!(
-        manager(&seen),
-        ("workerpool-operator".to_string(), true),
-        "{path}"
-    );
-    seen
-}
-
 /// Expects a server-side apply of the hand-off field manager to `path` (forced or not) and
 /// answers with the applied object.
-async fn expect_handoff(api: &mut support::ApiServer, path: &str, force: bool) -> support::Seen {
+async fn expect_handoff(api: &mut testkit::ApiServer, path: &str, force: bool) -> testkit::Seen {
     let (seen, send) = api.next().await;
     assert_eq!(
         (seen.method.as_str(), seen.path.as_str()),
@@ -121,7 +76,7 @@ async fn expect_handoff(api: &mut support::ApiServer, path: &str, force: bool) -
         seen.body
     );
     assert_eq!(
-        manager(&seen),
+        seen.field_manager(),
         ("workerpool-operator-handoff".to_string(), force),
         "{}",
         seen.query
@@ -132,18 +87,11 @@ async fn expect_handoff(api: &mut support::ApiServer, path: &str, force: bool) -
         seen.query
     );
     let mut stored = seen.body.clone();
-    support::merge(
+    testkit::merge(
         &mut stored,
         json!({"metadata": {"namespace": NS, "resourceVersion": "1", "generation": 1}}),
     );
-    send.send_response(
-        http::Response::builder()
-            .status(200)
-            .body(kube::client::Body::from(
-                serde_json::to_vec(&stored).expect("json"),
-            ))
-            .expect("response"),
-    );
+    send.send_response(testkit::response(200, &stored));
     seen
 }
 
@@ -163,19 +111,17 @@ fn owned_by(api_version: &str, kind: &str, name: &str, uid: &str) -> Value {
 
 #[tokio::test]
 async fn autoscaled_pool_is_created_at_its_initial_count_without_the_operator_owning_it() {
-    let (client, mut api) = support::mock();
-    let p = pool(include_str!(
-        "../../../examples/storm-autoscale-worker-pool.yaml"
-    ));
+    let (client, mut api) = testkit::mock();
+    let p = pool(AUTOSCALE);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
 
     expect_running_references(&mut api, "streaming-topology").await;
-    let cm = expect_operator_apply(
-        &mut api,
-        &path("v1", "configmaps", "autoscale-workers-storm-config"),
-        json!({}),
-    )
-    .await;
+    let cm = api
+        .expect_operator_apply(
+            &path("v1", "configmaps", "autoscale-workers-storm-config"),
+            json!({}),
+        )
+        .await;
     assert!(
         cm.body["data"]["storm.yaml"]
             .as_str()
@@ -197,9 +143,7 @@ async fn autoscaled_pool_is_created_at_its_initial_count_without_the_operator_ow
         "0000-1111"
     );
     // The operator's apply takes every other field and never sets replicas.
-    let deploy = expect_operator_apply(
-        &mut api,
-        &deploy_path,
+    let deploy = api.expect_operator_apply(&deploy_path,
         json!({"spec": {"replicas": 2}, "status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2, "updatedReplicas": 2}}),
     )
     .await;
@@ -223,22 +167,21 @@ async fn autoscaled_pool_is_created_at_its_initial_count_without_the_operator_ow
     // The hand-off manager then gives up everything but replicas, at the same count.
     let release = expect_handoff(&mut api, &deploy_path, false).await;
     assert_eq!(release.body, replicas_only(2));
-    expect_operator_apply(
-        &mut api,
+    api.expect_operator_apply(
         &path("v1", "services", "autoscale-workers-headless"),
         json!({}),
     )
     .await;
-    let hpa = expect_operator_apply(
-        &mut api,
-        &path(
-            "autoscaling/v2",
-            "horizontalpodautoscalers",
-            "autoscale-workers-hpa",
-        ),
-        json!({}),
-    )
-    .await;
+    let hpa = api
+        .expect_operator_apply(
+            &path(
+                "autoscaling/v2",
+                "horizontalpodautoscalers",
+                "autoscale-workers-hpa",
+            ),
+            json!({}),
+        )
+        .await;
     assert_eq!(hpa.body["spec"]["minReplicas"], 2);
     assert_eq!(hpa.body["spec"]["maxReplicas"], 20);
     let metrics = hpa.body["spec"]["metrics"].as_array().expect("metrics");
@@ -305,14 +248,11 @@ async fn autoscaled_pool_is_created_at_its_initial_count_without_the_operator_ow
 
 #[tokio::test]
 async fn later_reconciles_leave_the_hpa_count_alone_and_report_the_hpa_conditions() {
-    let (client, mut api) = support::mock();
-    let p = pool(include_str!(
-        "../../../examples/storm-autoscale-worker-pool.yaml"
-    ));
+    let (client, mut api) = testkit::mock();
+    let p = pool(AUTOSCALE);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
     expect_running_references(&mut api, "streaming-topology").await;
-    expect_operator_apply(
-        &mut api,
+    api.expect_operator_apply(
         &path("v1", "configmaps", "autoscale-workers-storm-config"),
         json!({}),
     )
@@ -327,24 +267,19 @@ async fn later_reconciles_leave_the_hpa_count_alone_and_report_the_hpa_condition
              "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
         "spec": {"replicas": 6, "selector": {}, "template": {}}});
     api.expect("GET", &deploy_path, 200, live).await;
-    let deploy = expect_operator_apply(
-        &mut api,
-        &deploy_path,
+    let deploy = api.expect_operator_apply(&deploy_path,
         json!({"spec": {"replicas": 6}, "status": {"replicas": 6, "readyReplicas": 6, "availableReplicas": 6, "updatedReplicas": 6}}),
     )
     .await;
     assert!(deploy.body["spec"].get("replicas").is_none());
     // No hand-off request: the next request is the Service.
-    expect_operator_apply(
-        &mut api,
+    api.expect_operator_apply(
         &path("v1", "services", "autoscale-workers-headless"),
         json!({}),
     )
     .await;
     let no_metrics = "the HPA was unable to compute the replica count: failed to get cpu utilization: unable to get metrics for resource cpu: no metrics returned from resource metrics API";
-    expect_operator_apply(
-        &mut api,
-        &path(
+    api.expect_operator_apply(&path(
             "autoscaling/v2",
             "horizontalpodautoscalers",
             "autoscale-workers-hpa",
@@ -387,14 +322,11 @@ async fn later_reconciles_leave_the_hpa_count_alone_and_report_the_hpa_condition
 
 #[tokio::test]
 async fn an_interrupted_create_is_released_at_the_current_count() {
-    let (client, mut api) = support::mock();
-    let p = pool(include_str!(
-        "../../../examples/storm-autoscale-worker-pool.yaml"
-    ));
+    let (client, mut api) = testkit::mock();
+    let p = pool(AUTOSCALE);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
     expect_running_references(&mut api, "streaming-topology").await;
-    expect_operator_apply(
-        &mut api,
+    api.expect_operator_apply(
         &path("v1", "configmaps", "autoscale-workers-storm-config"),
         json!({}),
     )
@@ -410,7 +342,7 @@ async fn an_interrupted_create_is_released_at_the_current_count() {
              "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
         "spec": {"replicas": 4, "selector": {}, "template": {}}});
     api.expect("GET", &deploy_path, 200, live).await;
-    let deploy = expect_operator_apply(&mut api, &deploy_path, json!({})).await;
+    let deploy = api.expect_operator_apply(&deploy_path, json!({})).await;
     assert!(deploy.body["spec"].get("replicas").is_none());
     let release = expect_handoff(&mut api, &deploy_path, false).await;
     assert_eq!(
@@ -418,8 +350,7 @@ async fn an_interrupted_create_is_released_at_the_current_count() {
         replicas_only(4),
         "the live count, not the initial one"
     );
-    expect_operator_apply(
-        &mut api,
+    api.expect_operator_apply(
         &path("v1", "services", "autoscale-workers-headless"),
         json!({}),
     )
@@ -429,10 +360,8 @@ async fn an_interrupted_create_is_released_at_the_current_count() {
 
 #[tokio::test]
 async fn turning_autoscaling_on_hands_replicas_over_before_dropping_them() {
-    let (client, mut api) = support::mock();
-    let p = pool(include_str!(
-        "../../../examples/storm-autoscale-worker-pool.yaml"
-    ));
+    let (client, mut api) = testkit::mock();
+    let p = pool(AUTOSCALE);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
     expect_running_references(&mut api, "streaming-topology").await;
     api.expect_apply(
@@ -459,16 +388,15 @@ async fn turning_autoscaling_on_hands_replicas_over_before_dropping_them() {
     )
     .await;
     assert_eq!(handoff.body, replicas_only(7), "the current count is kept");
-    let deploy = expect_operator_apply(
-        &mut api,
-        &path("apps/v1", "deployments", "autoscale-workers-deployment"),
-        json!({}),
-    )
-    .await;
+    let deploy = api
+        .expect_operator_apply(
+            &path("apps/v1", "deployments", "autoscale-workers-deployment"),
+            json!({}),
+        )
+        .await;
     assert!(deploy.body["spec"].get("replicas").is_none());
     // The hand-off applied replicas alone; there is nothing to release afterwards.
-    expect_operator_apply(
-        &mut api,
+    api.expect_operator_apply(
         &path("v1", "services", "autoscale-workers-headless"),
         json!({}),
     )
@@ -478,14 +406,12 @@ async fn turning_autoscaling_on_hands_replicas_over_before_dropping_them() {
 
 #[tokio::test]
 async fn a_namespace_being_deleted_is_left_alone_without_a_warning_or_a_retry() {
-    let (client, mut api) = support::mock();
-    let p = pool(include_str!(
-        "../../../examples/storm-autoscale-worker-pool.yaml"
-    ));
+    let (client, mut api) = testkit::mock();
+    let p = pool(AUTOSCALE);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
     expect_running_references(&mut api, "streaming-topology").await;
     let refused =
-        support::namespace_terminating("team-a", "configmaps", "autoscale-workers-storm-config");
+        testkit::namespace_terminating("team-a", "configmaps", "autoscale-workers-storm-config");
     api.expect(
         "PATCH",
         &path("v1", "configmaps", "autoscale-workers-storm-config"),
@@ -498,10 +424,8 @@ async fn a_namespace_being_deleted_is_left_alone_without_a_warning_or_a_retry() 
 
 #[tokio::test]
 async fn missing_topology_gives_pending_with_the_reason_and_a_warning() {
-    let (client, mut api) = support::mock();
-    let p = pool(include_str!(
-        "../../../examples/storm-basic-worker-pool.yaml"
-    ));
+    let (client, mut api) = testkit::mock();
+    let p = pool(BASIC);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
     api.expect(
         "GET",
@@ -538,8 +462,8 @@ async fn missing_topology_gives_pending_with_the_reason_and_a_warning() {
 
 #[tokio::test]
 async fn topology_not_running_waits() {
-    let (client, mut api) = support::mock();
-    let p = pool(include_str!("../../../examples/storm-gpu-worker-pool.yaml"));
+    let (client, mut api) = testkit::mock();
+    let p = pool(GPU);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
     api.expect(
         "GET",
@@ -572,8 +496,8 @@ async fn topology_not_running_waits() {
 
 #[tokio::test]
 async fn a_topology_its_controller_has_not_looked_at_yet_is_waited_for_quietly() {
-    let (client, mut api) = support::mock();
-    let p = pool(include_str!("../../../examples/storm-gpu-worker-pool.yaml"));
+    let (client, mut api) = testkit::mock();
+    let p = pool(GPU);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
     let mut fresh = topology("ml-topology", "Running");
     fresh.as_object_mut().expect("object").remove("status");
@@ -597,10 +521,8 @@ async fn a_topology_its_controller_has_not_looked_at_yet_is_waited_for_quietly()
 
 #[tokio::test]
 async fn invalid_custom_metric_fails_the_pool_without_touching_children() {
-    let (client, mut api) = support::mock();
-    let mut p = pool(include_str!(
-        "../../../examples/storm-autoscale-worker-pool.yaml"
-    ));
+    let (client, mut api) = testkit::mock();
+    let mut p = pool(AUTOSCALE);
     p.spec
         .autoscaling
         .as_mut()
@@ -641,10 +563,8 @@ async fn invalid_custom_metric_fails_the_pool_without_touching_children() {
 
 #[tokio::test]
 async fn disabling_autoscaling_deletes_the_owned_hpa_even_without_hpa_name_and_restores_replicas() {
-    let (client, mut api) = support::mock();
-    let mut p = pool(include_str!(
-        "../../../examples/storm-autoscale-worker-pool.yaml"
-    ));
+    let (client, mut api) = testkit::mock();
+    let mut p = pool(AUTOSCALE);
     p.spec.autoscaling.as_mut().expect("autoscaling").enabled = false;
     // The status write that would have recorded the HPA failed: the status does not name it.
     p.status = None;
@@ -662,24 +582,22 @@ async fn disabling_autoscaling_deletes_the_owned_hpa_even_without_hpa_name_and_r
     };
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
     expect_running_references(&mut api, "streaming-topology").await;
-    expect_operator_apply(
-        &mut api,
+    api.expect_operator_apply(
         &path("v1", "configmaps", "autoscale-workers-storm-config"),
         json!({}),
     )
     .await;
-    let deploy = expect_operator_apply(
-        &mut api,
-        &path("apps/v1", "deployments", "autoscale-workers-deployment"),
-        json!({}),
-    )
-    .await;
+    let deploy = api
+        .expect_operator_apply(
+            &path("apps/v1", "deployments", "autoscale-workers-deployment"),
+            json!({}),
+        )
+        .await;
     assert_eq!(
         deploy.body["spec"]["replicas"], 2,
         "spec.replicas is restored"
     );
-    expect_operator_apply(
-        &mut api,
+    api.expect_operator_apply(
         &path("v1", "services", "autoscale-workers-headless"),
         json!({}),
     )
@@ -747,10 +665,8 @@ async fn disabling_autoscaling_deletes_the_owned_hpa_even_without_hpa_name_and_r
 
 #[tokio::test]
 async fn no_delete_is_sent_for_a_missing_hpa_or_a_child_of_another_owner() {
-    let (client, mut api) = support::mock();
-    let mut p = pool(include_str!(
-        "../../../examples/storm-autoscale-worker-pool.yaml"
-    ));
+    let (client, mut api) = testkit::mock();
+    let mut p = pool(AUTOSCALE);
     p.spec.autoscaling.as_mut().expect("autoscaling").enabled = false;
     // A stale status still names an HPA that no longer exists.
     p.status = Some(workerpool_api::StormWorkerPoolStatus {
@@ -781,7 +697,8 @@ async fn no_delete_is_sent_for_a_missing_hpa_or_a_child_of_another_owner() {
         } else {
             "v1"
         };
-        expect_operator_apply(&mut api, &path(gv, kind, name), json!({})).await;
+        api.expect_operator_apply(&path(gv, kind, name), json!({}))
+            .await;
     }
     // The cache shows no HPA, and a PodDisruptionBudget of another owner: nothing is read or
     // deleted.
@@ -806,10 +723,8 @@ async fn no_delete_is_sent_for_a_missing_hpa_or_a_child_of_another_owner() {
 
 #[tokio::test]
 async fn a_name_too_long_for_the_headless_service_fails_the_pool_without_touching_children() {
-    let (client, mut api) = support::mock();
-    let mut p = pool(include_str!(
-        "../../../examples/storm-basic-worker-pool.yaml"
-    ));
+    let (client, mut api) = testkit::mock();
+    let mut p = pool(BASIC);
     let name = "w".repeat(55);
     p.metadata.name = Some(name.clone());
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
@@ -844,16 +759,14 @@ async fn a_name_too_long_for_the_headless_service_fails_the_pool_without_touchin
 
 #[tokio::test]
 async fn api_errors_are_returned_for_retry_and_reported() {
-    let (client, mut api) = support::mock();
-    let p = pool(include_str!(
-        "../../../examples/storm-basic-worker-pool.yaml"
-    ));
+    let (client, mut api) = testkit::mock();
+    let p = pool(BASIC);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context(client)));
     api.expect(
         "GET",
         &path("storm.apache.org/v1beta1", "stormtopologies", "my-topology"),
         500,
-        support::status_error(500, "InternalError", "etcd is sad"),
+        testkit::status_error(500, "InternalError", "etcd is sad"),
     )
     .await;
     let err = api
@@ -868,18 +781,6 @@ async fn api_errors_are_returned_for_retry_and_reported() {
     );
 }
 
-/// A cache holding `objects`, as the controller's watches fill it.
-fn cache_of<K>(objects: impl IntoIterator<Item = K>) -> kube::runtime::reflector::Store<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + 'static,
-{
-    let (reader, mut writer) = kube::runtime::reflector::store();
-    for object in objects {
-        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(object));
-    }
-    reader
-}
-
 /// The pool's children as the last apply left them (hash annotations included), in caches, with
 /// the Deployment reporting every worker ready; the pool's status is what that state gives.
 fn settled(
@@ -889,8 +790,7 @@ fn settled(
     workerpool_operator::controllers::stormworkerpool::build::Children,
 ) {
     use workerpool_operator::controllers::stormworkerpool::{build, status};
-    let cluster: workerpool_api::storm::StormCluster =
-        serde_json::from_value(cluster()).expect("cluster");
+    let cluster = testkit::running_external_cluster(NS).build();
     let children = build::children(p, &cluster).expect("children");
     let mut deployment = children.deployment.clone();
     let replicas = build::initial_replicas(p).unwrap_or(p.spec.replicas.unwrap_or(1));
@@ -927,9 +827,10 @@ fn settled(
 
 /// Puts the Running topology `my-topology` and its Running cluster in the caches.
 fn cache_running_references(caches: &mut ChildCaches) {
-    caches.topologies =
-        cache_of([serde_json::from_value(topology("my-topology", "Running")).expect("topology")]);
-    caches.clusters = cache_of([serde_json::from_value(cluster()).expect("cluster")]);
+    caches.topologies = cache_of([testkit::topology(NS, "my-topology")
+        .status(json!({"phase": "Running"}))
+        .build()]);
+    caches.clusters = cache_of([testkit::running_external_cluster(NS).build()]);
 }
 
 fn context_with(client: kube::Client, caches: ChildCaches) -> Arc<Context> {
@@ -944,10 +845,8 @@ fn context_with(client: kube::Client, caches: ChildCaches) -> Arc<Context> {
 
 #[tokio::test]
 async fn a_resync_of_an_unchanged_pool_sends_no_write() {
-    let (client, mut api) = support::mock();
-    let mut p = pool(include_str!(
-        "../../../examples/storm-basic-worker-pool.yaml"
-    ));
+    let (client, mut api) = testkit::mock();
+    let mut p = pool(BASIC);
     let (mut caches, children) = settled(&mut p);
     for (what, hash) in [
         ("ConfigMap", &children.config_map.metadata.annotations),
@@ -972,17 +871,15 @@ async fn a_resync_of_an_unchanged_pool_sends_no_write() {
 
 #[tokio::test]
 async fn a_resync_of_an_unchanged_autoscaled_pool_only_reads_the_deployment() {
-    let (client, mut api) = support::mock();
-    let mut p = pool(include_str!(
-        "../../../examples/storm-autoscale-worker-pool.yaml"
-    ));
+    let (client, mut api) = testkit::mock();
+    let mut p = pool(AUTOSCALE);
     let (caches, children) = settled(&mut p);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
     expect_running_references(&mut api, "streaming-topology").await;
     // The hand-off is done: the operator's apply does not own replicas, the hand-off manager
     // owns replicas alone; the live Deployment carries the hash of the body.
     let mut live = serde_json::to_value(&children.deployment).expect("json");
-    support::merge(
+    testkit::merge(
         &mut live,
         json!({"metadata": {"managedFields": [
             {"manager": "workerpool-operator", "operation": "Apply", "fieldsType": "FieldsV1",
@@ -1005,10 +902,8 @@ async fn a_resync_of_an_unchanged_autoscaled_pool_only_reads_the_deployment() {
 
 #[tokio::test]
 async fn a_child_whose_hash_differs_is_the_only_one_applied() {
-    let (client, mut api) = support::mock();
-    let mut p = pool(include_str!(
-        "../../../examples/storm-basic-worker-pool.yaml"
-    ));
+    let (client, mut api) = testkit::mock();
+    let mut p = pool(BASIC);
     let (mut caches, children) = settled(&mut p);
     let mut stale = children.config_map.clone();
     stale.metadata.annotations.get_or_insert_default().insert(
@@ -1018,12 +913,12 @@ async fn a_child_whose_hash_differs_is_the_only_one_applied() {
     caches.config_maps = cache_of([stale]);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
     expect_running_references(&mut api, "my-topology").await;
-    let cm = expect_operator_apply(
-        &mut api,
-        &path("v1", "configmaps", "my-workers-storm-config"),
-        json!({}),
-    )
-    .await;
+    let cm = api
+        .expect_operator_apply(
+            &path("v1", "configmaps", "my-workers-storm-config"),
+            json!({}),
+        )
+        .await;
     assert_eq!(
         cm.body["metadata"]["annotations"]["workerpool-operator/applied-hash"],
         children
@@ -1044,17 +939,15 @@ async fn a_child_whose_hash_differs_is_the_only_one_applied() {
 
 #[tokio::test]
 async fn a_hand_off_left_unfinished_is_finished_even_when_the_hash_matches() {
-    let (client, mut api) = support::mock();
-    let mut p = pool(include_str!(
-        "../../../examples/storm-autoscale-worker-pool.yaml"
-    ));
+    let (client, mut api) = testkit::mock();
+    let mut p = pool(AUTOSCALE);
     let (caches, children) = settled(&mut p);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
     expect_running_references(&mut api, "streaming-topology").await;
     // The operator's apply went through, the release after it did not: the hand-off manager
     // still holds fields beside replicas.
     let mut live = serde_json::to_value(&children.deployment).expect("json");
-    support::merge(
+    testkit::merge(
         &mut live,
         json!({"metadata": {"managedFields": [
             {"manager": "workerpool-operator", "operation": "Apply", "fieldsType": "FieldsV1",
@@ -1065,7 +958,7 @@ async fn a_hand_off_left_unfinished_is_finished_even_when_the_hash_matches() {
     );
     let deploy_path = path("apps/v1", "deployments", "autoscale-workers-deployment");
     api.expect("GET", &deploy_path, 200, live).await;
-    let deploy = expect_operator_apply(&mut api, &deploy_path, json!({})).await;
+    let deploy = api.expect_operator_apply(&deploy_path, json!({})).await;
     assert!(deploy.body["spec"].get("replicas").is_none());
     let release = expect_handoff(&mut api, &deploy_path, false).await;
     assert_eq!(release.body, replicas_only(3));
@@ -1074,10 +967,8 @@ async fn a_hand_off_left_unfinished_is_finished_even_when_the_hash_matches() {
 
 #[tokio::test]
 async fn a_replica_count_changed_by_someone_else_is_set_back() {
-    let (client, mut api) = support::mock();
-    let mut p = pool(include_str!(
-        "../../../examples/storm-basic-worker-pool.yaml"
-    ));
+    let (client, mut api) = testkit::mock();
+    let mut p = pool(BASIC);
     let (mut caches, children) = settled(&mut p);
     // `kubectl scale` left the hash as it was.
     let mut scaled = children.deployment.clone();
@@ -1085,9 +976,7 @@ async fn a_replica_count_changed_by_someone_else_is_set_back() {
     caches.deployments = cache_of([scaled]);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
     expect_running_references(&mut api, "my-topology").await;
-    let deploy = expect_operator_apply(
-        &mut api,
-        &path("apps/v1", "deployments", "my-workers-deployment"),
+    let deploy = api.expect_operator_apply(&path("apps/v1", "deployments", "my-workers-deployment"),
         json!({"status": {"replicas": 3, "readyReplicas": 3, "availableReplicas": 3, "updatedReplicas": 3}}),
     )
     .await;
@@ -1097,10 +986,8 @@ async fn a_replica_count_changed_by_someone_else_is_set_back() {
 
 #[tokio::test]
 async fn a_reconcile_before_the_cache_shows_its_own_status_write_does_not_repeat_it() {
-    let (client, mut api) = support::mock();
-    let mut p = pool(include_str!(
-        "../../../examples/storm-basic-worker-pool.yaml"
-    ));
+    let (client, mut api) = testkit::mock();
+    let mut p = pool(BASIC);
     let (mut caches, _) = settled(&mut p);
     // The pool as the cache shows it before its first status write.
     p.status = None;
@@ -1132,47 +1019,23 @@ async fn a_reconcile_before_the_cache_shows_its_own_status_write_does_not_repeat
     api.finish(task).await.expect("reconcile ok");
 }
 
-/// A Storm UI serving the recorded `/topology/{id}` with the spout acking `acked_per_second`
-/// at `complete_latency` ms and the bolt `count` at `capacity`; records the query strings.
-async fn storm_ui(
-    acked_per_second: i64,
-    complete_latency: &str,
-    capacity: &str,
-) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
-    let mut detail: Value = serde_json::from_str(include_str!(
-        "../../storm/tests/fixtures/topology-detail.json"
-    ))
-    .expect("fixture");
-    detail["id"] = json!("streaming-topology-1-1700000000");
-    detail["spouts"][0]["acked"] = json!(acked_per_second * 600);
-    detail["spouts"][0]["completeLatency"] = json!(complete_latency);
-    detail["bolts"][1]["capacity"] = json!(capacity);
-    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-    let record = seen.clone();
-    let app = axum::Router::new().route(
-        "/api/v1/topology/{id}",
-        axum::routing::get(move |uri: axum::http::Uri| {
-            let detail = detail.clone();
-            let record = record.clone();
-            async move {
-                record.lock().expect("lock").push(format!(
-                    "{}?{}",
-                    uri.path(),
-                    uri.query().unwrap_or_default()
-                ));
-                (
-                    [(axum::http::header::CONTENT_TYPE, "application/json")],
-                    detail.to_string(),
-                )
-            }
-        }),
+/// A Storm UI listing `streaming-topology` (id `streaming-topology-1-1700000000`, the recorded
+/// detail) with the spout acking `acked_per_second` at `complete_latency_ms` and the bolt
+/// `count` at `capacity`.
+async fn storm_ui(acked_per_second: f64, complete_latency_ms: f64, capacity: f64) -> StormUi {
+    let ui = StormUi::start().await;
+    ui.add("streaming-topology", "ACTIVE", 3);
+    ui.set_load(
+        "streaming-topology",
+        Load {
+            capacity,
+            // The recorded one.
+            execute_latency_ms: 0.031,
+            complete_latency_ms,
+            acked_per_second,
+        },
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, seen)
+    ui
 }
 
 /// Runs one reconcile of `p` (topology with a Storm id, cluster at `ui`) through every child
@@ -1181,7 +1044,7 @@ async fn reconcile_with_storm(
     p: &StormWorkerPool,
     ui: &str,
 ) -> (Value, Value, Vec<(String, String, String)>) {
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let ctx = Arc::new(Context {
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
         children: ChildTracker::default(),
@@ -1214,8 +1077,7 @@ async fn reconcile_with_storm(
         c,
     )
     .await;
-    expect_operator_apply(
-        &mut api,
+    api.expect_operator_apply(
         &path("v1", "configmaps", "autoscale-workers-storm-config"),
         json!({}),
     )
@@ -1223,29 +1085,26 @@ async fn reconcile_with_storm(
     let deploy_path = path("apps/v1", "deployments", "autoscale-workers-deployment");
     api.expect("GET", &deploy_path, 404, not_found()).await;
     expect_handoff(&mut api, &deploy_path, false).await;
-    expect_operator_apply(
-        &mut api,
-        &deploy_path,
+    api.expect_operator_apply(&deploy_path,
         json!({"spec": {"replicas": 2}, "status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2, "updatedReplicas": 2}}),
     )
     .await;
     expect_handoff(&mut api, &deploy_path, false).await;
-    expect_operator_apply(
-        &mut api,
+    api.expect_operator_apply(
         &path("v1", "services", "autoscale-workers-headless"),
         json!({}),
     )
     .await;
-    let hpa = expect_operator_apply(
-        &mut api,
-        &path(
-            "autoscaling/v2",
-            "horizontalpodautoscalers",
-            "autoscale-workers-hpa",
-        ),
-        json!({}),
-    )
-    .await;
+    let hpa = api
+        .expect_operator_apply(
+            &path(
+                "autoscaling/v2",
+                "horizontalpodautoscalers",
+                "autoscale-workers-hpa",
+            ),
+            json!({}),
+        )
+        .await;
     let status = api
         .expect_apply(
             &path(
@@ -1263,13 +1122,14 @@ async fn reconcile_with_storm(
 #[tokio::test]
 async fn storms_load_raises_the_hpa_floor_and_the_status_says_why() {
     // 5000 tuple trees acked per second at 900 ms: 4500 in flight, 2250 per pod of 2.
-    let (ui, seen) = storm_ui(5000, "900.000", "0.950").await;
-    let p = pool(include_str!(
-        "../../../examples/storm-autoscale-worker-pool.yaml"
-    ));
-    let (hpa, status, events) = reconcile_with_storm(&p, &ui).await;
+    let ui = storm_ui(5000.0, 900.0, 0.95).await;
+    let p = pool(AUTOSCALE);
+    let (hpa, status, events) = reconcile_with_storm(&p, &ui.url).await;
     assert_eq!(
-        *seen.lock().expect("lock"),
+        ui.recorded()
+            .iter()
+            .map(Recorded::target)
+            .collect::<Vec<_>>(),
         ["/api/v1/topology/streaming-topology-1-1700000000?window=600"]
     );
     assert_eq!(hpa["spec"]["minReplicas"], 5, "⌈4500 / 1000⌉");
@@ -1327,17 +1187,15 @@ async fn storms_load_raises_the_hpa_floor_and_the_status_says_why() {
 
 #[tokio::test]
 async fn a_storm_metric_that_makes_no_sense_is_reported_and_kept_out_of_the_hpa() {
-    let (ui, seen) = storm_ui(5000, "900.000", "0.950").await;
-    let mut p = pool(include_str!(
-        "../../../examples/storm-autoscale-worker-pool.yaml"
-    ));
+    let ui = storm_ui(5000.0, 900.0, 0.95).await;
+    let mut p = pool(AUTOSCALE);
     if let Some(auto) = p.spec.autoscaling.as_mut() {
         auto.custom_metrics[0].type_ = workerpool_api::storm::MetricSourceType::External;
         auto.custom_metrics[0].target_value = Some("1000".into());
         auto.custom_metrics[0].target_average_value = None;
     }
-    let (hpa, status, events) = reconcile_with_storm(&p, &ui).await;
-    assert!(seen.lock().expect("lock").is_empty(), "Storm is not read");
+    let (hpa, status, events) = reconcile_with_storm(&p, &ui.url).await;
+    assert!(ui.recorded().is_empty(), "Storm is not read");
     assert_eq!(hpa["spec"]["minReplicas"], 2);
     assert_eq!(hpa["spec"]["metrics"].as_array().map(Vec::len), Some(2));
     assert!(status.get("stormAutoscaling").is_none(), "{status}");
@@ -1371,10 +1229,8 @@ async fn a_storm_metric_that_makes_no_sense_is_reported_and_kept_out_of_the_hpa(
 /// `replicas` and an HPA that cannot compute (no metrics-server); returns the Deployment's
 /// merge patch, if one was sent, and the written status.
 async fn idle_after_the_window(replicas: i32) -> (Option<Value>, Value) {
-    let (ui, _) = storm_ui(100, "15.000", "0.050").await;
-    let mut p = pool(include_str!(
-        "../../../examples/storm-autoscale-worker-pool.yaml"
-    ));
+    let ui = storm_ui(100.0, 15.0, 0.05).await;
+    let mut p = pool(AUTOSCALE);
     p.status = Some(
         serde_json::from_value(json!({
             "stormAutoscaling": {"replicas": 5, "recommendation": 2, "term": "MinReplicas",
@@ -1382,7 +1238,7 @@ async fn idle_after_the_window(replicas: i32) -> (Option<Value>, Value) {
         }))
         .expect("status"),
     );
-    let (client, mut api) = support::mock();
+    let (client, mut api) = testkit::mock();
     let ctx = Arc::new(Context {
         shared: Shared::new(client, Arc::new(Metrics::default()), None),
         children: ChildTracker::default(),
@@ -1407,7 +1263,7 @@ async fn idle_after_the_window(replicas: i32) -> (Option<Value>, Value) {
     )
     .await;
     let mut c = cluster();
-    c["spec"]["uiUrl"] = json!(ui);
+    c["spec"]["uiUrl"] = json!(ui.url);
     api.expect(
         "GET",
         &path("storm.apache.org/v1beta1", "stormclusters", "storm"),
@@ -1415,8 +1271,7 @@ async fn idle_after_the_window(replicas: i32) -> (Option<Value>, Value) {
         c,
     )
     .await;
-    expect_operator_apply(
-        &mut api,
+    api.expect_operator_apply(
         &path("v1", "configmaps", "autoscale-workers-storm-config"),
         json!({}),
     )
@@ -1430,21 +1285,14 @@ async fn idle_after_the_window(replicas: i32) -> (Option<Value>, Value) {
              "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
         "spec": {"replicas": replicas, "selector": {}, "template": {}}});
     api.expect("GET", &deploy_path, 200, live).await;
-    expect_operator_apply(
-        &mut api,
-        &deploy_path,
-        json!({"spec": {"replicas": replicas}}),
-    )
-    .await;
-    expect_operator_apply(
-        &mut api,
+    api.expect_operator_apply(&deploy_path, json!({"spec": {"replicas": replicas}}))
+        .await;
+    api.expect_operator_apply(
         &path("v1", "services", "autoscale-workers-headless"),
         json!({}),
     )
     .await;
-    let hpa = expect_operator_apply(
-        &mut api,
-        &path("autoscaling/v2", "horizontalpodautoscalers", "autoscale-workers-hpa"),
+    let hpa = api.expect_operator_apply(&path("autoscaling/v2", "horizontalpodautoscalers", "autoscale-workers-hpa"),
         json!({"status": {"currentReplicas": replicas, "desiredReplicas": replicas, "conditions": [
             {"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale", "message": "ok"},
             {"type": "ScalingActive", "status": "False", "reason": "FailedGetResourceMetric",
@@ -1464,19 +1312,12 @@ async fn idle_after_the_window(replicas: i32) -> (Option<Value>, Value) {
             seen.query
         );
         let mut answer = seen.body.clone();
-        support::merge(
+        testkit::merge(
             &mut answer,
             json!({"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "autoscale-workers-deployment", "namespace": NS}}),
         );
-        send.send_response(
-            http::Response::builder()
-                .status(200)
-                .body(kube::client::Body::from(
-                    serde_json::to_vec(&answer).expect("json"),
-                ))
-                .expect("response"),
-        );
+        send.send_response(testkit::response(200, &answer));
         Some(seen.body)
     } else {
         assert_eq!(
@@ -1488,15 +1329,8 @@ async fn idle_after_the_window(replicas: i32) -> (Option<Value>, Value) {
             )
         );
         let mut answer = stored(&p);
-        support::merge(&mut answer, seen.body.clone());
-        send.send_response(
-            http::Response::builder()
-                .status(200)
-                .body(kube::client::Body::from(
-                    serde_json::to_vec(&answer).expect("json"),
-                ))
-                .expect("response"),
-        );
+        testkit::merge(&mut answer, seen.body.clone());
+        send.send_response(testkit::response(200, &answer));
         api.finish(task).await.expect("reconcile ok");
         return (None, seen.body["status"].clone());
     };
@@ -1535,9 +1369,7 @@ async fn a_stuck_hpa_gives_back_only_what_the_storm_floor_raised() {
 
 #[tokio::test]
 async fn an_unreachable_storm_ui_keeps_the_count_in_force_and_says_so() {
-    let mut p = pool(include_str!(
-        "../../../examples/storm-autoscale-worker-pool.yaml"
-    ));
+    let mut p = pool(AUTOSCALE);
     p.status = Some(
         serde_json::from_value(json!({
             "stormAutoscaling": {"replicas": 4, "recommendation": 4, "term": "PendingMessages"}

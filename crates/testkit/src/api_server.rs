@@ -1,7 +1,6 @@
 //! A mocked Kubernetes API server for reconcile tests (kube-rs's `tower-test` pattern): each
-//! test scripts the exact requests the reconciler must make and the responses it gets.
-
-#![allow(dead_code, missing_docs)]
+//! test scripts the exact requests the code under test must make and the responses it gets.
+//! Events (`events.k8s.io`) are answered and recorded on the side, in [`ApiServer::events`].
 
 use std::time::Duration;
 
@@ -10,18 +9,39 @@ use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
 
-/// One request the reconciler made.
+/// The operator's field manager, which every [`ApiServer::expect_operator_apply`] must carry.
+pub const OPERATOR_MANAGER: &str = "workerpool-operator";
+
+/// One request the code under test made.
+#[derive(Clone, Debug)]
 pub struct Seen {
+    /// `GET`, `PATCH`, ...
     pub method: String,
+    /// The URL path, e.g. `/api/v1/namespaces/team-a/configmaps/x`.
     pub path: String,
+    /// The query string without `?` (empty when there is none).
     pub query: String,
+    /// The JSON body (`Null` when empty).
     pub body: Value,
+}
+
+impl Seen {
+    /// The `fieldManager` of the request (empty when none) and whether it forces (`force=true`).
+    pub fn field_manager(&self) -> (String, bool) {
+        let params: Vec<&str> = self.query.split('&').collect();
+        let manager = params
+            .iter()
+            .find_map(|p| p.strip_prefix("fieldManager="))
+            .unwrap_or_default()
+            .to_string();
+        (manager, params.contains(&"force=true"))
+    }
 }
 
 /// The scripted server side of a mocked client.
 pub struct ApiServer {
     handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
-    /// Events the reconciler published, as (type, reason, note).
+    /// Events published so far, as (type, reason, note).
     pub events: Vec<(String, String, String)>,
 }
 
@@ -37,9 +57,10 @@ pub fn mock() -> (Client, ApiServer) {
     )
 }
 
-fn response(status: StatusCode, body: &Value) -> Response<Body> {
+/// A JSON response with `status` and `body`.
+pub fn response(status: u16, body: &Value) -> Response<Body> {
     Response::builder()
-        .status(status)
+        .status(StatusCode::from_u16(status).expect("status"))
         .header("content-type", "application/json")
         .body(Body::from(serde_json::to_vec(body).expect("json")))
         .expect("response")
@@ -48,6 +69,11 @@ fn response(status: StatusCode, body: &Value) -> Response<Body> {
 /// A Kubernetes `Status` for an error response.
 pub fn status_error(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": message})
+}
+
+/// The API server's 404 (`NotFound`, "not found").
+pub fn not_found() -> Value {
+    status_error(404, "NotFound", "not found")
 }
 
 /// The API server's refusal to create `kind` (plural) `name` in `namespace` while that
@@ -65,8 +91,35 @@ pub fn namespace_terminating(namespace: &str, kind: &str, name: &str) -> Value {
     refused
 }
 
+/// Merges `extra` into `target` (objects key by key; anything else, arrays included, replaced).
+pub fn merge(target: &mut Value, extra: Value) {
+    match (target, extra) {
+        (Value::Object(t), Value::Object(e)) => {
+            for (k, v) in e {
+                merge(t.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (t, e) => *t = e,
+    }
+}
+
+fn is_event(path: &str) -> bool {
+    path.contains("/apis/events.k8s.io/")
+}
+
 impl ApiServer {
-    /// Waits for the next request that is not an Event (Events are recorded and answered).
+    /// Records the Event `body` and answers it.
+    fn answer_event(&mut self, body: Value, send: tower_test::mock::SendResponse<Response<Body>>) {
+        self.events.push((
+            body["type"].as_str().unwrap_or_default().to_string(),
+            body["reason"].as_str().unwrap_or_default().to_string(),
+            body["note"].as_str().unwrap_or_default().to_string(),
+        ));
+        send.send_response(response(201, &body));
+    }
+
+    /// Waits (5 s at most) for the next request that is not an Event (Events are recorded and
+    /// answered); the caller answers it through the returned handle.
     pub async fn next(&mut self) -> (Seen, tower_test::mock::SendResponse<Response<Body>>) {
         loop {
             let (req, send) =
@@ -83,13 +136,8 @@ impl ApiServer {
             } else {
                 serde_json::from_slice(&bytes).expect("json body")
             };
-            if path.contains("/apis/events.k8s.io/") {
-                self.events.push((
-                    body["type"].as_str().unwrap_or_default().to_string(),
-                    body["reason"].as_str().unwrap_or_default().to_string(),
-                    body["note"].as_str().unwrap_or_default().to_string(),
-                ));
-                send.send_response(response(StatusCode::CREATED, &body));
+            if is_event(&path) {
+                self.answer_event(body, send);
                 continue;
             }
             return (
@@ -114,10 +162,7 @@ impl ApiServer {
             seen.query,
             seen.body
         );
-        send.send_response(response(
-            StatusCode::from_u16(status).expect("status"),
-            &body,
-        ));
+        send.send_response(response(status, &body));
         seen
     }
 
@@ -155,7 +200,20 @@ impl ApiServer {
         meta.insert("resourceVersion".into(), json!("1"));
         meta.insert("generation".into(), json!(1));
         merge(&mut stored, extra);
-        send.send_response(response(StatusCode::OK, &stored));
+        send.send_response(response(200, &stored));
+        seen
+    }
+
+    /// [`expect_apply`](Self::expect_apply) whose field manager is exactly the operator's own
+    /// ([`OPERATOR_MANAGER`]), forced.
+    pub async fn expect_operator_apply(&mut self, path: &str, extra: Value) -> Seen {
+        let seen = self.expect_apply(path, extra).await;
+        assert_eq!(
+            seen.field_manager(),
+            (OPERATOR_MANAGER.to_string(), true),
+            "{path}: {}",
+            seen.query
+        );
         seen
     }
 
@@ -170,17 +228,12 @@ impl ApiServer {
                     };
                     let path = req.uri().path().to_string();
                     assert!(
-                        path.contains("/apis/events.k8s.io/"),
+                        is_event(&path),
                         "unexpected request {} {}", req.method(), req.uri()
                     );
                     let bytes = req.into_body().collect_bytes().await.expect("body");
                     let body: Value = serde_json::from_slice(&bytes).expect("json body");
-                    self.events.push((
-                        body["type"].as_str().unwrap_or_default().to_string(),
-                        body["reason"].as_str().unwrap_or_default().to_string(),
-                        body["note"].as_str().unwrap_or_default().to_string(),
-                    ));
-                    send.send_response(response(StatusCode::CREATED, &body));
+                    self.answer_event(body, send);
                 }
             }
         }
@@ -211,26 +264,4 @@ impl ApiServer {
         );
         self.expect_silence(Duration::from_millis(100)).await;
     }
-}
-
-/// Merges `extra` into `target` (objects key by key).
-pub fn merge(target: &mut Value, extra: Value) {
-    match (target, extra) {
-        (Value::Object(t), Value::Object(e)) => {
-            for (k, v) in e {
-                merge(t.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (t, e) => *t = e,
-    }
-}
-
-/// A ScalerConfig `namespace/name` (uid `uid`) for the machine's local Redis on 127.0.0.1:6379.
-pub fn local_redis(namespace: &str, name: &str, uid: &str) -> workerpool_api::ScalerConfig {
-    serde_json::from_value(json!({
-        "apiVersion": "quickube.com/v1alpha1", "kind": "ScalerConfig",
-        "metadata": {"name": name, "namespace": namespace, "uid": uid, "generation": 1},
-        "spec": {"type": "redis", "config": {"host": "127.0.0.1", "port": "6379"}}
-    }))
-    .expect("a ScalerConfig")
 }

@@ -43,8 +43,6 @@ mod shared_broker;
 mod storm;
 #[path = "e2e/storm_autoscale.rs"]
 mod storm_autoscale;
-#[path = "e2e/storm_ui.rs"]
-mod storm_ui;
 #[path = "e2e/webhook.rs"]
 mod webhook;
 

@@ -20,7 +20,6 @@ use futures::FutureExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference};
 use kube::api::{
     Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
@@ -103,53 +102,10 @@ pub async fn cluster_or_skip(scenario: &str) -> Option<Client> {
     }
 }
 
-/// Installs every CRD of `workerpool_api::all_crds()` by server-side apply (they are too large
-/// for the last-applied annotation of a client-side apply) and waits until each is Established.
+/// Installs every CRD by server-side apply with the suite's field manager and waits until each
+/// is Established ([`workerpool_testkit::install_crds`]).
 pub async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let crds = workerpool_api::all_crds();
-    for crd in &crds {
-        let name = crd.name_any();
-        if let Err(e) = api.patch(&name, &params, &Patch::Apply(crd)).await {
-            panic!("e2e: the API server rejected CRD {name}: {e}");
-        }
-    }
-    for crd in &crds {
-        let name = crd.name_any();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let (established, seen) = match api.get(&name).await {
-                Ok(c) => {
-                    let conds = c.status.and_then(|s| s.conditions).unwrap_or_default();
-                    let established = conds
-                        .iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True");
-                    let seen = conds
-                        .iter()
-                        .map(|c| {
-                            format!(
-                                "{}={} ({})",
-                                c.type_,
-                                c.status,
-                                c.message.as_deref().unwrap_or("")
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    (established, seen)
-                }
-                Err(e) => (false, format!("get failed: {e}")),
-            };
-            if established {
-                break;
-            }
-            if Instant::now() >= deadline {
-                panic!("e2e: CRD {name} is not Established after {WAIT:?}; conditions: {seen}");
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
+    workerpool_testkit::install_crds(client, FIELD_MANAGER).await;
 }
 
 fn random_suffix() -> String {

@@ -23,7 +23,7 @@ use crate::harness::{
     logs_dir, summarize_conditions,
 };
 use crate::redis::TestRedis;
-use crate::storm_ui::StormUi;
+use workerpool_testkit::storm_ui::StormUi;
 
 /// The Prometheus binary (Debian package `prometheus`).
 const PROMETHEUS: &str = "prometheus";

@@ -24,7 +24,7 @@ use crate::harness::{
     Observe, Scenario, WAIT, applied_field_owned_by, condition, controlled_by, ensure,
     expect_rejected, find_series, has_apply_entry, summarize_conditions,
 };
-use crate::storm_ui::{self, StormUi};
+use workerpool_testkit::storm_ui::{self, StormUi};
 
 pub const CLUSTER_AND_TOPOLOGIES: &str =
     include_str!("../../../../examples/storm-cluster-and-topologies.yaml");

@@ -19,7 +19,7 @@ use crate::harness::{
     Observe, Scenario, WAIT, condition, ensure, find_series, summarize_conditions,
 };
 use crate::storm::{CLUSTER_AND_TOPOLOGIES, POOLS};
-use crate::storm_ui::{Load, StormUi};
+use workerpool_testkit::storm_ui::{Load, StormUi};
 
 const POOL: &str = "autoscale-workers";
 const TOPOLOGY: &str = "streaming-topology";

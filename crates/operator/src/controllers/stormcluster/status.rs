@@ -114,170 +114,235 @@ pub fn compute(
 ) -> StormClusterStatus {
     let previous = cluster.status.clone().unwrap_or_default();
     let generation = cluster.metadata.generation;
-    let was_up = matches!(
-        previous.phase,
-        Some(ClusterPhase::Running | ClusterPhase::Degraded)
-    );
-    let starting = daemons.is_some_and(|d| !d.all_ready()) && !was_up;
+    let before = Before::of(&previous, daemons);
     let mut s = previous;
     s.observed_generation = generation;
     s.ui_url = cluster.ui_url().map(|u| scrub_userinfo(&u));
     s.nimbus_seeds = cluster.nimbus_seeds();
-
-    let (phase, message, reachable) = match poll {
+    let verdict = match poll {
         Ok(read) => {
-            let leader = leader(read).map(NimbusSummary::address);
-            s.nimbus_leader = leader.clone();
-            s.storm_version = read
-                .summary
-                .storm_version
-                .clone()
-                .or_else(|| leader_version(read));
-            s.supervisors = Some(clamp(read.summary.supervisors));
-            s.slots_total = Some(clamp(read.summary.slots_total));
-            s.slots_used = Some(clamp(read.summary.slots_used));
-            s.slots_free = Some(clamp(read.summary.slots_free));
-            s.topologies = Some(clamp(read.summary.topologies));
-            // Only a missing leader stops pools and topologies: an offline seed or a daemon
-            // that is not ready is reported (message, DaemonsReady), while the leader serves.
-            let mut warnings = Vec::new();
-            let offline: Vec<String> = read
-                .nimbuses
-                .iter()
-                .filter(|n| n.status == NimbusStatus::Offline)
-                .map(NimbusSummary::address)
-                .collect();
-            if !offline.is_empty() {
-                warnings.push(format!("Nimbus seed(s) offline: {}", offline.join(", ")));
-            }
-            if let Some(d) = daemons.filter(|d| !d.all_ready()) {
-                warnings.push(format!("daemons not ready ({})", d.describe()));
-            }
-            let reachable = match &leader {
-                Some(l) => NewCondition::new(
-                    REACHABLE,
-                    true,
-                    "UIReachable",
-                    format!("The Storm UI answers; Nimbus leader {l}"),
-                ),
-                None => NewCondition::new(
-                    REACHABLE,
-                    false,
-                    "NoNimbusLeader",
-                    "The Storm UI answers but reports no Nimbus leader",
-                ),
-            };
-            let summary = format!(
-                "Storm {}, {} supervisor(s), {}/{} slot(s) free, {} topolog(ies)",
-                s.storm_version.as_deref().unwrap_or("of unknown version"),
-                read.summary.supervisors,
-                read.summary.slots_free,
-                read.summary.slots_total,
-                read.summary.topologies
-            );
-            let warnings = if warnings.is_empty() {
-                String::new()
-            } else {
-                format!("; {}", warnings.join("; "))
-            };
-            match leader {
-                Some(l) => (
-                    ClusterPhase::Running,
-                    format!("Nimbus leader {l}; {summary}{warnings}"),
-                    reachable,
-                ),
-                None if starting => (
-                    ClusterPhase::Pending,
-                    format!("Daemons starting: no Nimbus leads yet{warnings}"),
-                    reachable,
-                ),
-                None => (
-                    ClusterPhase::Degraded,
-                    format!("Storm answers, but no Nimbus leads; {summary}{warnings}"),
-                    reachable,
-                ),
-            }
+            record_read(&mut s, read);
+            answered(&s, read, before)
         }
         Err(e) => {
             s.nimbus_leader = None;
-            let text = error_text(e);
-            match outcome(poll) {
-                Outcome::Invalid => (
-                    ClusterPhase::Failed,
-                    format!("The Storm UI URL is unusable: {text}"),
-                    NewCondition::new(REACHABLE, false, "InvalidUIUrl", text),
-                ),
-                Outcome::NoLeader => {
-                    let reachable = NewCondition::new(
-                        REACHABLE,
-                        false,
-                        "NoNimbusLeader",
-                        "The Storm UI answers but finds no Nimbus leader",
-                    );
-                    if starting {
-                        let d = daemons.unwrap_or_default();
-                        (
-                            ClusterPhase::Pending,
-                            format!("Daemons starting ({}); no Nimbus leader yet", d.describe()),
-                            reachable,
-                        )
-                    } else {
-                        (
-                            ClusterPhase::Degraded,
-                            format!("Storm answers, but no Nimbus leader: {text}"),
-                            reachable,
-                        )
-                    }
-                }
-                _ => {
-                    let reason = match e {
-                        StormError::Unreachable { .. } => "UIUnreachable",
-                        _ => "UIError",
-                    };
-                    let reachable = NewCondition::new(REACHABLE, false, reason, text.clone());
-                    if was_up {
-                        (
-                            ClusterPhase::Degraded,
-                            format!("The Storm UI stopped answering: {text}"),
-                            reachable,
-                        )
-                    } else if let Some(d) = daemons.filter(|_| starting) {
-                        (
-                            ClusterPhase::Pending,
-                            format!(
-                                "Daemons starting ({}); the Storm UI does not answer yet",
-                                d.describe()
-                            ),
-                            reachable,
-                        )
-                    } else {
-                        (
-                            ClusterPhase::Pending,
-                            format!("Waiting for the Storm UI to answer: {text}"),
-                            reachable,
-                        )
-                    }
-                }
-            }
+            unanswered(e, outcome(poll), before)
         }
     };
-    s.phase = Some(phase);
-    s.message = Some(message.clone());
-    let ready_reason = match phase {
+    s.phase = Some(verdict.phase);
+    s.message = Some(verdict.message.clone());
+    set(
+        &mut s,
+        NewCondition::new(
+            READY,
+            verdict.phase == ClusterPhase::Running,
+            ready_reason(verdict.phase),
+            verdict.message,
+        ),
+        generation,
+        now,
+    );
+    set(&mut s, verdict.reachable, generation, now);
+    set_daemons(&mut s, cluster, daemons, generation, now);
+    s
+}
+
+/// Where the cluster stood before a poll, as the choice of its phase needs it.
+#[derive(Clone, Copy)]
+struct Before {
+    /// The daemons' readiness (Managed clusters only).
+    daemons: Option<Daemons>,
+    /// The cluster was Running or Degraded.
+    was_up: bool,
+    /// A cluster that was not up and whose daemons are not all ready yet.
+    starting: bool,
+}
+
+impl Before {
+    /// Where a cluster with the `previous` status and `daemons` stands.
+    fn of(previous: &StormClusterStatus, daemons: Option<Daemons>) -> Self {
+        let was_up = matches!(
+            previous.phase,
+            Some(ClusterPhase::Running | ClusterPhase::Degraded)
+        );
+        Before {
+            daemons,
+            was_up,
+            starting: daemons.is_some_and(|d| !d.all_ready()) && !was_up,
+        }
+    }
+}
+
+/// A poll's phase, with the message of `Ready` and the `Reachable` condition.
+struct Verdict {
+    phase: ClusterPhase,
+    message: String,
+    reachable: NewCondition,
+}
+
+/// Copies the leader, Storm's version and the cluster's figures of an answered poll into `s`.
+fn record_read(s: &mut StormClusterStatus, read: &StormRead) {
+    s.nimbus_leader = leader(read).map(NimbusSummary::address);
+    s.storm_version = read
+        .summary
+        .storm_version
+        .clone()
+        .or_else(|| leader_version(read));
+    s.supervisors = Some(clamp(read.summary.supervisors));
+    s.slots_total = Some(clamp(read.summary.slots_total));
+    s.slots_used = Some(clamp(read.summary.slots_used));
+    s.slots_free = Some(clamp(read.summary.slots_free));
+    s.topologies = Some(clamp(read.summary.topologies));
+}
+
+/// The verdict of a poll that Storm answered, once [`record_read`] has put it into `s`: `Running`
+/// with a leader; without one, `Pending` while the daemons start, else `Degraded`.
+fn answered(s: &StormClusterStatus, read: &StormRead, before: Before) -> Verdict {
+    let summary = format!(
+        "Storm {}, {} supervisor(s), {}/{} slot(s) free, {} topolog(ies)",
+        s.storm_version.as_deref().unwrap_or("of unknown version"),
+        read.summary.supervisors,
+        read.summary.slots_free,
+        read.summary.slots_total,
+        read.summary.topologies
+    );
+    let warnings = warnings(read, before.daemons);
+    match &s.nimbus_leader {
+        Some(l) => Verdict {
+            phase: ClusterPhase::Running,
+            message: format!("Nimbus leader {l}; {summary}{warnings}"),
+            reachable: NewCondition::new(
+                REACHABLE,
+                true,
+                "UIReachable",
+                format!("The Storm UI answers; Nimbus leader {l}"),
+            ),
+        },
+        None => Verdict {
+            phase: if before.starting {
+                ClusterPhase::Pending
+            } else {
+                ClusterPhase::Degraded
+            },
+            message: if before.starting {
+                format!("Daemons starting: no Nimbus leads yet{warnings}")
+            } else {
+                format!("Storm answers, but no Nimbus leads; {summary}{warnings}")
+            },
+            reachable: NewCondition::new(
+                REACHABLE,
+                false,
+                "NoNimbusLeader",
+                "The Storm UI answers but reports no Nimbus leader",
+            ),
+        },
+    }
+}
+
+/// What is wrong while a leader serves, as a message suffix (`; ...`, or empty): offline Nimbus
+/// seeds and daemons that are not ready. Only a missing leader stops pools and topologies; these
+/// are only reported.
+fn warnings(read: &StormRead, daemons: Option<Daemons>) -> String {
+    let mut warnings = Vec::new();
+    let offline: Vec<String> = read
+        .nimbuses
+        .iter()
+        .filter(|n| n.status == NimbusStatus::Offline)
+        .map(NimbusSummary::address)
+        .collect();
+    if !offline.is_empty() {
+        warnings.push(format!("Nimbus seed(s) offline: {}", offline.join(", ")));
+    }
+    if let Some(d) = daemons.filter(|d| !d.all_ready()) {
+        warnings.push(format!("daemons not ready ({})", d.describe()));
+    }
+    if warnings.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", warnings.join("; "))
+    }
+}
+
+/// The verdict of a poll that failed with `e`, classified as `outcome`.
+fn unanswered(e: &StormError, outcome: Outcome, before: Before) -> Verdict {
+    let text = error_text(e);
+    match outcome {
+        Outcome::Invalid => Verdict {
+            phase: ClusterPhase::Failed,
+            message: format!("The Storm UI URL is unusable: {text}"),
+            reachable: NewCondition::new(REACHABLE, false, "InvalidUIUrl", text),
+        },
+        Outcome::NoLeader => no_leader(&text, before),
+        _ => no_answer(e, text, before),
+    }
+}
+
+/// Storm answers but finds no Nimbus leader: `Pending` while the daemons start, else `Degraded`.
+fn no_leader(text: &str, before: Before) -> Verdict {
+    let reachable = NewCondition::new(
+        REACHABLE,
+        false,
+        "NoNimbusLeader",
+        "The Storm UI answers but finds no Nimbus leader",
+    );
+    if before.starting {
+        let d = before.daemons.unwrap_or_default();
+        Verdict {
+            phase: ClusterPhase::Pending,
+            message: format!("Daemons starting ({}); no Nimbus leader yet", d.describe()),
+            reachable,
+        }
+    } else {
+        Verdict {
+            phase: ClusterPhase::Degraded,
+            message: format!("Storm answers, but no Nimbus leader: {text}"),
+            reachable,
+        }
+    }
+}
+
+/// The UI did not answer (or answered something unusable) with `e`: `Degraded` for a cluster
+/// that was up, else `Pending`.
+fn no_answer(e: &StormError, text: String, before: Before) -> Verdict {
+    let reason = match e {
+        StormError::Unreachable { .. } => "UIUnreachable",
+        _ => "UIError",
+    };
+    let reachable = NewCondition::new(REACHABLE, false, reason, text.clone());
+    let (phase, message) = if before.was_up {
+        (
+            ClusterPhase::Degraded,
+            format!("The Storm UI stopped answering: {text}"),
+        )
+    } else if let Some(d) = before.daemons.filter(|_| before.starting) {
+        (
+            ClusterPhase::Pending,
+            format!(
+                "Daemons starting ({}); the Storm UI does not answer yet",
+                d.describe()
+            ),
+        )
+    } else {
+        (
+            ClusterPhase::Pending,
+            format!("Waiting for the Storm UI to answer: {text}"),
+        )
+    };
+    Verdict {
+        phase,
+        message,
+        reachable,
+    }
+}
+
+/// The `Ready` reason of a phase.
+fn ready_reason(phase: ClusterPhase) -> &'static str {
+    match phase {
         ClusterPhase::Running => "Running",
         ClusterPhase::Degraded => "Degraded",
         ClusterPhase::Pending => "Pending",
         ClusterPhase::Failed => "InvalidSpec",
-    };
-    set(
-        &mut s,
-        NewCondition::new(READY, phase == ClusterPhase::Running, ready_reason, message),
-        generation,
-        now,
-    );
-    set(&mut s, reachable, generation, now);
-    set_daemons(&mut s, cluster, daemons, generation, now);
-    s
+    }
 }
 
 fn leader_version(read: &StormRead) -> Option<String> {

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
@@ -367,6 +368,26 @@ struct Written {
     at: Instant,
 }
 
+impl Written {
+    /// What `status` says was written, for a poll that has not written yet (its queue length
+    /// counts as due for a refresh).
+    fn of_status(status: &workerpool_api::QWorkerStatus) -> Self {
+        Written {
+            desired: status.desired_replicas,
+            queue_length: status.queue_length.and_then(|l| u64::try_from(l).ok()),
+            reachable: conditions::find(&status.conditions, BROKER_REACHABLE)
+                .map(|c| if c.status == "True" { "" } else { "unknown" }),
+            at: Instant::now() - QUEUE_LENGTH_REFRESH,
+        }
+    }
+
+    /// Whether a queue `length` read differs from the written one, which is
+    /// [`QUEUE_LENGTH_REFRESH`] old.
+    fn stale_length(&self, length: Option<u64>) -> bool {
+        length.is_some() && self.queue_length != length && self.at.elapsed() >= QUEUE_LENGTH_REFRESH
+    }
+}
+
 struct Poller {
     scaler: Arc<Inner>,
     object: ObjectRef<QWorker>,
@@ -443,6 +464,28 @@ struct VpaState {
     /// OOM kills taken into account and the last raise; loaded from the status with `record`.
     ooms: crate::controllers::qworker::vpa::OomMemory,
     dirty: bool,
+}
+
+impl VpaState {
+    /// The usage record and the OOM memory, both loaded from `status` on the first sample.
+    fn load(
+        &mut self,
+        status: &workerpool_api::QWorkerStatus,
+    ) -> (
+        &mut crate::controllers::qworker::vpa::Usage,
+        &mut crate::controllers::qworker::vpa::OomMemory,
+    ) {
+        if self.record.is_none() {
+            self.ooms = crate::controllers::qworker::vpa::OomMemory {
+                seen: status.oom_kills_seen.clone(),
+                last_raise: status.last_oom_raise_time.as_ref().map(|t| t.0),
+            };
+        }
+        let record = self
+            .record
+            .get_or_insert_with(|| status.max_container_resources_usage.clone());
+        (record, &mut self.ooms)
+    }
 }
 
 /// How often activateVPA reads pod metrics (one list call per QWorker).
@@ -593,21 +636,11 @@ impl Poller {
     /// One poll. `Err` when the broker could not be read.
     async fn poll(&mut self, qw: &QWorker) -> Result<(), ()> {
         let sc = &qw.spec.scale_config;
-        let ns = qw.namespace().unwrap_or_default();
         self.scaling.set_window(Duration::from_secs(u64::from(
             sc.scale_down_stabilization_seconds(),
         )));
         let started = Instant::now();
-        let depth = match self.scaler.brokers.get(&ns, &sc.scaler_config_ref).await {
-            Ok(broker) => {
-                let workers = live_worker_names(&self.scaler.pods, qw);
-                broker
-                    .depth(&sc.queue, &workers)
-                    .await
-                    .map_err(|e| BrokerUnavailable::from_queue(&e))
-            }
-            Err(e) => Err(e),
-        };
+        let depth = self.read_depth(qw).await;
         self.poll_duration.observe(started.elapsed().as_secs_f64());
         if sc.activate_vpa
             && self
@@ -619,76 +652,117 @@ impl Poller {
         }
         match depth {
             Ok(length) => {
-                // The pod cache is read only for the rate policy (the specification's rule needs
-                // the queue length alone, and a poll stays as cheap as before).
-                let observation = match sc.scaling_policy() {
-                    workerpool_api::qworker::ScalingPolicy::Rate => pod_observation(
-                        &self
-                            .scaler
-                            .pods
-                            .owned_by(qw.metadata.uid.as_deref().unwrap_or_default()),
-                        qw,
-                        self.origin.elapsed(),
-                        length,
-                        Timestamp::now(),
-                    ),
-                    workerpool_api::qworker::ScalingPolicy::QueueLength => policy::Observation {
-                        at: self.origin.elapsed(),
-                        queue_length: length,
-                        ..policy::Observation::default()
-                    },
-                };
-                let current = self.last.as_ref().map_or_else(
-                    || {
-                        qw.status
-                            .as_ref()
-                            .map_or(sc.min_replicas, |s| s.desired_replicas)
-                    },
-                    |w| w.desired,
-                );
-                let knobs = knobs(sc);
-                let decision = self.scaling.step(&observation, &knobs, current);
-                self.record_decision(qw, &observation, &decision);
-                let interval = poll_interval(sc);
-                let threshold = policy::wake_threshold(&knobs, decision.replicas, Some(length));
-                self.watch_queue(qw, threshold, interval);
-                // Boxed: it runs to completion at once unless there is something to write.
-                Box::pin(self.write(
-                    qw,
-                    decision.replicas,
-                    Some(length),
-                    None,
-                    Some((&observation, &decision)),
-                ))
-                .await;
+                self.scale(qw, length).await;
                 Ok(())
             }
             Err(e) => {
-                self.scaler
-                    .shared
-                    .metrics
-                    .broker_errors
-                    .get_or_create(&BrokerErrorLabels {
-                        namespace: ns.clone(),
-                        qworker: qw.name_any(),
-                        category: e.category,
-                    })
-                    .inc();
-                if e.is_auth_failure() {
-                    self.scaler.brokers.invalidate(&ns, &sc.scaler_config_ref);
-                }
-                // Failing polls back off; nothing reads the queue early meanwhile.
-                self.watch_queue(qw, None, Duration::ZERO);
-                let desired = qw
-                    .status
-                    .as_ref()
-                    .map_or(sc.min_replicas, |s| s.desired_replicas)
-                    // Keep the last answer, within bounds that may have changed since.
-                    .clamp(sc.min_replicas.max(0), sc.max_replicas.max(0));
-                Box::pin(self.write(qw, desired, None, Some(&e), None)).await;
+                self.broker_failed(qw, e).await;
                 Err(())
             }
         }
+    }
+
+    /// Reads the depth of `qw`'s queue (waiting plus in flight at its live workers) through its
+    /// ScalerConfig's connection.
+    async fn read_depth(&self, qw: &QWorker) -> Result<u64, BrokerUnavailable> {
+        let sc = &qw.spec.scale_config;
+        let ns = qw.namespace().unwrap_or_default();
+        match self.scaler.brokers.get(&ns, &sc.scaler_config_ref).await {
+            Ok(broker) => {
+                let workers = live_worker_names(&self.scaler.pods, qw);
+                broker
+                    .depth(&sc.queue, &workers)
+                    .await
+                    .map_err(|e| BrokerUnavailable::from_queue(&e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Decides the desired count from the queue `length` read, watches the queue for an early
+    /// poll, and writes the status.
+    async fn scale(&mut self, qw: &QWorker, length: u64) {
+        let sc = &qw.spec.scale_config;
+        let observation = self.observe(qw, length);
+        let current = self.current_desired(qw);
+        let knobs = knobs(sc);
+        let decision = self.scaling.step(&observation, &knobs, current);
+        self.record_decision(qw, &observation, &decision);
+        let interval = poll_interval(sc);
+        let threshold = policy::wake_threshold(&knobs, decision.replicas, Some(length));
+        self.watch_queue(qw, threshold, interval);
+        // Boxed: it runs to completion at once unless there is something to write.
+        Box::pin(self.write(
+            qw,
+            decision.replicas,
+            Some(length),
+            None,
+            Some((&observation, &decision)),
+        ))
+        .await;
+    }
+
+    /// What the policy sees at this poll. The pod cache is read only for the rate policy (the
+    /// specification's rule needs the queue length alone, and a poll stays as cheap as before).
+    fn observe(&self, qw: &QWorker, length: u64) -> policy::Observation {
+        match qw.spec.scale_config.scaling_policy() {
+            workerpool_api::qworker::ScalingPolicy::Rate => pod_observation(
+                &self
+                    .scaler
+                    .pods
+                    .owned_by(qw.metadata.uid.as_deref().unwrap_or_default()),
+                qw,
+                self.origin.elapsed(),
+                length,
+                Timestamp::now(),
+            ),
+            workerpool_api::qworker::ScalingPolicy::QueueLength => policy::Observation {
+                at: self.origin.elapsed(),
+                queue_length: length,
+                ..policy::Observation::default()
+            },
+        }
+    }
+
+    /// The desired count the decision starts from: the last one written, else the status's.
+    fn current_desired(&self, qw: &QWorker) -> i32 {
+        self.last.as_ref().map_or_else(
+            || {
+                qw.status
+                    .as_ref()
+                    .map_or(qw.spec.scale_config.min_replicas, |s| s.desired_replicas)
+            },
+            |w| w.desired,
+        )
+    }
+
+    /// The broker could not be read: counts the error, drops a connection whose credentials were
+    /// refused, stops the early reads, and writes the error with the last desired count kept.
+    async fn broker_failed(&mut self, qw: &QWorker, e: BrokerUnavailable) {
+        let sc = &qw.spec.scale_config;
+        let ns = qw.namespace().unwrap_or_default();
+        self.scaler
+            .shared
+            .metrics
+            .broker_errors
+            .get_or_create(&BrokerErrorLabels {
+                namespace: ns.clone(),
+                qworker: qw.name_any(),
+                category: e.category,
+            })
+            .inc();
+        if e.is_auth_failure() {
+            self.scaler.brokers.invalidate(&ns, &sc.scaler_config_ref);
+        }
+        // Failing polls back off; nothing reads the queue early meanwhile.
+        self.watch_queue(qw, None, Duration::ZERO);
+        let desired = qw
+            .status
+            .as_ref()
+            .map_or(sc.min_replicas, |s| s.desired_replicas)
+            // Keep the last answer, within bounds that may have changed since.
+            .clamp(sc.min_replicas.max(0), sc.max_replicas.max(0));
+        Box::pin(self.write(qw, desired, None, Some(&e), None)).await;
     }
 
     /// activateVPA: reads the PodMetrics of the QWorker's pods (one list call by label
@@ -696,89 +770,39 @@ impl Poller {
     /// marks the status for writing when the record or the `ResourceMetricsAvailable`
     /// condition changed. Missing metrics never stop scaling.
     async fn sample_usage(&mut self, qw: &QWorker) {
-        use crate::controllers::qworker::{build, vpa};
-        use workerpool_api::conditions::RESOURCE_METRICS_AVAILABLE;
+        use crate::controllers::qworker::vpa;
         self.vpa.last_sample = Some(Instant::now());
         let status = qw.status.clone().unwrap_or_default();
-        if self.vpa.record.is_none() {
-            self.vpa.ooms = vpa::OomMemory {
-                seen: status.oom_kills_seen.clone(),
-                last_raise: status.last_oom_raise_time.as_ref().map(|t| t.0),
-            };
-        }
-        let record = self
-            .vpa
-            .record
-            .get_or_insert_with(|| status.max_container_resources_usage.clone());
-        let mut changed = false;
-        let ns = qw.namespace().unwrap_or_default();
-        let api: Api<kube::core::DynamicObject> = Api::namespaced_with(
-            self.scaler.shared.client.clone(),
-            &ns,
-            &pod_metrics_resource(),
-        );
-        let listed =
-            Box::pin(api.list(&kube::api::ListParams::default().labels(&build::selector(qw))))
-                .await;
+        let (record, ooms) = self.vpa.load(&status);
+        let listed = list_pod_metrics(&self.scaler.shared.client, qw).await;
         let live = live_worker_names(&self.scaler.pods, qw).len();
-        let condition = match listed {
-            Ok(list) => {
-                for item in &list.items {
-                    for c in item.data["containers"].as_array().into_iter().flatten() {
-                        let Some(name) = c["name"].as_str() else {
-                            continue;
-                        };
-                        let Ok(usage) = serde_json::from_value(c["usage"].clone()) else {
-                            continue;
-                        };
-                        // One container of one pod at a time: the record keeps the largest.
-                        let sample = vpa::Usage::from([(name.to_string(), usage)]);
-                        changed |= vpa::record(record, &sample);
-                    }
-                }
-                if list.items.len() < live {
-                    NewCondition::new(
-                        RESOURCE_METRICS_AVAILABLE,
-                        false,
-                        "MetricsPending",
-                        format!(
-                            "{} of {live} worker pod(s) have metrics yet; scaling goes on",
-                            list.items.len()
-                        ),
-                    )
-                } else {
-                    NewCondition::new(
-                        RESOURCE_METRICS_AVAILABLE,
-                        true,
-                        "MetricsRead",
-                        format!("usage read for {} pod(s)", list.items.len()),
-                    )
-                }
-            }
-            Err(e) => NewCondition::new(
-                RESOURCE_METRICS_AVAILABLE,
-                false,
-                "MetricsUnavailable",
-                format!(
-                    "cannot read metrics.k8s.io PodMetrics ({e}); is metrics-server installed? Scaling goes on"
-                ),
+        let (condition, mut changed) = match listed {
+            Ok(list) => (
+                metrics_condition(list.items.len(), live),
+                record_usage(record, &list.items),
             ),
+            Err(e) => (metrics_unavailable(&e), false),
         };
         // OOM kills: each counted once (the seen ones are kept in the status), at most one
         // raise per window, capped; an Event names the evidence of each raise.
-        let uid = qw.metadata.uid.as_deref();
-        let evidence: Vec<workerpool_api::OomKill> = self
-            .scaler
-            .pods
-            .owned_by(uid.unwrap_or_default())
-            .iter()
-            .filter(|p| p.namespace() == qw.namespace() && owned_by(p, uid))
-            .flat_map(|p| vpa::oom_evidence(p))
-            .collect();
-        let (raises, oom_changed) =
-            vpa::oom_kills(record, &mut self.vpa.ooms, qw, &evidence, Timestamp::now());
+        let evidence = oom_evidence(&self.scaler.pods, qw);
+        let (raises, oom_changed) = vpa::oom_kills(record, ooms, qw, &evidence, Timestamp::now());
         changed |= oom_changed;
-        for raise in &raises {
+        self.announce_raises(qw, &raises).await;
+        let new_condition = metrics_condition_of(&status.conditions, condition, qw);
+        let condition_changed = self.vpa.condition.as_ref().map(|c| (&c.status, &c.reason))
+            != new_condition.as_ref().map(|c| (&c.status, &c.reason));
+        self.vpa.condition = new_condition;
+        self.vpa.dirty |= changed || condition_changed;
+    }
+
+    /// An Event for each memory raise after OOM kills, naming its evidence.
+    async fn announce_raises(
+        &self,
+        qw: &QWorker,
+        raises: &[crate::controllers::qworker::vpa::Raise],
+    ) {
+        for raise in raises {
             info!(qworker = %self.object, pod = %raise.evidence.pod, container = %raise.evidence.container, new = %raise.new.0, "OOM kill raises the memory record");
             self.scaler
                 .shared
@@ -790,18 +814,6 @@ impl Poller {
                 )
                 .await;
         }
-        let mut conds = status.conditions.clone();
-        conditions::set_condition(
-            &mut conds,
-            condition,
-            qw.metadata.generation,
-            Timestamp::now(),
-        );
-        let new_condition = conditions::find(&conds, RESOURCE_METRICS_AVAILABLE).cloned();
-        let condition_changed = self.vpa.condition.as_ref().map(|c| (&c.status, &c.reason))
-            != new_condition.as_ref().map(|c| (&c.status, &c.reason));
-        self.vpa.condition = new_condition;
-        self.vpa.dirty |= changed || condition_changed;
     }
 
     /// The decision's numbers on `/metrics`.
@@ -894,84 +906,129 @@ impl Poller {
         error: Option<&BrokerUnavailable>,
         decision: Option<(&policy::Observation, &policy::Decision)>,
     ) {
-        let reachable = error.map(|e| e.reason);
+        let reachable_key = error.map(|e| e.reason).or(Some(""));
         // Borrowed: this runs on every poll of every QWorker, and the status can be large.
         let no_status = workerpool_api::QWorkerStatus::default();
         let status = qw.status.as_ref().unwrap_or(&no_status);
-        let previous = self.last.clone().unwrap_or(Written {
-            desired: status.desired_replicas,
-            queue_length: status.queue_length.and_then(|l| u64::try_from(l).ok()),
-            reachable: conditions::find(&status.conditions, BROKER_REACHABLE)
-                .map(|c| if c.status == "True" { "" } else { "unknown" }),
-            at: Instant::now() - QUEUE_LENGTH_REFRESH,
-        });
-        let reachable_key = reachable.or(Some(""));
+        let previous = self.last.clone().unwrap_or(Written::of_status(status));
         let changed_desired = previous.desired != desired;
         if self.last_decision.is_none() {
-            // First write since the start: the status says what was decided before (a hold
-            // recorded before a restart is lifted by the next decision, which starts afresh).
-            self.last_decision = status
-                .last_scale_decision
-                .as_ref()
-                .and_then(|d| serde_json::to_value(d).ok());
-            self.ineffective = ineffective_condition(status).is_some();
+            self.restore_decision(status);
         }
-        let mut new_decision = None;
         // Whether scaling became ineffective or effective again: recorded even without a change
         // of the count, so that the Scaling condition follows.
         let changed_effect =
             decision.is_some_and(|(_, d)| d.evidence.is_some() != self.ineffective);
-        if (changed_desired || changed_effect)
-            && let Some((obs, d)) = decision
-        {
-            let record = scale_decision(previous.desired, obs, d, &qw.spec.scale_config);
-            self.scaler
-                .shared
-                .metrics
-                .scale_decisions
-                .get_or_create(&crate::metrics::DecisionLabels {
-                    namespace: qw.namespace().unwrap_or_default(),
-                    qworker: qw.name_any(),
-                    term: d.term.as_str(),
-                })
-                .inc();
-            self.last_decision = serde_json::to_value(&record).ok();
-            new_decision = Some(record);
-        }
+        let new_decision = match decision {
+            Some((obs, d)) if changed_desired || changed_effect => {
+                Some(self.keep_decision(qw, previous.desired, obs, d))
+            }
+            _ => None,
+        };
         self.ineffective_events(qw, decision.map(|(_, d)| d)).await;
         let changed_reachability = previous.reachable != reachable_key;
-        let stale_length = length.is_some()
-            && previous.queue_length != length
-            && previous.at.elapsed() >= QUEUE_LENGTH_REFRESH;
         if !(changed_desired
             || changed_effect
             || changed_reachability
-            || stale_length
+            || previous.stale_length(length)
             || self.vpa.dirty)
         {
             return;
         }
         let now = Timestamp::now();
-        let mut conds = status.conditions.clone();
-        let condition = match error {
-            None => NewCondition::new(
-                BROKER_REACHABLE,
-                true,
-                "QueueRead",
-                format!("queue length {}", length.unwrap_or(0)),
-            ),
-            Some(e) => NewCondition::new(BROKER_REACHABLE, false, e.reason, &e.message),
-        };
-        conditions::set_condition(&mut conds, condition, qw.metadata.generation, now);
-        let broker_condition = conditions::find(&conds, BROKER_REACHABLE).cloned();
-        let last_scale_time = if changed_desired {
-            Some(Time(now))
-        } else {
-            status.last_scale_time.clone()
-        };
         let written_length = length.or(previous.queue_length);
+        let fields = self.status_fields(
+            desired,
+            broker_condition(qw, status, length, error, now),
+            last_scale_time(status, changed_desired, now),
+            written_length,
+        );
+        if !self.apply(qw, &fields).await {
+            return;
+        }
+        self.vpa.dirty = false;
+        self.last = Some(Written {
+            desired,
+            queue_length: written_length,
+            reachable: reachable_key,
+            at: Instant::now(),
+        });
+        if changed_desired {
+            self.announce_scale(qw, previous.desired, desired, length, new_decision.as_ref())
+                .await;
+        }
+        if changed_reachability {
+            self.announce_reachability(qw, error, previous.reachable, desired)
+                .await;
+        }
+    }
+
+    /// Applies the autoscaler's status `fields` to `qw`; false (with a warning) when that failed.
+    async fn apply(&self, qw: &QWorker, fields: &AutoscalerStatus<'_>) -> bool {
+        let api: Api<QWorker> = Api::namespaced(
+            self.scaler.shared.client.clone(),
+            &qw.namespace().unwrap_or_default(),
+        );
+        // Boxed while it runs (see `size_tests`).
+        if let Err(e) = Box::pin(crate::apply::apply_status_as(
+            &api,
+            &qw.name_any(),
+            AUTOSCALER_MANAGER,
+            fields,
+        ))
+        .await
+        {
+            warn!(qworker = %self.object, error = %e, "could not write the desired count");
+            return false;
+        }
+        true
+    }
+
+    /// First write since the start: takes the last decision from the status (a hold recorded
+    /// before a restart is lifted by the next decision, which starts afresh).
+    fn restore_decision(&mut self, status: &workerpool_api::QWorkerStatus) {
+        self.last_decision = status
+            .last_scale_decision
+            .as_ref()
+            .and_then(|d| serde_json::to_value(d).ok());
+        self.ineffective = ineffective_condition(status).is_some();
+    }
+
+    /// The status record of the decision `d` on `obs` that changes the count from `from` (or
+    /// the effect of scaling): counted on `/metrics` and kept for the status writes.
+    fn keep_decision(
+        &mut self,
+        qw: &QWorker,
+        from: i32,
+        obs: &policy::Observation,
+        d: &policy::Decision,
+    ) -> workerpool_api::qworker::ScaleDecision {
+        let record = scale_decision(from, obs, d, &qw.spec.scale_config);
+        self.scaler
+            .shared
+            .metrics
+            .scale_decisions
+            .get_or_create(&crate::metrics::DecisionLabels {
+                namespace: qw.namespace().unwrap_or_default(),
+                qworker: qw.name_any(),
+                term: d.term.as_str(),
+            })
+            .inc();
+        self.last_decision = serde_json::to_value(&record).ok();
+        record
+    }
+
+    /// The status fields the autoscaler applies: `desired`, the conditions, the last decision,
+    /// the queue length and the activateVPA record.
+    fn status_fields(
+        &self,
+        desired: i32,
+        broker_condition: Option<Condition>,
+        last_scale_time: Option<Time>,
+        queue_length: Option<u64>,
+    ) -> AutoscalerStatus<'_> {
         let vpa = self.vpa.record.as_ref();
-        let fields = AutoscalerStatus {
+        AutoscalerStatus {
             desired_replicas: desired,
             conditions: broker_condition
                 .into_iter()
@@ -979,91 +1036,217 @@ impl Poller {
                 .collect(),
             last_scale_time,
             last_scale_decision: self.last_decision.as_ref(),
-            queue_length: written_length,
+            queue_length,
             max_container_resources_usage: vpa,
             oom_kills_seen: vpa.map(|_| self.vpa.ooms.seen.as_slice()),
             last_oom_raise_time: vpa.and(self.vpa.ooms.last_raise).map(Time),
-        };
-        let api: Api<QWorker> = Api::namespaced(
-            self.scaler.shared.client.clone(),
-            &qw.namespace().unwrap_or_default(),
-        );
-        // Boxed while it runs (see `size_tests`).
-        match Box::pin(crate::apply::apply_status_as(
-            &api,
-            &qw.name_any(),
-            AUTOSCALER_MANAGER,
-            &fields,
-        ))
-        .await
-        {
-            Ok(_) => {
-                self.vpa.dirty = false;
-                self.last = Some(Written {
-                    desired,
-                    queue_length: written_length,
-                    reachable: reachable_key,
-                    at: Instant::now(),
-                });
-            }
-            Err(e) => {
-                warn!(qworker = %self.object, error = %e, "could not write the desired count");
-                return;
-            }
-        }
-        let object = qw.object_ref(&());
-        if changed_desired {
-            let direction = if desired > previous.desired {
-                Reason::SCALED_UP
-            } else {
-                Reason::SCALED_DOWN
-            };
-            info!(qworker = %self.object, from = previous.desired, to = desired, queue_length = ?length, term = new_decision.as_ref().map(|d| d.term.as_str()), "desired workers changed");
-            let message = new_decision.map_or_else(
-                || {
-                    format!(
-                        "Desired workers {} -> {desired} (queue length {}, scalingFactor {})",
-                        previous.desired,
-                        length.map_or_else(|| "unknown".to_string(), |l| l.to_string()),
-                        qw.spec.scale_config.scaling_factor
-                    )
-                },
-                |d| d.message,
-            );
-            self.scaler
-                .shared
-                .event(&object, direction, "Autoscale", message)
-                .await;
-        }
-        if changed_reachability {
-            match error {
-                Some(e) => {
-                    warn!(qworker = %self.object, reason = e.reason, "broker unreachable; keeping {desired} desired workers");
-                    self.scaler
-                        .shared
-                        .event(
-                            &object,
-                            Reason::warning(e.reason),
-                            "ReadQueue",
-                            format!("{}; keeping {desired} desired worker(s)", e.message),
-                        )
-                        .await;
-                }
-                None if previous.reachable.is_some_and(|r| !r.is_empty()) => {
-                    self.scaler
-                        .shared
-                        .event(
-                            &object,
-                            Reason::BROKER_REACHABLE,
-                            "ReadQueue",
-                            "The queue can be read again".into(),
-                        )
-                        .await;
-                }
-                None => {}
-            }
         }
     }
+
+    /// An Event for a written change of the desired count from `from` to `desired`, with the
+    /// decision's message when there is one.
+    async fn announce_scale(
+        &self,
+        qw: &QWorker,
+        from: i32,
+        desired: i32,
+        length: Option<u64>,
+        decision: Option<&workerpool_api::qworker::ScaleDecision>,
+    ) {
+        let direction = if desired > from {
+            Reason::SCALED_UP
+        } else {
+            Reason::SCALED_DOWN
+        };
+        info!(qworker = %self.object, from, to = desired, queue_length = ?length, term = decision.map(|d| d.term.as_str()), "desired workers changed");
+        let message = decision.map_or_else(
+            || {
+                format!(
+                    "Desired workers {from} -> {desired} (queue length {}, scalingFactor {})",
+                    length.map_or_else(|| "unknown".to_string(), |l| l.to_string()),
+                    qw.spec.scale_config.scaling_factor
+                )
+            },
+            |d| d.message.clone(),
+        );
+        self.scaler
+            .shared
+            .event(&qw.object_ref(&()), direction, "Autoscale", message)
+            .await;
+    }
+
+    /// An Event for a written change of the broker's reachability: a Warning with the `error`,
+    /// or a Normal one when the queue can be read again after an error.
+    async fn announce_reachability(
+        &self,
+        qw: &QWorker,
+        error: Option<&BrokerUnavailable>,
+        previous: Option<&'static str>,
+        desired: i32,
+    ) {
+        match error {
+            Some(e) => {
+                warn!(qworker = %self.object, reason = e.reason, "broker unreachable; keeping {desired} desired workers");
+                self.scaler
+                    .shared
+                    .event(
+                        &qw.object_ref(&()),
+                        Reason::warning(e.reason),
+                        "ReadQueue",
+                        format!("{}; keeping {desired} desired worker(s)", e.message),
+                    )
+                    .await;
+            }
+            None if previous.is_some_and(|r| !r.is_empty()) => {
+                self.scaler
+                    .shared
+                    .event(
+                        &qw.object_ref(&()),
+                        Reason::BROKER_REACHABLE,
+                        "ReadQueue",
+                        "The queue can be read again".into(),
+                    )
+                    .await;
+            }
+            None => {}
+        }
+    }
+}
+
+/// `status.lastScaleTime` after a write: now when the desired count changed, else as it was.
+fn last_scale_time(
+    status: &workerpool_api::QWorkerStatus,
+    changed_desired: bool,
+    now: Timestamp,
+) -> Option<Time> {
+    if changed_desired {
+        Some(Time(now))
+    } else {
+        status.last_scale_time.clone()
+    }
+}
+
+/// The `BrokerReachable` condition as `status` has it after a poll that read `length`, or
+/// failed with `error`.
+fn broker_condition(
+    qw: &QWorker,
+    status: &workerpool_api::QWorkerStatus,
+    length: Option<u64>,
+    error: Option<&BrokerUnavailable>,
+    now: Timestamp,
+) -> Option<Condition> {
+    let mut conds = status.conditions.clone();
+    let condition = match error {
+        None => NewCondition::new(
+            BROKER_REACHABLE,
+            true,
+            "QueueRead",
+            format!("queue length {}", length.unwrap_or(0)),
+        ),
+        Some(e) => NewCondition::new(BROKER_REACHABLE, false, e.reason, &e.message),
+    };
+    conditions::set_condition(&mut conds, condition, qw.metadata.generation, now);
+    conditions::find(&conds, BROKER_REACHABLE).cloned()
+}
+
+/// Lists the PodMetrics of `qw`'s pods (one call by label selector).
+async fn list_pod_metrics(
+    client: &kube::Client,
+    qw: &QWorker,
+) -> kube::Result<kube::core::ObjectList<kube::core::DynamicObject>> {
+    use crate::controllers::qworker::build;
+    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &qw.namespace().unwrap_or_default(),
+        &pod_metrics_resource(),
+    );
+    Box::pin(api.list(&kube::api::ListParams::default().labels(&build::selector(qw)))).await
+}
+
+/// Records in `record` the use of each container of the PodMetrics `items`, keeping the
+/// largest; says whether the record changed.
+fn record_usage(
+    record: &mut crate::controllers::qworker::vpa::Usage,
+    items: &[kube::core::DynamicObject],
+) -> bool {
+    use crate::controllers::qworker::vpa;
+    let mut changed = false;
+    for item in items {
+        for c in item.data["containers"].as_array().into_iter().flatten() {
+            let Some(name) = c["name"].as_str() else {
+                continue;
+            };
+            let Ok(usage) = serde_json::from_value(c["usage"].clone()) else {
+                continue;
+            };
+            // One container of one pod at a time: the record keeps the largest.
+            let sample = vpa::Usage::from([(name.to_string(), usage)]);
+            changed |= vpa::record(record, &sample);
+        }
+    }
+    changed
+}
+
+/// `ResourceMetricsAvailable` after `read` of the `live` worker pods had metrics.
+fn metrics_condition(read: usize, live: usize) -> NewCondition {
+    use workerpool_api::conditions::RESOURCE_METRICS_AVAILABLE;
+    if read < live {
+        NewCondition::new(
+            RESOURCE_METRICS_AVAILABLE,
+            false,
+            "MetricsPending",
+            format!("{read} of {live} worker pod(s) have metrics yet; scaling goes on"),
+        )
+    } else {
+        NewCondition::new(
+            RESOURCE_METRICS_AVAILABLE,
+            true,
+            "MetricsRead",
+            format!("usage read for {read} pod(s)"),
+        )
+    }
+}
+
+/// `ResourceMetricsAvailable` when the PodMetrics could not be listed.
+fn metrics_unavailable(e: &kube::Error) -> NewCondition {
+    NewCondition::new(
+        workerpool_api::conditions::RESOURCE_METRICS_AVAILABLE,
+        false,
+        "MetricsUnavailable",
+        format!(
+            "cannot read metrics.k8s.io PodMetrics ({e}); is metrics-server installed? Scaling goes on"
+        ),
+    )
+}
+
+/// `ResourceMetricsAvailable` as the QWorker's `conditions` have it once `condition` is set.
+fn metrics_condition_of(
+    conditions: &[Condition],
+    condition: NewCondition,
+    qw: &QWorker,
+) -> Option<Condition> {
+    let mut conds = conditions.to_vec();
+    conditions::set_condition(
+        &mut conds,
+        condition,
+        qw.metadata.generation,
+        Timestamp::now(),
+    );
+    conditions::find(
+        &conds,
+        workerpool_api::conditions::RESOURCE_METRICS_AVAILABLE,
+    )
+    .cloned()
+}
+
+/// The OOM kills that the pods of `qw` in the cache show.
+fn oom_evidence(pods: &crate::cache::Owned<Pod>, qw: &QWorker) -> Vec<workerpool_api::OomKill> {
+    let uid = qw.metadata.uid.as_deref();
+    pods.owned_by(uid.unwrap_or_default())
+        .iter()
+        .filter(|p| p.namespace() == qw.namespace() && owned_by(p, uid))
+        .flat_map(|p| crate::controllers::qworker::vpa::oom_evidence(p))
+        .collect()
 }
 
 #[cfg(test)]

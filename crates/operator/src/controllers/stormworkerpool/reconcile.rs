@@ -17,7 +17,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, instrument, warn};
 use workerpool_api::conditions::{self, READY};
-use workerpool_api::storm::{StormCluster, StormTopology, StormWorkerPool, StormWorkerPoolStatus};
+use workerpool_api::storm::{
+    AutoscalingSpec, StormAutoscalingStatus, StormCluster, StormTopology, StormWorkerPool,
+    StormWorkerPoolStatus,
+};
 use workerpool_storm::Connector;
 
 use super::{
@@ -64,93 +67,26 @@ pub async fn reconcile(pool: Arc<StormWorkerPool>, ctx: Arc<Context>) -> Result<
 }
 
 async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action> {
-    let client = ctx.shared.client.clone();
-    let ns = pool.namespace().unwrap_or_default();
     let now = Timestamp::now();
-
     if let Err(e) = build::validate(pool) {
         return report_invalid(pool, ctx, &e, now).await;
     }
     let (topology, cluster) = match resolve(pool, ctx).await? {
         Ok(found) => found,
-        Err(blocked) if blocked.unobserved => {
-            debug!(reason = blocked.reason, message = %blocked.message, "waiting for the reference's first status");
-            return Ok(Action::requeue(UNOBSERVED_RETRY));
-        }
-        Err(blocked) => {
-            let changed = reason_changed(pool, blocked.reason);
-            write_status(pool, ctx, status::blocked(pool, &blocked, now)).await?;
-            if changed {
-                ctx.shared
-                    .event(
-                        &object_ref(pool),
-                        Reason::warning(blocked.reason),
-                        "Reconcile",
-                        blocked.message,
-                    )
-                    .await;
-            }
-            return Ok(Action::requeue(RESYNC));
-        }
+        Err(blocked) => return report_blocked(pool, ctx, blocked, now).await,
     };
     let scaling = storm_scaling(pool, ctx, &topology, &cluster, now).await;
     let children = match build::children_with_floor(pool, &cluster, scaling.floor) {
         Ok(c) => c,
         Err(e) => return report_invalid(pool, ctx, &e, now).await,
     };
-
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
-
-    let caches = &ctx.caches;
-    let cm = &children.config_map;
-    apply_child(ctx, pool, &config_maps, cm, cached(&caches.config_maps, cm)).await?;
-    let deployment = apply_deployment(ctx, pool, &deployments, &children.deployment).await?;
-    let svc = &children.service;
-    apply_child(ctx, pool, &services, svc, cached(&caches.services, svc)).await?;
-    let hpa = match &children.hpa {
-        Some(hpa) => Some(apply_child(ctx, pool, &hpas, hpa, cached(&caches.hpas, hpa)).await?),
-        None => {
-            let name = build::hpa_name(&pool.name_any());
-            if delete_owned(pool, &hpas, &caches.hpas, &name).await? {
-                ctx.children.forget::<HorizontalPodAutoscaler>(&ns, &name);
-                ctx.shared
-                    .event(
-                        &object_ref(pool),
-                        Reason::DELETED,
-                        "DeleteHPA",
-                        format!("Deleted HorizontalPodAutoscaler {name}: autoscaling is disabled, replicas set to {}", pool.spec.replicas.unwrap_or(1)),
-                    )
-                    .await;
-            }
-            None
-        }
-    };
-    match &children.pdb {
-        Some(pdb) => {
-            apply_child(ctx, pool, &pdbs, pdb, cached(&caches.pdbs, pdb)).await?;
-        }
-        None => {
-            let name = build::pdb_name(&pool.name_any());
-            if delete_owned(pool, &pdbs, &caches.pdbs, &name).await? {
-                ctx.children.forget::<PodDisruptionBudget>(&ns, &name);
-                ctx.shared
-                    .event(
-                        &object_ref(pool),
-                        Reason::DELETED,
-                        "DeletePodDisruptionBudget",
-                        format!("Deleted PodDisruptionBudget {name}: no longer configured"),
-                    )
-                    .await;
-            }
-        }
-    }
-
+    let (deployment, hpa) = apply_children(pool, ctx, &children).await?;
     let deployment = match (scaling.floor, &hpa) {
         (Some(floor), Some(hpa)) => {
+            let deployments: Api<Deployment> = Api::namespaced(
+                ctx.shared.client.clone(),
+                &pool.namespace().unwrap_or_default(),
+            );
             let raised = raised_by_storm(pool.status.as_ref());
             scale_down_for_a_stuck_hpa(pool, &deployments, deployment, hpa, floor, raised).await?
         }
@@ -161,6 +97,127 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
     let misfit = status::new_misfit(pool.status.as_ref(), &new_status);
     let problem = status::new_storm_problem(pool.status.as_ref(), &new_status);
     write_status(pool, ctx, new_status).await?;
+    announce(pool, ctx, &scaling, problem, misfit).await;
+    Ok(Action::requeue(
+        scaling.requeue.map_or(RESYNC, |r| r.min(RESYNC)),
+    ))
+}
+
+/// A pool whose topology or cluster is missing or not ready: waits for a reference's first
+/// status, or writes why it is blocked (with a Warning Event when the reason is new).
+async fn report_blocked(
+    pool: &StormWorkerPool,
+    ctx: &Context,
+    blocked: Blocked,
+    now: Timestamp,
+) -> Result<Action> {
+    if blocked.unobserved {
+        debug!(reason = blocked.reason, message = %blocked.message, "waiting for the reference's first status");
+        return Ok(Action::requeue(UNOBSERVED_RETRY));
+    }
+    let changed = reason_changed(pool, blocked.reason);
+    write_status(pool, ctx, status::blocked(pool, &blocked, now)).await?;
+    if changed {
+        ctx.shared
+            .event(
+                &object_ref(pool),
+                Reason::warning(blocked.reason),
+                "Reconcile",
+                blocked.message,
+            )
+            .await;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Applies the pool's children (ConfigMap, Deployment, Service, and the HPA and
+/// PodDisruptionBudget when configured, deleting them when not); returns the Deployment and the
+/// HPA as applied.
+async fn apply_children(
+    pool: &StormWorkerPool,
+    ctx: &Context,
+    children: &build::Children,
+) -> Result<(Deployment, Option<HorizontalPodAutoscaler>)> {
+    let client = ctx.shared.client.clone();
+    let ns = pool.namespace().unwrap_or_default();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let caches = &ctx.caches;
+    let cm = &children.config_map;
+    apply_child(ctx, pool, &config_maps, cm, cached(&caches.config_maps, cm)).await?;
+    let deployment = apply_deployment(ctx, pool, &deployments, &children.deployment).await?;
+    let svc = &children.service;
+    apply_child(ctx, pool, &services, svc, cached(&caches.services, svc)).await?;
+    let hpa = apply_hpa(pool, ctx, children.hpa.as_ref()).await?;
+    apply_pdb(pool, ctx, children.pdb.as_ref()).await?;
+    Ok((deployment, hpa))
+}
+
+/// Applies the pool's HPA, or deletes it (with an Event) when autoscaling is disabled.
+async fn apply_hpa(
+    pool: &StormWorkerPool,
+    ctx: &Context,
+    hpa: Option<&HorizontalPodAutoscaler>,
+) -> Result<Option<HorizontalPodAutoscaler>> {
+    let ns = pool.namespace().unwrap_or_default();
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    if let Some(hpa) = hpa {
+        let current = cached(&ctx.caches.hpas, hpa);
+        return Ok(Some(apply_child(ctx, pool, &hpas, hpa, current).await?));
+    }
+    let name = build::hpa_name(&pool.name_any());
+    if delete_owned(pool, &hpas, &ctx.caches.hpas, &name).await? {
+        ctx.children.forget::<HorizontalPodAutoscaler>(&ns, &name);
+        ctx.shared
+            .event(
+                &object_ref(pool),
+                Reason::DELETED,
+                "DeleteHPA",
+                format!("Deleted HorizontalPodAutoscaler {name}: autoscaling is disabled, replicas set to {}", pool.spec.replicas.unwrap_or(1)),
+            )
+            .await;
+    }
+    Ok(None)
+}
+
+/// Applies the pool's PodDisruptionBudget, or deletes it (with an Event) when it is no longer
+/// configured.
+async fn apply_pdb(
+    pool: &StormWorkerPool,
+    ctx: &Context,
+    pdb: Option<&PodDisruptionBudget>,
+) -> Result<()> {
+    let ns = pool.namespace().unwrap_or_default();
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    if let Some(pdb) = pdb {
+        apply_child(ctx, pool, &pdbs, pdb, cached(&ctx.caches.pdbs, pdb)).await?;
+        return Ok(());
+    }
+    let name = build::pdb_name(&pool.name_any());
+    if delete_owned(pool, &pdbs, &ctx.caches.pdbs, &name).await? {
+        ctx.children.forget::<PodDisruptionBudget>(&ns, &name);
+        ctx.shared
+            .event(
+                &object_ref(pool),
+                Reason::DELETED,
+                "DeletePodDisruptionBudget",
+                format!("Deleted PodDisruptionBudget {name}: no longer configured"),
+            )
+            .await;
+    }
+    Ok(())
+}
+
+/// The Events of a written status: a change of the Storm-derived count, a new problem with
+/// Storm's load, and slots that newly do not fit the worker container's memory.
+async fn announce(
+    pool: &StormWorkerPool,
+    ctx: &Context,
+    scaling: &StormScaling,
+    problem: Option<(&'static str, String)>,
+    misfit: Option<String>,
+) {
     if let Some(d) = &scaling.decision {
         info!(from = d.from, to = d.to, term = %d.term, message = %d.message, "Storm-derived count changed");
         ctx.shared
@@ -197,9 +254,6 @@ async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action
             )
             .await;
     }
-    Ok(Action::requeue(
-        scaling.requeue.map_or(RESYNC, |r| r.min(RESYNC)),
-    ))
 }
 
 /// Evaluates Storm's load for a pool with recognised `storm_*` metrics (see [`autoscale`]):
@@ -231,10 +285,7 @@ async fn storm_scaling(
         }
     };
     let Some(connector) = ctx.storm.connector.clone() else {
-        let previous = pool
-            .status
-            .as_ref()
-            .and_then(|s| s.storm_autoscaling.clone());
+        let previous = recorded_scaling(pool);
         return StormScaling {
             floor: previous.as_ref().map(|p| p.replicas),
             status: previous,
@@ -246,69 +297,124 @@ async fn storm_scaling(
     if let Some(recent) = ctx.storm.recent(pool, poll) {
         return recent;
     }
-    let previous = pool
-        .status
-        .as_ref()
-        .and_then(|s| s.storm_autoscaling.clone());
-    let keep = |reason: &'static str, message: String| StormScaling {
-        floor: previous.as_ref().map(|p| p.replicas),
-        status: previous.clone(),
-        decision: None,
-        problem: Some((reason, message)),
-        requeue: Some(poll),
+    let load = StormLoad {
+        pool,
+        ctx,
+        auto,
+        targets: &targets,
+        previous: recorded_scaling(pool),
+        poll,
+        now,
     };
-    let ns = pool.namespace().unwrap_or_default();
-    let outcome = match topology.status.as_ref().and_then(|s| s.topology_id.clone()) {
-        None => keep(
-            "StormTopologyUnknown",
-            format!(
-                "StormTopology {ns}/{} has no Storm id yet: Storm's load is not read",
-                topology.name_any()
-            ),
-        ),
-        Some(id) => match read_topology(connector.as_ref(), cluster, &id).await {
-            Err(message) => keep("StormUnreachable", message),
-            Ok(detail) => {
-                let name = build::deployment_name(&pool.name_any());
-                let min = auto.min_replicas.unwrap_or(1);
-                let pods = ctx
-                    .caches
-                    .deployments
-                    .get(&ObjectRef::new(&name).within(&ns))
-                    .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas))
-                    .or(previous.as_ref().map(|p| p.replicas))
-                    .unwrap_or(min);
-                let inputs = autoscale::inputs(&detail, pods, pool.spec.ports().count);
-                let stabilization = auto
-                    .behavior
-                    .as_ref()
-                    .and_then(|b| b.scale_down.as_ref())
-                    .and_then(|s| s.stabilization_window_seconds)
-                    .map_or(autoscale::DEFAULT_STABILIZATION, |s| {
-                        Duration::from_secs(u64::try_from(s).unwrap_or(0))
-                    });
-                let plan = autoscale::plan(&autoscale::PlanInput {
-                    targets: &targets,
-                    inputs: &inputs,
-                    min,
-                    max: auto.max_replicas.unwrap_or(min),
-                    previous: previous.as_ref(),
-                    stabilization,
-                    now,
-                });
-                debug!(replicas = plan.status.replicas, term = %plan.status.term, message = %plan.message, "Storm-derived count");
-                StormScaling {
-                    floor: Some(plan.status.replicas),
-                    status: Some(plan.status),
-                    decision: plan.decision,
-                    problem: None,
-                    requeue: Some(poll),
-                }
-            }
-        },
-    };
+    let outcome = load.evaluate(connector.as_ref(), topology, cluster).await;
     ctx.storm.remember(pool, &outcome);
     outcome
+}
+
+/// `status.stormAutoscaling` as recorded.
+fn recorded_scaling(pool: &StormWorkerPool) -> Option<StormAutoscalingStatus> {
+    pool.status
+        .as_ref()
+        .and_then(|s| s.storm_autoscaling.clone())
+}
+
+/// What reading Storm's load and planning the count of a pool need.
+struct StormLoad<'a> {
+    pool: &'a StormWorkerPool,
+    ctx: &'a Context,
+    auto: &'a AutoscalingSpec,
+    /// The pool's recognised Storm metrics.
+    targets: &'a [autoscale::Target],
+    /// `status.stormAutoscaling` as recorded.
+    previous: Option<StormAutoscalingStatus>,
+    /// The cluster's poll interval.
+    poll: Duration,
+    now: Timestamp,
+}
+
+impl StormLoad<'_> {
+    /// Reads the topology's load from Storm and plans the count, or keeps the recorded count
+    /// with the problem when the topology has no Storm id yet or Storm does not answer.
+    async fn evaluate(
+        &self,
+        connector: &dyn Connector,
+        topology: &StormTopology,
+        cluster: &StormCluster,
+    ) -> StormScaling {
+        let ns = self.pool.namespace().unwrap_or_default();
+        match topology.status.as_ref().and_then(|s| s.topology_id.clone()) {
+            None => self.keep(
+                "StormTopologyUnknown",
+                format!(
+                    "StormTopology {ns}/{} has no Storm id yet: Storm's load is not read",
+                    topology.name_any()
+                ),
+            ),
+            Some(id) => match read_topology(connector, cluster, &id).await {
+                Err(message) => self.keep("StormUnreachable", message),
+                Ok(detail) => self.plan(&detail),
+            },
+        }
+    }
+
+    /// The recorded count stays in force, with the problem `reason` and `message`.
+    fn keep(&self, reason: &'static str, message: String) -> StormScaling {
+        StormScaling {
+            floor: self.previous.as_ref().map(|p| p.replicas),
+            status: self.previous.clone(),
+            decision: None,
+            problem: Some((reason, message)),
+            requeue: Some(self.poll),
+        }
+    }
+
+    /// The count that Storm's load `detail` asks for.
+    fn plan(&self, detail: &workerpool_storm::TopologyDetail) -> StormScaling {
+        let auto = self.auto;
+        let min = auto.min_replicas.unwrap_or(1);
+        let inputs = autoscale::inputs(detail, self.pods(min), self.pool.spec.ports().count);
+        let plan = autoscale::plan(&autoscale::PlanInput {
+            targets: self.targets,
+            inputs: &inputs,
+            min,
+            max: auto.max_replicas.unwrap_or(min),
+            previous: self.previous.as_ref(),
+            stabilization: stabilization(auto),
+            now: self.now,
+        });
+        debug!(replicas = plan.status.replicas, term = %plan.status.term, message = %plan.message, "Storm-derived count");
+        StormScaling {
+            floor: Some(plan.status.replicas),
+            status: Some(plan.status),
+            decision: plan.decision,
+            problem: None,
+            requeue: Some(self.poll),
+        }
+    }
+
+    /// The pool's pods: the cached Deployment's count, else the recorded one, else `min`.
+    fn pods(&self, min: i32) -> i32 {
+        let name = build::deployment_name(&self.pool.name_any());
+        let ns = self.pool.namespace().unwrap_or_default();
+        self.ctx
+            .caches
+            .deployments
+            .get(&ObjectRef::new(&name).within(&ns))
+            .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas))
+            .or(self.previous.as_ref().map(|p| p.replicas))
+            .unwrap_or(min)
+    }
+}
+
+/// The scale-down stabilization window of `auto` (its `behavior.scaleDown`), or the default.
+fn stabilization(auto: &AutoscalingSpec) -> Duration {
+    auto.behavior
+        .as_ref()
+        .and_then(|b| b.scale_down.as_ref())
+        .and_then(|s| s.stabilization_window_seconds)
+        .map_or(autoscale::DEFAULT_STABILIZATION, |s| {
+            Duration::from_secs(u64::try_from(s).unwrap_or(0))
+        })
 }
 
 /// `/topology/{id}?window=600` from the cluster's Storm UI, or why not.

@@ -365,7 +365,8 @@ struct Written {
     desired: i32,
     queue_length: Option<u64>,
     reachable: Option<&'static str>,
-    at: Instant,
+    /// When it was written; `None` when read from the status at the start (stale).
+    at: Option<Instant>,
 }
 
 impl Written {
@@ -377,14 +378,16 @@ impl Written {
             queue_length: status.queue_length.and_then(|l| u64::try_from(l).ok()),
             reachable: conditions::find(&status.conditions, BROKER_REACHABLE)
                 .map(|c| if c.status == "True" { "" } else { "unknown" }),
-            at: Instant::now() - QUEUE_LENGTH_REFRESH,
+            at: None,
         }
     }
 
     /// Whether a queue `length` read differs from the written one, which is
     /// [`QUEUE_LENGTH_REFRESH`] old.
     fn stale_length(&self, length: Option<u64>) -> bool {
-        length.is_some() && self.queue_length != length && self.at.elapsed() >= QUEUE_LENGTH_REFRESH
+        length.is_some()
+            && self.queue_length != length
+            && self.at.is_none_or(|t| t.elapsed() >= QUEUE_LENGTH_REFRESH)
     }
 }
 
@@ -910,7 +913,10 @@ impl Poller {
         // Borrowed: this runs on every poll of every QWorker, and the status can be large.
         let no_status = workerpool_api::QWorkerStatus::default();
         let status = qw.status.as_ref().unwrap_or(&no_status);
-        let previous = self.last.clone().unwrap_or(Written::of_status(status));
+        let previous = self
+            .last
+            .clone()
+            .unwrap_or_else(|| Written::of_status(status));
         let changed_desired = previous.desired != desired;
         if self.last_decision.is_none() {
             self.restore_decision(status);
@@ -951,7 +957,7 @@ impl Poller {
             desired,
             queue_length: written_length,
             reachable: reachable_key,
-            at: Instant::now(),
+            at: Some(Instant::now()),
         });
         if changed_desired {
             self.announce_scale(qw, previous.desired, desired, length, new_decision.as_ref())

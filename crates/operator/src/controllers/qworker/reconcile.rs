@@ -151,129 +151,178 @@ async fn act(
     hash: &str,
 ) -> Result<Acted> {
     let ns = qw.namespace().unwrap_or_default();
-    let name = qw.name_any();
-    let uid = qw.metadata.uid.clone().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), &ns);
-    let labels = crate::metrics::QWorkerLabels {
-        namespace: ns.clone(),
-        qworker: name.clone(),
+    let target = Target {
+        qw,
+        ctx,
+        pods: &pods,
+        labels: crate::metrics::QWorkerLabels {
+            namespace: ns.clone(),
+            qworker: qw.name_any(),
+        },
     };
-    let mut acted = Acted::default();
-
     let unrecovered = recover(ctx, qw, &plan.recover).await;
     mark_crashed(ctx, qw, &pods, &plan.mark_crashed).await?;
-    let mut deleted = Vec::new();
-    for pod in plan.delete.iter().filter(|p| !unrecovered.contains(*p)) {
-        match pods.delete(pod, &DeleteParams::background()).await {
-            Ok(_) => deleted.push(pod.clone()),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+    let deleted = target
+        .delete(plan.delete.iter().filter(|p| !unrecovered.contains(*p)))
+        .await?;
+    let drained = target.drain(&plan.drain, hash).await?;
+    let (created, failure) = target.create(plan.create, spec, hash).await;
+    let acted = Acted {
+        created,
+        drained,
+        deleted,
+    };
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(acted),
     }
-    if !deleted.is_empty() {
-        info!(pods = ?deleted, "deleted worker pods whose work is over");
-        acted.deleted = deleted.len();
-        ctx.shared
-            .event(
-                &qw.object_ref(&()),
-                Reason::DELETED,
-                "DeletePod",
-                format!(
-                    "Deleted {} worker pod(s) that finished, drained or never started: {}",
-                    deleted.len(),
-                    deleted.join(", ")
-                ),
-            )
-            .await;
+}
+
+/// The QWorker a reconcile acts on, with what each step needs.
+struct Target<'a> {
+    qw: &'a QWorker,
+    ctx: &'a Context,
+    pods: &'a Api<Pod>,
+    labels: crate::metrics::QWorkerLabels,
+}
+
+impl Target<'_> {
+    /// Deletes the pods whose work is over; how many went.
+    async fn delete<'p>(&self, names: impl Iterator<Item = &'p String>) -> Result<usize> {
+        let mut deleted = Vec::new();
+        for pod in names {
+            match self.pods.delete(pod, &DeleteParams::background()).await {
+                Ok(_) => deleted.push(pod.clone()),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !deleted.is_empty() {
+            info!(pods = ?deleted, "deleted worker pods whose work is over");
+            self.ctx
+                .shared
+                .event(
+                    &self.qw.object_ref(&()),
+                    Reason::DELETED,
+                    "DeletePod",
+                    format!(
+                        "Deleted {} worker pod(s) that finished, drained or never started: {}",
+                        deleted.len(),
+                        deleted.join(", ")
+                    ),
+                )
+                .await;
+        }
+        Ok(deleted.len())
     }
 
-    let mut drained: Vec<String> = Vec::new();
-    for (pod, reason) in &plan.drain {
-        let patch = serde_json::json!({
-            "metadata": { "annotations": {
-                build::DRAIN_ANNOTATION: reason.as_str(),
-                build::CURRENT_HASH_ANNOTATION: hash,
-            }}
-        });
+    /// Asks the pods of `drain` to finish their task and exit (their drain annotation, with
+    /// the current pod-spec `hash`); how many were asked.
+    async fn drain(&self, drain: &[(String, DrainReason)], hash: &str) -> Result<usize> {
+        let uid = self.qw.metadata.uid.clone().unwrap_or_default();
         let params = PatchParams {
             field_manager: Some(crate::FIELD_MANAGER.into()),
             ..PatchParams::default()
         };
-        match pods.patch(pod, &params, &Patch::Merge(&patch)).await {
-            Ok(_) => {
-                ctx.expectations.drained(&uid, pod);
-                ctx.shared
-                    .metrics
-                    .drains_requested
-                    .get_or_create(&labels)
-                    .inc();
-                drained.push(format!("{pod} ({})", reason.as_str()));
+        let mut drained: Vec<String> = Vec::new();
+        for (pod, reason) in drain {
+            let patch = serde_json::json!({
+                "metadata": { "annotations": {
+                    build::DRAIN_ANNOTATION: reason.as_str(),
+                    build::CURRENT_HASH_ANNOTATION: hash,
+                }}
+            });
+            match self.pods.patch(pod, &params, &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    self.ctx.expectations.drained(&uid, pod);
+                    self.ctx
+                        .shared
+                        .metrics
+                        .drains_requested
+                        .get_or_create(&self.labels)
+                        .inc();
+                    drained.push(format!("{pod} ({})", reason.as_str()));
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
         }
-    }
-    if !drained.is_empty() {
-        acted.drained = drained.len();
-        let scale_down = plan.drain.iter().any(|(_, r)| *r == DrainReason::ScaleDown);
-        ctx.shared
-            .event(
-                &qw.object_ref(&()),
-                if scale_down {
-                    Reason::DRAIN_REQUESTED
-                } else {
-                    Reason::ROLLING_OUT
-                },
-                "Drain",
-                format!(
-                    "Asked {} worker(s) to finish their task and exit: {}",
-                    drained.len(),
-                    drained.join(", ")
-                ),
-            )
-            .await;
+        if !drained.is_empty() {
+            let scale_down = drain.iter().any(|(_, r)| *r == DrainReason::ScaleDown);
+            self.ctx
+                .shared
+                .event(
+                    &self.qw.object_ref(&()),
+                    if scale_down {
+                        Reason::DRAIN_REQUESTED
+                    } else {
+                        Reason::ROLLING_OUT
+                    },
+                    "Drain",
+                    format!(
+                        "Asked {} worker(s) to finish their task and exit: {}",
+                        drained.len(),
+                        drained.join(", ")
+                    ),
+                )
+                .await;
+        }
+        Ok(drained.len())
     }
 
-    let mut created = Vec::new();
-    let mut failure = None;
-    for _ in 0..plan.create {
-        let pod_name = build::pod_name(&name);
-        let pod = build::pod(qw, spec, hash, &pod_name);
+    /// Creates `count` worker pods of `spec`; how many were created, and the error that
+    /// stopped the creation, if any (what was created before it is still announced).
+    async fn create(
+        &self,
+        count: usize,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        hash: &str,
+    ) -> (usize, Option<kube::Error>) {
+        let uid = self.qw.metadata.uid.clone().unwrap_or_default();
         let params = PostParams {
             field_manager: Some(crate::FIELD_MANAGER.into()),
             ..PostParams::default()
         };
-        match pods.create(&params, &pod).await {
-            Ok(_) => {
-                ctx.expectations.created(&uid, &pod_name);
-                ctx.shared.metrics.pods_created.get_or_create(&labels).inc();
-                created.push(pod_name);
-            }
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => {
-                failure = Some(e);
-                break;
+        let mut created = Vec::new();
+        let mut failure = None;
+        for _ in 0..count {
+            let pod_name = build::pod_name(&self.labels.qworker);
+            let pod = build::pod(self.qw, spec, hash, &pod_name);
+            match self.pods.create(&params, &pod).await {
+                Ok(_) => {
+                    self.ctx.expectations.created(&uid, &pod_name);
+                    self.ctx
+                        .shared
+                        .metrics
+                        .pods_created
+                        .get_or_create(&self.labels)
+                        .inc();
+                    created.push(pod_name);
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
             }
         }
-    }
-    if !created.is_empty() {
-        acted.created = created.len();
-        ctx.shared
-            .event(
-                &qw.object_ref(&()),
-                Reason::CREATED,
-                "CreatePod",
-                format!(
-                    "Created {} worker pod(s): {}",
-                    created.len(),
-                    created.join(", ")
-                ),
-            )
-            .await;
-    }
-    match failure {
-        Some(e) => Err(e.into()),
-        None => Ok(acted),
+        if !created.is_empty() {
+            self.ctx
+                .shared
+                .event(
+                    &self.qw.object_ref(&()),
+                    Reason::CREATED,
+                    "CreatePod",
+                    format!(
+                        "Created {} worker pod(s): {}",
+                        created.len(),
+                        created.join(", ")
+                    ),
+                )
+                .await;
+        }
+        (created.len(), failure)
     }
 }
 

@@ -443,238 +443,327 @@ pub fn finalizer_held(
 impl Collector for ResourceCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Some(pools) = &self.pools {
-            let mut replicas = Vec::new();
-            let mut info = Vec::new();
-            let mut bounds = Vec::new();
-            let mut storm_metrics = Vec::new();
-            let mut storm_replicas = Vec::new();
-            for pool in pools.state() {
-                if let Some(storm) = pool
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.storm_autoscaling.as_ref())
-                {
-                    let labels = |metric| PoolStormLabels {
-                        namespace: pool.namespace().unwrap_or_default(),
-                        pool: pool.name_any(),
-                        metric,
-                    };
-                    storm_replicas.push((
-                        PoolLabels {
-                            namespace: pool.namespace().unwrap_or_default(),
-                            pool: pool.name_any(),
-                        },
-                        i64::from(storm.replicas),
-                    ));
-                    let inputs = storm.inputs.clone().unwrap_or_default();
-                    if let Some(v) = inputs.pending_messages_per_pod {
-                        storm_metrics.push((labels(PENDING_MESSAGES), v));
-                    }
-                    if let Some(v) = inputs.bolt_capacity {
-                        storm_metrics.push((labels(BOLT_CAPACITY), v));
-                    }
-                }
-                if let Some(auto) = pool.spec.autoscaling.as_ref().filter(|a| a.enabled) {
-                    let bound = |bound| PoolBoundLabels {
-                        pool: pool.name_any(),
-                        namespace: pool.namespace().unwrap_or_default(),
-                        topology: pool.spec.topology_ref.clone(),
-                        bound,
-                    };
-                    bounds.push((bound("min"), i64::from(auto.min_replicas.unwrap_or(1))));
-                    if let Some(max) = auto.max_replicas {
-                        bounds.push((bound("max"), i64::from(max)));
-                    }
-                }
-                let status = pool.status.clone().unwrap_or_default();
-                let base = |state| PoolReplicaLabels {
-                    pool: pool.name_any(),
-                    namespace: pool.namespace().unwrap_or_default(),
-                    topology: pool.spec.topology_ref.clone(),
-                    state,
-                };
-                replicas.push((base("desired"), i64::from(status.replicas)));
-                replicas.push((base("ready"), i64::from(status.ready_replicas)));
-                replicas.push((base("available"), i64::from(status.available_replicas)));
-                info.push((
-                    PoolInfoLabels {
-                        pool: pool.name_any(),
-                        namespace: pool.namespace().unwrap_or_default(),
-                        topology: pool.spec.topology_ref.clone(),
-                        phase: status.phase.unwrap_or_default().as_str(),
-                    },
-                    1,
-                ));
-            }
-            gauge_family(
-                &mut encoder,
-                "storm_worker_pool_replicas",
-                "Number of replicas by state (desired, ready, available)",
-                &replicas,
-            )?;
-            gauge_family(
-                &mut encoder,
-                "storm_worker_pool_info",
-                "Worker pool information",
-                &info,
-            )?;
-            gauge_family(
-                &mut encoder,
-                "storm_worker_pool_autoscaling_replicas",
-                "Bounds (min, max) of the HPA of a pool with autoscaling enabled",
-                &bounds,
-            )?;
-            gauge_family(
-                &mut encoder,
-                "storm_worker_pool_storm_metric",
-                "Per-pod value of a Storm metric the operator evaluates (storm_pending_messages: tuple trees in flight per pod; storm_bolt_capacity: the busiest bolt's capacity), from the pool's last read of the Storm UI",
-                &storm_metrics,
-            )?;
-            gauge_family(
-                &mut encoder,
-                "storm_worker_pool_storm_replicas",
-                "The count derived from Storm's load, enforced as the HPA's minReplicas",
-                &storm_replicas,
-            )?;
+            PoolSeries::of(&pools.state()).encode(&mut encoder)?;
         }
         if let Some(topologies) = &self.topologies {
-            let info: Vec<_> = topologies
-                .state()
-                .iter()
-                .map(|t| {
-                    let phase = t
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.phase)
-                        .unwrap_or_default()
-                        .as_str();
-                    let labels = TopologyInfoLabels {
-                        topology: t.name_any(),
-                        namespace: t.namespace().unwrap_or_default(),
-                        cluster: t.spec.cluster_ref.clone(),
-                        phase,
-                    };
-                    (labels, 1_i64)
-                })
-                .collect();
-            gauge_family(
-                &mut encoder,
-                "storm_topology_info",
-                "1 per StormTopology, labelled with its cluster and status phase",
-                &info,
-            )?;
+            encode_topologies(&topologies.state(), &mut encoder)?;
         }
         if let Some(qworkers) = &self.qworkers {
-            let mut length = Vec::new();
-            let mut desired = Vec::new();
-            let mut current = Vec::new();
-            let mut min = Vec::new();
-            let mut max = Vec::new();
-            let mut conditions = Vec::new();
-            let mut held = match &self.pods {
+            let held = match &self.pods {
                 Some(pods) => finalizer_held(&pods.state(), Timestamp::now()),
                 None => BTreeMap::new(),
             };
-            for qw in qworkers.state() {
-                let status = qw.status.clone().unwrap_or_default();
-                let labels = QueueLabels {
-                    namespace: qw.namespace().unwrap_or_default(),
-                    qworker: qw.name_any(),
-                    queue: qw.spec.scale_config.queue.clone(),
-                };
-                if let Some(l) = status.queue_length {
-                    length.push((labels.clone(), l));
-                }
-                desired.push((labels.clone(), i64::from(status.desired_replicas)));
-                min.push((labels.clone(), i64::from(qw.spec.scale_config.min_replicas)));
-                max.push((labels.clone(), i64::from(qw.spec.scale_config.max_replicas)));
-                current.push((labels.clone(), i64::from(status.current_replicas)));
-                for c in status
-                    .conditions
-                    .iter()
-                    .filter(|c| QWORKER_CONDITION_TYPES.contains(&c.type_.as_str()))
-                {
-                    conditions.push((
-                        ConditionLabels {
-                            namespace: labels.namespace.clone(),
-                            qworker: labels.qworker.clone(),
-                            r#type: c.type_.clone(),
-                            status: c.status.clone(),
-                            reason: c.reason.clone(),
-                        },
-                        1_i64,
-                    ));
-                }
-                // Every QWorker has the held-pods series, 0 while no pod is held.
-                held.entry((labels.namespace, labels.qworker)).or_default();
-            }
-            let held_count: Vec<_> = held
-                .iter()
-                .map(|((namespace, qworker), (n, _))| {
-                    (
-                        QWorkerLabels {
-                            namespace: namespace.clone(),
-                            qworker: qworker.clone(),
-                        },
-                        *n,
-                    )
-                })
-                .collect();
-            let held_seconds: Vec<_> = held
-                .into_iter()
-                .map(|((namespace, qworker), (_, s))| (QWorkerLabels { namespace, qworker }, s))
-                .collect();
-            gauge_family(
-                &mut encoder,
-                "qworker_queue_length",
-                "Tasks waiting plus in flight, as last read from the broker",
-                &length,
-            )?;
-            gauge_family(
-                &mut encoder,
-                "qworker_desired_replicas",
-                "Workers the autoscaler asks for",
-                &desired,
-            )?;
-            gauge_family(
-                &mut encoder,
-                "qworker_current_replicas",
-                "Live workers (not terminating, not draining)",
-                &current,
-            )?;
-            gauge_family(
-                &mut encoder,
-                "qworker_min_replicas",
-                "spec.scaleConfig.minReplicas",
-                &min,
-            )?;
-            gauge_family(
-                &mut encoder,
-                "qworker_max_replicas",
-                "spec.scaleConfig.maxReplicas",
-                &max,
-            )?;
-            gauge_family(
-                &mut encoder,
-                "qworker_condition",
-                "1 per status condition of a QWorker, labelled with its type, status and reason",
-                &conditions,
-            )?;
-            gauge_family(
-                &mut encoder,
-                "qworker_pods_finalizer_held",
-                "Worker pods being deleted that the task-recovery finalizer still holds",
-                &held_count,
-            )?;
-            gauge_family(
-                &mut encoder,
-                "qworker_pods_finalizer_held_max_seconds",
-                "Longest time since the deletionTimestamp of a pod the task-recovery finalizer holds",
-                &held_seconds,
-            )?;
+            QWorkerSeries::of(&qworkers.state(), held).encode(&mut encoder)?;
         }
         Ok(())
     }
+}
+
+/// The scrape-time series of the StormWorkerPools.
+#[derive(Default)]
+struct PoolSeries {
+    replicas: Vec<(PoolReplicaLabels, i64)>,
+    info: Vec<(PoolInfoLabels, i64)>,
+    bounds: Vec<(PoolBoundLabels, i64)>,
+    storm_metrics: Vec<(PoolStormLabels, f64)>,
+    storm_replicas: Vec<(PoolLabels, i64)>,
+}
+
+impl PoolSeries {
+    /// The series of every pool in `pools`.
+    fn of(pools: &[std::sync::Arc<StormWorkerPool>]) -> Self {
+        let mut series = Self::default();
+        for pool in pools {
+            series.add_storm_autoscaling(pool);
+            series.add_bounds(pool);
+            series.add_replicas(pool);
+        }
+        series
+    }
+
+    /// The count derived from Storm's load and the Storm metrics it came from.
+    fn add_storm_autoscaling(&mut self, pool: &StormWorkerPool) {
+        let Some(storm) = pool
+            .status
+            .as_ref()
+            .and_then(|s| s.storm_autoscaling.as_ref())
+        else {
+            return;
+        };
+        let labels = |metric| PoolStormLabels {
+            namespace: pool.namespace().unwrap_or_default(),
+            pool: pool.name_any(),
+            metric,
+        };
+        self.storm_replicas.push((
+            PoolLabels {
+                namespace: pool.namespace().unwrap_or_default(),
+                pool: pool.name_any(),
+            },
+            i64::from(storm.replicas),
+        ));
+        let inputs = storm.inputs.clone().unwrap_or_default();
+        if let Some(v) = inputs.pending_messages_per_pod {
+            self.storm_metrics.push((labels(PENDING_MESSAGES), v));
+        }
+        if let Some(v) = inputs.bolt_capacity {
+            self.storm_metrics.push((labels(BOLT_CAPACITY), v));
+        }
+    }
+
+    /// The HPA's bounds of an autoscaled pool.
+    fn add_bounds(&mut self, pool: &StormWorkerPool) {
+        let Some(auto) = pool.spec.autoscaling.as_ref().filter(|a| a.enabled) else {
+            return;
+        };
+        let bound = |bound| PoolBoundLabels {
+            pool: pool.name_any(),
+            namespace: pool.namespace().unwrap_or_default(),
+            topology: pool.spec.topology_ref.clone(),
+            bound,
+        };
+        self.bounds
+            .push((bound("min"), i64::from(auto.min_replicas.unwrap_or(1))));
+        if let Some(max) = auto.max_replicas {
+            self.bounds.push((bound("max"), i64::from(max)));
+        }
+    }
+
+    /// The replicas by state and the info series.
+    fn add_replicas(&mut self, pool: &StormWorkerPool) {
+        let status = pool.status.clone().unwrap_or_default();
+        let base = |state| PoolReplicaLabels {
+            pool: pool.name_any(),
+            namespace: pool.namespace().unwrap_or_default(),
+            topology: pool.spec.topology_ref.clone(),
+            state,
+        };
+        self.replicas
+            .push((base("desired"), i64::from(status.replicas)));
+        self.replicas
+            .push((base("ready"), i64::from(status.ready_replicas)));
+        self.replicas
+            .push((base("available"), i64::from(status.available_replicas)));
+        self.info.push((
+            PoolInfoLabels {
+                pool: pool.name_any(),
+                namespace: pool.namespace().unwrap_or_default(),
+                topology: pool.spec.topology_ref.clone(),
+                phase: status.phase.unwrap_or_default().as_str(),
+            },
+            1,
+        ));
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        gauge_family(
+            encoder,
+            "storm_worker_pool_replicas",
+            "Number of replicas by state (desired, ready, available)",
+            &self.replicas,
+        )?;
+        gauge_family(
+            encoder,
+            "storm_worker_pool_info",
+            "Worker pool information",
+            &self.info,
+        )?;
+        gauge_family(
+            encoder,
+            "storm_worker_pool_autoscaling_replicas",
+            "Bounds (min, max) of the HPA of a pool with autoscaling enabled",
+            &self.bounds,
+        )?;
+        gauge_family(
+            encoder,
+            "storm_worker_pool_storm_metric",
+            "Per-pod value of a Storm metric the operator evaluates (storm_pending_messages: tuple trees in flight per pod; storm_bolt_capacity: the busiest bolt's capacity), from the pool's last read of the Storm UI",
+            &self.storm_metrics,
+        )?;
+        gauge_family(
+            encoder,
+            "storm_worker_pool_storm_replicas",
+            "The count derived from Storm's load, enforced as the HPA's minReplicas",
+            &self.storm_replicas,
+        )
+    }
+}
+
+/// `storm_topology_info` of every topology in `topologies`.
+fn encode_topologies(
+    topologies: &[std::sync::Arc<StormTopology>],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let info: Vec<_> = topologies
+        .iter()
+        .map(|t| {
+            let phase = t
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .unwrap_or_default()
+                .as_str();
+            let labels = TopologyInfoLabels {
+                topology: t.name_any(),
+                namespace: t.namespace().unwrap_or_default(),
+                cluster: t.spec.cluster_ref.clone(),
+                phase,
+            };
+            (labels, 1_i64)
+        })
+        .collect();
+    gauge_family(
+        encoder,
+        "storm_topology_info",
+        "1 per StormTopology, labelled with its cluster and status phase",
+        &info,
+    )
+}
+
+/// The scrape-time series of the QWorkers.
+#[derive(Default)]
+struct QWorkerSeries {
+    length: Vec<(QueueLabels, i64)>,
+    desired: Vec<(QueueLabels, i64)>,
+    current: Vec<(QueueLabels, i64)>,
+    min: Vec<(QueueLabels, i64)>,
+    max: Vec<(QueueLabels, i64)>,
+    conditions: Vec<(ConditionLabels, i64)>,
+    /// Pods held by the task-recovery finalizer, per (namespace, QWorker): count and seconds.
+    held: BTreeMap<(String, String), (i64, f64)>,
+}
+
+impl QWorkerSeries {
+    /// The series of every QWorker in `qworkers`, with the finalizer-held pods `held`.
+    fn of(
+        qworkers: &[std::sync::Arc<QWorker>],
+        held: BTreeMap<(String, String), (i64, f64)>,
+    ) -> Self {
+        let mut series = Self {
+            held,
+            ..Self::default()
+        };
+        for qw in qworkers {
+            series.add(qw);
+        }
+        series
+    }
+
+    /// The series of one QWorker.
+    fn add(&mut self, qw: &QWorker) {
+        let status = qw.status.clone().unwrap_or_default();
+        let labels = QueueLabels {
+            namespace: qw.namespace().unwrap_or_default(),
+            qworker: qw.name_any(),
+            queue: qw.spec.scale_config.queue.clone(),
+        };
+        if let Some(l) = status.queue_length {
+            self.length.push((labels.clone(), l));
+        }
+        self.desired
+            .push((labels.clone(), i64::from(status.desired_replicas)));
+        self.min
+            .push((labels.clone(), i64::from(qw.spec.scale_config.min_replicas)));
+        self.max
+            .push((labels.clone(), i64::from(qw.spec.scale_config.max_replicas)));
+        self.current
+            .push((labels.clone(), i64::from(status.current_replicas)));
+        for c in status
+            .conditions
+            .iter()
+            .filter(|c| QWORKER_CONDITION_TYPES.contains(&c.type_.as_str()))
+        {
+            self.conditions.push((
+                ConditionLabels {
+                    namespace: labels.namespace.clone(),
+                    qworker: labels.qworker.clone(),
+                    r#type: c.type_.clone(),
+                    status: c.status.clone(),
+                    reason: c.reason.clone(),
+                },
+                1_i64,
+            ));
+        }
+        // Every QWorker has the held-pods series, 0 while no pod is held.
+        self.held
+            .entry((labels.namespace, labels.qworker))
+            .or_default();
+    }
+
+    fn encode(self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        gauge_family(
+            encoder,
+            "qworker_queue_length",
+            "Tasks waiting plus in flight, as last read from the broker",
+            &self.length,
+        )?;
+        gauge_family(
+            encoder,
+            "qworker_desired_replicas",
+            "Workers the autoscaler asks for",
+            &self.desired,
+        )?;
+        gauge_family(
+            encoder,
+            "qworker_current_replicas",
+            "Live workers (not terminating, not draining)",
+            &self.current,
+        )?;
+        gauge_family(
+            encoder,
+            "qworker_min_replicas",
+            "spec.scaleConfig.minReplicas",
+            &self.min,
+        )?;
+        gauge_family(
+            encoder,
+            "qworker_max_replicas",
+            "spec.scaleConfig.maxReplicas",
+            &self.max,
+        )?;
+        gauge_family(
+            encoder,
+            "qworker_condition",
+            "1 per status condition of a QWorker, labelled with its type, status and reason",
+            &self.conditions,
+        )?;
+        encode_held(self.held, encoder)
+    }
+}
+
+/// `qworker_pods_finalizer_held` and `qworker_pods_finalizer_held_max_seconds`.
+fn encode_held(
+    held: BTreeMap<(String, String), (i64, f64)>,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let held_count: Vec<_> = held
+        .iter()
+        .map(|((namespace, qworker), (n, _))| {
+            (
+                QWorkerLabels {
+                    namespace: namespace.clone(),
+                    qworker: qworker.clone(),
+                },
+                *n,
+            )
+        })
+        .collect();
+    let held_seconds: Vec<_> = held
+        .into_iter()
+        .map(|((namespace, qworker), (_, s))| (QWorkerLabels { namespace, qworker }, s))
+        .collect();
+    gauge_family(
+        encoder,
+        "qworker_pods_finalizer_held",
+        "Worker pods being deleted that the task-recovery finalizer still holds",
+        &held_count,
+    )?;
+    gauge_family(
+        encoder,
+        "qworker_pods_finalizer_held_max_seconds",
+        "Longest time since the deletionTimestamp of a pod the task-recovery finalizer holds",
+        &held_seconds,
+    )
 }
 
 /// Gauges and counters of the operator process itself, read at scrape time: readiness

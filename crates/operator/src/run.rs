@@ -67,9 +67,47 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let shared = Shared::new(client.clone(), metrics.clone(), args.pod_name.clone())
         .with_concurrency(args.max_concurrent_reconciles)
         .with_gate(Gate::new(readiness.clone(), leader_rx));
-    // An empty WATCH_NAMESPACE (as a Helm chart may set it) means all namespaces.
-    let ns = args.namespace.as_deref().filter(|n| !n.is_empty());
+    // One watch per Storm kind, shared by the three Storm controllers.
+    let storm_watches =
+        crate::controllers::StormWatches::new(&shared.client, watched_namespace(&args), &readiness);
+    let controllers = start_controllers(&args, &shared, &storm_watches, &mut registry, &token);
+    let server = serve(registry, readiness, &args, &token);
+    info!("controllers started");
+    if args.leader_election {
+        let follower = GateFollower {
+            gate: leader_tx,
+            metrics,
+        };
+        run_elected(controllers, lease_client, follower, &args, &token).await;
+    } else {
+        controllers.await;
+    }
+    token.cancel();
+    server
+        .await
+        .context("http server task")?
+        .context("http server")?;
+    Ok(())
+}
 
+/// The namespace to watch (`None`: all). An empty WATCH_NAMESPACE (as a Helm chart may set it)
+/// means all namespaces.
+fn watched_namespace(args: &RunArgs) -> Option<&str> {
+    args.namespace.as_deref().filter(|n| !n.is_empty())
+}
+
+/// Builds every controller on `shared`, registers the collectors that read their caches in
+/// `registry`, and starts the shared Storm watches; the returned future runs the controllers
+/// until `token` is cancelled.
+fn start_controllers<'a>(
+    args: &'a RunArgs,
+    shared: &Shared,
+    storm_watches: &'a crate::controllers::StormWatches,
+    registry: &mut Registry,
+    token: &CancellationToken,
+) -> futures::future::BoxFuture<'a, ()> {
+    let ns = watched_namespace(args);
+    let readiness = &shared.gate.readiness;
     let credentials_ns = args.credentials_namespace();
     if let Some(credentials_ns) = credentials_ns {
         info!(namespace = %credentials_ns, "ScalerConfig Secrets are read from this namespace");
@@ -94,31 +132,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // One Storm UI client per cluster URL, shared by the cluster, topology and pool controllers.
     let connector: Arc<dyn workerpool_storm::Connector> =
         Arc::new(workerpool_storm::RestConnector::new());
-    // One watch per Storm kind, shared by the three Storm controllers.
-    let storm_watches = crate::controllers::StormWatches::new(&client, ns, &readiness);
     let (pools, storm_fut) = stormworkerpool::controller(
         shared.clone(),
         ns,
-        &storm_watches,
+        storm_watches,
         connector.clone(),
         token.clone().cancelled_owned(),
     );
     let cluster_metrics = Arc::new(stormcluster::ClusterMetrics::default());
-    cluster_metrics.register(&mut registry);
+    cluster_metrics.register(registry);
     let (_clusters, cluster_fut) = stormcluster::controller(
         shared.clone(),
         ns,
-        &storm_watches,
+        storm_watches,
         connector.clone(),
         cluster_metrics,
         token.clone().cancelled_owned(),
     );
     let topology_metrics = Arc::new(stormtopology::TopologyMetrics::default());
-    topology_metrics.register(&mut registry);
+    topology_metrics.register(registry);
     let (topologies, topology_fut) = stormtopology::controller(
         shared.clone(),
         ns,
-        &storm_watches,
+        storm_watches,
         connector,
         topology_metrics,
         token.clone().cancelled_owned(),
@@ -134,6 +170,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         readiness: readiness.clone(),
         api: crate::limit::api_stats(),
     }));
+    Box::pin(async move {
+        futures::future::join5(
+            storm_fut,
+            qworker_fut,
+            scaler_fut,
+            cluster_fut,
+            topology_fut,
+        )
+        .await;
+    })
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `token` is cancelled, and hands freed
+/// memory back to the system once the caches have synced and then periodically.
+fn serve(
+    registry: Registry,
+    readiness: Readiness,
+    args: &RunArgs,
+    token: &CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
     let state = HttpState {
         registry: Arc::new(registry),
         readiness: readiness.clone(),
@@ -152,54 +208,44 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         crate::memory::RELEASE_PERIOD,
         token.clone().cancelled_owned(),
     ));
-    info!("controllers started");
-    let controllers = futures::future::join5(
-        storm_fut,
-        qworker_fut,
-        scaler_fut,
-        cluster_fut,
-        topology_fut,
-    );
-    if args.leader_election {
-        let elector = elector(lease_client, &args);
-        info!(
-            identity = %elector.identity(),
-            lease = %args.lease_name,
-            "standing by for leadership"
-        );
-        // The election has a token of its own: on shutdown it releases the Lease only after the
-        // controllers have stopped.
-        let election_token = CancellationToken::new();
-        let follower = GateFollower {
-            gate: leader_tx,
-            metrics,
-        };
-        let mut election = tokio::spawn(leader::run(elector, follower, election_token.clone()));
-        tokio::pin!(controllers);
-        tokio::select! {
-            _ = &mut controllers => {
-                election_token.cancel();
-                if let Err(e) = election.await {
-                    warn!(error = %e, "the election task panicked");
-                }
-            },
-            end = &mut election => {
-                if !matches!(end, Ok(leader::End::Cancelled)) {
-                    warn!("leadership lost; stopping so that a new election starts");
-                }
-                token.cancel();
-                controllers.await;
-            },
-        }
-    } else {
-        controllers.await;
-    }
-    token.cancel();
     server
-        .await
-        .context("http server task")?
-        .context("http server")?;
-    Ok(())
+}
+
+/// Runs `controllers` under leader election: `follower` opens the gate while this replica
+/// leads; losing the Lease cancels `token` so that the process stops and a new election starts.
+async fn run_elected(
+    controllers: futures::future::BoxFuture<'_, ()>,
+    lease_client: kube::Client,
+    follower: GateFollower,
+    args: &RunArgs,
+    token: &CancellationToken,
+) {
+    let elector = elector(lease_client, args);
+    info!(
+        identity = %elector.identity(),
+        lease = %args.lease_name,
+        "standing by for leadership"
+    );
+    // The election has a token of its own: on shutdown it releases the Lease only after the
+    // controllers have stopped.
+    let election_token = CancellationToken::new();
+    let mut election = tokio::spawn(leader::run(elector, follower, election_token.clone()));
+    let mut controllers = controllers;
+    tokio::select! {
+        _ = &mut controllers => {
+            election_token.cancel();
+            if let Err(e) = election.await {
+                warn!(error = %e, "the election task panicked");
+            }
+        },
+        end = &mut election => {
+            if !matches!(end, Ok(leader::End::Cancelled)) {
+                warn!("leadership lost; stopping so that a new election starts");
+            }
+            token.cancel();
+            controllers.await;
+        },
+    }
 }
 
 /// This replica's side of the election on `--lease-name` in `--lease-namespace` (else the pod's

@@ -597,95 +597,107 @@ pub fn broker_config(
             db: c.db.unwrap_or(0),
             tls,
         })),
-        BrokerType::Rabbitmq => {
-            let user = creds.username.clone().unwrap_or_else(|| "guest".into());
-            let password = creds.password.clone().unwrap_or_else(|| "guest".into());
-            let url = match &c.url {
-                Some(raw) => {
-                    let mut u = url::Url::parse(raw).map_err(|e| {
-                        BrokerUnavailable::config(
-                            "InvalidScalerConfig",
-                            format!("config.url is not a URL: {e}"),
-                        )
-                    })?;
-                    if !matches!(u.scheme(), "amqp" | "amqps") {
-                        return Err(BrokerUnavailable::config(
-                            "InvalidScalerConfig",
-                            format!(
-                                "config.url must be amqp:// or amqps://, not {}://",
-                                u.scheme()
-                            ),
-                        ));
-                    }
-                    if tls && u.scheme() == "amqp" {
-                        return Err(BrokerUnavailable::config(
-                            "InvalidScalerConfig",
-                            "config.tls is true but config.url is amqp:// (no TLS): use amqps://"
-                                .into(),
-                        ));
-                    }
-                    let encoded = |s: &str| {
-                        url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
-                    };
-                    if u.set_username(&encoded(&user)).is_err()
-                        || u.set_password(Some(&encoded(&password))).is_err()
-                    {
-                        return Err(BrokerUnavailable::config(
-                            "InvalidScalerConfig",
-                            "config.url has no host".into(),
-                        ));
-                    }
-                    u.to_string()
-                }
-                None => workerpool_queue::amqp_url(
-                    &host(c, "rabbitmq")?,
-                    port(c, if tls { 5671 } else { 5672 })?,
-                    c.vhost.as_deref().unwrap_or("/"),
-                    &user,
-                    &password,
-                    tls,
-                ),
-            };
-            Ok(BrokerConfig::RabbitMq(RabbitMqConfig {
-                url,
-                management_url: c.management_url.clone(),
-            }))
-        }
-        BrokerType::Nats => {
-            let url = match &c.url {
-                Some(u) => {
-                    let scheme = scheme(u, "nats");
-                    if !matches!(scheme.as_str(), "nats" | "tls") {
-                        return Err(BrokerUnavailable::config(
-                            "InvalidScalerConfig",
-                            format!("config.url must be nats:// or tls://, not {scheme}://"),
-                        ));
-                    }
-                    u.clone()
-                }
-                None => format!(
-                    "{}://{}:{}",
-                    if tls { "tls" } else { "nats" },
-                    host(c, "nats")?,
-                    port(c, 4222)?
-                ),
-            };
-            let stream = c.stream.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
-                BrokerUnavailable::config(
-                    "InvalidScalerConfig",
-                    "a nats ScalerConfig needs config.stream".into(),
-                )
-            })?;
-            Ok(BrokerConfig::Nats(NatsConfig {
-                url,
-                stream,
-                user: creds.username.clone(),
-                password: creds.password.clone(),
-                token: creds.token.clone(),
-                tls,
-            }))
-        }
+        BrokerType::Rabbitmq => rabbitmq_config(c, creds, tls),
+        BrokerType::Nats => nats_config(c, creds, tls),
     }
+}
+
+/// A configuration error of the ScalerConfig.
+fn invalid(message: String) -> BrokerUnavailable {
+    BrokerUnavailable::config("InvalidScalerConfig", message)
+}
+
+/// RabbitMQ's settings: `config.url` with the credentials set in it, else a URL from the host,
+/// port and vhost.
+fn rabbitmq_config(
+    c: &BrokerConnection,
+    creds: &Credentials,
+    tls: bool,
+) -> Result<BrokerConfig, BrokerUnavailable> {
+    let user = creds.username.clone().unwrap_or_else(|| "guest".into());
+    let password = creds.password.clone().unwrap_or_else(|| "guest".into());
+    let url = match &c.url {
+        Some(raw) => amqp_url_with_credentials(raw, tls, &user, &password)?,
+        None => workerpool_queue::amqp_url(
+            &host(c, "rabbitmq")?,
+            port(c, if tls { 5671 } else { 5672 })?,
+            c.vhost.as_deref().unwrap_or("/"),
+            &user,
+            &password,
+            tls,
+        ),
+    };
+    Ok(BrokerConfig::RabbitMq(RabbitMqConfig {
+        url,
+        management_url: c.management_url.clone(),
+    }))
+}
+
+/// `raw` (an `amqp://` or `amqps://` URL) with `user` and `password` set in it, percent-encoded.
+fn amqp_url_with_credentials(
+    raw: &str,
+    tls: bool,
+    user: &str,
+    password: &str,
+) -> Result<String, BrokerUnavailable> {
+    let mut u =
+        url::Url::parse(raw).map_err(|e| invalid(format!("config.url is not a URL: {e}")))?;
+    if !matches!(u.scheme(), "amqp" | "amqps") {
+        return Err(invalid(format!(
+            "config.url must be amqp:// or amqps://, not {}://",
+            u.scheme()
+        )));
+    }
+    if tls && u.scheme() == "amqp" {
+        return Err(invalid(
+            "config.tls is true but config.url is amqp:// (no TLS): use amqps://".into(),
+        ));
+    }
+    let encoded = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    if u.set_username(&encoded(user)).is_err() || u.set_password(Some(&encoded(password))).is_err()
+    {
+        return Err(invalid("config.url has no host".into()));
+    }
+    Ok(u.to_string())
+}
+
+/// NATS's settings: `config.url` (`nats://` or `tls://`) else one from the host and port, and
+/// the JetStream stream.
+fn nats_config(
+    c: &BrokerConnection,
+    creds: &Credentials,
+    tls: bool,
+) -> Result<BrokerConfig, BrokerUnavailable> {
+    let url = match &c.url {
+        Some(u) => {
+            let scheme = scheme(u, "nats");
+            if !matches!(scheme.as_str(), "nats" | "tls") {
+                return Err(invalid(format!(
+                    "config.url must be nats:// or tls://, not {scheme}://"
+                )));
+            }
+            u.clone()
+        }
+        None => format!(
+            "{}://{}:{}",
+            if tls { "tls" } else { "nats" },
+            host(c, "nats")?,
+            port(c, 4222)?
+        ),
+    };
+    let stream = c
+        .stream
+        .clone()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| invalid("a nats ScalerConfig needs config.stream".into()))?;
+    Ok(BrokerConfig::Nats(NatsConfig {
+        url,
+        stream,
+        user: creds.username.clone(),
+        password: creds.password.clone(),
+        token: creds.token.clone(),
+        tls,
+    }))
 }
 
 /// How a ScalerConfig's credentials travel to its broker: the decision behind the

@@ -164,6 +164,33 @@ impl runtime::ControllerContext for Context {
     }
 }
 
+/// The watch of the worker pods: its cache (indexed by owner), its changed pods, and the
+/// QWorkers those pods belong to (each pod event triggers a reconcile of its QWorker).
+fn pod_watch(
+    shared: &Shared,
+    namespace: Option<&str>,
+) -> (
+    cache::Owned<Pod>,
+    impl futures::Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
+    futures::channel::mpsc::UnboundedReceiver<kube::runtime::reflector::ObjectRef<QWorker>>,
+) {
+    let (pods, pod_events) = cache::watch_owned(
+        scoped::<Pod>(&shared.client, namespace),
+        watcher::Config::default().labels(POD_SELECTOR),
+        shared.gate.readiness.track("pods"),
+    );
+    let (owners_tx, owners_rx) = futures::channel::mpsc::unbounded();
+    let pod_events = pod_events.inspect(move |event| {
+        if let Ok(pod) = event
+            && let Some(owner) = cache::controller_owner::<QWorker, _>(pod)
+        {
+            // The receiver lives as long as the controller; a send error means shutdown.
+            let _ = owners_tx.unbounded_send(owner);
+        }
+    });
+    (pods, pod_events, owners_rx)
+}
+
 /// The QWorker cache, the autoscaler, and the future that runs the QWorker controller and the
 /// pod [`release`] controller (and their watches) until `shutdown`.
 ///
@@ -182,27 +209,12 @@ pub fn controller(
     Autoscaler,
     impl std::future::Future<Output = ()> + Send,
 ) {
-    let client = shared.client.clone();
-    let readiness = shared.gate.readiness.clone();
-    let (pods, pod_events) = cache::watch_owned(
-        scoped::<Pod>(&client, namespace),
-        watcher::Config::default().labels(POD_SELECTOR),
-        readiness.track("pods"),
-    );
+    let (pods, pod_events, owners_rx) = pod_watch(&shared, namespace);
     let (qworkers, qworker_events) = cache::watch(
-        scoped::<QWorker>(&client, namespace),
+        scoped::<QWorker>(&shared.client, namespace),
         watcher::Config::default(),
-        readiness.track("qworkers"),
+        shared.gate.readiness.track("qworkers"),
     );
-    let (owners_tx, owners_rx) = futures::channel::mpsc::unbounded();
-    let pod_events = pod_events.inspect(move |event| {
-        if let Ok(pod) = event
-            && let Some(owner) = cache::controller_owner::<QWorker, _>(pod)
-        {
-            // The receiver lives as long as the controller; a send error means shutdown.
-            let _ = owners_tx.unbounded_send(owner);
-        }
-    });
     let autoscaler = Autoscaler::new(
         shared.clone(),
         brokers.clone(),
@@ -210,16 +222,10 @@ pub fn controller(
         pods.clone(),
     )
     .with_early_polls(early_polls);
-    let release_ctx = Arc::new(release::Context {
-        shared: shared.clone(),
-        qworkers: qworkers.clone(),
-        brokers: brokers.clone(),
-    });
-    let brokers_for_sweep = brokers.clone();
     let ctx = Arc::new(Context {
         shared: shared.clone(),
         pods: pods.clone(),
-        brokers,
+        brokers: brokers.clone(),
         autoscaler: Some(autoscaler.clone()),
         expectations: Expectations::default(),
     });
@@ -237,12 +243,17 @@ pub fn controller(
         .for_each(|_| futures::future::ready(()));
     let sweeper = sweep::Sweeper::new(
         shared.clone(),
-        brokers_for_sweep,
+        brokers.clone(),
         qworkers.clone(),
         pods.store().clone(),
         namespace,
     );
     let sweep_run = sweeper.run(shutdown.clone());
+    let release_ctx = Arc::new(release::Context {
+        shared: shared.clone(),
+        qworkers: qworkers.clone(),
+        brokers,
+    });
     let release_run = Controller::for_stream(pod_events, pods.store().clone())
         .with_config(shared.controller_config())
         .reconcile_all_on(shared.gate.on_leadership())

@@ -7,7 +7,9 @@
 //!   every second against real Redis plus 1,000 StormWorkerPools;
 //! - reconciles: StormWorkerPool reconciles per second against the mocked API.
 //!
-//! Options (after `--`): `--quick` for a short run (CI), `--only reaction|footprint|reconciles`.
+//! Options (after `--`): `--quick` for a short run (CI), `--only reaction|footprint|reconciles`,
+//! `--qworkers N` and `--window SECS` for the footprint. It runs on one thread, as the operator
+//! does by default.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -290,9 +292,16 @@ async fn reconciles(n: usize) -> anyhow::Result<(f64, Vec<Arc<StormWorkerPool>>)
     Ok((n as f64 / start.elapsed().as_secs_f64(), pools))
 }
 
-#[tokio::main]
+/// One thread, as the operator runs by default (`--worker-threads 1`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    let option = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
     let quick = args.iter().any(|a| a == "--quick");
     let only = args
         .iter()
@@ -339,8 +348,8 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if run("footprint") {
-        let n = if quick { 100 } else { 1000 };
-        let window = Duration::from_secs(if quick { 5 } else { 30 });
+        let n = option("--qworkers").map_or(if quick { 100 } else { 1000 }, |n| n as usize);
+        let window = Duration::from_secs(option("--window").unwrap_or(if quick { 5 } else { 30 }));
         let (_, pools) = reconciles(n).await?;
         let f = fleet(n, "footprint").await?;
         tokio::time::sleep(Duration::from_secs(3)).await;

@@ -410,27 +410,30 @@ pub struct Plan {
     pub crash_loop: Option<CrashLoop>,
 }
 
-/// Plans creations, drains, deletions and recoveries so that exactly `desired` live,
-/// non-draining workers run the current template and no task stays with a worker that is gone.
-///
-/// Pending creates and drains are expectations: a lagging watch never causes over-creation or a
-/// second drain. A pod that never started holds no task and is deleted instead of drained.
-pub fn plan(o: &Observed<'_>) -> Plan {
-    let mut out = Plan::default();
-    let mut fresh: Vec<&PodView> = Vec::new();
-    let delete = |out: &mut Plan, p: &PodView| {
-        out.delete.push(p.name.clone());
+impl Plan {
+    /// Plans the deletion of `p`, and the return of its tasks when no finalizer will return them.
+    fn delete_pod(&mut self, p: &PodView) {
+        self.delete.push(p.name.clone());
         if !p.finalizer && !p.never_started() {
-            out.recover.push(p.name.clone());
+            self.recover.push(p.name.clone());
         }
-    };
-    let mut crashed: Vec<&PodView> = o
-        .pods
+    }
+}
+
+/// The crashed pods not being deleted, oldest first, so that each crash's streak follows from
+/// the one before.
+fn crashed_oldest_first(pods: &[PodView]) -> Vec<&PodView> {
+    let mut crashed: Vec<&PodView> = pods
         .iter()
         .filter(|p| !p.terminating() && p.crashed())
         .collect();
-    // Oldest first, so that each crash's streak follows from the one before.
     crashed.sort_by(|a, b| a.ended().cmp(&b.ended()).then_with(|| a.name.cmp(&b.name)));
+    crashed
+}
+
+/// Each crashed pod's place in its streak: its annotation, else one more than the crash
+/// before when that ended less than [`CRASH_STREAK_RESET`] earlier, else 1.
+fn crash_streaks(crashed: &[&PodView]) -> Vec<u32> {
     let mut streaks: Vec<u32> = Vec::with_capacity(crashed.len());
     for (i, p) in crashed.iter().enumerate() {
         let streak = p.streak.unwrap_or_else(|| match i.checked_sub(1) {
@@ -449,6 +452,17 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         });
         streaks.push(streak);
     }
+    streaks
+}
+
+/// The crashed pods kept for inspection (the newest [`KEEP_FAILED`], within
+/// [`FAILED_RETENTION`]); those seen for the first time go to `out.mark_crashed`.
+fn keep_crashed<'a>(
+    o: &Observed<'_>,
+    crashed: &[&'a PodView],
+    streaks: &[u32],
+    out: &mut Plan,
+) -> HashSet<&'a str> {
     let keep_from = crashed.len().saturating_sub(KEEP_FAILED);
     let mut kept: HashSet<&str> = HashSet::new();
     for (i, p) in crashed.iter().enumerate() {
@@ -462,38 +476,49 @@ pub fn plan(o: &Observed<'_>) -> Plan {
             }
         }
     }
-    let mut backoff = None;
-    if let (Some(newest), Some(&streak)) = (crashed.last(), streaks.last()) {
-        let since = newest
-            .ended()
-            .map_or(0.0, |t| o.now.duration_since(t).as_secs_f64().max(0.0));
-        let wait = crash_backoff(streak).as_secs_f64() - since;
-        if wait > 0.0 {
-            backoff = Some(CrashLoop {
-                pod: newest.name.clone(),
-                exit_code: newest.exit.as_ref().map_or(0, |e| e.code),
-                reason: newest.exit.as_ref().and_then(|e| e.reason.clone()),
-                streak,
-                retry_in: Duration::from_secs_f64(wait),
-                in_place: false,
-            });
-        }
-    }
+    kept
+}
+
+/// The crash backoff still running after the newest crash, if any.
+fn crash_backoff_left(
+    o: &Observed<'_>,
+    crashed: &[&PodView],
+    streaks: &[u32],
+) -> Option<CrashLoop> {
+    let (newest, &streak) = (crashed.last()?, streaks.last()?);
+    let since = newest
+        .ended()
+        .map_or(0.0, |t| o.now.duration_since(t).as_secs_f64().max(0.0));
+    let wait = crash_backoff(streak).as_secs_f64() - since;
+    (wait > 0.0).then(|| CrashLoop {
+        pod: newest.name.clone(),
+        exit_code: newest.exit.as_ref().map_or(0, |e| e.code),
+        reason: newest.exit.as_ref().and_then(|e| e.reason.clone()),
+        streak,
+        retry_in: Duration::from_secs_f64(wait),
+        in_place: false,
+    })
+}
+
+/// Sorts the pods that are not kept nor being deleted: finished, drained or stale ones are
+/// deleted or drained into `out`; the live pods of the current template are returned.
+fn classify<'a>(o: &Observed<'a>, kept: &HashSet<&str>, out: &mut Plan) -> Vec<&'a PodView> {
+    let mut fresh: Vec<&PodView> = Vec::new();
     for p in o.pods {
         if p.terminating() || kept.contains(p.name.as_str()) {
             continue;
         }
         if p.terminal() {
-            delete(&mut out, p);
+            out.delete_pod(p);
         } else if p.draining {
             if p.never_started() || p.worker == Worker::Terminated {
-                delete(&mut out, p);
+                out.delete_pod(p);
             }
         } else if o.pending_drains.contains(&p.name) {
             continue;
         } else if p.hash.as_deref() != Some(o.hash) {
             if p.never_started() {
-                delete(&mut out, p);
+                out.delete_pod(p);
             } else {
                 out.drain.push((p.name.clone(), DrainReason::StaleHash));
             }
@@ -501,6 +526,57 @@ pub fn plan(o: &Observed<'_>) -> Plan {
             fresh.push(p);
         }
     }
+    fresh
+}
+
+/// Removes `excess` of the `fresh` pods: never started first, then not ready, then the
+/// youngest, then by name; a pod that never started is deleted, the others drained.
+fn choose_deletions(fresh: &mut Vec<&PodView>, excess: usize, out: &mut Plan) {
+    fresh.sort_by(|a, b| {
+        b.never_started()
+            .cmp(&a.never_started())
+            .then_with(|| a.ready.cmp(&b.ready))
+            .then_with(|| b.created.cmp(&a.created))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    for victim in fresh.drain(..excess) {
+        if victim.never_started() {
+            out.delete_pod(victim);
+        } else {
+            out.drain
+                .push((victim.name.clone(), DrainReason::ScaleDown));
+        }
+    }
+}
+
+/// The first of `fresh` whose worker the kubelet restarts in place after crashes; its pod stays
+/// (it may recover).
+fn in_place_crash_loop(fresh: &[&PodView]) -> Option<CrashLoop> {
+    fresh.iter().find_map(|p| {
+        let (restarts, exit) = p.restarting.as_ref()?;
+        Some(CrashLoop {
+            pod: p.name.clone(),
+            exit_code: exit.as_ref().map_or(0, |e| e.code),
+            reason: exit.as_ref().and_then(|e| e.reason.clone()),
+            streak: u32::try_from(*restarts).unwrap_or(0),
+            retry_in: IN_PLACE_RECHECK,
+            in_place: true,
+        })
+    })
+}
+
+/// Plans creations, drains, deletions and recoveries so that exactly `desired` live,
+/// non-draining workers run the current template and no task stays with a worker that is gone.
+///
+/// Pending creates and drains are expectations: a lagging watch never causes over-creation or a
+/// second drain. A pod that never started holds no task and is deleted instead of drained.
+pub fn plan(o: &Observed<'_>) -> Plan {
+    let mut out = Plan::default();
+    let crashed = crashed_oldest_first(o.pods);
+    let streaks = crash_streaks(&crashed);
+    let kept = keep_crashed(o, &crashed, &streaks, &mut out);
+    let backoff = crash_backoff_left(o, &crashed, &streaks);
+    let mut fresh = classify(o, &kept, &mut out);
     let desired = o.desired.max(0) as usize;
     let pending_creates = o.pending_creates.len();
     let have = fresh.len() + pending_creates;
@@ -512,37 +588,11 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         }
     } else if have > desired {
         let excess = (have - desired).min(fresh.len());
-        // Victims: never started first, then not ready, then the youngest, then by name.
-        fresh.sort_by(|a, b| {
-            b.never_started()
-                .cmp(&a.never_started())
-                .then_with(|| a.ready.cmp(&b.ready))
-                .then_with(|| b.created.cmp(&a.created))
-                .then_with(|| a.name.cmp(&b.name))
-        });
-        for victim in fresh.drain(..excess) {
-            if victim.never_started() {
-                delete(&mut out, victim);
-            } else {
-                out.drain
-                    .push((victim.name.clone(), DrainReason::ScaleDown));
-            }
-        }
+        choose_deletions(&mut fresh, excess, &mut out);
     }
     out.current = (fresh.len() + pending_creates) as i32;
     if out.crash_loop.is_none() {
-        // A worker the kubelet restarts in place is reported; its pod stays (it may recover).
-        out.crash_loop = fresh.iter().find_map(|p| {
-            let (restarts, exit) = p.restarting.as_ref()?;
-            Some(CrashLoop {
-                pod: p.name.clone(),
-                exit_code: exit.as_ref().map_or(0, |e| e.code),
-                reason: exit.as_ref().and_then(|e| e.reason.clone()),
-                streak: u32::try_from(*restarts).unwrap_or(0),
-                retry_in: IN_PLACE_RECHECK,
-                in_place: true,
-            })
-        });
+        out.crash_loop = in_place_crash_loop(&fresh);
     }
     out
 }

@@ -109,9 +109,8 @@ fn valid_tag(t: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-/// Checks what the schema cannot (or what a server skipping CEL rules lets through): the name,
-/// the image reference, the storage size, the UI URL and seeds of an External cluster.
-pub fn validate(cluster: &StormCluster) -> Result<()> {
+/// The name: short enough for `<cluster>-nimbus-<n>`, and a valid start of a Service name.
+fn validate_name(cluster: &StormCluster) -> Result<()> {
     let name = cluster.name_any();
     if name.len() > MAX_CLUSTER_NAME_LENGTH {
         return Err(Error::InvalidSpec(format!(
@@ -126,27 +125,27 @@ pub fn validate(cluster: &StormCluster) -> Result<()> {
             cluster.ui_name()
         )));
     }
-    if cluster.spec.zookeeper_servers.is_empty()
-        || cluster
-            .spec
-            .zookeeper_servers
-            .iter()
-            .any(|s| s.trim().is_empty())
-    {
+    Ok(())
+}
+
+/// `zookeeperServers`: at least one, none empty, no port.
+fn validate_zookeeper_servers(cluster: &StormCluster) -> Result<()> {
+    let servers = &cluster.spec.zookeeper_servers;
+    if servers.is_empty() || servers.iter().any(|s| s.trim().is_empty()) {
         return Err(Error::InvalidSpec(
             "zookeeperServers must list at least one server, none empty".into(),
         ));
     }
-    if let Some(server) = cluster
-        .spec
-        .zookeeper_servers
-        .iter()
-        .find(|s| s.contains(':'))
-    {
+    if let Some(server) = servers.iter().find(|s| s.contains(':')) {
         return Err(Error::InvalidSpec(format!(
             "zookeeperServers entry {server:?}: {ZOOKEEPER_PORT_MESSAGE}"
         )));
     }
+    Ok(())
+}
+
+/// `stormConfig`: no key the operator sets, and no Thrift port on a Managed cluster.
+fn validate_storm_config(cluster: &StormCluster) -> Result<()> {
     let config = cluster.spec.storm_config.as_ref();
     if let Some(message) = reserved_key_in(config, CLUSTER_RESERVED_KEYS, "stormConfig") {
         return Err(Error::InvalidSpec(message));
@@ -156,6 +155,11 @@ pub fn validate(cluster: &StormCluster) -> Result<()> {
     {
         return Err(Error::InvalidSpec(MANAGED_THRIFT_PORT_MESSAGE.into()));
     }
+    Ok(())
+}
+
+/// `image`: a usable repository and tag (or digest).
+fn validate_image(cluster: &StormCluster) -> Result<()> {
     let image = cluster.spec.image.as_ref();
     if let Some(r) = image.and_then(|i| i.repository.as_deref())
         && !valid_repository(r)
@@ -171,38 +175,54 @@ pub fn validate(cluster: &StormCluster) -> Result<()> {
             "image.tag {t:?} is not a usable image tag (letters, digits, '.', '_', '-', at most 128) or sha256 digest"
         )));
     }
-    match cluster.spec.mode {
-        ClusterMode::Managed => {
-            if let Some(size) = cluster
-                .spec
-                .nimbus
-                .as_ref()
-                .and_then(|n| n.storage_size.as_deref())
-                && quantity::parse(size).is_none_or(|v| v <= 0.0)
-            {
-                return Err(Error::InvalidSpec(format!(
-                    "nimbus.storageSize {size:?} is not a positive quantity (e.g. \"1Gi\")"
-                )));
-            }
-        }
-        ClusterMode::External => {
-            let url = cluster.spec.ui_url.as_deref().unwrap_or_default();
-            if !(url.starts_with("http://") || url.starts_with("https://"))
-                || url::Url::parse(url).is_err()
-            {
-                return Err(Error::InvalidSpec(format!(
-                    "uiUrl {:?} must be an http:// or https:// URL (required when External)",
-                    scrub_userinfo(url)
-                )));
-            }
-            if cluster.spec.nimbus_seeds.is_empty() {
-                return Err(Error::InvalidSpec(
-                    "an External cluster needs nimbusSeeds".into(),
-                ));
-            }
-        }
+    Ok(())
+}
+
+/// A Managed cluster: a positive `nimbus.storageSize` when set.
+fn validate_managed(cluster: &StormCluster) -> Result<()> {
+    if let Some(size) = cluster
+        .spec
+        .nimbus
+        .as_ref()
+        .and_then(|n| n.storage_size.as_deref())
+        && quantity::parse(size).is_none_or(|v| v <= 0.0)
+    {
+        return Err(Error::InvalidSpec(format!(
+            "nimbus.storageSize {size:?} is not a positive quantity (e.g. \"1Gi\")"
+        )));
     }
     Ok(())
+}
+
+/// An External cluster: an http(s) `uiUrl` and `nimbusSeeds`.
+fn validate_external(cluster: &StormCluster) -> Result<()> {
+    let url = cluster.spec.ui_url.as_deref().unwrap_or_default();
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url::Url::parse(url).is_err()
+    {
+        return Err(Error::InvalidSpec(format!(
+            "uiUrl {:?} must be an http:// or https:// URL (required when External)",
+            scrub_userinfo(url)
+        )));
+    }
+    if cluster.spec.nimbus_seeds.is_empty() {
+        return Err(Error::InvalidSpec(
+            "an External cluster needs nimbusSeeds".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks what the schema cannot (or what a server skipping CEL rules lets through): the name,
+/// the image reference, the storage size, the UI URL and seeds of an External cluster.
+pub fn validate(cluster: &StormCluster) -> Result<()> {
+    validate_name(cluster)?;
+    validate_zookeeper_servers(cluster)?;
+    validate_storm_config(cluster)?;
+    validate_image(cluster)?;
+    match cluster.spec.mode {
+        ClusterMode::Managed => validate_managed(cluster),
+        ClusterMode::External => validate_external(cluster),
+    }
 }
 
 pub use crate::error::scrub_userinfo;

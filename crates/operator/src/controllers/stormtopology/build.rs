@@ -12,7 +12,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 use workerpool_api::storm::{
-    DEFAULT_REBALANCE_WAIT_SECONDS, MAX_TOPOLOGY_NAME_LENGTH, StormCluster, StormTopology,
+    DEFAULT_REBALANCE_WAIT_SECONDS, JarSource, MAX_TOPOLOGY_NAME_LENGTH, StormCluster,
+    StormTopology,
 };
 use workerpool_storm::command::{self, Submission};
 
@@ -264,20 +265,11 @@ fn job(
     }
 }
 
-/// The submission Job `<topology>-submit-<hash8>`: an init container fetches the jar (from
-/// `jar.url` with Python in the cluster image, or by `cp` from `jar.image`) into an emptyDir,
-/// another checks `jar.sha256` when set, and the main container runs `storm jar` from the
-/// cluster's image against its Nimbus seeds.
-pub fn submit_job(topology: &StormTopology, cluster: &StormCluster, hash: &str) -> Result<Job> {
-    validate(topology)?;
-    let Some(jar) = &topology.spec.jar else {
-        return Err(Error::InvalidSpec(
-            "the topology has no jar; it is not submitted by the operator".into(),
-        ));
-    };
-    let image = cluster_image(cluster);
-    let fetch = match (&jar.url, &jar.image, &jar.path) {
-        (Some(url), _, _) => Container {
+/// The init container that puts the jar at [`JAR_PATH`]: a download of `jar.url` with Python
+/// in the cluster's `image`, or a `cp` of `jar.path` from `jar.image`.
+fn fetch_container(jar: &JarSource, image: &str, cluster: &StormCluster) -> Result<Container> {
+    match (&jar.url, &jar.image, &jar.path) {
+        (Some(url), _, _) => Ok(Container {
             command: Some(vec![
                 "python3".into(),
                 "-c".into(),
@@ -286,32 +278,35 @@ pub fn submit_job(topology: &StormTopology, cluster: &StormCluster, hash: &str) 
                 JAR_PATH.into(),
             ]),
             volume_mounts: Some(vec![jar_mount()]),
-            ..container(FETCH_CONTAINER, image.clone(), cluster)
-        },
-        (None, Some(jar_image), Some(path)) => Container {
+            ..container(FETCH_CONTAINER, image.to_string(), cluster)
+        }),
+        (None, Some(jar_image), Some(path)) => Ok(Container {
             command: Some(vec!["cp".into(), path.clone(), JAR_PATH.into()]),
             volume_mounts: Some(vec![jar_mount()]),
             ..container(FETCH_CONTAINER, jar_image.clone(), cluster)
-        },
-        _ => {
-            return Err(Error::InvalidSpec(
-                "jar needs url, or image and path".into(),
-            ));
-        }
-    };
-    let mut init = vec![fetch];
-    if let Some(sha) = &jar.sha256 {
-        init.push(Container {
-            command: Some(vec!["sh".into(), "-c".into(), VERIFY_SCRIPT.into()]),
-            env: Some(vec![EnvVar {
-                name: "JAR_SHA256".into(),
-                value: Some(sha.clone()),
-                ..EnvVar::default()
-            }]),
-            volume_mounts: Some(vec![jar_mount()]),
-            ..container(VERIFY_CONTAINER, image.clone(), cluster)
-        });
+        }),
+        _ => Err(Error::InvalidSpec(
+            "jar needs url, or image and path".into(),
+        )),
     }
+}
+
+/// The init container that checks the jar against `sha256`.
+fn verify_container(sha256: &str, image: &str, cluster: &StormCluster) -> Container {
+    Container {
+        command: Some(vec!["sh".into(), "-c".into(), VERIFY_SCRIPT.into()]),
+        env: Some(vec![EnvVar {
+            name: "JAR_SHA256".into(),
+            value: Some(sha256.to_string()),
+            ..EnvVar::default()
+        }]),
+        volume_mounts: Some(vec![jar_mount()]),
+        ..container(VERIFY_CONTAINER, image.to_string(), cluster)
+    }
+}
+
+/// The main container: `storm jar` of the topology against the cluster's Nimbus seeds.
+fn submit_container(topology: &StormTopology, cluster: &StormCluster, image: String) -> Container {
     let config = topology.spec.config.clone().unwrap_or_default();
     let main_class = topology.spec.main_class.clone().unwrap_or_default();
     let storm_name = topology.storm_name();
@@ -326,14 +321,32 @@ pub fn submit_job(topology: &StormTopology, cluster: &StormCluster, hash: &str) 
         nimbus_seeds: &seeds,
         client_config: &client_config,
     });
-    let submit = Container {
+    Container {
         command: Some(argv),
         volume_mounts: Some(vec![jar_mount()]),
         ..container(SUBMIT_CONTAINER, image, cluster)
+    }
+}
+
+/// The submission Job `<topology>-submit-<hash8>`: an init container fetches the jar (from
+/// `jar.url` with Python in the cluster image, or by `cp` from `jar.image`) into an emptyDir,
+/// another checks `jar.sha256` when set, and the main container runs `storm jar` from the
+/// cluster's image against its Nimbus seeds.
+pub fn submit_job(topology: &StormTopology, cluster: &StormCluster, hash: &str) -> Result<Job> {
+    validate(topology)?;
+    let Some(jar) = &topology.spec.jar else {
+        return Err(Error::InvalidSpec(
+            "the topology has no jar; it is not submitted by the operator".into(),
+        ));
     };
+    let image = cluster_image(cluster);
+    let mut init = vec![fetch_container(jar, &image, cluster)?];
+    if let Some(sha) = &jar.sha256 {
+        init.push(verify_container(sha, &image, cluster));
+    }
     let pod = PodSpec {
         init_containers: Some(init),
-        containers: vec![submit],
+        containers: vec![submit_container(topology, cluster, image)],
         volumes: Some(vec![Volume {
             name: JAR_VOLUME.into(),
             empty_dir: Some(EmptyDirVolumeSource::default()),

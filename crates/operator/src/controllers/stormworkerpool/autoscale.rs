@@ -235,46 +235,119 @@ fn wanted(target: &Target, inputs: &StormScaleInputs) -> Option<(i32, &'static s
     ))
 }
 
-/// The pure decision (see the module docs).
-pub fn plan(input: &PlanInput<'_>) -> Plan {
-    let max = input.max.max(1);
-    let min = input.min.clamp(1, max);
+/// A recommended count, the term that decided it, and the reason in words.
+type Recommendation = (i32, &'static str, String);
+
+/// The largest count the recognised metrics want; without a figure, the count in force
+/// (`previous`, else `min`).
+fn recommend(input: &PlanInput<'_>, min: i32, previous: Option<i32>) -> Recommendation {
     let best = input
         .targets
         .iter()
         .filter_map(|t| wanted(t, input.inputs))
         .max_by_key(|(count, _, _)| *count);
-    let previous = input.previous.map(|p| p.replicas.clamp(min, max));
-    let (mut recommendation, mut term, mut message) = match best {
+    match best {
         Some(w) => w,
         None => (
             previous.unwrap_or(min),
             "NoData",
             "Storm reports no figure for the recognised metrics: the count is kept".to_string(),
         ),
-    };
-    let useful = input.inputs.useful_pods;
+    }
+}
+
+/// `wanted`, held at the pods the topology's executors can occupy when it asks for more (and
+/// that is below `max`).
+fn hold_at_useful(
+    wanted: Recommendation,
+    inputs: &StormScaleInputs,
+    min: i32,
+    max: i32,
+) -> Recommendation {
+    let (recommendation, term, message) = wanted;
+    let useful = inputs.useful_pods;
     if recommendation > useful && useful < max {
         let held = useful.max(min);
-        message = format!(
+        let message = format!(
             "{message}; but the topology's {} executor(s) occupy at most {useful} pod(s): more \
              pods cannot help, held at {held} (raise the topology's parallelism)",
-            input.inputs.executors
+            inputs.executors
         );
-        recommendation = held;
-        term = "ExecutorsExhausted";
+        return (held, "ExecutorsExhausted", message);
     }
+    (recommendation, term, message)
+}
+
+/// `wanted` clamped to `min..=max` (a `NoData` term stays when raised to `min`).
+fn clamp_to_bounds(wanted: Recommendation, min: i32, max: i32) -> Recommendation {
+    let (recommendation, term, message) = wanted;
     if recommendation > max {
-        message = format!("{message}; capped at maxReplicas {max}");
-        recommendation = max;
-        term = "MaxReplicas";
+        (
+            max,
+            "MaxReplicas",
+            format!("{message}; capped at maxReplicas {max}"),
+        )
     } else if recommendation < min {
-        message = format!("{message}; raised to minReplicas {min}");
-        recommendation = min;
-        if term != "NoData" {
-            term = "MinReplicas";
-        }
+        let term = if term == "NoData" {
+            term
+        } else {
+            "MinReplicas"
+        };
+        (min, term, format!("{message}; raised to minReplicas {min}"))
+    } else {
+        (recommendation, term, message)
     }
+}
+
+/// A `recommendation` below the count in force, `from`: the count goes down to the largest
+/// recommendation of the stabilisation window once every one stayed below `from` for the
+/// window, else stays; `status` gets the count and the window's state, the returned message
+/// the reason.
+fn stabilize_down(
+    input: &PlanInput<'_>,
+    from: i32,
+    recommendation: i32,
+    status: &mut StormAutoscalingStatus,
+    message: String,
+) -> String {
+    let since = input
+        .previous
+        .and_then(|p| p.below_since.as_ref())
+        .map_or(input.now, |t| t.0);
+    let below_max = input
+        .previous
+        .and_then(|p| p.below_max)
+        .map_or(recommendation, |m| m.max(recommendation));
+    let waited = input.now.duration_since(since).as_secs_f64().max(0.0);
+    let window = input.stabilization.as_secs_f64();
+    if waited >= window {
+        status.replicas = below_max.min(from);
+        if recommendation < status.replicas {
+            status.below_since = Some(Time(input.now));
+            status.below_max = Some(recommendation);
+        }
+        format!(
+            "{message}; below {from} for {waited:.0} s (stabilisation window {window:.0} s): \
+             down to {}",
+            status.replicas
+        )
+    } else {
+        status.below_since = Some(Time(since));
+        status.below_max = Some(below_max);
+        format!(
+            "{message}; {from} kept until the recommendations stay lower for the \
+             stabilisation window ({waited:.0}/{window:.0} s)"
+        )
+    }
+}
+
+/// The pure decision (see the module docs).
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let max = input.max.max(1);
+    let min = input.min.clamp(1, max);
+    let previous = input.previous.map(|p| p.replicas.clamp(min, max));
+    let wanted = hold_at_useful(recommend(input, min, previous), input.inputs, min, max);
+    let (recommendation, term, mut message) = clamp_to_bounds(wanted, min, max);
     let from = previous.unwrap_or(min);
     let mut status = StormAutoscalingStatus {
         replicas: from,
@@ -287,35 +360,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     if previous.is_none() || recommendation >= from {
         status.replicas = recommendation;
     } else {
-        let since = input
-            .previous
-            .and_then(|p| p.below_since.as_ref())
-            .map_or(input.now, |t| t.0);
-        let below_max = input
-            .previous
-            .and_then(|p| p.below_max)
-            .map_or(recommendation, |m| m.max(recommendation));
-        let waited = input.now.duration_since(since).as_secs_f64().max(0.0);
-        let window = input.stabilization.as_secs_f64();
-        if waited >= window {
-            status.replicas = below_max.min(from);
-            message = format!(
-                "{message}; below {from} for {waited:.0} s (stabilisation window {window:.0} s): \
-                 down to {}",
-                status.replicas
-            );
-            if recommendation < status.replicas {
-                status.below_since = Some(Time(input.now));
-                status.below_max = Some(recommendation);
-            }
-        } else {
-            status.below_since = Some(Time(since));
-            status.below_max = Some(below_max);
-            message = format!(
-                "{message}; {from} kept until the recommendations stay lower for the \
-                 stabilisation window ({waited:.0}/{window:.0} s)"
-            );
-        }
+        message = stabilize_down(input, from, recommendation, &mut status, message);
     }
     let decision =
         (status.replicas != from || previous.is_none() && status.replicas != min).then(|| {

@@ -21,8 +21,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use workerpool_api::storm::{
-    DEFAULT_STORM_IMAGE, DEFAULT_STORM_TAG, MAX_POOL_NAME_LENGTH, MetricSourceType,
-    POOL_RESERVED_KEYS, StormCluster, StormWorkerPool, image_reference, reserved_key_in,
+    AutoscalingSpec, CustomMetric, DEFAULT_STORM_IMAGE, DEFAULT_STORM_TAG, MAX_POOL_NAME_LENGTH,
+    MetricSourceType, POOL_RESERVED_KEYS, PortsSpec, StormCluster, StormWorkerPool,
+    image_reference, reserved_key_in,
 };
 
 use workerpool_storm::log4j2::{CLUSTER_XML, CLUSTER_XML_NAME, WORKER_XML, WORKER_XML_NAME};
@@ -105,62 +106,73 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks what the schema cannot (or what a server that skips CEL rules lets through): the
-/// name, quantities of custom-metric targets and container names.
-pub fn validate(pool: &StormWorkerPool) -> Result<()> {
-    validate_name(&pool.name_any())?;
-    if let Some(message) = reserved_key_in(
+/// `workerConfig`: no key the operator sets.
+fn validate_worker_config(pool: &StormWorkerPool) -> Result<()> {
+    match reserved_key_in(
         pool.spec.worker_config.as_ref(),
         POOL_RESERVED_KEYS,
         "workerConfig",
     ) {
-        return Err(Error::InvalidSpec(message));
+        Some(message) => Err(Error::InvalidSpec(message)),
+        None => Ok(()),
     }
-    if let Some(auto) = pool.spec.enabled_autoscaling() {
-        let max = auto.max_replicas.ok_or_else(|| {
-            Error::InvalidSpec(
-                "autoscaling.maxReplicas is required when autoscaling is enabled".into(),
-            )
-        })?;
-        let min = auto.min_replicas.unwrap_or(1);
-        if min > max {
+}
+
+/// Enabled `autoscaling`: a `maxReplicas`, `minReplicas` not above it, usable custom metrics.
+fn validate_autoscaling(auto: &AutoscalingSpec) -> Result<()> {
+    let max = auto.max_replicas.ok_or_else(|| {
+        Error::InvalidSpec("autoscaling.maxReplicas is required when autoscaling is enabled".into())
+    })?;
+    let min = auto.min_replicas.unwrap_or(1);
+    if min > max {
+        return Err(Error::InvalidSpec(format!(
+            "autoscaling.minReplicas ({min}) must be <= autoscaling.maxReplicas ({max})"
+        )));
+    }
+    for (i, m) in auto.custom_metrics.iter().enumerate() {
+        validate_custom_metric(i, m)?;
+    }
+    Ok(())
+}
+
+/// `autoscaling.customMetrics[i]`: targets that are quantities, at least one, and the ones
+/// its type needs.
+fn validate_custom_metric(i: usize, m: &CustomMetric) -> Result<()> {
+    for (field, value) in [
+        ("targetAverageValue", &m.target_average_value),
+        ("targetValue", &m.target_value),
+    ] {
+        if let Some(v) = value
+            && quantity::parse(v).is_none()
+        {
             return Err(Error::InvalidSpec(format!(
-                "autoscaling.minReplicas ({min}) must be <= autoscaling.maxReplicas ({max})"
+                "autoscaling.customMetrics[{i}].{field}: {v:?} is not a quantity (e.g. \"1000\", \"500m\", \"2k\")"
             )));
         }
-        for (i, m) in auto.custom_metrics.iter().enumerate() {
-            for (field, value) in [
-                ("targetAverageValue", &m.target_average_value),
-                ("targetValue", &m.target_value),
-            ] {
-                if let Some(v) = value
-                    && quantity::parse(v).is_none()
-                {
-                    return Err(Error::InvalidSpec(format!(
-                        "autoscaling.customMetrics[{i}].{field}: {v:?} is not a quantity (e.g. \"1000\", \"500m\", \"2k\")"
-                    )));
-                }
-            }
-            if m.target_average_value.is_none() && m.target_value.is_none() {
-                return Err(Error::InvalidSpec(format!(
-                    "autoscaling.customMetrics[{i}] ({}) needs targetAverageValue or targetValue",
-                    m.name
-                )));
-            }
-            if m.type_ == MetricSourceType::Object && m.described_object.is_none() {
-                return Err(Error::InvalidSpec(format!(
-                    "autoscaling.customMetrics[{i}] ({}) is an object metric and needs describedObject",
-                    m.name
-                )));
-            }
-            if m.type_ == MetricSourceType::Pods && m.target_average_value.is_none() {
-                return Err(Error::InvalidSpec(format!(
-                    "autoscaling.customMetrics[{i}] ({}) is a pods metric and needs targetAverageValue",
-                    m.name
-                )));
-            }
-        }
     }
+    if m.target_average_value.is_none() && m.target_value.is_none() {
+        return Err(Error::InvalidSpec(format!(
+            "autoscaling.customMetrics[{i}] ({}) needs targetAverageValue or targetValue",
+            m.name
+        )));
+    }
+    if m.type_ == MetricSourceType::Object && m.described_object.is_none() {
+        return Err(Error::InvalidSpec(format!(
+            "autoscaling.customMetrics[{i}] ({}) is an object metric and needs describedObject",
+            m.name
+        )));
+    }
+    if m.type_ == MetricSourceType::Pods && m.target_average_value.is_none() {
+        return Err(Error::InvalidSpec(format!(
+            "autoscaling.customMetrics[{i}] ({}) is a pods metric and needs targetAverageValue",
+            m.name
+        )));
+    }
+    Ok(())
+}
+
+/// `storage.size`, when set: a positive quantity.
+fn validate_storage(pool: &StormWorkerPool) -> Result<()> {
     if let Some(storage) = &pool.spec.storage
         && quantity::parse(&storage.size).is_none_or(|v| v <= 0.0)
     {
@@ -169,52 +181,83 @@ pub fn validate(pool: &StormWorkerPool) -> Result<()> {
             storage.size
         )));
     }
-    let ports = pool.spec.ports();
+    Ok(())
+}
+
+/// `ports`: slot ports within 1..65535.
+fn validate_ports(ports: &PortsSpec) -> Result<()> {
     if ports.start < 1 || ports.count < 1 || ports.start + ports.count - 1 > 65535 {
         return Err(Error::InvalidSpec(format!(
             "ports: start {} and count {} must give ports within 1..65535",
             ports.start, ports.count
         )));
     }
-    if let Some(spec) = pool.spec.template.as_ref().and_then(|t| t.spec.as_ref()) {
-        let mut seen = std::collections::BTreeSet::new();
-        let init = spec.init_containers.iter().flatten();
-        for c in spec.containers.iter().chain(init) {
-            if !seen.insert(c.name.as_str()) {
+    Ok(())
+}
+
+/// `template.spec`: each container name used once, and none of the init containers named as
+/// the worker.
+fn validate_container_names(spec: &PodSpec) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    let init = spec.init_containers.iter().flatten();
+    for c in spec.containers.iter().chain(init) {
+        if !seen.insert(c.name.as_str()) {
+            return Err(Error::InvalidSpec(format!(
+                "template.spec: container name {:?} is used more than once",
+                c.name
+            )));
+        }
+    }
+    if spec
+        .init_containers
+        .iter()
+        .flatten()
+        .any(|c| c.name == WORKER_CONTAINER)
+    {
+        return Err(Error::InvalidSpec(format!(
+            "template.spec.initContainers: the name {WORKER_CONTAINER:?} is reserved for the Storm worker container"
+        )));
+    }
+    Ok(())
+}
+
+/// `template.spec`: no container but the worker has a port among the worker slot ports.
+fn validate_sidecar_ports(spec: &PodSpec, ports: &PortsSpec) -> Result<()> {
+    let slot_ports: Vec<i32> = (ports.start..ports.start + ports.count).collect();
+    for c in spec
+        .containers
+        .iter()
+        .filter(|c| c.name != WORKER_CONTAINER)
+    {
+        for p in c.ports.iter().flatten() {
+            if slot_ports.contains(&p.container_port) {
                 return Err(Error::InvalidSpec(format!(
-                    "template.spec: container name {:?} is used more than once",
-                    c.name
+                    "template.spec.containers[{}]: port {} collides with the worker slot ports {}-{}",
+                    c.name,
+                    p.container_port,
+                    ports.start,
+                    ports.start + ports.count - 1
                 )));
             }
         }
-        if spec
-            .init_containers
-            .iter()
-            .flatten()
-            .any(|c| c.name == WORKER_CONTAINER)
-        {
-            return Err(Error::InvalidSpec(format!(
-                "template.spec.initContainers: the name {WORKER_CONTAINER:?} is reserved for the Storm worker container"
-            )));
-        }
-        let slot_ports: Vec<i32> = (ports.start..ports.start + ports.count).collect();
-        for c in spec
-            .containers
-            .iter()
-            .filter(|c| c.name != WORKER_CONTAINER)
-        {
-            for p in c.ports.iter().flatten() {
-                if slot_ports.contains(&p.container_port) {
-                    return Err(Error::InvalidSpec(format!(
-                        "template.spec.containers[{}]: port {} collides with the worker slot ports {}-{}",
-                        c.name,
-                        p.container_port,
-                        ports.start,
-                        ports.start + ports.count - 1
-                    )));
-                }
-            }
-        }
+    }
+    Ok(())
+}
+
+/// Checks what the schema cannot (or what a server that skips CEL rules lets through): the
+/// name, quantities of custom-metric targets and container names.
+pub fn validate(pool: &StormWorkerPool) -> Result<()> {
+    validate_name(&pool.name_any())?;
+    validate_worker_config(pool)?;
+    if let Some(auto) = pool.spec.enabled_autoscaling() {
+        validate_autoscaling(auto)?;
+    }
+    validate_storage(pool)?;
+    let ports = pool.spec.ports();
+    validate_ports(&ports)?;
+    if let Some(spec) = pool.spec.template.as_ref().and_then(|t| t.spec.as_ref()) {
+        validate_container_names(spec)?;
+        validate_sidecar_ports(spec, &ports)?;
     }
     Ok(())
 }

@@ -178,6 +178,57 @@ impl runtime::ControllerContext for Context {
 /// Field manager of the scale-down [`scale_down_for_a_stuck_hpa`] makes.
 pub const STORM_SCALE_MANAGER: &str = "workerpool-operator-storm-autoscaler";
 
+/// The watch of one kind of the pools' children (labelled [`POOL_CHILDREN_SELECTOR`]): its
+/// cache, and its changed objects (each triggers a reconcile of the owner).
+fn child_watch<K>(
+    shared: &Shared,
+    namespace: Option<&str>,
+    name: &'static str,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: crate::cache::Watched + kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    crate::cache::watch(
+        scoped::<K>(&shared.client, namespace),
+        watcher::Config::default().labels(POOL_CHILDREN_SELECTOR),
+        shared.gate.readiness.track(name),
+    )
+}
+
+/// The pools a changed topology wakes: those of its namespace that name it.
+fn pools_of_topology(
+    pools: Store<StormWorkerPool>,
+) -> impl Fn(StormTopology) -> Vec<ObjectRef<StormWorkerPool>> + Send + Sync + 'static {
+    move |topology: StormTopology| {
+        let ns = topology.namespace();
+        let name = topology.name_any();
+        pools
+            .state()
+            .into_iter()
+            .filter(|p| p.namespace() == ns && p.spec.topology_ref == name)
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect::<Vec<_>>()
+    }
+}
+
+/// The pools a changed cluster wakes: every pool of its namespace.
+fn pools_of_cluster(
+    pools: Store<StormWorkerPool>,
+) -> impl Fn(StormCluster) -> Vec<ObjectRef<StormWorkerPool>> + Send + Sync + 'static {
+    move |cluster: StormCluster| {
+        let ns = cluster.namespace();
+        pools
+            .state()
+            .into_iter()
+            .filter(|p| p.namespace() == ns)
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect::<Vec<_>>()
+    }
+}
+
 /// The controller's cache of pools and the future that runs it until `shutdown` resolves.
 pub fn controller(
     shared: Shared,
@@ -189,40 +240,14 @@ pub fn controller(
     Store<StormWorkerPool>,
     impl std::future::Future<Output = ()> + Send,
 ) {
-    let client = shared.client.clone();
-    let ns = namespace;
-    let labelled = watcher::Config::default().labels(POOL_CHILDREN_SELECTOR);
     let (store, pools) = (watches.pools.store(), watches.pools.subscribe());
-    let by_topology = store.clone();
-    let by_cluster = store.clone();
     let leadership = shared.gate.on_leadership();
     let config = shared.controller_config();
-    let readiness = &shared.gate.readiness;
-    let (deployments, deployment_events) = crate::cache::watch(
-        scoped::<Deployment>(&client, ns),
-        labelled.clone(),
-        readiness.track("storm-deployments"),
-    );
-    let (config_maps, config_map_events) = crate::cache::watch(
-        scoped::<ConfigMap>(&client, ns),
-        labelled.clone(),
-        readiness.track("storm-configmaps"),
-    );
-    let (services, service_events) = crate::cache::watch(
-        scoped::<Service>(&client, ns),
-        labelled.clone(),
-        readiness.track("storm-services"),
-    );
-    let (hpas, hpa_events) = crate::cache::watch(
-        scoped::<HorizontalPodAutoscaler>(&client, ns),
-        labelled.clone(),
-        readiness.track("storm-hpas"),
-    );
-    let (pdbs, pdb_events) = crate::cache::watch(
-        scoped::<PodDisruptionBudget>(&client, ns),
-        labelled,
-        readiness.track("storm-pdbs"),
-    );
+    let (deployments, deployment_events) = child_watch(&shared, namespace, "storm-deployments");
+    let (config_maps, config_map_events) = child_watch(&shared, namespace, "storm-configmaps");
+    let (services, service_events) = child_watch(&shared, namespace, "storm-services");
+    let (hpas, hpa_events) = child_watch(&shared, namespace, "storm-hpas");
+    let (pdbs, pdb_events) = child_watch(&shared, namespace, "storm-pdbs");
     let (topologies, topology_events) =
         (watches.topologies.store(), watches.topologies.subscribe());
     let (clusters, cluster_events) = (watches.clusters.store(), watches.clusters.subscribe());
@@ -250,25 +275,8 @@ pub fn controller(
         .owns_stream(service_events)
         .owns_stream(hpa_events)
         .owns_stream(pdb_events)
-        .watches_stream(topology_events, move |topology: StormTopology| {
-            let ns = topology.namespace();
-            let name = topology.name_any();
-            by_topology
-                .state()
-                .into_iter()
-                .filter(|p| p.namespace() == ns && p.spec.topology_ref == name)
-                .map(|p| ObjectRef::from_obj(&*p))
-                .collect::<Vec<_>>()
-        })
-        .watches_stream(cluster_events, move |cluster: StormCluster| {
-            let ns = cluster.namespace();
-            by_cluster
-                .state()
-                .into_iter()
-                .filter(|p| p.namespace() == ns)
-                .map(|p| ObjectRef::from_obj(&*p))
-                .collect::<Vec<_>>()
-        })
+        .watches_stream(topology_events, pools_of_topology(store.clone()))
+        .watches_stream(cluster_events, pools_of_cluster(store.clone()))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, runtime::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));

@@ -189,6 +189,159 @@ fn to_json<T: serde::Serialize>(obj: &T) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::to_value(obj)?)
 }
 
+/// A managed cluster's daemons (an External cluster has none).
+fn render_cluster(
+    doc: &Doc,
+    cluster: &StormCluster,
+    out: &mut Vec<serde_json::Value>,
+) -> anyhow::Result<()> {
+    stormcluster::build::validate(cluster).map_err(|e| doc.error(None, e.to_string()))?;
+    if cluster.spec.mode == workerpool_api::ClusterMode::Managed {
+        let c =
+            stormcluster::build::children(cluster).map_err(|e| doc.error(None, e.to_string()))?;
+        out.push(to_json(&c.config_map)?);
+        out.push(to_json(&c.nimbus_service)?);
+        out.push(to_json(&c.nimbus)?);
+        out.push(to_json(&c.ui)?);
+        out.push(to_json(&c.ui_service)?);
+    }
+    Ok(())
+}
+
+/// A submitted topology's Job, as if it were not in Storm yet (its cluster must be in the
+/// input); nothing for a topology without a jar.
+fn render_topology(
+    doc: &Doc,
+    topology: &StormTopology,
+    inputs: &Inputs,
+    out: &mut Vec<serde_json::Value>,
+) -> anyhow::Result<()> {
+    stormtopology::build::validate(topology).map_err(|e| doc.error(None, e.to_string()))?;
+    if topology.spec.jar.is_none() {
+        return Ok(());
+    }
+    let ns = topology.namespace().unwrap_or_default();
+    let name = &topology.spec.cluster_ref;
+    let cluster = inputs
+        .clusters
+        .get(&(ns.clone(), name.clone()))
+        .ok_or_else(|| {
+            doc.error(
+                Some("spec.clusterRef".into()),
+                format!("StormCluster {ns}/{name} is not in the input; render needs a submitted topology's cluster"),
+            )
+        })?;
+    let hash = stormtopology::build::spec_hash(topology);
+    let job = stormtopology::build::submit_job(topology, cluster, &hash)
+        .map_err(|e| doc.error(None, e.to_string()))?;
+    out.push(to_json(&job)?);
+    Ok(())
+}
+
+/// A pool's children, as if its topology and cluster (both in the input) were `Running`.
+fn render_pool(
+    doc: &Doc,
+    pool: &StormWorkerPool,
+    inputs: &Inputs,
+    out: &mut Vec<serde_json::Value>,
+) -> anyhow::Result<()> {
+    let ns = pool.namespace().unwrap_or_default();
+    let topology = inputs
+        .topologies
+        .get(&(ns.clone(), pool.spec.topology_ref.clone()))
+        .ok_or_else(|| {
+            doc.error(
+                Some("spec.topologyRef".into()),
+                format!(
+                    "StormTopology {ns}/{} is not in the input; render needs the pool's topology and cluster",
+                    pool.spec.topology_ref
+                ),
+            )
+        })?;
+    let cluster_name = pool
+        .spec
+        .cluster_ref
+        .clone()
+        .unwrap_or_else(|| topology.spec.cluster_ref.clone());
+    let cluster = inputs
+        .clusters
+        .get(&(ns.clone(), cluster_name.clone()))
+        .ok_or_else(|| {
+            doc.error(
+                Some("spec.clusterRef".into()),
+                format!("StormCluster {ns}/{cluster_name} is not in the input"),
+            )
+        })?;
+    let children = stormworkerpool::build::children(pool, cluster)
+        .map_err(|e| doc.error(None, e.to_string()))?;
+    out.push(to_json(&children.config_map)?);
+    out.push(to_json(&children.deployment)?);
+    out.push(to_json(&children.service)?);
+    if let Some(hpa) = &children.hpa {
+        out.push(to_json(hpa)?);
+    }
+    if let Some(pdb) = &children.pdb {
+        out.push(to_json(pdb)?);
+    }
+    Ok(())
+}
+
+/// Checks a ScalerConfig's broker configuration, with placeholders for values from Secrets.
+fn check_scaler(doc: &Doc, sc: &ScalerConfig) -> Result<(), InputError> {
+    let placeholder = |v: &Option<SecretValue>| {
+        v.as_ref()
+            .map(|v| v.value.clone().unwrap_or_else(|| "from-secret".into()))
+    };
+    let creds = Credentials {
+        username: placeholder(&sc.spec.config.username),
+        password: placeholder(&sc.spec.config.password),
+        token: placeholder(&sc.spec.config.token),
+    };
+    broker_config(sc.spec.type_, &sc.spec.config, &creds)
+        .map_err(|e| doc.error(Some("spec.config".into()), e.message))?;
+    Ok(())
+}
+
+/// Checks a QWorker's replica bounds, scaling factor and containers.
+fn check_qworker(doc: &Doc, qw: &QWorker) -> Result<(), InputError> {
+    let sc = &qw.spec.scale_config;
+    if sc.min_replicas > sc.max_replicas {
+        return Err(doc.error(
+            Some("spec.scaleConfig.minReplicas".into()),
+            format!(
+                "minReplicas ({}) must be <= maxReplicas ({})",
+                sc.min_replicas, sc.max_replicas
+            ),
+        ));
+    }
+    if sc.scaling_factor <= 0.0 {
+        return Err(doc.error(
+            Some("spec.scaleConfig.scalingFactor".into()),
+            "scalingFactor must be > 0",
+        ));
+    }
+    if qw.spec.pod_spec.containers.is_empty() {
+        return Err(doc.error(
+            Some("spec.podSpec.containers".into()),
+            "at least one container is needed",
+        ));
+    }
+    Ok(())
+}
+
+/// A QWorker's pods as its first reconcile would create them: `minReplicas` of them, with
+/// random names.
+fn render_qworker(doc: &Doc, qw: &QWorker, out: &mut Vec<serde_json::Value>) -> anyhow::Result<()> {
+    check_qworker(doc, qw)?;
+    let spec = qworker::build::template_spec(qw, &qworker::vpa_requests(qw));
+    let hash = qworker::build::pod_spec_hash(qw, &spec);
+    for _ in 0..qw.spec.scale_config.min_replicas.max(0) {
+        let name = qworker::build::pod_name(&qw.name_any());
+        out.push(to_json(&qworker::build::pod(qw, &spec, &hash, &name))?);
+    }
+    Ok(())
+}
+
 /// Renders every object `run` would apply for the documents in `texts` (name, YAML text).
 pub fn render(texts: &[(String, String)]) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut docs = Vec::new();
@@ -197,134 +350,22 @@ pub fn render(texts: &[(String, String)]) -> anyhow::Result<Vec<serde_json::Valu
     }
     let inputs = classify(docs)?;
     let mut out = Vec::new();
-    // A managed cluster's daemons; a submitted topology's Job (as if it were not in Storm yet).
     for (doc, resource) in &inputs.storm {
         match resource {
-            StormResource::Cluster(cluster) => {
-                stormcluster::build::validate(cluster)
-                    .map_err(|e| doc.error(None, e.to_string()))?;
-                if cluster.spec.mode == workerpool_api::ClusterMode::Managed {
-                    let c = stormcluster::build::children(cluster)
-                        .map_err(|e| doc.error(None, e.to_string()))?;
-                    out.push(to_json(&c.config_map)?);
-                    out.push(to_json(&c.nimbus_service)?);
-                    out.push(to_json(&c.nimbus)?);
-                    out.push(to_json(&c.ui)?);
-                    out.push(to_json(&c.ui_service)?);
-                }
-            }
+            StormResource::Cluster(cluster) => render_cluster(doc, cluster, &mut out)?,
             StormResource::Topology(topology) => {
-                stormtopology::build::validate(topology)
-                    .map_err(|e| doc.error(None, e.to_string()))?;
-                if topology.spec.jar.is_none() {
-                    continue;
-                }
-                let ns = topology.namespace().unwrap_or_default();
-                let name = &topology.spec.cluster_ref;
-                let cluster = inputs
-                    .clusters
-                    .get(&(ns.clone(), name.clone()))
-                    .ok_or_else(|| {
-                        doc.error(
-                            Some("spec.clusterRef".into()),
-                            format!("StormCluster {ns}/{name} is not in the input; render needs a submitted topology's cluster"),
-                        )
-                    })?;
-                let hash = stormtopology::build::spec_hash(topology);
-                let job = stormtopology::build::submit_job(topology, cluster, &hash)
-                    .map_err(|e| doc.error(None, e.to_string()))?;
-                out.push(to_json(&job)?);
+                render_topology(doc, topology, &inputs, &mut out)?;
             }
         }
     }
     for (doc, pool) in &inputs.pools {
-        let ns = pool.namespace().unwrap_or_default();
-        let topology = inputs
-            .topologies
-            .get(&(ns.clone(), pool.spec.topology_ref.clone()))
-            .ok_or_else(|| {
-                doc.error(
-                    Some("spec.topologyRef".into()),
-                    format!(
-                        "StormTopology {ns}/{} is not in the input; render needs the pool's topology and cluster",
-                        pool.spec.topology_ref
-                    ),
-                )
-            })?;
-        let cluster_name = pool
-            .spec
-            .cluster_ref
-            .clone()
-            .unwrap_or_else(|| topology.spec.cluster_ref.clone());
-        let cluster = inputs
-            .clusters
-            .get(&(ns.clone(), cluster_name.clone()))
-            .ok_or_else(|| {
-                doc.error(
-                    Some("spec.clusterRef".into()),
-                    format!("StormCluster {ns}/{cluster_name} is not in the input"),
-                )
-            })?;
-        let children = stormworkerpool::build::children(pool, cluster)
-            .map_err(|e| doc.error(None, e.to_string()))?;
-        out.push(to_json(&children.config_map)?);
-        out.push(to_json(&children.deployment)?);
-        out.push(to_json(&children.service)?);
-        if let Some(hpa) = &children.hpa {
-            out.push(to_json(hpa)?);
-        }
-        if let Some(pdb) = &children.pdb {
-            out.push(to_json(pdb)?);
-        }
+        render_pool(doc, pool, &inputs, &mut out)?;
     }
     for (doc, sc) in &inputs.scalers {
-        let placeholder = |v: &Option<SecretValue>| {
-            v.as_ref()
-                .map(|v| v.value.clone().unwrap_or_else(|| "from-secret".into()))
-        };
-        let creds = Credentials {
-            username: placeholder(&sc.spec.config.username),
-            password: placeholder(&sc.spec.config.password),
-            token: placeholder(&sc.spec.config.token),
-        };
-        broker_config(sc.spec.type_, &sc.spec.config, &creds)
-            .map_err(|e| doc.error(Some("spec.config".into()), e.message))?;
+        check_scaler(doc, sc)?;
     }
     for (doc, qw) in &inputs.qworkers {
-        let sc = &qw.spec.scale_config;
-        if sc.min_replicas > sc.max_replicas {
-            return Err(doc
-                .error(
-                    Some("spec.scaleConfig.minReplicas".into()),
-                    format!(
-                        "minReplicas ({}) must be <= maxReplicas ({})",
-                        sc.min_replicas, sc.max_replicas
-                    ),
-                )
-                .into());
-        }
-        if sc.scaling_factor <= 0.0 {
-            return Err(doc
-                .error(
-                    Some("spec.scaleConfig.scalingFactor".into()),
-                    "scalingFactor must be > 0",
-                )
-                .into());
-        }
-        if qw.spec.pod_spec.containers.is_empty() {
-            return Err(doc
-                .error(
-                    Some("spec.podSpec.containers".into()),
-                    "at least one container is needed",
-                )
-                .into());
-        }
-        let spec = qworker::build::template_spec(qw, &qworker::vpa_requests(qw));
-        let hash = qworker::build::pod_spec_hash(qw, &spec);
-        for _ in 0..sc.min_replicas.max(0) {
-            let name = qworker::build::pod_name(&qw.name_any());
-            out.push(to_json(&qworker::build::pod(qw, &spec, &hash, &name))?);
-        }
+        render_qworker(doc, qw, &mut out)?;
     }
     Ok(out)
 }

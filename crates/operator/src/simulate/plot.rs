@@ -7,6 +7,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::{Context, anyhow};
+use plotters::chart::DualCoordChartContext;
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
@@ -63,18 +66,42 @@ fn encode(path: &Path, pixels: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A panel of the chart.
+type Panel<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+/// Minutes against a value.
+type Coord = Cartesian2d<RangedCoordf64, RangedCoordf64>;
+/// The upper panel's chart: replicas on the left axis, arrivals per second on the right.
+type ReplicaChart<'a, 'b> = DualCoordChartContext<'a, BitMapBackend<'b>, Coord, Coord>;
+
+/// Seconds as minutes, the x axis.
+fn minutes(t: f64) -> f64 {
+    t / 60.0
+}
+
 fn draw(pixels: &mut [u8], trace: &Trace, params: &Params, c: &Comparison) -> anyhow::Result<()> {
     let root = BitMapBackend::with_buffer(pixels, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(560);
-
-    let minutes = |t: f64| t / 60.0;
     let x_max = c
         .ours
         .samples
         .last()
         .map_or(1.0, |s| minutes(s.time))
         .max(1.0 / 60.0);
+    draw_replicas_panel(&top, trace, params, c, x_max)?;
+    draw_queue_panel(&bottom, c, x_max)?;
+    root.present()?;
+    Ok(())
+}
+
+/// The upper panel: both policies' replicas and the arrival rate, with their legend.
+fn draw_replicas_panel(
+    area: &Panel<'_>,
+    trace: &Trace,
+    params: &Params,
+    c: &Comparison,
+    x_max: f64,
+) -> anyhow::Result<()> {
     let mu = params.service_rate;
     let replicas_peak = c
         .ours
@@ -84,8 +111,7 @@ fn draw(pixels: &mut [u8], trace: &Trace, params: &Params, c: &Comparison) -> an
         .map(|s| f64::from(s.replicas))
         .fold(0.0, f64::max);
     let y_max = (replicas_peak.max(trace.peak() / mu) * 1.1).max(1.0);
-
-    let mut chart = ChartBuilder::on(&top)
+    let mut chart = ChartBuilder::on(area)
         .caption(
             format!(
                 "{}: requested replicas (left axis) and arrival rate (right axis)",
@@ -113,6 +139,20 @@ fn draw(pixels: &mut [u8], trace: &Trace, params: &Params, c: &Comparison) -> an
         .label_style((FONT, 16))
         .axis_desc_style((FONT, 18))
         .draw()?;
+    draw_arrivals(&mut chart, c)?;
+    draw_replicas(&mut chart, c)?;
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 16))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    Ok(())
+}
+
+/// The arrival rate, on the right axis.
+fn draw_arrivals(chart: &mut ReplicaChart<'_, '_>, c: &Comparison) -> anyhow::Result<()> {
     chart
         .draw_secondary_series(LineSeries::new(
             c.ours
@@ -123,6 +163,11 @@ fn draw(pixels: &mut [u8], trace: &Trace, params: &Params, c: &Comparison) -> an
         ))?
         .label("arrivals/s (right axis)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], ARRIVALS.stroke_width(5)));
+    Ok(())
+}
+
+/// Each policy's requested replicas, labelled with its worker-seconds and p95 wait.
+fn draw_replicas(chart: &mut ReplicaChart<'_, '_>, c: &Comparison) -> anyhow::Result<()> {
     for (outcome, color, label) in [
         (&c.hpa, HPA, "hpa (KEDA + HPA model)"),
         (&c.ours, OURS, "ours"),
@@ -143,14 +188,11 @@ fn draw(pixels: &mut [u8], trace: &Trace, params: &Params, c: &Comparison) -> an
                 PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .label_font((FONT, 16))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()?;
+    Ok(())
+}
 
+/// The lower panel: both policies' queue lengths.
+fn draw_queue_panel(area: &Panel<'_>, c: &Comparison, x_max: f64) -> anyhow::Result<()> {
     let queue_peak = c
         .ours
         .samples
@@ -158,7 +200,7 @@ fn draw(pixels: &mut [u8], trace: &Trace, params: &Params, c: &Comparison) -> an
         .chain(&c.hpa.samples)
         .map(|s| s.queue_length as f64)
         .fold(0.0, f64::max);
-    let mut queue = ChartBuilder::on(&bottom)
+    let mut queue = ChartBuilder::on(area)
         .caption("queue length (waiting + in flight)", (FONT, 20))
         .margin(12)
         .x_label_area_size(45)
@@ -194,6 +236,5 @@ fn draw(pixels: &mut [u8], trace: &Trace, params: &Params, c: &Comparison) -> an
         .border_style(BLACK)
         .position(SeriesLabelPosition::UpperRight)
         .draw()?;
-    root.present()?;
     Ok(())
 }

@@ -111,6 +111,17 @@ fn relative(ours: f64, theirs: f64) -> f64 {
 /// The parameters line and one row per policy and trace, plus the relative difference.
 pub fn table(params: &Params, comparisons: &[Comparison]) -> String {
     let mut out = String::new();
+    write_parameters(&mut out, params);
+    let _ = writeln!(out);
+    write_stats(&mut out, comparisons);
+    let _ = writeln!(out);
+    write_differences(&mut out, comparisons);
+    write_step_responses(&mut out, comparisons);
+    out
+}
+
+/// The model's and both policies' parameters, two lines.
+fn write_parameters(out: &mut String, params: &Params) {
     let h = &params.hpa;
     let _ = writeln!(
         out,
@@ -143,7 +154,10 @@ pub fn table(params: &Params, comparisons: &[Comparison]) -> String {
             ""
         },
     );
-    let _ = writeln!(out);
+}
+
+/// The header and one row of figures per trace and policy.
+fn write_stats(out: &mut String, comparisons: &[Comparison]) {
     let _ = writeln!(
         out,
         "{:<12} {:<6} {:>12} {:>12} {:>9} {:>9} {:>7} {:>7} {:>10} {:>14}",
@@ -177,7 +191,10 @@ pub fn table(params: &Params, comparisons: &[Comparison]) -> String {
             );
         }
     }
-    let _ = writeln!(out);
+}
+
+/// Ours against the HPA model per trace, and whether the target is met.
+fn write_differences(out: &mut String, comparisons: &[Comparison]) {
     let _ = writeln!(
         out,
         "ours vs hpa (target: >= 25 % fewer worker-seconds at an equal or lower p95 wait)"
@@ -196,35 +213,38 @@ pub fn table(params: &Params, comparisons: &[Comparison]) -> String {
             if c.meets_target() { "met" } else { "missed" },
         );
     }
+}
+
+/// Both policies' response to each trace's largest step up, when a trace has one.
+fn write_step_responses(out: &mut String, comparisons: &[Comparison]) {
     let steps: Vec<_> = comparisons
         .iter()
         .filter_map(|c| Some((c, c.step_ours?, c.step_hpa?)))
         .collect();
-    if !steps.is_empty() {
-        let _ = writeln!(out);
+    if steps.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "after the largest step up (target: overshoot <= 10 %, settled within ±5 % in <= 120 s, 10x fewer changes than the queue-length rule)"
+    );
+    let settle = |s: Option<f64>| s.map_or_else(|| "never".to_string(), |v| format!("{v:.0} s"));
+    for (c, o, h) in steps {
         let _ = writeln!(
             out,
-            "after the largest step up (target: overshoot <= 10 %, settled within ±5 % in <= 120 s, 10x fewer changes than the queue-length rule)"
+            "{:<12} at {:.0} s (need {}): overshoot ours {:.0} % / hpa {:.0} %, settled ours {} / hpa {}, desiredReplicas changes ours {} / hpa {}",
+            c.trace,
+            o.at,
+            o.need,
+            o.overshoot_percent,
+            h.overshoot_percent,
+            settle(o.settle_seconds),
+            settle(h.settle_seconds),
+            c.ours.stats.scale_events,
+            c.hpa.stats.scale_events,
         );
-        let settle =
-            |s: Option<f64>| s.map_or_else(|| "never".to_string(), |v| format!("{v:.0} s"));
-        for (c, o, h) in steps {
-            let _ = writeln!(
-                out,
-                "{:<12} at {:.0} s (need {}): overshoot ours {:.0} % / hpa {:.0} %, settled ours {} / hpa {}, desiredReplicas changes ours {} / hpa {}",
-                c.trace,
-                o.at,
-                o.need,
-                o.overshoot_percent,
-                h.overshoot_percent,
-                settle(o.settle_seconds),
-                settle(h.settle_seconds),
-                c.ours.stats.scale_events,
-                c.hpa.stats.scale_events,
-            );
-        }
     }
-    out
 }
 
 /// Writes `time_seconds,arrivals_per_second` and, per policy, queue length (waiting + in flight),

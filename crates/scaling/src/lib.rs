@@ -356,8 +356,45 @@ pub fn decide(input: &PolicyInput) -> Decision {
     let k = &input.knobs;
     let max = k.max.max(0);
     let min = k.min.clamp(0, max);
-    let spec = recommend(input.queue_length, k.scaling_factor, min, max);
-    let spec_decision = |replicas: i32| Decision {
+    let rates = match (k.mode, input.rates) {
+        (Mode::Rate, Some(r)) if r.throughput > 0.0 && r.arrival.is_finite() => r,
+        _ => return queue_length_decision(input, min, max),
+    };
+    let need = rates.arrival.max(0.0) / rates.throughput;
+    let projected = projected_backlog(input, &rates);
+    let mut target = need + backlog_surge(k, rates.throughput, need, projected);
+    let mut keep = Keep::No;
+    if input.effect == Effect::Effective && target < f64::from(input.current) {
+        (target, keep) = scale_down_target(input, need, projected);
+    }
+    let wanted = whole_workers(target, max);
+    let term = if wanted > (need - 1e-6).ceil() as i32 {
+        Term::Backlog
+    } else {
+        Term::Arrivals
+    };
+    let (replicas, term) = match input.effect {
+        Effect::Hold(hold) => hold_ineffective(wanted, hold, term),
+        Effect::Probe(hold, step) => probe(wanted, hold, step, term),
+        Effect::Effective => keep_or_tolerate(input.current, wanted, target, keep, term),
+    };
+    let (replicas, term) = within_bounds(replicas, term, target, min, max);
+    Decision {
+        replicas,
+        term,
+        arrival_need: need,
+        backlog_workers: (target - need).max(0.0),
+        projected_backlog: projected,
+        rates: Some(rates),
+        evidence: None,
+    }
+}
+
+/// The specification's rule (no rates, or the `QueueLength` policy); a bound that cut it is
+/// the term.
+fn queue_length_decision(input: &PolicyInput, min: i32, max: i32) -> Decision {
+    let replicas = recommend(input.queue_length, input.knobs.scaling_factor, min, max);
+    Decision {
         replicas,
         term: if replicas == max && spec_raw(input) > f64::from(max) {
             Term::Max
@@ -371,13 +408,13 @@ pub fn decide(input: &PolicyInput) -> Decision {
         projected_backlog: input.queue_length as f64,
         rates: None,
         evidence: None,
-    };
-    let rates = match (k.mode, input.rates) {
-        (Mode::Rate, Some(r)) if r.throughput > 0.0 && r.arrival.is_finite() => r,
-        _ => return spec_decision(spec),
-    };
+    }
+}
+
+/// Tasks expected to wait when a pod created now is ready: those waiting now and the arrivals
+/// until then, less what the ready and the starting workers complete meanwhile.
+fn projected_backlog(input: &PolicyInput, rates: &Rates) -> f64 {
     let mu = rates.throughput;
-    let need = rates.arrival.max(0.0) / mu;
     let ready = f64::from(input.ready);
     let waiting = (input.queue_length as f64 - ready - f64::from(input.draining)).max(0.0);
     let h = input.startup_seconds.max(0.0);
@@ -385,83 +422,101 @@ pub fn decide(input: &PolicyInput) -> Decision {
     // whole horizon, each starting pod from its expected readiness on.
     let on_the_way: f64 = input.starting.iter().map(|&age| age.max(0.0).min(h)).sum();
     let capacity = mu * (ready * h + on_the_way);
-    let projected = (waiting + rates.arrival.max(0.0) * h - capacity).max(0.0);
+    (waiting + rates.arrival.max(0.0) * h - capacity).max(0.0)
+}
+
+/// Workers beyond the arrivals' `need` that drain `projected` tasks: at the specification's
+/// pace within `maxSurgePercent` of the need, never slower than within [`MAX_DRAIN_MULTIPLE`]
+/// times `targetDrainSeconds`.
+fn backlog_surge(k: &Knobs, mu: f64, need: f64, projected: f64) -> f64 {
     let drain = k.target_drain_seconds.max(1e-3);
     let fast = projected / (mu * drain);
     let slowest = projected / (mu * drain * MAX_DRAIN_MULTIPLE);
-    let surge = fast.min((k.max_surge.max(0.0) * need).max(slowest));
-    let mut target = need + surge;
-    let mut keep_for_backlog = false;
-    let mut keep_starting = false;
-    if input.effect == Effect::Effective && target < f64::from(input.current) {
-        // A pod that has been starting for twice the usual start-up (at least a minute) may never
-        // be ready (unschedulable, crash-looping): it does not hold the count.
-        let patience = (2.0 * h).max(h + 30.0).max(60.0);
-        if input.starting.iter().any(|&age| age < patience) && projected <= 0.0 {
-            // Workers still starting were asked for; a lower count would cancel them only to
-            // start others a poll later. Judge them by their throughput once they are ready.
-            keep_starting = true;
-            target = f64::from(input.current);
-        } else if projected > 0.0 {
-            // Tasks will still wait when a new worker could be ready: the workers that run (or
-            // start) drain them at no extra start-up; none goes.
-            keep_for_backlog = true;
-            target = f64::from(input.current);
-        } else {
-            // Only what the observed throughput no longer needs goes: never below the workers
-            // busy now.
-            let busy = (input.queue_length as f64).min(ready + f64::from(input.draining));
-            target = need.max(busy).min(f64::from(input.current));
-        }
+    fast.min((k.max_surge.max(0.0) * need).max(slowest))
+}
+
+/// What keeps the count in force when the target is lower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keep {
+    /// Nothing: the target is followed.
+    No,
+    /// Tasks will still wait when a new worker could be ready.
+    Backlog,
+    /// Workers asked for are still starting.
+    Starting,
+}
+
+/// The target when it is below the count in force (scaling effective): the count is kept for
+/// starting workers or a projected backlog, else lowered to what the throughput still needs.
+fn scale_down_target(input: &PolicyInput, need: f64, projected: f64) -> (f64, Keep) {
+    let h = input.startup_seconds.max(0.0);
+    // A pod that has been starting for twice the usual start-up (at least a minute) may never
+    // be ready (unschedulable, crash-looping): it does not hold the count.
+    let patience = (2.0 * h).max(h + 30.0).max(60.0);
+    if input.starting.iter().any(|&age| age < patience) && projected <= 0.0 {
+        // Workers still starting were asked for; a lower count would cancel them only to
+        // start others a poll later. Judge them by their throughput once they are ready.
+        (f64::from(input.current), Keep::Starting)
+    } else if projected > 0.0 {
+        // Tasks will still wait when a new worker could be ready: the workers that run (or
+        // start) drain them at no extra start-up; none goes.
+        (f64::from(input.current), Keep::Backlog)
+    } else {
+        // Only what the observed throughput no longer needs goes: never below the workers
+        // busy now.
+        let busy =
+            (input.queue_length as f64).min(f64::from(input.ready) + f64::from(input.draining));
+        (need.max(busy).min(f64::from(input.current)), Keep::No)
     }
+}
+
+/// Whole workers for `target`, at most `max`.
+fn whole_workers(target: f64, max: i32) -> i32 {
     // Float noise must not add a worker: 50.000001 workers are 50.
     let wanted = (target - 1e-6).ceil().max(0.0);
-    let wanted = if wanted >= f64::from(max) {
+    if wanted >= f64::from(max) {
         max
     } else {
         wanted as i32
-    };
-    let surge = (target - need).max(0.0);
-    let mut term = if wanted > (need - 1e-6).ceil() as i32 {
-        Term::Backlog
+    }
+}
+
+/// More workers did not help: at most `hold`.
+fn hold_ineffective(wanted: i32, hold: i32, term: Term) -> (i32, Term) {
+    if wanted <= hold {
+        (wanted, term)
     } else {
-        Term::Arrivals
-    };
-    let current = input.current;
-    let mut replicas = match input.effect {
-        Effect::Hold(hold) => {
-            if wanted <= hold {
-                wanted
-            } else {
-                term = Term::Ineffective;
-                hold
-            }
+        (hold, Term::Ineffective)
+    }
+}
+
+/// A probe while ineffective: at most `step` (at least one) workers beyond `hold`.
+fn probe(wanted: i32, hold: i32, step: i32, term: Term) -> (i32, Term) {
+    let probe = hold.saturating_add(step.max(1));
+    if wanted <= hold {
+        (wanted, term)
+    } else {
+        (wanted.min(probe), Term::Probe)
+    }
+}
+
+/// Scaling effective: the count in force is kept for a backlog, for starting workers, or while
+/// a lower count is within the scale-down tolerance; else `wanted`.
+fn keep_or_tolerate(current: i32, wanted: i32, target: f64, keep: Keep, term: Term) -> (i32, Term) {
+    let tolerance = (SCALE_DOWN_TOLERANCE * f64::from(current)).max(1.0);
+    match keep {
+        Keep::Backlog => (current, Term::Backlog),
+        Keep::Starting => (current, Term::Starting),
+        Keep::No if wanted < current && f64::from(current) - target <= tolerance => {
+            (current, Term::Tolerance)
         }
-        Effect::Probe(hold, step) => {
-            let probe = hold.saturating_add(step.max(1));
-            if wanted <= hold {
-                wanted
-            } else {
-                term = Term::Probe;
-                wanted.min(probe)
-            }
-        }
-        Effect::Effective => {
-            let tolerance = (SCALE_DOWN_TOLERANCE * f64::from(current)).max(1.0);
-            if keep_for_backlog {
-                term = Term::Backlog;
-                current
-            } else if keep_starting {
-                term = Term::Starting;
-                current
-            } else if wanted < current && f64::from(current) - target <= tolerance {
-                term = Term::Tolerance;
-                current
-            } else {
-                wanted
-            }
-        }
-    };
+        Keep::No => (wanted, term),
+    }
+}
+
+/// `replicas` within `min..=max`; a bound that cut the count or the target is the term.
+fn within_bounds(replicas: i32, term: Term, target: f64, min: i32, max: i32) -> (i32, Term) {
+    let (mut replicas, mut term) = (replicas, term);
     if replicas >= max {
         if replicas > max || target > f64::from(max) {
             term = Term::Max;
@@ -474,15 +529,7 @@ pub fn decide(input: &PolicyInput) -> Decision {
         }
         replicas = min;
     }
-    Decision {
-        replicas,
-        term,
-        arrival_need: need,
-        backlog_workers: surge,
-        projected_backlog: projected,
-        rates: Some(rates),
-        evidence: None,
-    }
+    (replicas, term)
 }
 
 fn spec_raw(input: &PolicyInput) -> f64 {

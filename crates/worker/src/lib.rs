@@ -366,59 +366,31 @@ impl Worker {
             if let Some(reason) = watch.check() {
                 break reason;
             }
-            let mut task = match source.take(s.poll_interval).await {
-                Ok(Some(task)) => {
-                    take_failures = 0;
-                    task
-                }
-                Ok(None) => {
-                    take_failures = 0;
-                    continue;
-                }
-                Err(error) => {
-                    take_failures = take_failures.saturating_add(1);
-                    let pause = Duration::from_millis(200)
-                        .saturating_mul(1 << take_failures.min(5))
-                        .min(Duration::from_secs(5));
-                    tracing::warn!(%error, category = error.category(), ?pause, "cannot take a task");
-                    pause_unless_shutdown(&mut shutdown, pause).await;
-                    continue;
-                }
+            let next = take_task(
+                source.as_mut(),
+                s.poll_interval,
+                &mut shutdown,
+                &mut take_failures,
+            )
+            .await;
+            let Some(mut task) = next else {
+                continue;
             };
             if *shutdown.borrow() {
                 give_back(source.as_mut(), task, "shutdown before the task started").await;
                 break ExitReason::Signal;
             }
-            let payload = std::mem::take(&mut task.payload);
-            let work = run_handler(handler(payload), &mut shutdown, s.grace_period);
-            let outcome = match source.progress_every() {
-                None => work.await,
-                // While the handler runs, the broker hears that the task is still in progress.
-                Some(every) => {
-                    let beat = report_progress(source.as_mut(), &task, every);
-                    tokio::select! {
-                        outcome = work => outcome,
-                        never = beat => match never {},
-                    }
-                }
-            };
-            match outcome {
-                Outcome::Finished(Ok(())) => {
-                    if let Err(error) = source.ack(task).await {
-                        tracing::error!(%error, category = error.category(), "cannot acknowledge a finished task; it will run again");
-                    }
-                    done += 1;
-                }
-                Outcome::Finished(Err(error)) => {
-                    tracing::warn!(%error, "handler failed; requeueing the task");
-                    give_back(source.as_mut(), task, "handler error").await;
-                    pause_unless_shutdown(&mut shutdown, s.error_backoff).await;
-                }
-                Outcome::GraceExpired => {
-                    tracing::warn!(grace = ?s.grace_period, "grace period expired during a task; requeueing it");
-                    give_back(source.as_mut(), task, "grace period expired").await;
-                    break ExitReason::Signal;
-                }
+            let outcome = work_on(
+                source.as_mut(),
+                &mut task,
+                handler,
+                &mut shutdown,
+                s.grace_period,
+            )
+            .await;
+            let stop = settle(source.as_mut(), task, outcome, &mut shutdown, s, &mut done).await;
+            if let Some(reason) = stop {
+                break reason;
             }
         };
         if let Err(error) = source.close().await {
@@ -427,6 +399,92 @@ impl Worker {
         tracing::info!(%reason, tasks = done, "worker exiting");
         Ok(reason)
     }
+}
+
+/// Takes the next task; `None` when none came within `wait`, or the broker failed (then after
+/// a pause that grows with `failures`, the failures in a row).
+async fn take_task(
+    source: &mut dyn TaskSource,
+    wait: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+    failures: &mut u32,
+) -> Option<Task> {
+    match source.take(wait).await {
+        Ok(Some(task)) => {
+            *failures = 0;
+            Some(task)
+        }
+        Ok(None) => {
+            *failures = 0;
+            None
+        }
+        Err(error) => {
+            *failures = failures.saturating_add(1);
+            let pause = Duration::from_millis(200)
+                .saturating_mul(1 << (*failures).min(5))
+                .min(Duration::from_secs(5));
+            tracing::warn!(%error, category = error.category(), ?pause, "cannot take a task");
+            pause_unless_shutdown(shutdown, pause).await;
+            None
+        }
+    }
+}
+
+/// Runs `handler` on the task's payload (see [`run_handler`]); meanwhile the broker hears that
+/// the task is still in progress, if it wants to.
+async fn work_on<H, E>(
+    source: &mut dyn TaskSource,
+    task: &mut Task,
+    handler: &mut H,
+    shutdown: &mut watch::Receiver<bool>,
+    grace: Duration,
+) -> Outcome<E>
+where
+    H: AsyncFnMut(Vec<u8>) -> Result<(), E>,
+{
+    let payload = std::mem::take(&mut task.payload);
+    let work = run_handler(handler(payload), shutdown, grace);
+    match source.progress_every() {
+        None => work.await,
+        Some(every) => {
+            let beat = report_progress(source, task, every);
+            tokio::select! {
+                outcome = work => outcome,
+                never = beat => match never {},
+            }
+        }
+    }
+}
+
+/// Acknowledges or requeues `task` by the handler's `outcome` (counting it in `done` when
+/// finished); the reason to stop when the grace period expired.
+async fn settle<E: fmt::Display>(
+    source: &mut dyn TaskSource,
+    task: Task,
+    outcome: Outcome<E>,
+    shutdown: &mut watch::Receiver<bool>,
+    s: &WorkerBuilder,
+    done: &mut u64,
+) -> Option<ExitReason> {
+    match outcome {
+        Outcome::Finished(Ok(())) => {
+            if let Err(error) = source.ack(task).await {
+                tracing::error!(%error, category = error.category(), "cannot acknowledge a finished task; it will run again");
+            }
+            *done += 1;
+        }
+        Outcome::Finished(Err(error)) => {
+            tracing::warn!(%error, "handler failed; requeueing the task");
+            give_back(source, task, "handler error").await;
+            pause_unless_shutdown(shutdown, s.error_backoff).await;
+        }
+        Outcome::GraceExpired => {
+            tracing::warn!(grace = ?s.grace_period, "grace period expired during a task; requeueing it");
+            give_back(source, task, "grace period expired").await;
+            return Some(ExitReason::Signal);
+        }
+    }
+    None
 }
 
 /// Reports `task` in progress every `every`, for ever (dropped when the handler ends); a

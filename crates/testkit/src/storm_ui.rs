@@ -272,6 +272,13 @@ impl StormUi {
         self.lock().topologies.remove(name);
     }
 
+    /// Reports `workers` as the workers Storm placed for topology `name`.
+    pub fn set_workers(&self, name: &str, workers: i64) {
+        if let Some(t) = self.lock().topologies.get_mut(name) {
+            t.workers = workers;
+        }
+    }
+
     /// Reports `executors` as the `executorsTotal` of topology `name`.
     pub fn set_executors(&self, name: &str, executors: i64) {
         if let Some(t) = self.lock().topologies.get_mut(name) {

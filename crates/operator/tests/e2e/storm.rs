@@ -1741,11 +1741,9 @@ async fn rebalance_and_suspend(s: &Scenario, ui: &StormUi) {
         .await;
     s.note(format!(
         "my-topology: rebalanced {} → {} workers by Job {} ({})",
-        record.from_workers,
-        record.to_workers,
-        record.job_name.unwrap_or_default(),
-        record.reason
+        record.from_workers, record.to_workers, job_name, record.reason
     ));
+    rebalance_settles(s, ui, &job_name).await;
 
     let id = "my-topology-1-1700000000";
     for (suspend, op, phase) in [
@@ -1776,6 +1774,144 @@ async fn rebalance_and_suspend(s: &Scenario, ui: &StormUi) {
         wait_topology(s, "my-topology", phase, Some(id)).await;
     }
     s.note("my-topology: suspend deactivated it by id, resume activated it");
+}
+
+/// Storm places fewer workers than the rebalance asked for (1 of 2, as its schedulers may):
+/// once the rebalance Job has succeeded, my-topology is `Rebalanced=True StormSettled` and is
+/// not rebalanced again, even with `minIntervalSeconds: 1` (without the hold it would be asked
+/// again every second). Storm's workers and the interval are put back afterwards.
+async fn rebalance_settles(s: &Scenario, ui: &StormUi, job_name: &str) {
+    let topologies: Api<StormTopology> = s.api();
+    let interval = |seconds: i32| json!({"spec": {"rebalance": {"minIntervalSeconds": seconds}}});
+    if let Err(e) = topologies
+        .patch("my-topology", &merge_params(), &Patch::Merge(&interval(1)))
+        .await
+    {
+        s.fail(format!("cannot set my-topology's minIntervalSeconds: {e}"));
+    }
+    ui.set_workers("my-topology", 1);
+    complete_job(s, job_name).await;
+    let topologies = &topologies;
+    s.eventually(
+        "my-topology Rebalanced=True StormSettled",
+        WAIT,
+        || async move {
+            let t = topologies
+                .get("my-topology")
+                .await
+                .obs("get StormTopology")?;
+            let conditions = t.status.as_ref().map(|st| st.conditions.as_slice());
+            let settled = condition(conditions.unwrap_or_default(), "Rebalanced")
+                .is_some_and(|c| c.status == "True" && c.reason == "StormSettled");
+            ensure(settled, || describe_topology(&t))
+        },
+    )
+    .await;
+    // Ten intervals: a second rebalance would start within the first.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let jobs: Api<Job> = s.api();
+    let rebalances: Vec<String> = jobs
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| s.fail(format!("cannot list Jobs: {e}")))
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .filter(|n| n.starts_with("my-topology-rebalance-"))
+        .collect();
+    let last = topologies
+        .get("my-topology")
+        .await
+        .unwrap_or_else(|e| s.fail(format!("cannot get my-topology: {e}")))
+        .status
+        .and_then(|st| st.last_rebalance)
+        .and_then(|r| r.job_name);
+    if rebalances != [job_name] || last.as_deref() != Some(job_name) {
+        s.fail(format!(
+            "Storm settled at 1 of 2 workers: expected no rebalance after {job_name}, found Jobs {rebalances:?}, last rebalance {last:?}"
+        ));
+    }
+    s.expect_event(
+        "StormTopology",
+        "my-topology",
+        "Normal",
+        "RebalanceSettled",
+        "",
+    )
+    .await;
+    ui.set_workers("my-topology", 2);
+    if let Err(e) = topologies
+        .patch(
+            "my-topology",
+            &merge_params(),
+            &Patch::Merge(&interval(120)),
+        )
+        .await
+    {
+        s.fail(format!(
+            "cannot put back my-topology's minIntervalSeconds: {e}"
+        ));
+    }
+    s.note(format!(
+        "my-topology: Storm placed 1 of 2 workers after {job_name} succeeded: Rebalanced=True StormSettled, no second rebalance in 10 s at minIntervalSeconds 1"
+    ));
+}
+
+/// Completes Job `name` as a kubelet would: its pod (created by the controller-manager, never
+/// bound here) is reported `Succeeded`, and the controller-manager marks the Job `Complete`.
+async fn complete_job(s: &Scenario, name: &str) {
+    let pods: Api<Pod> = s.api();
+    let selector = format!("job-name={name}");
+    let pod = s
+        .eventually(&format!("the pod of Job {name}"), WAIT, || {
+            let selector = selector.clone();
+            let pods = pods.clone();
+            async move {
+                let list = pods
+                    .list(&ListParams::default().labels(&selector))
+                    .await
+                    .obs("list pods")?;
+                list.items
+                    .first()
+                    .map(ResourceExt::name_any)
+                    .ok_or_else(|| format!("no pod with {selector} yet"))
+            }
+        })
+        .await;
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let patch = json!({"status": {
+        "phase": "Succeeded",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
+        "containerStatuses": [{
+            "name": "rebalance", "image": "storm", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}},
+        }],
+    }});
+    if let Err(e) = pods
+        .patch_status(&pod, &merge_params(), &Patch::Merge(&patch))
+        .await
+    {
+        s.fail(format!(
+            "cannot report pod {pod} of Job {name} Succeeded: {e}"
+        ));
+    }
+    let jobs: Api<Job> = s.api();
+    s.eventually(&format!("Job {name} Complete"), WAIT, || {
+        let jobs = jobs.clone();
+        async move {
+            let job = jobs.get(name).await.obs("get Job")?;
+            let complete = job
+                .status
+                .as_ref()
+                .and_then(|st| st.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Complete" && c.status == "True")
+                });
+            ensure(complete, || format!("Job {name} status {:?}", job.status))
+        }
+    })
+    .await;
 }
 
 /// Deleting a topology the operator submitted kills it in Storm (by id) and waits until Nimbus

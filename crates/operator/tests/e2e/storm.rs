@@ -24,6 +24,7 @@ use crate::harness::{
     Observe, Scenario, WAIT, applied_field_owned_by, condition, controlled_by, ensure,
     expect_rejected, find_series, has_apply_entry, summarize_conditions,
 };
+use workerpool_operator::controllers::stormtopology::build::{JobState, job_state};
 use workerpool_testkit::storm_ui::{self, StormUi};
 
 pub const CLUSTER_AND_TOPOLOGIES: &str =
@@ -1900,14 +1901,7 @@ async fn complete_job(s: &Scenario, name: &str) {
         let jobs = jobs.clone();
         async move {
             let job = jobs.get(name).await.obs("get Job")?;
-            let complete = job
-                .status
-                .as_ref()
-                .and_then(|st| st.conditions.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Complete" && c.status == "True")
-                });
+            let complete = job_state(&job) == JobState::Succeeded;
             ensure(complete, || format!("Job {name} status {:?}", job.status))
         }
     })

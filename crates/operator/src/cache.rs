@@ -206,6 +206,25 @@ pub fn slim_metadata<K: Resource>(object: &mut K) {
     }
 }
 
+/// Strips a child's metadata to what the owner's reconcile reads: its identity (name,
+/// namespace, uid, resourceVersion, generation), the deletion mark, the controller
+/// ownerReference and the applied-hash annotation ([`crate::apply::APPLIED_HASH_ANNOTATION`]).
+/// Labels (six per child), other annotations and owners stay out of the cache.
+pub fn slim_child_metadata<K: Resource>(object: &mut K) {
+    slim_metadata(object);
+    let meta = object.meta_mut();
+    meta.labels = None;
+    meta.creation_timestamp = None;
+    meta.annotations = meta
+        .annotations
+        .take()
+        .and_then(|mut a| a.remove_entry(crate::apply::APPLIED_HASH_ANNOTATION))
+        .map(|entry| std::collections::BTreeMap::from([entry]));
+    if let Some(owners) = meta.owner_references.as_mut() {
+        owners.retain(|o| o.controller == Some(true));
+    }
+}
+
 /// Kinds whose cached copy keeps everything but the metadata bulk.
 macro_rules! slim_metadata_only {
     ($($kind:ty),* $(,)?) => {$(
@@ -260,30 +279,34 @@ impl Slim for k8s_openapi::api::core::v1::Pod {
 }
 
 impl Slim for k8s_openapi::api::apps::v1::Deployment {
-    /// Keeps metadata, `spec.replicas` and the status: the pod template stays out of the cache.
+    /// Keeps the child's metadata, `spec.replicas` and the status: the pod template and the
+    /// selector stay out of the cache.
     fn slim(&mut self) {
-        slim_metadata(self);
+        slim_child_metadata(self);
         if let Some(spec) = self.spec.as_mut() {
-            spec.template = Default::default();
+            *spec = k8s_openapi::api::apps::v1::DeploymentSpec {
+                replicas: spec.replicas,
+                ..Default::default()
+            };
         }
     }
 }
 
 impl Slim for k8s_openapi::api::core::v1::ConfigMap {
-    /// Keeps metadata only.
+    /// Keeps the child's metadata only.
     fn slim(&mut self) {
-        slim_metadata(self);
+        slim_child_metadata(self);
         self.data = None;
         self.binary_data = None;
     }
 }
 
-/// Kinds whose cached copy keeps the metadata only (spec and status dropped).
+/// Kinds whose cached copy keeps the child's metadata only (spec and status dropped).
 macro_rules! slim_to_metadata {
     ($($kind:ty),* $(,)?) => {$(
         impl Slim for $kind {
             fn slim(&mut self) {
-                slim_metadata(self);
+                slim_child_metadata(self);
                 self.spec = None;
                 self.status = None;
             }
@@ -297,9 +320,9 @@ slim_to_metadata!(
 );
 
 impl Slim for k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler {
-    /// Keeps metadata, the bounds and the status.
+    /// Keeps the child's metadata, the bounds and the status.
     fn slim(&mut self) {
-        slim_metadata(self);
+        slim_child_metadata(self);
         if let Some(spec) = self.spec.as_mut() {
             spec.metrics = None;
             spec.behavior = None;
@@ -758,6 +781,59 @@ mod tests {
         let spec = slim.spec.expect("spec");
         assert!(spec.volumes.is_none() && spec.containers[0].env.is_none());
         assert_eq!(spec.containers.len(), 2);
+    }
+
+    #[test]
+    fn a_slimmed_child_keeps_what_its_owner_reads() {
+        use crate::apply::APPLIED_HASH_ANNOTATION;
+        use k8s_openapi::api::apps::v1::Deployment;
+        let mut owner = config_map("p");
+        owner.metadata.uid = Some("pool-uid".into());
+        let full: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p-workers", "namespace": "ns", "uid": "d1",
+                "resourceVersion": "7", "generation": 3,
+                "labels": {"app.kubernetes.io/name": "storm-worker", "app.kubernetes.io/instance": "p"},
+                "annotations": {(APPLIED_HASH_ANNOTATION): "abc", "deployment.kubernetes.io/revision": "2"},
+                "ownerReferences": [
+                    {"apiVersion": "storm.apache.org/v1beta1", "kind": "StormWorkerPool", "name": "p",
+                     "uid": "pool-uid", "controller": true},
+                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "other", "uid": "cm"}],
+                "creationTimestamp": "2026-12-06T10:00:00Z"},
+            "spec": {"replicas": 4, "selector": {"matchLabels": {"app.kubernetes.io/instance": "p"}},
+                "template": {"metadata": {"labels": {"app.kubernetes.io/instance": "p"}},
+                    "spec": {"containers": [{"name": "worker", "image": "storm:2"}]}}},
+            "status": {"replicas": 4, "readyReplicas": 3,
+                "conditions": [{"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]}
+        }))
+        .expect("a deployment");
+        let mut slim = full.clone();
+        Slim::slim(&mut slim);
+        let mut desired = full.clone();
+        desired.metadata.uid = None;
+        for (current, label) in [(&full, "full"), (&slim, "slim")] {
+            assert!(
+                crate::controllers::up_to_date(current, &desired, &owner),
+                "{label}: the same hash, controlled by the pool"
+            );
+        }
+        desired
+            .annotations_mut()
+            .insert(APPLIED_HASH_ANNOTATION.into(), "new".into());
+        assert!(!crate::controllers::up_to_date(&slim, &desired, &owner));
+        assert_eq!(
+            crate::cache::controller_owner::<workerpool_api::StormWorkerPool, _>(&slim)
+                .map(|o| o.name),
+            Some("p".to_string()),
+            "a change of the child still wakes its pool"
+        );
+        assert_eq!(slim.status, full.status, "the pool's status reads it");
+        assert_eq!(slim.spec.as_ref().and_then(|s| s.replicas), Some(4));
+        let meta = &slim.metadata;
+        assert!(meta.labels.is_none() && meta.creation_timestamp.is_none());
+        assert_eq!(meta.annotations.as_ref().map(|a| a.len()), Some(1));
+        assert_eq!(meta.owner_references.as_ref().map(Vec::len), Some(1));
+        let spec = slim.spec.expect("spec");
+        assert!(spec.selector.match_labels.is_none() && spec.template.spec.is_none());
     }
 
     #[tokio::test]

@@ -42,22 +42,13 @@ pub const SCENARIOS: [&str; 3] = ["storm", "qworker", "recovery"];
 
 /// Granted verbs that the suite cannot make the operator use, each with the reason. Keep this
 /// list short: a verb the code never uses must leave the chart instead.
-pub const UNRECORDED: &[(&str, &str, &str, &str)] = &[
-    (
-        "batch",
-        "jobs",
-        "delete",
-        "a superseded submission Job is deleted once the Job of the current spec succeeded, and \
-         without nodes no Job ever succeeds (the unit tests of stormtopology cover it)",
-    ),
-    (
-        "storm.apache.org",
-        "stormclusters",
-        "get",
-        "a pool reads its cluster from the watch cache and GETs it only when the cache does not \
+pub const UNRECORDED: &[(&str, &str, &str, &str)] = &[(
+    "storm.apache.org",
+    "stormclusters",
+    "get",
+    "a pool reads its cluster from the watch cache and GETs it only when the cache does not \
          hold it yet (stormworkerpool_reconcile's tests cover the read)",
-    ),
-];
+)];
 
 /// An operator the harness started, for the check at the end of the suite.
 struct Recording {

@@ -209,7 +209,7 @@ pub fn slim_metadata<K: Resource>(object: &mut K) {
 /// Strips a child's metadata to what the owner's reconcile reads: its identity (name,
 /// namespace, uid, resourceVersion, generation), the deletion mark, the controller
 /// ownerReference and the applied-hash annotation ([`crate::apply::APPLIED_HASH_ANNOTATION`]).
-/// Labels (six per child), other annotations and owners stay out of the cache.
+/// Labels, other annotations and other owners stay out of the cache.
 pub fn slim_child_metadata<K: Resource>(object: &mut K) {
     slim_metadata(object);
     let meta = object.meta_mut();

@@ -2,6 +2,7 @@
 //! own processing list, acknowledge with `LREM`.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +27,37 @@ const MAX_RECOVER: u64 = 1_000_000;
 /// that the operator already recovered.
 const REQUEUE_SCRIPT: &str = "if redis.call('LREM', KEYS[1], 1, ARGV[1]) > 0 then \
      redis.call('RPUSH', KEYS[2], ARGV[1]) return 1 end return 0";
+
+/// The lengths of several queries in one call. `KEYS` holds each query's queue followed by its
+/// workers' processing lists, `ARGV[i]` how many keys query `i` has; the answer is each query's
+/// summed length, or -1 when one of its keys holds something other than a list (as `LLEN`'s
+/// `WRONGTYPE` error in a pipeline fails that query alone).
+const DEPTHS_SCRIPT: &str = "local out, k = {}, 1 \
+     for i = 1, #ARGV do \
+       local total = 0 \
+       for _ = 1, tonumber(ARGV[i]) do \
+         local n = redis.pcall('LLEN', KEYS[k]) \
+         k = k + 1 \
+         if type(n) ~= 'number' then total = -1 elseif total >= 0 then total = total + n end \
+       end \
+       out[i] = total \
+     end \
+     return out";
+
+/// Whether `e`, the answer to [`DEPTHS_SCRIPT`], says that this server runs no such script (an
+/// error reply that is not one of the passing states every command may meet).
+fn refuses_scripts(e: &RedisError) -> bool {
+    e.code().is_some_and(|code| {
+        !matches!(
+            code,
+            "BUSY" | "LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "NOAUTH" | "WRONGPASS"
+        )
+    })
+}
+
+/// Most queries read by one call of [`DEPTHS_SCRIPT`] (a script runs alone on the server, and
+/// other clients of a shared Redis wait meanwhile).
+const DEPTHS_PER_CALL: usize = 1000;
 
 fn map_err(err: RedisError) -> QueueError {
     if err.kind() == redis::ErrorKind::AuthenticationFailed
@@ -119,33 +151,81 @@ async fn move_all(conn: &mut ConnectionManager, from: &str, to: &str) -> Result<
 /// Operator side.
 pub(crate) struct RedisBroker {
     conn: ConnectionManager,
+    /// Set once the server refused [`DEPTHS_SCRIPT`]: depths are read with a pipeline.
+    no_scripts: AtomicBool,
 }
 
 impl RedisBroker {
     pub(crate) async fn connect(cfg: &RedisConfig) -> Result<Self, QueueError> {
         Ok(Self {
             conn: manager(cfg, Some(CALL_TIMEOUT)).await?,
+            no_scripts: AtomicBool::new(false),
         })
     }
-}
 
-#[async_trait]
-impl QueueBroker for RedisBroker {
-    async fn depth(&self, queue: &str, workers: &[String]) -> Result<u64, QueueError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("LLEN").arg(queue);
-        for worker in workers {
-            pipe.cmd("LLEN").arg(processing_list(queue, worker));
+    /// [`QueueBroker::depths`] in one `EVAL` of [`DEPTHS_SCRIPT`]: the keys and the counts are
+    /// written into one command and the answer is one array, so that reading a thousand queues
+    /// allocates a few buffers, not a command and a reply per queue. `Err` with the server's
+    /// error when the script could not run at all.
+    async fn depths_by_script(
+        &self,
+        queries: &[DepthQuery],
+    ) -> Result<Vec<Result<u64, QueueError>>, RedisError> {
+        let keys: usize = queries.iter().map(|q| 1 + q.workers.len()).sum();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(DEPTHS_SCRIPT).arg(keys);
+        for q in queries {
+            cmd.arg(&q.queue);
+            for worker in &q.workers {
+                cmd.arg(processing_list(&q.queue, worker));
+            }
+        }
+        for q in queries {
+            cmd.arg(1 + q.workers.len());
         }
         let mut conn = self.conn.clone();
-        let lengths: Vec<u64> = timed(KIND, "depth", CALL_TIMEOUT, async {
-            pipe.query_async(&mut conn).await.map_err(map_err)
-        })
-        .await?;
-        Ok(lengths.iter().sum())
+        let lengths: Vec<i64> =
+            match tokio::time::timeout(CALL_TIMEOUT, cmd.query_async(&mut conn)).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    let e = QueueError::Timeout {
+                        broker: KIND,
+                        operation: "depth",
+                        after: CALL_TIMEOUT,
+                    };
+                    return Ok(queries.iter().map(|_| Err(e.clone())).collect());
+                }
+            };
+        if lengths.len() != queries.len() {
+            let e = QueueError::protocol(
+                KIND,
+                format!(
+                    "the depth script answered {} lengths for {} queues",
+                    lengths.len(),
+                    queries.len()
+                ),
+            );
+            return Ok(queries.iter().map(|_| Err(e.clone())).collect());
+        }
+        Ok(lengths
+            .into_iter()
+            .zip(queries)
+            .map(|(n, q)| {
+                u64::try_from(n).map_err(|_| {
+                    QueueError::protocol(
+                        KIND,
+                        format!(
+                            "WRONGTYPE: {} or one of its processing lists is not a list",
+                            q.queue
+                        ),
+                    )
+                })
+            })
+            .collect())
     }
 
-    async fn depths(&self, queries: &[DepthQuery]) -> Vec<Result<u64, QueueError>> {
+    /// [`QueueBroker::depths`] in one pipeline of `LLEN` commands.
+    async fn depths_by_pipeline(&self, queries: &[DepthQuery]) -> Vec<Result<u64, QueueError>> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for q in queries {
@@ -180,6 +260,50 @@ impl QueueBroker for RedisBroker {
                 total
             })
             .collect()
+    }
+}
+
+#[async_trait]
+impl QueueBroker for RedisBroker {
+    async fn depth(&self, queue: &str, workers: &[String]) -> Result<u64, QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("LLEN").arg(queue);
+        for worker in workers {
+            pipe.cmd("LLEN").arg(processing_list(queue, worker));
+        }
+        let mut conn = self.conn.clone();
+        let lengths: Vec<u64> = timed(KIND, "depth", CALL_TIMEOUT, async {
+            pipe.query_async(&mut conn).await.map_err(map_err)
+        })
+        .await?;
+        Ok(lengths.iter().sum())
+    }
+
+    async fn depths(&self, queries: &[DepthQuery]) -> Vec<Result<u64, QueueError>> {
+        let mut out = Vec::with_capacity(queries.len());
+        for chunk in queries.chunks(DEPTHS_PER_CALL) {
+            if !self.no_scripts.load(Ordering::Relaxed) {
+                match self.depths_by_script(chunk).await {
+                    Ok(lengths) => {
+                        out.extend(lengths);
+                        continue;
+                    }
+                    Err(e) if refuses_scripts(&e) => {
+                        // Scripting refused (an ACL without @scripting, a proxy without EVAL,
+                        // keys in several cluster slots): the pipeline from now on.
+                        tracing::info!(error = %e, "Redis refuses the depth script; reading depths with a pipeline");
+                        self.no_scripts.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        let e = map_err(e);
+                        out.extend(chunk.iter().map(|_| Err(e.clone())));
+                        continue;
+                    }
+                }
+            }
+            out.extend(self.depths_by_pipeline(chunk).await);
+        }
+        out
     }
 
     async fn recover(&self, queue: &str, worker: &str) -> Result<u64, QueueError> {
@@ -422,4 +546,97 @@ pub(crate) async fn push_batch(
         let _: u64 = query(&mut conn, "push", &cmd).await?;
     }
     Ok(payloads.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RedisConfig {
+        RedisConfig {
+            host: "127.0.0.1".into(),
+            port: 6379,
+            password: None,
+            db: 0,
+            tls: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_depth_script_answers_as_the_pipeline_in_every_chunk() {
+        let broker = RedisBroker::connect(&config()).await.expect("connect");
+        let mut conn = broker.conn.clone();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let prefix = format!("depth-script-{}-{nanos}", std::process::id());
+        let n = DEPTHS_PER_CALL * 2 + 500;
+        let mut pipe = redis::pipe();
+        for i in (0..n).step_by(7) {
+            pipe.cmd("RPUSH")
+                .arg(format!("{prefix}-{i}"))
+                .arg("task")
+                .ignore();
+            pipe.cmd("RPUSH")
+                .arg(processing_list(&format!("{prefix}-{i}"), "w1"))
+                .arg("task")
+                .ignore();
+        }
+        pipe.cmd("SET")
+            .arg(format!("{prefix}-3"))
+            .arg("not a list")
+            .ignore();
+        let _: () = pipe.query_async(&mut conn).await.expect("fill");
+        let queries: Vec<DepthQuery> = (0..n)
+            .map(|i| DepthQuery {
+                queue: format!("{prefix}-{i}"),
+                workers: if i % 2 == 0 {
+                    vec!["w1".into(), "w2".into()]
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect();
+        let by_script = broker.depths(&queries).await;
+        let by_pipeline = broker.depths_by_pipeline(&queries).await;
+        let keys: Vec<String> = (0..n)
+            .flat_map(|i| {
+                let q = format!("{prefix}-{i}");
+                [processing_list(&q, "w1"), q]
+            })
+            .collect();
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .expect("clean up");
+        assert!(
+            !broker.no_scripts.load(Ordering::Relaxed),
+            "this Redis runs scripts"
+        );
+        assert_eq!(by_script.len(), n);
+        for (i, (s, p)) in by_script.iter().zip(&by_pipeline).enumerate() {
+            assert_eq!(s.as_ref().ok(), p.as_ref().ok(), "query {i}");
+            assert_eq!(
+                s.is_err(),
+                i == 3,
+                "query {i}: only the key that is not a list fails"
+            );
+        }
+        assert_eq!(
+            by_script[14].as_ref().ok(),
+            Some(&2),
+            "1 waiting + 1 in flight at w1"
+        );
+        assert_eq!(
+            by_script[7].as_ref().ok(),
+            Some(&1),
+            "w1's list does not count without w1"
+        );
+        assert_eq!(
+            by_script[1].as_ref().ok(),
+            Some(&0),
+            "a missing queue is empty"
+        );
+    }
 }

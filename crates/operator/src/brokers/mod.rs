@@ -77,7 +77,7 @@ impl BrokerUnavailable {
 }
 
 struct Entry {
-    fingerprint: String,
+    fingerprint: Fingerprint,
     broker: Arc<dyn QueueBroker>,
     /// The Secrets the connection's credentials came from, checked again every
     /// [`CONSENT_RECHECK`].
@@ -94,7 +94,7 @@ type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
 pub struct Brokers {
     client: Client,
     configs: Store<ScalerConfig>,
-    entries: Arc<Mutex<HashMap<String, Slot>>>,
+    entries: Arc<Mutex<HashMap<ObjectRef<ScalerConfig>, Slot>>>,
     /// Where `secret:` references are read (`--credentials-namespace`); `None`: the
     /// ScalerConfig's own namespace.
     credentials_namespace: Option<String>,
@@ -108,12 +108,26 @@ fn key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
 
-fn fingerprint(sc: &ScalerConfig) -> String {
-    format!(
-        "{}/{}",
-        sc.metadata.uid.as_deref().unwrap_or_default(),
-        sc.metadata.generation.unwrap_or_default()
-    )
+/// The ScalerConfig a connection was made for: a new uid or generation makes a new one.
+#[derive(Clone, Debug, PartialEq)]
+struct Fingerprint {
+    uid: Option<String>,
+    generation: Option<i64>,
+}
+
+impl Fingerprint {
+    fn of(sc: &ScalerConfig) -> Self {
+        Fingerprint {
+            uid: sc.metadata.uid.clone(),
+            generation: sc.metadata.generation,
+        }
+    }
+
+    /// Whether `sc` is the ScalerConfig this was taken of (compared in place: this runs at
+    /// every poll of every QWorker).
+    fn matches(&self, sc: &ScalerConfig) -> bool {
+        self.uid == sc.metadata.uid && self.generation == sc.metadata.generation
+    }
 }
 
 impl Brokers {
@@ -168,10 +182,8 @@ impl Brokers {
         namespace: &str,
         name: &str,
     ) -> Result<Arc<dyn QueueBroker>, BrokerUnavailable> {
-        let Some(sc) = self
-            .configs
-            .get(&ObjectRef::<ScalerConfig>::new(name).within(namespace))
-        else {
+        let object = ObjectRef::<ScalerConfig>::new(name).within(namespace);
+        let Some(sc) = self.configs.get(&object) else {
             return Err(BrokerUnavailable::config(
                 "ScalerConfigNotFound",
                 format!("ScalerConfig {namespace}/{name} does not exist"),
@@ -179,20 +191,22 @@ impl Brokers {
         };
         let slot = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            entries.entry(key(namespace, name)).or_default().clone()
+            match entries.get(&object) {
+                Some(slot) => slot.clone(),
+                None => entries.entry(object).or_default().clone(),
+            }
         };
-        let fp = fingerprint(&sc);
         // Fast path, taken by nearly every poll: a pooled connection whose consent is fresh,
         // without waiting on the slot (it is held only while connecting or checking consent).
         if let Ok(slot) = slot.try_lock()
-            && let Some(entry) = slot.as_ref().filter(|e| e.fingerprint == fp)
+            && let Some(entry) = slot.as_ref().filter(|e| e.fingerprint.matches(&sc))
             && (entry.secrets.is_empty() || entry.checked.elapsed() < self.consent_recheck)
         {
             return Ok(entry.broker.clone());
         }
         // Connecting and checking consent are rare and their futures large: boxed while they run,
         // so that every poll task does not reserve room for them.
-        Box::pin(self.get_slow(&sc, &slot, namespace, name, fp)).await
+        Box::pin(self.get_slow(&sc, &slot, namespace, name)).await
     }
 
     /// [`Brokers::get`] when the pooled connection is missing, stale or due a consent check.
@@ -202,10 +216,9 @@ impl Brokers {
         slot: &Slot,
         namespace: &str,
         name: &str,
-        fp: String,
     ) -> Result<Arc<dyn QueueBroker>, BrokerUnavailable> {
         let mut slot = slot.lock().await;
-        if let Some(entry) = slot.as_ref().filter(|e| e.fingerprint == fp) {
+        if let Some(entry) = slot.as_ref().filter(|e| e.fingerprint.matches(sc)) {
             if entry.secrets.is_empty() || entry.checked.elapsed() < self.consent_recheck {
                 return Ok(entry.broker.clone());
             }
@@ -250,7 +263,7 @@ impl Brokers {
         let mut seen = HashSet::new();
         secrets.retain(|s| seen.insert((s.namespace.clone(), s.name.clone())));
         *slot = Some(Entry {
-            fingerprint: fp,
+            fingerprint: Fingerprint::of(sc),
             broker: broker.clone(),
             secrets,
             checked: Instant::now(),
@@ -290,7 +303,7 @@ impl Brokers {
     /// a changed Secret is read again).
     pub fn invalidate(&self, namespace: &str, name: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.remove(&key(namespace, name));
+        entries.remove(&ObjectRef::<ScalerConfig>::new(name).within(namespace));
     }
 
     /// Closes and forgets the connection of the ScalerConfig `namespace/name` (it was deleted);

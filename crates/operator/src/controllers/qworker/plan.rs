@@ -408,6 +408,9 @@ pub struct Plan {
     pub mark_crashed: Vec<(String, u32)>,
     /// Set while creations wait for the crash backoff.
     pub crash_loop: Option<CrashLoop>,
+    /// When the first kept crashed pod's retention ([`FAILED_RETENTION`]) ends, from now: the
+    /// QWorker is looked at again then, as no event marks it.
+    pub next_expiry: Option<Duration>,
 }
 
 impl Plan {
@@ -471,6 +474,12 @@ fn keep_crashed<'a>(
         });
         if i >= keep_from && !expired {
             kept.insert(p.name.as_str());
+            if let Some(t) = p.ended() {
+                let left = (FAILED_RETENTION.as_secs_f64() - o.now.duration_since(t).as_secs_f64())
+                    .max(0.0);
+                let left = Duration::from_secs_f64(left);
+                out.next_expiry = Some(out.next_expiry.map_or(left, |e| e.min(left)));
+            }
             if p.streak.is_none() {
                 out.mark_crashed.push((p.name.clone(), streaks[i]));
             }
@@ -1021,6 +1030,34 @@ mod tests {
                 .map(|l| (l.pod.as_str(), l.exit_code, l.streak, l.retry_in.as_secs()));
             assert_eq!(crash, c.crash_loop, "{}: crash loop", c.name);
         }
+    }
+
+    #[test]
+    fn a_kept_crashed_pod_is_looked_at_again_when_its_retention_ends() {
+        let none = HashSet::new();
+        let observe = |pods: &[PodView], now: i64| {
+            plan(&Observed {
+                qworker: "w",
+                pods,
+                hash: "cur",
+                desired: 0,
+                pending_creates: &none,
+                pending_drains: &none,
+                now: at(now),
+            })
+        };
+        let pods = [failed("a", 1, 0, Some(1)), failed("b", 1, 600, Some(2))];
+        assert_eq!(
+            observe(&pods, 1000).next_expiry,
+            Some(FAILED_RETENTION - Duration::from_secs(1000)),
+            "the older pod's retention ends first"
+        );
+        assert_eq!(
+            observe(&pods, 3600).next_expiry,
+            Some(FAILED_RETENTION - Duration::from_secs(3000)),
+            "a deleted pod no longer counts"
+        );
+        assert_eq!(observe(&[view("x", "cur", true, 10)], 0).next_expiry, None);
     }
 
     #[test]

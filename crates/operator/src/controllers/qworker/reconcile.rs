@@ -120,11 +120,18 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
         || acted.any()
         || views.iter().any(|v| v.draining || v.terminating());
     let next = if waiting { SETTLING } else { RESYNC };
-    Ok(Action::requeue(match &plan.crash_loop {
-        // Look again when the crash backoff ends.
-        Some(l) => next.min(l.retry_in.max(Duration::from_secs(1))),
-        None => next,
-    }))
+    // Look again when the crash backoff ends, or a kept crashed pod's retention does.
+    let timed = [
+        plan.crash_loop.as_ref().map(|l| l.retry_in),
+        plan.next_expiry,
+    ];
+    Ok(Action::requeue(
+        timed
+            .into_iter()
+            .flatten()
+            .map(|d| d.max(Duration::from_secs(1)))
+            .fold(next, Duration::min),
+    ))
 }
 
 /// What [`act`] did.

@@ -416,13 +416,13 @@ struct Poller {
     key: String,
     /// The QWorker's connection as of its last poll (boxed: every QWorker's task holds it).
     connection: Option<Box<Connection>>,
-    /// Whether the probe of `connection` watches its queue.
-    probing: bool,
+    /// Its watch by the probe of `connection`, while the probe watches its queue.
+    watch: Option<Arc<probe::Watch>>,
 }
 
 impl Drop for Poller {
     fn drop(&mut self) {
-        if let Some(connection) = self.connection.as_deref().filter(|_| self.probing) {
+        if let Some(connection) = self.connection.as_deref().filter(|_| self.watch.is_some()) {
             self.scaler.probes.remove(connection, &self.key);
         }
     }
@@ -537,7 +537,7 @@ impl Poller {
             phase: None,
             key: key(qw),
             connection: None,
-            probing: false,
+            watch: None,
         }
     }
 
@@ -552,10 +552,10 @@ impl Poller {
             .as_deref()
             .is_some_and(|c| c.0 == ns && c.1 == sc.scaler_config_ref);
         if !same {
-            if let Some(old) = self.connection.as_deref().filter(|_| self.probing) {
+            if let Some(old) = self.connection.as_deref().filter(|_| self.watch.is_some()) {
                 self.scaler.probes.remove(old, &self.key);
             }
-            self.probing = false;
+            self.watch = None;
             self.connection = Some(Box::new((ns.to_string(), sc.scaler_config_ref.clone())));
         }
         let Some(connection) = self.connection.as_deref() else {
@@ -566,11 +566,19 @@ impl Poller {
             .early_polls
             .load(std::sync::atomic::Ordering::Relaxed);
         let watch = threshold.filter(|_| n > 0).map(|t| (t, interval / n));
-        if self
+        // The common case, at every poll of an idle queue: the same watch with a new threshold.
+        if let (Some((threshold, period)), Some(current)) = (watch, self.watch.as_deref())
+            && current.is(&sc.queue, period)
+        {
+            current.retarget(threshold);
+            return;
+        }
+        let (handle, started) = self
             .scaler
             .probes
-            .set(connection, &self.key, &sc.queue, watch, &self.wake)
-        {
+            .set(connection, &self.key, &sc.queue, watch, &self.wake);
+        self.watch = handle;
+        if started {
             let brokers = self.scaler.brokers.clone();
             let gate = self.scaler.shared.gate.clone();
             let target = connection.clone();
@@ -587,7 +595,6 @@ impl Poller {
                 },
             ));
         }
-        self.probing = watch.is_some();
     }
 
     async fn run(mut self) {
@@ -669,8 +676,8 @@ impl Poller {
     /// ScalerConfig's connection.
     async fn read_depth(&self, qw: &QWorker) -> Result<u64, BrokerUnavailable> {
         let sc = &qw.spec.scale_config;
-        let ns = qw.namespace().unwrap_or_default();
-        match self.scaler.brokers.get(&ns, &sc.scaler_config_ref).await {
+        let ns = qw.metadata.namespace.as_deref().unwrap_or_default();
+        match self.scaler.brokers.get(ns, &sc.scaler_config_ref).await {
             Ok(broker) => {
                 let workers = live_worker_names(&self.scaler.pods, qw);
                 broker

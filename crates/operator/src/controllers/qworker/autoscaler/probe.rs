@@ -1,13 +1,14 @@
 //! Early polls. A QWorker's poll comes once per interval, so a task pushed just after a poll
 //! would wait nearly a whole interval to be seen. Between polls, one probe per ScalerConfig
 //! reads the length of every queue it watches, `n` times per poll interval (`--early-polls`),
-//! all of them in one broker call (Redis: one pipeline), and wakes the poll of each QWorker
+//! all of them in one broker call (Redis: one script call), and wakes the poll of each QWorker
 //! whose queue reached its wake threshold ([`policy::wake_threshold`](super::policy::wake_threshold)):
 //! the length at which the next decision adds workers. Only that poll runs early; its interval,
 //! its phase and what it writes do not change. The probe counts the tasks waiting in the queue
 //! (not those in flight), so it may miss a wake, never add one the rule would not act on.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,21 +23,108 @@ pub const MIN_PROBE_PERIOD: Duration = Duration::from_millis(100);
 /// The ScalerConfig (`namespace/name`) whose connection a probe reads through.
 pub type Connection = (String, String);
 
-/// One watched queue.
-struct Watched {
+/// A QWorker's watch of its queue, shared by its poll and the probe: the poll moves the
+/// threshold at each poll without a lock or a lookup ([`Watch::retarget`]); the probe ends the
+/// watch when the queue reaches it.
+pub struct Watch {
     queue: String,
-    threshold: u64,
     /// Time between two reads of this queue (its poll interval / `n`).
     period: Duration,
-    due: Instant,
+    threshold: AtomicU64,
+    active: AtomicBool,
+}
+
+impl Watch {
+    /// Whether this watch reads `queue` every `period` and still runs.
+    pub fn is(&self, queue: &str, period: Duration) -> bool {
+        self.active.load(Ordering::Acquire)
+            && self.period == period.max(MIN_PROBE_PERIOD)
+            && self.queue == queue
+    }
+
+    /// Wakes the poll once the queue holds `threshold` tasks from now on.
+    pub fn retarget(&self, threshold: u64) {
+        self.threshold.store(threshold, Ordering::Release);
+    }
+
+    /// Whether a read `length` reaches the threshold of a running watch.
+    fn reached(&self, length: u64) -> bool {
+        self.active.load(Ordering::Acquire) && length >= self.threshold.load(Ordering::Acquire)
+    }
+}
+
+/// One watched queue.
+struct Watched {
+    watch: Arc<Watch>,
+    /// When it was first watched with this period.
+    since: Instant,
     wake: Arc<Notify>,
+}
+
+/// The watched queues of one period, read together: their keys and queries are built once,
+/// when the set changes, and shared by every read (a read of a thousand idle queues copies no
+/// string).
+struct Round {
+    period: Duration,
+    due: Instant,
+    keys: Arc<[String]>,
+    queries: Arc<[DepthQuery]>,
+    watches: Arc<[Arc<Watch>]>,
 }
 
 /// The queues watched through one connection, by QWorker key.
 #[derive(Default)]
 struct Group {
     watched: HashMap<String, Watched>,
+    /// `watched` by period; rebuilt when a queue or a period changes.
+    rounds: Vec<Round>,
+    changed: bool,
 }
+
+impl Group {
+    /// Rebuilds the rounds from `watched`, keeping each period's schedule (a new period's first
+    /// read is one period after its first queue was watched).
+    fn rebuild(&mut self) {
+        let mut by_period: Vec<(Duration, Vec<(&String, &Watched)>)> = Vec::new();
+        for (key, w) in &self.watched {
+            match by_period.iter_mut().find(|(p, _)| *p == w.watch.period) {
+                Some((_, members)) => members.push((key, w)),
+                None => by_period.push((w.watch.period, vec![(key, w)])),
+            }
+        }
+        let rounds = by_period
+            .into_iter()
+            .map(|(period, members)| Round {
+                period,
+                due: self.rounds.iter().find(|r| r.period == period).map_or_else(
+                    || {
+                        members
+                            .iter()
+                            .map(|(_, w)| w.since)
+                            .min()
+                            .unwrap_or_else(Instant::now)
+                            + period
+                    },
+                    |r| r.due,
+                ),
+                keys: members.iter().map(|(k, _)| (*k).clone()).collect(),
+                queries: members
+                    .iter()
+                    .map(|(_, w)| DepthQuery {
+                        queue: w.watch.queue.clone(),
+                        workers: Vec::new(),
+                    })
+                    .collect(),
+                watches: members.iter().map(|(_, w)| w.watch.clone()).collect(),
+            })
+            .collect();
+        self.rounds = rounds;
+        self.changed = false;
+    }
+}
+
+/// The QWorker keys of one read, the queries to send and the watches, in the same order.
+type Due = (Arc<[String]>, Arc<[DepthQuery]>, Arc<[Arc<Watch>]>);
 
 /// The probes of every connection; cloning shares them.
 #[derive(Clone, Default)]
@@ -50,7 +138,8 @@ impl Probes {
     }
 
     /// Watches `queue` of QWorker `qworker` through `connection` every `period`, to wake `wake`
-    /// once the queue holds `threshold` tasks; `None` stops watching it. Returns `true` when
+    /// once the queue holds `threshold` tasks; `None` stops watching it. Returns the watch (its
+    /// threshold then moves with [`Watch::retarget`] while [`Watch::is`] holds) and `true` when
     /// the connection had no probe: the caller starts one ([`Probes::run`]).
     pub fn set(
         &self,
@@ -59,40 +148,48 @@ impl Probes {
         queue: &str,
         watch: Option<(u64, Duration)>,
         wake: &Arc<Notify>,
-    ) -> bool {
+    ) -> (Option<Arc<Watch>>, bool) {
         let Some((threshold, period)) = watch else {
             self.remove(connection, qworker);
-            return false;
+            return (None, false);
         };
         let mut groups = self.lock();
         let started = !groups.contains_key(connection);
         let group = groups.entry(connection.clone()).or_default();
         let period = period.max(MIN_PROBE_PERIOD);
-        match group.watched.get_mut(qworker) {
-            Some(w) if w.queue == queue => {
-                w.threshold = threshold;
-                w.period = period;
-            }
-            _ => {
-                group.watched.insert(
-                    qworker.to_string(),
-                    Watched {
-                        queue: queue.to_string(),
-                        threshold,
-                        period,
-                        due: Instant::now() + period,
-                        wake: wake.clone(),
-                    },
-                );
-            }
+        if let Some(w) = group.watched.get(qworker)
+            && w.watch.is(queue, period)
+        {
+            w.watch.retarget(threshold);
+            return (Some(w.watch.clone()), started);
         }
-        started
+        let watch = Arc::new(Watch {
+            queue: queue.to_string(),
+            period,
+            threshold: threshold.into(),
+            active: true.into(),
+        });
+        if let Some(old) = group.watched.insert(
+            qworker.to_string(),
+            Watched {
+                watch: watch.clone(),
+                since: Instant::now(),
+                wake: wake.clone(),
+            },
+        ) {
+            old.watch.active.store(false, Ordering::Release);
+        }
+        group.changed = true;
+        (Some(watch), started)
     }
 
     /// Stops watching the queue of QWorker `qworker` through `connection`.
     pub fn remove(&self, connection: &Connection, qworker: &str) {
-        if let Some(group) = self.lock().get_mut(connection) {
-            group.watched.remove(qworker);
+        if let Some(group) = self.lock().get_mut(connection)
+            && let Some(old) = group.watched.remove(qworker)
+        {
+            old.watch.active.store(false, Ordering::Release);
+            group.changed = true;
         }
     }
 
@@ -101,54 +198,56 @@ impl Probes {
         self.lock().values().map(|g| g.watched.len()).sum()
     }
 
-    /// The QWorkers and queries due at `now` through `connection` (their next read is
-    /// scheduled), or `None` when it watches nothing any more (its probe is then forgotten and
-    /// ends).
-    fn due(&self, connection: &Connection, now: Instant) -> Option<(Vec<String>, Vec<DepthQuery>)> {
+    /// The reads due at `now` through `connection` (their next one is scheduled), or `None`
+    /// when it watches nothing any more (its probe is then forgotten and ends).
+    fn due(&self, connection: &Connection, now: Instant) -> Option<Vec<Due>> {
         let mut groups = self.lock();
         let group = groups.get_mut(connection)?;
         if group.watched.is_empty() {
             groups.remove(connection);
             return None;
         }
+        if group.changed {
+            group.rebuild();
+        }
         Some(
             group
-                .watched
+                .rounds
                 .iter_mut()
-                .filter(|(_, w)| w.due <= now)
-                .map(|(key, w)| {
-                    // On the queue's own schedule, not the probe's ticks (unless far behind).
-                    w.due += w.period;
-                    if w.due <= now {
-                        w.due = now + w.period;
+                .filter(|r| r.due <= now)
+                .map(|r| {
+                    // On the round's own schedule, not the probe's ticks (unless far behind).
+                    r.due += r.period;
+                    if r.due <= now {
+                        r.due = now + r.period;
                     }
-                    (
-                        key.clone(),
-                        DepthQuery {
-                            queue: w.queue.clone(),
-                            workers: Vec::new(),
-                        },
-                    )
+                    (r.keys.clone(), r.queries.clone(), r.watches.clone())
                 })
-                .unzip(),
+                .collect(),
         )
     }
 
     /// Wakes the polls whose queue reached its threshold (each once: its poll sets the next
     /// threshold). A QWorker whose queue changed meanwhile may be woken once for nothing: its
-    /// poll is a normal poll.
-    fn wake(&self, connection: &Connection, keys: &[String], lengths: &[u64]) {
-        let mut groups = self.lock();
-        let Some(group) = groups.get_mut(connection) else {
-            return;
-        };
-        for (key, &length) in keys.iter().zip(lengths) {
+    /// poll is a normal poll. Takes the lock only for the queues that reached it.
+    fn wake(&self, connection: &Connection, due: &Due, lengths: &[u64]) {
+        let (keys, _, watches) = due;
+        for ((key, watch), &length) in keys.iter().zip(watches.iter()).zip(lengths) {
+            if !watch.reached(length) {
+                continue;
+            }
+            let mut groups = self.lock();
+            let Some(group) = groups.get_mut(connection) else {
+                return;
+            };
             if group
                 .watched
                 .get(key)
-                .is_some_and(|w| length >= w.threshold)
+                .is_some_and(|w| Arc::ptr_eq(&w.watch, watch))
                 && let Some(w) = group.watched.remove(key)
             {
+                w.watch.active.store(false, Ordering::Release);
+                group.changed = true;
                 w.wake.notify_one();
             }
         }
@@ -159,23 +258,25 @@ impl Probes {
     /// nothing is watched any more. `may_act` tells whether this replica may act now.
     pub async fn run<R, F>(self, connection: Connection, may_act: impl Fn() -> bool, read: R)
     where
-        R: Fn(Vec<DepthQuery>) -> F,
+        R: Fn(Arc<[DepthQuery]>) -> F,
         F: std::future::Future<Output = Option<Vec<Option<u64>>>>,
     {
         loop {
             tokio::time::sleep(MIN_PROBE_PERIOD).await;
-            let Some((keys, queries)) = self.due(&connection, Instant::now()) else {
+            let Some(due) = self.due(&connection, Instant::now()) else {
                 return;
             };
-            if keys.is_empty() || !may_act() {
+            if due.is_empty() || !may_act() {
                 continue;
             }
-            let Some(lengths) = read(queries).await else {
-                continue;
-            };
-            // A queue that could not be read counts as empty: its poll reports the error.
-            let lengths: Vec<u64> = lengths.into_iter().map(|l| l.unwrap_or(0)).collect();
-            self.wake(&connection, &keys, &lengths);
+            for round in due {
+                let Some(lengths) = read(round.1.clone()).await else {
+                    continue;
+                };
+                // A queue that could not be read counts as empty: its poll reports the error.
+                let lengths: Vec<u64> = lengths.into_iter().map(|l| l.unwrap_or(0)).collect();
+                self.wake(&connection, &round, &lengths);
+            }
         }
     }
 }
@@ -196,16 +297,17 @@ mod tests {
         let (a, b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let period = Some((3, Duration::from_millis(250)));
         assert!(
-            probes.set(&conn(), "ns/a", "qa", period, &a),
+            probes.set(&conn(), "ns/a", "qa", period, &a).1,
             "first: start"
         );
-        assert!(!probes.set(
+        let (_, started) = probes.set(
             &conn(),
             "ns/b",
             "qb",
             Some((1, Duration::from_millis(250))),
-            &b
-        ));
+            &b,
+        );
+        assert!(!started, "the connection's probe runs");
         let lengths: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
         let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let task = {
@@ -252,6 +354,45 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_retargeted_watch_wakes_at_its_new_threshold_and_ends_when_it_does() {
+        let probes = Probes::default();
+        let wake = Arc::new(Notify::new());
+        let period = Duration::from_millis(250);
+        let (watch, _) = probes.set(&conn(), "ns/a", "qa", Some((2, period)), &wake);
+        let watch = watch.expect("watched");
+        assert!(watch.is("qa", period));
+        assert!(!watch.is("qb", period), "another queue");
+        assert!(!watch.is("qa", period * 2), "another period");
+        watch.retarget(5);
+        let length = Arc::new(std::sync::atomic::AtomicU64::new(3));
+        let task = {
+            let length = length.clone();
+            tokio::spawn(probes.clone().run(
+                conn(),
+                || true,
+                move |queries| {
+                    let n = length.load(Ordering::SeqCst);
+                    async move { Some(vec![Some(n); queries.len()]) }
+                },
+            ))
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            wake.notified().now_or_never().is_none(),
+            "3 is below the new threshold 5"
+        );
+        length.store(5, Ordering::SeqCst);
+        tokio::time::timeout(Duration::from_millis(300), wake.notified())
+            .await
+            .expect("woken at 5");
+        assert!(
+            !watch.is("qa", period),
+            "a watch that woke its poll has ended"
+        );
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn queues_are_read_at_their_own_period_and_not_while_the_replica_may_not_act() {
         let probes = Probes::default();
         let wake = Arc::new(Notify::new());
@@ -278,7 +419,7 @@ mod tests {
                 move || acting.load(std::sync::atomic::Ordering::SeqCst),
                 move |queries| {
                     let mut r = reads.lock().expect("lock");
-                    for q in &queries {
+                    for q in queries.iter() {
                         *r.entry(q.queue.clone()).or_default() += 1;
                     }
                     async move { Some(vec![Some(0); queries.len()]) }

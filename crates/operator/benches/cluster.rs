@@ -1,12 +1,14 @@
 //! Scale benchmark of the real `workerpool-operator run` binary against the API server that
 //! `KUBECONFIG` names (skipped, with the reason printed, when none answers).
 //!
-//! It creates, in a namespace of its own, one Redis ScalerConfig, one External StormCluster
-//! (its UI REST API served by this process from Storm's response shapes), ten StormTopologies,
-//! `--pools` StormWorkerPools (every fourth autoscaled) and `--qworkers` QWorkers, then starts
-//! the operator and prints:
+//! Each run creates, in a namespace of its own, one Redis ScalerConfig, one External
+//! StormCluster (its UI REST API served by this process from Storm's response shapes), ten
+//! StormTopologies, `--pools` StormWorkerPools (every fourth autoscaled) and `--qworkers`
+//! QWorkers, then starts the operator and prints:
 //! - convergence: from the operator's start until every pool and QWorker has a status of its
-//!   current generation;
+//!   current generation, and the API server's CPU meanwhile (its `process_cpu_seconds_total`);
+//! - with `--floor`, the floor measured first in the same invocation (below) and convergence
+//!   as a multiple of it;
 //! - resident memory (steady, and the peak seen) and CPU of the operator process;
 //! - writes per second over `--window` seconds with nothing changing (a full resync period),
 //!   from the API server's own `apiserver_request_total`, by verb and resource;
@@ -16,13 +18,20 @@
 //! with only its namespace and garbage-collector controllers, which remove the namespace after.
 //!
 //! Run: `KUBECONFIG=... cargo bench -p workerpool-operator --bench cluster -- [--qworkers N]
-//! [--pools N] [--window SECS] [--reactions N] [--keep]`; `WPO_BENCH_WRAP="heaptrack -o FILE"`
-//! (any command line) runs the operator under a profiler, and `WPO_BENCH_BINARY=PATH` runs
-//! that operator binary instead of the one Cargo built (e.g. the image's static musl build,
+//! [--pools N] [--sizes N,M,...] [--floor] [--plot FILE.png] [--window SECS] [--reactions N]
+//! [--keep]`. `--sizes 100,1000,5000` runs one size after the other (N QWorkers + N pools each)
+//! and prints a table of them; `--plot` draws resident memory and CPU at rest against the
+//! number of objects into a PNG. `WPO_BENCH_WRAP="heaptrack -o FILE"` (any command line) runs
+//! the operator under a profiler, and `WPO_BENCH_BINARY=PATH` runs that operator binary instead
+//! of the one Cargo built (e.g. the image's static musl build,
 //! `target/x86_64-unknown-linux-musl/release/workerpool-operator`).
-//! `-- --floor [--concurrency N]` runs no operator: it sends the writes that a converged state
-//! needs itself and prints how long the API server took, the least time any operator could
-//! converge in on that server and machine.
+//! The floor (`--floor`, or `--floor-only [--concurrency N]` without the operator's runs):
+//! no operator runs; the benchmark sends the writes that a converged state needs itself and
+//! prints how long the API server took, the least time any operator could converge in on that
+//! server and machine.
+
+#[path = "cluster/plot.rs"]
+mod plot;
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
@@ -47,57 +56,82 @@ const MANAGER: &str = "workerpool-bench";
 const TOPOLOGIES: usize = 10;
 
 struct Options {
-    qworkers: usize,
-    pools: usize,
+    /// QWorkers and pools of each run, in order.
+    sizes: Vec<(usize, usize)>,
     window: u64,
     reactions: usize,
     keep: bool,
+    /// Measure the floor before each run.
     floor: bool,
+    /// Measure the floor only.
+    floor_only: bool,
     concurrency: usize,
+    plot: Option<std::path::PathBuf>,
 }
 
 fn options() -> Options {
     let mut o = Options {
-        qworkers: 1000,
-        pools: 1000,
+        sizes: Vec::new(),
         window: 320,
         reactions: 100,
         keep: false,
         floor: false,
+        floor_only: false,
         concurrency: 16,
+        plot: None,
     };
+    let (mut qworkers, mut pools) = (1000, 1000);
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < args.len() {
-        let value = || {
+        let text = || {
             args.get(i + 1)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or_else(|| panic!("{} needs a number", args[i]))
+                .cloned()
+                .unwrap_or_else(|| panic!("{} needs a value", args[i]))
+        };
+        let value = || {
+            text()
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("{} needs a number", args[i]))
         };
         match args[i].as_str() {
-            "--qworkers" => o.qworkers = value() as usize,
-            "--pools" => o.pools = value() as usize,
+            "--qworkers" => qworkers = value() as usize,
+            "--pools" => pools = value() as usize,
+            "--sizes" => {
+                o.sizes = text()
+                    .split(',')
+                    .map(|n| {
+                        let n = n.trim().parse::<usize>().unwrap_or_else(|_| {
+                            panic!("--sizes takes numbers separated by commas, not {n:?}")
+                        });
+                        (n, n)
+                    })
+                    .collect();
+            }
             "--window" => o.window = value(),
             "--reactions" => o.reactions = value() as usize,
             "--concurrency" => o.concurrency = value().max(1) as usize,
-            "--floor" => {
-                o.floor = true;
-                i += 1;
-                continue;
-            }
-            "--keep" => {
-                o.keep = true;
-                i += 1;
-                continue;
-            }
-            // `cargo bench` passes `--bench`; anything else is a mistake.
-            "--bench" => {
+            "--plot" => o.plot = Some(text().into()),
+            flag @ ("--floor" | "--floor-only" | "--keep" | "--bench") => {
+                match flag {
+                    "--floor" => o.floor = true,
+                    "--floor-only" => (o.floor, o.floor_only) = (true, true),
+                    "--keep" => o.keep = true,
+                    // `cargo bench` passes `--bench`.
+                    _ => {}
+                }
                 i += 1;
                 continue;
             }
             other => panic!("unknown option {other}"),
         }
         i += 2;
+    }
+    if o.sizes.is_empty() {
+        o.sizes.push((qworkers, pools));
+    }
+    if o.keep && o.sizes.len() > 1 {
+        panic!("--keep keeps one run's namespace: give one size");
     }
     o
 }
@@ -148,9 +182,16 @@ where
         .expect("create");
 }
 
-/// Write requests the API server has served, by `verb resource` (leases and the API server's
-/// own endpoint bookkeeping left out).
-async fn writes(client: &Client) -> BTreeMap<String, f64> {
+/// What the API server's `/metrics` tells the benchmark.
+struct ServerMetrics {
+    /// Write requests served, by `verb resource` (leases and the API server's own endpoint
+    /// bookkeeping left out).
+    writes: BTreeMap<String, f64>,
+    /// `process_cpu_seconds_total` of the API server.
+    cpu_seconds: f64,
+}
+
+async fn server_metrics(client: &Client) -> ServerMetrics {
     let request = http::Request::get("/metrics")
         .body(Vec::new())
         .expect("request");
@@ -158,7 +199,12 @@ async fn writes(client: &Client) -> BTreeMap<String, f64> {
         .request_text(request)
         .await
         .expect("API server /metrics");
-    let mut out = BTreeMap::new();
+    let cpu_seconds = text
+        .lines()
+        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(f64::NAN);
+    let mut writes = BTreeMap::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
             continue;
@@ -188,9 +234,12 @@ async fn writes(client: &Client) -> BTreeMap<String, f64> {
         } else {
             format!("{verb} {resource}/{subresource}")
         };
-        *out.entry(key).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+        *writes.entry(key).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
     }
-    out
+    ServerMetrics {
+        writes,
+        cpu_seconds,
+    }
 }
 
 fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
@@ -388,14 +437,14 @@ async fn floor(client: &Client, ns: &str, concurrency: usize) -> (Duration, BTre
         jobs.extend(p.map(pool_job));
         jobs.extend(q.map(qworker_job));
     }
-    let before = writes(client).await;
+    let before = server_metrics(client).await.writes;
     let start = Instant::now();
     futures::stream::iter(jobs)
         .buffer_unordered(concurrency)
         .collect::<Vec<()>>()
         .await;
     let took = start.elapsed();
-    (took, delta(&before, &writes(client).await))
+    (took, delta(&before, &server_metrics(client).await.writes))
 }
 
 #[tokio::main]
@@ -416,33 +465,128 @@ async fn main() {
         Err(_) => return println!("cluster bench: skipped — the API server did not answer in 5 s"),
     }
     install_crds(&client, MANAGER).await;
-    let ns = format!("wpo-scale-{:06x}", rand::random::<u32>() & 0xff_ffff);
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
-        )
-        .await
-        .expect("namespace");
     let ui = storm_ui().await.url;
-    println!(
-        "namespace {ns}; Storm UI at {ui}; {} QWorkers, {} pools",
-        o.qworkers, o.pools
-    );
-
-    // Objects.
-    let dyn_api = |kind: &str| -> Api<kube::api::DynamicObject> {
-        let (group, version, plural) = match kind {
-            "ScalerConfig" => ("quickube.com", "v1alpha1", "scalerconfigs"),
-            _ => unreachable!(),
+    let mut rows = Vec::new();
+    for &(qworkers, pools) in &o.sizes {
+        let floor = if o.floor {
+            let ns = Fixture::create(&client, &ui, qworkers, pools).await;
+            let (took, sent) = floor(&client, &ns.name, o.concurrency).await;
+            println!(
+                "floor: the writes a converged state needs, sent by the benchmark alone {} at a time, took {:.1} s ({} write requests)",
+                o.concurrency,
+                took.as_secs_f64(),
+                sent.values().sum::<f64>()
+            );
+            println!("writes: {sent:?}");
+            ns.delete(&client).await;
+            Some((took, sent.values().sum::<f64>()))
+        } else {
+            None
         };
-        let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
-        let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, plural);
-        Api::namespaced_with(client.clone(), &ns, &ar)
-    };
-    let queue_prefix = format!("{ns}-q");
-    dyn_api("ScalerConfig")
+        if o.floor_only {
+            continue;
+        }
+        let ns = Fixture::create(&client, &ui, qworkers, pools).await;
+        let mut row = measure(&client, &ns, &o).await;
+        row.floor = floor;
+        print_row(&row);
+        rows.push(row);
+    }
+    if rows.len() > 1 {
+        println!(
+            "\n| objects | RSS steady (peak) | CPU at rest | convergence (floor) | API server CPU while converging | writes at rest | push → desiredReplicas p99 |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for r in &rows {
+            println!(
+                "| {} + {} | {:.1} ({:.1}) MiB | {:.2} % | {:.1} s ({}) | {:.0} % | {} | {:.2} s |",
+                r.qworkers,
+                r.pools,
+                r.rss_steady,
+                r.rss_peak,
+                r.cpu,
+                r.convergence.as_secs_f64(),
+                r.floor.map_or_else(
+                    || "not run".to_string(),
+                    |(f, _)| format!("{:.1} s", f.as_secs_f64())
+                ),
+                r.server_cpu,
+                r.quiet_writes,
+                percentile(&r.to_status, 99.0)
+            );
+        }
+    }
+    if let Some(path) = o.plot.as_ref().filter(|_| !rows.is_empty()) {
+        match plot::write_png(path, &rows) {
+            Ok(()) => println!("plot: {}", path.display()),
+            Err(e) => eprintln!("plot: cannot write {}: {e}", path.display()),
+        }
+    }
+}
+
+/// The objects of one run, in a namespace of their own.
+struct Fixture {
+    name: String,
+    qworkers: usize,
+    pools: usize,
+}
+
+impl Fixture {
+    /// Creates one Redis ScalerConfig, the External StormCluster at `ui`, the topologies,
+    /// `pools` StormWorkerPools and `qworkers` QWorkers in a new namespace.
+    async fn create(client: &Client, ui: &str, qworkers: usize, pools: usize) -> Self {
+        let ns = format!("wpo-scale-{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
+            )
+            .await
+            .expect("namespace");
+        println!("\nnamespace {ns}; Storm UI at {ui}; {qworkers} QWorkers, {pools} pools");
+        let t = Instant::now();
+        create_objects(client, &ns, ui, qworkers, pools).await;
+        println!(
+            "created {} objects in {:.1} s",
+            pools + qworkers + TOPOLOGIES + 2,
+            t.elapsed().as_secs_f64()
+        );
+        Fixture {
+            name: ns,
+            qworkers,
+            pools,
+        }
+    }
+
+    /// Deletes the namespace and waits (at most two minutes) until it is gone.
+    async fn delete(&self, client: &Client) {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let _ = namespaces
+            .delete(&self.name, &DeleteParams::background())
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline
+            && namespaces
+                .get_opt(&self.name)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+fn queue_prefix(ns: &str) -> String {
+    format!("{ns}-q")
+}
+
+async fn create_objects(client: &Client, ns: &str, ui: &str, qworkers: usize, pools: usize) {
+    let gvk = kube::api::GroupVersionKind::gvk("quickube.com", "v1alpha1", "ScalerConfig");
+    let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, "scalerconfigs");
+    Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), ns, &ar)
         .create(
             &PostParams::default(),
             &serde_json::from_value(
@@ -454,11 +598,11 @@ async fn main() {
         )
         .await
         .expect("create ScalerConfig");
-    let clusters: Api<StormCluster> = Api::namespaced(client.clone(), &ns);
+    let clusters: Api<StormCluster> = Api::namespaced(client.clone(), ns);
     create_all(&clusters, vec![json!({"apiVersion": "storm.apache.org/v1beta1", "kind": "StormCluster",
         "metadata": {"name": "storm"},
         "spec": {"mode": "External", "uiUrl": ui, "nimbusSeeds": ["nimbus-0.nimbus"], "zookeeperServers": ["zk-0.zk"]}})]).await;
-    let topologies: Api<StormTopology> = Api::namespaced(client.clone(), &ns);
+    let topologies: Api<StormTopology> = Api::namespaced(client.clone(), ns);
     create_all(
         &topologies,
         (0..TOPOLOGIES)
@@ -483,49 +627,58 @@ async fn main() {
             .await
             .expect("topology status");
     }
-    let pools: Api<StormWorkerPool> = Api::namespaced(client.clone(), &ns);
-    let t = Instant::now();
-    create_all(&pools, (0..o.pools).map(|i| {
+    let pool_api: Api<StormWorkerPool> = Api::namespaced(client.clone(), ns);
+    create_all(&pool_api, (0..pools).map(|i| {
         let mut spec = json!({"topologyRef": format!("scale-t{}", i % TOPOLOGIES), "replicas": 1});
         if i % 4 == 0 {
             spec["autoscaling"] = json!({"enabled": true, "minReplicas": 1, "maxReplicas": 5, "targetCPUUtilizationPercentage": 70});
         }
         json!({"apiVersion": "storm.apache.org/v1beta1", "kind": "StormWorkerPool", "metadata": {"name": format!("pool-{i}")}, "spec": spec})
     }).collect()).await;
-    let qworkers: Api<QWorker> = Api::namespaced(client.clone(), &ns);
-    create_all(&qworkers, (0..o.qworkers).map(|i| json!({"apiVersion": "quickube.com/v1alpha1", "kind": "QWorker",
+    let queue_prefix = queue_prefix(ns);
+    let qworker_api: Api<QWorker> = Api::namespaced(client.clone(), ns);
+    create_all(&qworker_api, (0..qworkers).map(|i| json!({"apiVersion": "quickube.com/v1alpha1", "kind": "QWorker",
         "metadata": {"name": format!("qw-{i}")},
         "spec": {"podSpec": {"restartPolicy": "Never", "containers": [{"name": "worker", "image": "busybox",
                     "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]},
                  "scaleConfig": {"scalerConfigRef": "redis", "queue": format!("{queue_prefix}{i}"),
                                  "minReplicas": 0, "maxReplicas": 3, "scalingFactor": 1000}}})).collect()).await;
-    println!(
-        "created {} objects in {:.1} s",
-        o.pools + o.qworkers + TOPOLOGIES + 2,
-        t.elapsed().as_secs_f64()
-    );
+}
 
-    if o.floor {
-        let (took, sent) = floor(&client, &ns, o.concurrency).await;
-        println!(
-            "floor: the writes a converged state needs, sent by the benchmark alone {} at a time, took {:.1} s ({} write requests)",
-            o.concurrency,
-            took.as_secs_f64(),
-            sent.values().sum::<f64>()
-        );
-        println!("writes: {sent:?}");
-        let _ = namespaces.delete(&ns, &DeleteParams::background()).await;
-        return;
-    }
+/// What one run measured.
+struct Row {
+    qworkers: usize,
+    pools: usize,
+    /// The floor of the same invocation (`--floor`): its time and writes.
+    floor: Option<(Duration, f64)>,
+    convergence: Duration,
+    convergence_writes: BTreeMap<String, f64>,
+    /// The API server's CPU while the operator converged, in % of a core.
+    server_cpu: f64,
+    rss_steady: f64,
+    rss_peak: f64,
+    /// CPU at rest, in % of a core, over `window`.
+    cpu: f64,
+    window: f64,
+    quiet: BTreeMap<String, f64>,
+    quiet_writes: f64,
+    to_status: Vec<f64>,
+    to_pod: Vec<f64>,
+}
 
-    // Start and converge. Convergence is seen through watches, not by listing 2,000 objects
-    // again and again: the API server's work is then the operator's, not the benchmark's.
+/// Starts the operator on `ns`'s objects and measures convergence, the quiet window and the
+/// reaction; deletes the namespace after (unless `--keep`).
+async fn measure(client: &Client, ns: &Fixture, o: &Options) -> Row {
+    let pools: Api<StormWorkerPool> = Api::namespaced(client.clone(), &ns.name);
+    let qworkers: Api<QWorker> = Api::namespaced(client.clone(), &ns.name);
+    // Convergence is seen through watches, not by listing the objects again and again: the API
+    // server's work is then the operator's, not the benchmark's.
     let (pool_cache, pool_watch) = follow(pools.clone()).await;
     let (qworker_cache, qworker_watch) = follow(qworkers.clone()).await;
-    let log = std::env::temp_dir().join(format!("{ns}-operator.log"));
-    let before_start = writes(&client).await;
+    let log = std::env::temp_dir().join(format!("{}-operator.log", ns.name));
+    let before_start = server_metrics(client).await;
     let start = Instant::now();
-    let mut operator = start_operator(&ns, &log);
+    let mut operator = start_operator(&ns.name, &log);
     let pid = operator.id();
     let mut peak: f64 = 0.0;
     let convergence = loop {
@@ -546,31 +699,34 @@ async fn main() {
             .iter()
             .filter(|x| converged(&***x, x.status.as_ref().and_then(|s| s.observed_generation)))
             .count();
-        if pools_done == o.pools && qw_done == o.qworkers {
+        if pools_done == ns.pools && qw_done == ns.qworkers {
             break start.elapsed();
         }
-        if start.elapsed() > Duration::from_secs(600) {
+        if start.elapsed() > Duration::from_secs(900) {
             panic!(
-                "not converged after 600 s: {pools_done}/{} pools, {qw_done}/{} QWorkers (log {})",
-                o.pools,
-                o.qworkers,
+                "not converged after 900 s: {pools_done}/{} pools, {qw_done}/{} QWorkers (log {})",
+                ns.pools,
+                ns.qworkers,
                 log.display()
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let after_start = server_metrics(client).await;
     pool_watch.abort();
     qworker_watch.abort();
-    let start_writes = delta(&before_start, &writes(&client).await);
+    let convergence_writes = delta(&before_start.writes, &after_start.writes);
+    let server_cpu =
+        (after_start.cpu_seconds - before_start.cpu_seconds) / convergence.as_secs_f64() * 100.0;
     println!(
-        "converged in {:.1} s ({} write requests)",
+        "converged in {:.1} s ({} write requests; API server CPU {server_cpu:.0} % of a core)",
         convergence.as_secs_f64(),
-        start_writes.values().sum::<f64>()
+        convergence_writes.values().sum::<f64>()
     );
 
     // Quiet window: nothing changes.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let w0 = writes(&client).await;
+    let w0 = server_metrics(client).await.writes;
     let c0 = cpu_seconds(pid);
     let t0 = Instant::now();
     let mut rss = Vec::new();
@@ -582,11 +738,48 @@ async fn main() {
     }
     let window = t0.elapsed().as_secs_f64();
     let cpu = (cpu_seconds(pid) - c0) / window * 100.0;
-    let quiet = delta(&w0, &writes(&client).await);
+    let quiet = delta(&w0, &server_metrics(client).await.writes);
     // `+ 0.0`: an empty sum is -0.0.
-    let quiet_total: f64 = quiet.values().sum::<f64>() + 0.0;
+    let quiet_writes: f64 = quiet.values().sum::<f64>() + 0.0;
+    rss.sort_by(f64::total_cmp);
 
-    // Reaction: push to queues, time the status and the first pod.
+    let (to_status, to_pod) = react(client, ns, o.reactions).await;
+    if o.keep {
+        println!(
+            "kept namespace {}; operator pid {pid} and the Storm UI keep running until Ctrl-C (log {})",
+            ns.name,
+            log.display()
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    } else {
+        // The operator keeps running while the namespace goes (worker pods carry its finalizer).
+        ns.delete(client).await;
+    }
+    let _ = operator.kill();
+    let _ = operator.wait();
+    Row {
+        qworkers: ns.qworkers,
+        pools: ns.pools,
+        floor: None,
+        convergence,
+        convergence_writes,
+        server_cpu,
+        rss_steady: percentile(&rss, 50.0),
+        rss_peak: peak,
+        cpu,
+        window,
+        quiet,
+        quiet_writes,
+        to_status,
+        to_pod,
+    }
+}
+
+/// Pushes 1,000 tasks to each of the first `n` queues, 20 ms apart, and returns the sorted
+/// times from each push to its QWorker's `status.desiredReplicas` above 0 and to its first pod.
+async fn react(client: &Client, ns: &Fixture, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let qworkers: Api<QWorker> = Api::namespaced(client.clone(), &ns.name);
+    let queue_prefix = queue_prefix(&ns.name);
     let redis = redis::Client::open("redis://127.0.0.1:6379/").expect("redis");
     let mut conn = redis
         .get_multiplexed_async_connection()
@@ -612,7 +805,7 @@ async fn main() {
     };
     let watch_pods = {
         let seen = pod_seen.clone();
-        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
         let stream = watcher(
             api,
             watcher::Config::default().labels("quickube.com/qworker"),
@@ -632,7 +825,8 @@ async fn main() {
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
     let items: Vec<String> = (0..1000).map(|i| format!("task-{i}")).collect();
-    for i in 0..o.reactions.min(o.qworkers) {
+    let n = n.min(ns.qworkers);
+    for i in 0..n {
         let name = format!("qw-{i}");
         let _: () = conn
             .rpush(format!("{queue_prefix}{i}"), &items)
@@ -644,6 +838,9 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     watch_status.abort();
     watch_pods.abort();
+    for i in 0..n {
+        let _: Result<(), _> = conn.del(format!("{queue_prefix}{i}")).await;
+    }
     let latencies = |seen: &Arc<Mutex<HashMap<String, Instant>>>| {
         let pushed = pushed.lock().expect("lock");
         let seen = seen.lock().expect("lock");
@@ -658,72 +855,63 @@ async fn main() {
         v.sort_by(f64::total_cmp);
         v
     };
-    let to_status = latencies(&status_seen);
-    let to_pod = latencies(&pod_seen);
+    (latencies(&status_seen), latencies(&pod_seen))
+}
 
+/// Prints one run's figures as a table.
+fn print_row(r: &Row) {
     println!();
     println!("| figure | measured |");
     println!("|---|---|");
     println!(
         "| objects | {} QWorkers + {} StormWorkerPools (+ {TOPOLOGIES} topologies, 1 cluster, 1 ScalerConfig) |",
-        o.qworkers, o.pools
+        r.qworkers, r.pools
     );
     println!(
-        "| convergence from start | {:.1} s |",
-        convergence.as_secs_f64()
+        "| convergence from start | {:.1} s ({} writes) |",
+        r.convergence.as_secs_f64(),
+        r.convergence_writes.values().sum::<f64>()
+    );
+    if let Some((floor, writes)) = r.floor {
+        println!(
+            "| the floor of the same run | {:.1} s ({writes} writes): convergence is {:.2} × the floor |",
+            floor.as_secs_f64(),
+            r.convergence.as_secs_f64() / floor.as_secs_f64()
+        );
+    }
+    println!(
+        "| API server CPU while the operator converged | {:.0} % of a core |",
+        r.server_cpu
     );
     println!(
-        "| resident memory, steady (median over the window) | {:.1} MiB |",
-        percentile(
-            &{
-                let mut r = rss.clone();
-                r.sort_by(f64::total_cmp);
-                r
-            },
-            50.0
-        )
+        "| resident memory, steady (median over the window) | {:.1} MiB ({:.1} KB per object) |",
+        r.rss_steady,
+        r.rss_steady * 1024.0 * 1.024 / (r.qworkers + r.pools).max(1) as f64
     );
-    println!("| resident memory, peak | {peak:.1} MiB |");
-    println!("| CPU over the {window:.0} s window | {cpu:.2} % of a core |");
+    println!("| resident memory, peak | {:.1} MiB |", r.rss_peak);
     println!(
-        "| writes in the {window:.0} s window | {quiet_total} ({:.3}/s) |",
-        quiet_total / window
+        "| CPU over the {:.0} s window | {:.2} % of a core |",
+        r.window, r.cpu
+    );
+    println!(
+        "| writes in the {:.0} s window | {} ({:.3}/s) |",
+        r.window,
+        r.quiet_writes,
+        r.quiet_writes / r.window
     );
     println!(
         "| queue push → status.desiredReplicas ({} queues) | p50 {:.2} s, p99 {:.2} s |",
-        to_status.len(),
-        percentile(&to_status, 50.0),
-        percentile(&to_status, 99.0)
+        r.to_status.len(),
+        percentile(&r.to_status, 50.0),
+        percentile(&r.to_status, 99.0)
     );
     println!(
         "| queue push → first worker pod | p50 {:.2} s, p99 {:.2} s |",
-        percentile(&to_pod, 50.0),
-        percentile(&to_pod, 99.0)
+        percentile(&r.to_pod, 50.0),
+        percentile(&r.to_pod, 99.0)
     );
-    if !quiet.is_empty() {
-        println!("\nwrites in the window: {quiet:?}");
+    if !r.quiet.is_empty() {
+        println!("\nwrites in the window: {:?}", r.quiet);
     }
-    println!("writes during convergence: {start_writes:?}");
-
-    // Clean up: the operator keeps running while the namespace goes (worker pods carry its finalizer).
-    for i in 0..o.reactions.min(o.qworkers) {
-        let _: Result<(), _> = conn.del(format!("{queue_prefix}{i}")).await;
-    }
-    if o.keep {
-        println!(
-            "kept namespace {ns}; operator pid {pid} and the Storm UI keep running until Ctrl-C (log {})",
-            log.display()
-        );
-        let _ = tokio::signal::ctrl_c().await;
-        let _ = operator.kill();
-        let _ = operator.wait();
-        return;
-    }
-    let _ = namespaces.delete(&ns, &DeleteParams::background()).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline && namespaces.get_opt(&ns).await.ok().flatten().is_some() {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    let _ = operator.kill();
-    let _ = operator.wait();
+    println!("writes during convergence: {:?}", r.convergence_writes);
 }

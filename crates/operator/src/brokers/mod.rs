@@ -182,8 +182,20 @@ impl Brokers {
         namespace: &str,
         name: &str,
     ) -> Result<Arc<dyn QueueBroker>, BrokerUnavailable> {
-        let object = ObjectRef::<ScalerConfig>::new(name).within(namespace);
-        let Some(sc) = self.configs.get(&object) else {
+        self.get_ref(&ObjectRef::new(name).within(namespace)).await
+    }
+
+    /// [`Brokers::get`] for a ScalerConfig reference the caller keeps (a poll, at every
+    /// interval, builds none).
+    pub async fn get_ref(
+        &self,
+        object: &ObjectRef<ScalerConfig>,
+    ) -> Result<Arc<dyn QueueBroker>, BrokerUnavailable> {
+        let (namespace, name) = (
+            object.namespace.as_deref().unwrap_or_default(),
+            object.name.as_str(),
+        );
+        let Some(sc) = self.configs.get(object) else {
             return Err(BrokerUnavailable::config(
                 "ScalerConfigNotFound",
                 format!("ScalerConfig {namespace}/{name} does not exist"),
@@ -191,9 +203,9 @@ impl Brokers {
         };
         let slot = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            match entries.get(&object) {
+            match entries.get(object) {
                 Some(slot) => slot.clone(),
-                None => entries.entry(object).or_default().clone(),
+                None => entries.entry(object.clone()).or_default().clone(),
             }
         };
         // Fast path, taken by nearly every poll: a pooled connection whose consent is fresh,

@@ -23,8 +23,8 @@ use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
-use workerpool_api::QWorker;
 use workerpool_api::conditions::{self, BROKER_REACHABLE, NewCondition};
+use workerpool_api::{QWorker, ScalerConfig};
 
 use crate::brokers::{BrokerUnavailable, Brokers};
 use crate::context::Shared;
@@ -418,6 +418,8 @@ struct Poller {
     connection: Option<Box<Connection>>,
     /// Its watch by the probe of `connection`, while the probe watches its queue.
     watch: Option<Arc<probe::Watch>>,
+    /// The ScalerConfig its last poll read through ([`Poller::config_ref`]).
+    config: Option<Arc<ObjectRef<ScalerConfig>>>,
 }
 
 impl Drop for Poller {
@@ -538,6 +540,7 @@ impl Poller {
             key: key(qw),
             connection: None,
             watch: None,
+            config: None,
         }
     }
 
@@ -674,10 +677,10 @@ impl Poller {
 
     /// Reads the depth of `qw`'s queue (waiting plus in flight at its live workers) through its
     /// ScalerConfig's connection.
-    async fn read_depth(&self, qw: &QWorker) -> Result<u64, BrokerUnavailable> {
+    async fn read_depth(&mut self, qw: &QWorker) -> Result<u64, BrokerUnavailable> {
         let sc = &qw.spec.scale_config;
-        let ns = qw.metadata.namespace.as_deref().unwrap_or_default();
-        match self.scaler.brokers.get(ns, &sc.scaler_config_ref).await {
+        let config = self.config_ref(qw);
+        match self.scaler.brokers.get_ref(&config).await {
             Ok(broker) => {
                 let workers = live_worker_names(&self.scaler.pods, qw);
                 broker
@@ -686,6 +689,20 @@ impl Poller {
                     .map_err(|e| BrokerUnavailable::from_queue(&e))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// The QWorker's ScalerConfig, built again only when the QWorker names another.
+    fn config_ref(&mut self, qw: &QWorker) -> Arc<ObjectRef<ScalerConfig>> {
+        let name = qw.spec.scale_config.scaler_config_ref.as_str();
+        let namespace = qw.metadata.namespace.as_deref();
+        match &self.config {
+            Some(c) if c.name == name && c.namespace.as_deref() == namespace => c.clone(),
+            _ => {
+                let c = Arc::new(ObjectRef::new(name).within(namespace.unwrap_or_default()));
+                self.config = Some(c.clone());
+                c
+            }
         }
     }
 

@@ -379,16 +379,16 @@ async fn floor(client: &Client, ns: &str, concurrency: usize) -> (Duration, BTre
                 .await
                 .expect("Service");
             let hpa = match &children.hpa {
-                Some(hpa) => Some(
-                    apply(&Api::namespaced(client.clone(), ns), hpa)
+                Some(hpa) => Some(workerpool_operator::cache::child::Child::of(
+                    &apply(&Api::namespaced(client.clone(), ns), hpa)
                         .await
                         .expect("HPA"),
-                ),
+                )),
                 None => None,
             };
             let status = stormworkerpool::status::running(
                 &pool,
-                &deployment,
+                &workerpool_operator::cache::child::Child::of(&deployment),
                 hpa.as_ref(),
                 Timestamp::now(),
             );

@@ -19,6 +19,8 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+pub mod child;
+
 /// How soon a reconcile that arrived before the caches synced (or on a standby that has just
 /// become leader) is tried again.
 pub const NOT_READY_RETRY: Duration = Duration::from_millis(500);
@@ -188,10 +190,9 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// What a cached object keeps: only the fields some decision of the operator reads, so that the
 /// caches of thousands of objects stay small. Every kind loses `managedFields` and the
-/// last-applied annotation; the children the operator creates keep little more than their
-/// metadata (the applied-hash annotation and the ownerReferences decide whether to apply) and the
-/// status fields the owner's status is computed from. Reading anything else from a cache is a
-/// bug: read the live object instead (as the hand-off of `spec.replicas` does).
+/// last-applied annotation; the children the operator applies are cached as [`child::Child`]
+/// views, which never decode more than their owner reads. Reading anything else from a cache is
+/// a bug: read the live object instead (as the hand-off of `spec.replicas` does).
 pub trait Slim {
     /// Drops, in place, what no decision needs.
     fn slim(&mut self);
@@ -203,25 +204,6 @@ pub fn slim_metadata<K: Resource>(object: &mut K) {
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
-    }
-}
-
-/// Strips a child's metadata to what the owner's reconcile reads: its identity (name,
-/// namespace, uid, resourceVersion, generation), the deletion mark, the controller
-/// ownerReference and the applied-hash annotation ([`crate::apply::APPLIED_HASH_ANNOTATION`]).
-/// Labels, other annotations and other owners stay out of the cache.
-pub fn slim_child_metadata<K: Resource>(object: &mut K) {
-    slim_metadata(object);
-    let meta = object.meta_mut();
-    meta.labels = None;
-    meta.creation_timestamp = None;
-    meta.annotations = meta
-        .annotations
-        .take()
-        .and_then(|mut a| a.remove_entry(crate::apply::APPLIED_HASH_ANNOTATION))
-        .map(|entry| std::collections::BTreeMap::from([entry]));
-    if let Some(owners) = meta.owner_references.as_mut() {
-        owners.retain(|o| o.controller == Some(true));
     }
 }
 
@@ -243,7 +225,6 @@ slim_metadata_only!(
     workerpool_api::StormTopology,
     workerpool_api::StormCluster,
     k8s_openapi::api::batch::v1::Job,
-    k8s_openapi::api::apps::v1::StatefulSet,
 );
 
 impl Slim for k8s_openapi::api::core::v1::Pod {
@@ -274,61 +255,6 @@ impl Slim for k8s_openapi::api::core::v1::Pod {
                 c.image_id = String::new();
                 c.volume_mounts = None;
             }
-        }
-    }
-}
-
-impl Slim for k8s_openapi::api::apps::v1::Deployment {
-    /// Keeps the child's metadata, `spec.replicas` and the status: the pod template and the
-    /// selector stay out of the cache.
-    fn slim(&mut self) {
-        slim_child_metadata(self);
-        if let Some(spec) = self.spec.as_mut() {
-            *spec = k8s_openapi::api::apps::v1::DeploymentSpec {
-                replicas: spec.replicas,
-                ..Default::default()
-            };
-        }
-    }
-}
-
-impl Slim for k8s_openapi::api::core::v1::ConfigMap {
-    /// Keeps the child's metadata only.
-    fn slim(&mut self) {
-        slim_child_metadata(self);
-        self.data = None;
-        self.binary_data = None;
-    }
-}
-
-/// Kinds whose cached copy keeps the child's metadata only (spec and status dropped).
-macro_rules! slim_to_metadata {
-    ($($kind:ty),* $(,)?) => {$(
-        impl Slim for $kind {
-            fn slim(&mut self) {
-                slim_child_metadata(self);
-                self.spec = None;
-                self.status = None;
-            }
-        }
-    )*};
-}
-
-slim_to_metadata!(
-    k8s_openapi::api::core::v1::Service,
-    k8s_openapi::api::policy::v1::PodDisruptionBudget,
-);
-
-impl Slim for k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler {
-    /// Keeps the child's metadata, the bounds and the status.
-    fn slim(&mut self) {
-        slim_child_metadata(self);
-        if let Some(spec) = self.spec.as_mut() {
-            spec.metrics = None;
-            spec.behavior = None;
-        }
-        if let Some(status) = self.status.as_mut() {
-            status.current_metrics = None;
         }
     }
 }
@@ -412,8 +338,8 @@ where
     (reader, stream)
 }
 
-/// How many changed objects a [`SharedWatch`] holds for a subscriber that has not taken them
-/// yet; one that falls further behind gets every cached object again (a trigger is idempotent).
+/// How many changes a [`SharedWatch`] holds for a subscriber that has not taken them yet; one
+/// that falls further behind gets every cached object again (a trigger is idempotent).
 pub const SHARED_BUFFER: usize = 1024;
 
 /// One watch of a kind shared by every controller that needs it: one cache (a reflector store,
@@ -422,8 +348,31 @@ pub const SHARED_BUFFER: usize = 1024;
 /// the watch starts there and marks its readiness on the first complete list.
 pub struct SharedWatch<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
-    changes: tokio::sync::broadcast::Sender<Arc<K>>,
+    changes: tokio::sync::broadcast::Sender<Change<K>>,
     driver: Mutex<Option<futures::future::BoxFuture<'static, ()>>>,
+}
+
+/// A change a [`SharedWatch`] announces: the key of an object its cache holds (a subscriber
+/// reads the current version there), or a deleted object. Not the object itself: the
+/// announcements stay in the channel's buffer until overwritten, and a buffer of old copies of
+/// large objects would hold megabytes.
+#[derive(Clone, Debug)]
+enum Change<K: Resource<DynamicType = ()>> {
+    /// Created or changed: in the cache under this key.
+    Applied(reflector::ObjectRef<K>),
+    /// Deleted: no longer in the cache.
+    Deleted(Arc<K>),
+}
+
+impl<K: Resource<DynamicType = ()> + Clone> Change<K> {
+    /// The change `object` (from the watch) made to `store`.
+    fn of(object: K, store: &Store<K>) -> Self {
+        let key = reflector::ObjectRef::from_obj(&object);
+        match store.get(&key) {
+            Some(cached) if cached.meta().uid == object.meta().uid => Change::Applied(key),
+            _ => Change::Deleted(Arc::new(object)),
+        }
+    }
 }
 
 impl<K> SharedWatch<K>
@@ -435,10 +384,11 @@ where
         let (store, stream) = watch(api, config, synced);
         let (changes, _) = tokio::sync::broadcast::channel(SHARED_BUFFER);
         let sender = changes.clone();
+        let cache = store.clone();
         let driver = stream.for_each(move |change| {
             match change {
                 // No subscriber left is not an error: the object is in the store.
-                Ok(object) => drop(sender.send(Arc::new(object))),
+                Ok(object) => drop(sender.send(Change::of(object, &cache))),
                 Err(e) => tracing::warn!(
                     kind = K::kind(&()).as_ref(),
                     error = %e,
@@ -475,9 +425,10 @@ where
     }
 }
 
-/// The objects `rx` announces; when it lagged behind, every object of `store` instead.
+/// The objects `rx` announces (as `store` holds them now); when it lagged behind, every object
+/// of `store` instead, copied one at a time as the subscriber takes them.
 fn changes_of<K>(
-    rx: tokio::sync::broadcast::Receiver<Arc<K>>,
+    rx: tokio::sync::broadcast::Receiver<Change<K>>,
     store: Store<K>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
@@ -488,19 +439,21 @@ where
         futures::stream::unfold(rx, move |mut rx| {
             let store = store.clone();
             async move {
-                let batch: Vec<K> = match rx.recv().await {
-                    Ok(object) => vec![(*object).clone()],
+                let batch: Vec<Arc<K>> = match rx.recv().await {
+                    Ok(Change::Applied(key)) => store.get(&key).into_iter().collect(),
+                    Ok(Change::Deleted(object)) => vec![object],
                     Err(RecvError::Lagged(missed)) => {
                         tracing::debug!(
                             kind = K::kind(&()).as_ref(),
                             missed,
                             "a subscriber fell behind; every cached object triggers again"
                         );
-                        store.state().iter().map(|o| (**o).clone()).collect()
+                        store.state()
                     }
                     Err(RecvError::Closed) => return None,
                 };
-                Some((futures::stream::iter(batch.into_iter().map(Ok)), rx))
+                let objects = batch.into_iter().map(|o| Ok((*o).clone()));
+                Some((futures::stream::iter(objects), rx))
             }
         })
         .flatten()
@@ -732,7 +685,9 @@ mod tests {
         let lagging = changes_of(tx.subscribe(), store.clone());
         for name in ["a", "b", "c"] {
             writer.apply_watcher_event(&watcher::Event::Apply(config_map(name)));
-            tx.send(Arc::new(config_map(name))).expect("subscribers");
+            let change = Change::of(config_map(name), &store);
+            assert!(matches!(change, Change::Applied(_)), "{name} is cached");
+            tx.send(change).expect("subscribers");
             let seen = on_time.next().await.expect("a change").expect("no error");
             assert_eq!(
                 seen.name_any(),
@@ -740,11 +695,17 @@ mod tests {
                 "the subscriber that keeps up sees each change"
             );
         }
+        writer.apply_watcher_event(&watcher::Event::Delete(config_map("a")));
+        let change = Change::of(config_map("a"), &store);
+        assert!(matches!(change, Change::Deleted(_)), "a is gone");
+        tx.send(change).expect("subscribers");
+        let seen = on_time.next().await.expect("a change").expect("no error");
+        assert_eq!(seen.name_any(), "a", "a deletion carries the object");
         drop(tx);
-        // The other one missed "a" (a buffer of 2): it gets every cached object, then "b" and
-        // "c" as they were announced, and ends with the watch.
+        // The other one missed "a" and "b" (a buffer of 2): it gets every cached object (b, c),
+        // then "c" and the deletion of "a" as they were announced, and ends with the watch.
         let all = names(lagging.collect().await);
-        assert_eq!(all, ["a", "b", "b", "c", "c"]);
+        assert_eq!(all, ["a", "b", "c", "c"]);
     }
 
     #[test]
@@ -781,59 +742,6 @@ mod tests {
         let spec = slim.spec.expect("spec");
         assert!(spec.volumes.is_none() && spec.containers[0].env.is_none());
         assert_eq!(spec.containers.len(), 2);
-    }
-
-    #[test]
-    fn a_slimmed_child_keeps_what_its_owner_reads() {
-        use crate::apply::APPLIED_HASH_ANNOTATION;
-        use k8s_openapi::api::apps::v1::Deployment;
-        let mut owner = config_map("p");
-        owner.metadata.uid = Some("pool-uid".into());
-        let full: Deployment = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p-workers", "namespace": "ns", "uid": "d1",
-                "resourceVersion": "7", "generation": 3,
-                "labels": {"app.kubernetes.io/name": "storm-worker", "app.kubernetes.io/instance": "p"},
-                "annotations": {(APPLIED_HASH_ANNOTATION): "abc", "deployment.kubernetes.io/revision": "2"},
-                "ownerReferences": [
-                    {"apiVersion": "storm.apache.org/v1beta1", "kind": "StormWorkerPool", "name": "p",
-                     "uid": "pool-uid", "controller": true},
-                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "other", "uid": "cm"}],
-                "creationTimestamp": "2026-12-06T10:00:00Z"},
-            "spec": {"replicas": 4, "selector": {"matchLabels": {"app.kubernetes.io/instance": "p"}},
-                "template": {"metadata": {"labels": {"app.kubernetes.io/instance": "p"}},
-                    "spec": {"containers": [{"name": "worker", "image": "storm:2"}]}}},
-            "status": {"replicas": 4, "readyReplicas": 3,
-                "conditions": [{"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]}
-        }))
-        .expect("a deployment");
-        let mut slim = full.clone();
-        Slim::slim(&mut slim);
-        let mut desired = full.clone();
-        desired.metadata.uid = None;
-        for (current, label) in [(&full, "full"), (&slim, "slim")] {
-            assert!(
-                crate::controllers::up_to_date(current, &desired, &owner),
-                "{label}: the same hash, controlled by the pool"
-            );
-        }
-        desired
-            .annotations_mut()
-            .insert(APPLIED_HASH_ANNOTATION.into(), "new".into());
-        assert!(!crate::controllers::up_to_date(&slim, &desired, &owner));
-        assert_eq!(
-            crate::cache::controller_owner::<workerpool_api::StormWorkerPool, _>(&slim)
-                .map(|o| o.name),
-            Some("p".to_string()),
-            "a change of the child still wakes its pool"
-        );
-        assert_eq!(slim.status, full.status, "the pool's status reads it");
-        assert_eq!(slim.spec.as_ref().and_then(|s| s.replicas), Some(4));
-        let meta = &slim.metadata;
-        assert!(meta.labels.is_none() && meta.creation_timestamp.is_none());
-        assert_eq!(meta.annotations.as_ref().map(|a| a.len()), Some(1));
-        assert_eq!(meta.owner_references.as_ref().map(Vec::len), Some(1));
-        let spec = slim.spec.expect("spec");
-        assert!(spec.selector.match_labels.is_none() && spec.template.spec.is_none());
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ use k8s_openapi::api::apps::v1::{DeploymentStatus, StatefulSetStatus};
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use workerpool_api::storm::StormCluster;
+use workerpool_operator::cache::child::{Child, ChildKind};
 use workerpool_operator::context::Shared;
 use workerpool_operator::controllers::stormcluster::status::{self, Daemons, StormRead};
 use workerpool_operator::controllers::stormcluster::{
@@ -19,6 +20,13 @@ use workerpool_storm::{ClusterSummary, NimbusStatus, NimbusSummary};
 use workerpool_testkit::{
     self as testkit, Builder, FakeConnector, FakeStorm, cache_of, condition, stored,
 };
+
+/// A cache of the views of `objects`, as the controller's watch of its children fills it.
+fn views<K: ChildKind>(
+    objects: impl IntoIterator<Item = K>,
+) -> kube::runtime::reflector::Store<Child<K>> {
+    cache_of(objects.into_iter().map(|o| Child::of(&o)))
+}
 
 const NS: &str = "team-a";
 
@@ -360,10 +368,10 @@ fn settled(c: &mut StormCluster) -> ChildCaches {
         k8s_openapi::jiff::Timestamp::now(),
     ));
     ChildCaches {
-        config_maps: cache_of([children.config_map.clone()]),
-        services: cache_of([children.nimbus_service.clone(), children.ui_service.clone()]),
-        statefulsets: cache_of([sts]),
-        deployments: cache_of([ui]),
+        config_maps: views([children.config_map.clone()]),
+        services: views([children.nimbus_service.clone(), children.ui_service.clone()]),
+        statefulsets: views([sts]),
+        deployments: views([ui]),
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use workerpool_api::StormWorkerPool;
+use workerpool_operator::cache::child::{Child, ChildKind};
 use workerpool_operator::context::Shared;
 use workerpool_operator::controllers::ChildTracker;
 use workerpool_operator::controllers::stormworkerpool::{ChildCaches, Context, reconcile};
@@ -15,6 +16,13 @@ use workerpool_testkit::examples::{
 };
 use workerpool_testkit::storm_ui::{Load, Recorded, StormUi};
 use workerpool_testkit::{self as testkit, cache_of, not_found, stored};
+
+/// A cache of the views of `objects`, as the controller's watch of its children fills it.
+fn views<K: ChildKind>(
+    objects: impl IntoIterator<Item = K>,
+) -> kube::runtime::reflector::Store<Child<K>> {
+    cache_of(objects.into_iter().map(|o| Child::of(&o)))
+}
 
 const NS: &str = "team-a";
 
@@ -577,7 +585,7 @@ async fn disabling_autoscaling_deletes_the_owned_hpa_even_without_hpa_name_and_r
         ))
         .expect("hpa");
     let caches = ChildCaches {
-        hpas: cache_of([hpa]),
+        hpas: views([hpa]),
         ..ChildCaches::default()
     };
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
@@ -682,7 +690,7 @@ async fn no_delete_is_sent_for_a_missing_hpa_or_a_child_of_another_owner() {
     ))
     .expect("pdb");
     let caches = ChildCaches {
-        pdbs: cache_of([pdb]),
+        pdbs: views([pdb]),
         ..ChildCaches::default()
     };
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
@@ -810,16 +818,16 @@ fn settled(
     });
     p.status = Some(status::running(
         p,
-        &deployment,
-        hpa.as_ref(),
+        &Child::of(&deployment),
+        hpa.as_ref().map(Child::of).as_ref(),
         k8s_openapi::jiff::Timestamp::now(),
     ));
     let caches = ChildCaches {
-        config_maps: cache_of([children.config_map.clone()]),
-        deployments: cache_of([deployment]),
-        services: cache_of([children.service.clone()]),
-        hpas: cache_of(hpa),
-        pdbs: cache_of(children.pdb.clone()),
+        config_maps: views([children.config_map.clone()]),
+        deployments: views([deployment]),
+        services: views([children.service.clone()]),
+        hpas: views(hpa),
+        pdbs: views(children.pdb.clone()),
         ..ChildCaches::default()
     };
     (caches, children)
@@ -910,7 +918,7 @@ async fn a_child_whose_hash_differs_is_the_only_one_applied() {
         "workerpool-operator/applied-hash".into(),
         "0123456789abcdef".into(),
     );
-    caches.config_maps = cache_of([stale]);
+    caches.config_maps = views([stale]);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
     expect_running_references(&mut api, "my-topology").await;
     let cm = api
@@ -973,7 +981,7 @@ async fn a_replica_count_changed_by_someone_else_is_set_back() {
     // `kubectl scale` left the hash as it was.
     let mut scaled = children.deployment.clone();
     scaled.spec.as_mut().expect("spec").replicas = Some(5);
-    caches.deployments = cache_of([scaled]);
+    caches.deployments = views([scaled]);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
     expect_running_references(&mut api, "my-topology").await;
     let deploy = api.expect_operator_apply(&path("apps/v1", "deployments", "my-workers-deployment"),

@@ -15,6 +15,9 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use workerpool_api::{StormCluster, StormTopology, StormWorkerPool};
 
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use crate::cache::child::{Child, ChildKind};
 use crate::cache::{Readiness, SharedWatch};
 use crate::runtime::Reason;
 
@@ -112,44 +115,44 @@ pub fn controlled_by<K: Resource, O: Resource>(object: &K, owner: &O) -> bool {
         .any(|r| r.controller == Some(true) && r.uid == uid)
 }
 
-/// Whether `current` (a cached or live child) already holds the apply body `desired`:
-/// controlled by `owner`, not being deleted, and carrying the same applied-hash annotation
-/// ([`crate::apply::APPLIED_HASH_ANNOTATION`]).
-pub fn up_to_date<K: Resource, O: Resource>(current: &K, desired: &K, owner: &O) -> bool {
+/// Whether `current` (the cached view of a child, or the view of a live one) already holds the
+/// apply body `desired`: controlled by `owner`, not being deleted, and carrying the same
+/// applied-hash annotation ([`crate::apply::APPLIED_HASH_ANNOTATION`]).
+pub fn up_to_date<K: ChildKind, O: Resource>(current: &Child<K>, desired: &K, owner: &O) -> bool {
+    let wanted = crate::apply::applied_hash_of(desired);
     controlled_by(current, owner)
-        && current.meta().deletion_timestamp.is_none()
-        && crate::apply::applied_hash_of(desired).is_some()
-        && crate::apply::applied_hash_of(current) == crate::apply::applied_hash_of(desired)
+        && current.metadata.deletion_timestamp.is_none()
+        && wanted.is_some()
+        && current.applied_hash.as_deref() == wanted
 }
 
-/// The cached copy of `desired` (same namespace and name), if any.
-pub fn cached<K>(store: &kube::runtime::reflector::Store<K>, desired: &K) -> Option<K>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    store
-        .get(&kube::runtime::reflector::ObjectRef::from_obj(desired))
-        .map(|c| (*c).clone())
+/// The cached view of `desired` (same namespace and name), if any.
+pub fn cached<K: ChildKind>(store: &Store<Child<K>>, desired: &K) -> Option<Child<K>> {
+    let mut key = ObjectRef::new(&desired.name_any());
+    if let Some(ns) = desired.namespace() {
+        key = key.within(&ns);
+    }
+    store.get(&key).map(|c| (*c).clone())
 }
 
 /// Applies the child `object` of `owner` (server-side), unless `current` (what the cache shows
 /// of it) is [`up_to_date`]; notes on `children` whether the apply created or changed the child
 /// (published by [`ChildTracker::publish`], one Event per reason for the whole reconcile);
-/// returns the child as stored.
+/// returns the view of the child as stored.
 pub async fn apply_child<O, K>(
     children: &ChildTracker,
     owner: &O,
     api: &Api<K>,
     object: &K,
-    current: Option<K>,
-) -> crate::error::Result<K>
+    current: Option<Child<K>>,
+) -> crate::error::Result<Child<K>>
 where
     O: Resource<DynamicType = ()>,
-    K: Resource<DynamicType = ()> + serde::Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+    K: ChildKind,
 {
     if let Some(current) = current.filter(|c| up_to_date(c, object, owner)) {
         tracing::debug!(
-            kind = K::kind(&()).as_ref(),
+            kind = K::KIND,
             name = current.name_any(),
             "child is up to date, not applied"
         );
@@ -157,9 +160,9 @@ where
     }
     let applied = crate::apply::apply(api, object).await?;
     if let Some(change) = children.observe(&applied) {
-        children.note(owner, change, K::kind(&()).as_ref(), &applied.name_any());
+        children.note(owner, change, K::KIND, &applied.name_any());
     }
-    Ok(applied)
+    Ok(Child::of(&applied))
 }
 
 /// What an apply did to a child, as reported in an Event.

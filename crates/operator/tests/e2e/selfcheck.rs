@@ -145,7 +145,12 @@ fn selfcheck_storm_status_messages() {
         ..Deployment::default()
     };
     let now = Timestamp::now();
-    let ready = sstatus::running(&pool, &deployment(3), None, now);
+    let ready = sstatus::running(
+        &pool,
+        &workerpool_operator::cache::child::Child::of(&deployment(3)),
+        None,
+        now,
+    );
     assert_eq!(ready.phase, Some(PoolPhase::Running));
     assert_eq!(ready.message.as_deref(), Some("All 3 worker(s) are ready"));
     let ready_cond = ready
@@ -163,7 +168,12 @@ fn selfcheck_storm_status_messages() {
         .find(|c| c.type_ == "Autoscaling")
         .expect("Autoscaling");
     assert_eq!(auto.reason, "Disabled");
-    let pending = sstatus::running(&pool, &deployment(0), None, now);
+    let pending = sstatus::running(
+        &pool,
+        &workerpool_operator::cache::child::Child::of(&deployment(0)),
+        None,
+        now,
+    );
     assert_eq!(pending.phase, Some(PoolPhase::Pending));
     assert_eq!(pending.message.as_deref(), Some("0/3 worker(s) are ready"));
 }

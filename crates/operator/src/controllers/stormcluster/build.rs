@@ -82,9 +82,13 @@ pub fn controlled_by<K: Resource>(object: &K, cluster: &StormCluster) -> bool {
     crate::controllers::controlled_by(object, cluster)
 }
 
-/// Whether the live object `current` already holds the apply body `desired`
-/// ([`crate::controllers::up_to_date`]).
-pub fn up_to_date<K: Resource>(current: &K, desired: &K, cluster: &StormCluster) -> bool {
+/// Whether the object `current` (its cached view, or the view of the live one) already holds
+/// the apply body `desired` ([`crate::controllers::up_to_date`]).
+pub fn up_to_date<K: crate::cache::child::ChildKind>(
+    current: &crate::cache::child::Child<K>,
+    desired: &K,
+    cluster: &StormCluster,
+) -> bool {
     crate::controllers::up_to_date(current, desired, cluster)
 }
 
@@ -595,6 +599,7 @@ pub fn children(cluster: &StormCluster) -> Result<Children> {
 mod tests {
     use super::*;
     use crate::apply::{APPLIED_HASH_ANNOTATION, applied_hash_of};
+    use crate::cache::child::Child;
     use workerpool_api::storm::{ImageSpec, NimbusSpec, StormClusterSpec};
 
     fn cluster(mode: ClusterMode) -> StormCluster {
@@ -923,7 +928,7 @@ mod tests {
         }
         assert_eq!(ch.config_map.metadata.name.as_deref(), Some("storm-config"));
         assert!(controlled_by(&ch.nimbus, &c));
-        assert!(up_to_date(&ch.nimbus, &ch.nimbus, &c));
+        assert!(up_to_date(&Child::of(&ch.nimbus), &ch.nimbus, &c));
     }
 
     #[test]

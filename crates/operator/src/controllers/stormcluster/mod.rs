@@ -24,6 +24,7 @@ use kube::runtime::{Controller, watcher};
 use workerpool_api::storm::StormCluster;
 use workerpool_storm::Connector;
 
+use crate::cache::child::Child;
 use crate::context::Shared;
 use crate::controllers::{CLUSTER_CHILDREN_SELECTOR, ChildTracker, scoped};
 use crate::runtime::{self, StatusWriter};
@@ -35,20 +36,20 @@ pub const CONTROLLER: &str = "stormcluster";
 /// Longest time between two polls of a UI that keeps not answering.
 pub const MAX_POLL_BACKOFF: Duration = Duration::from_secs(300);
 
-/// The caches of a Managed cluster's objects (labelled [`CLUSTER_CHILDREN_SELECTOR`], managedFields
-/// stripped), filled by the controller's own watches. An object whose cached copy is controlled
+/// The caches of a Managed cluster's objects (labelled [`CLUSTER_CHILDREN_SELECTOR`], kept as
+/// [`Child`] views), filled by the controller's own watches. An object whose cached copy is controlled
 /// by its cluster and carries the hash of the body the reconciler would apply is not applied
 /// again, so a poll of a cluster where nothing changed sends no write.
 #[derive(Clone)]
 pub struct ChildCaches {
     /// ConfigMaps.
-    pub config_maps: Store<ConfigMap>,
+    pub config_maps: Store<Child<ConfigMap>>,
     /// Services.
-    pub services: Store<Service>,
+    pub services: Store<Child<Service>>,
     /// StatefulSets.
-    pub statefulsets: Store<StatefulSet>,
+    pub statefulsets: Store<Child<StatefulSet>>,
     /// Deployments.
-    pub deployments: Store<Deployment>,
+    pub deployments: Store<Child<Deployment>>,
 }
 
 impl Default for ChildCaches {
@@ -161,22 +162,22 @@ pub fn controller(
     let readiness = shared.gate.readiness.clone();
     let (store, clusters) = (watches.clusters.store(), watches.clusters.subscribe());
     let (config_maps, config_map_events) = crate::cache::watch(
-        scoped::<ConfigMap>(&client, ns),
+        scoped::<Child<ConfigMap>>(&client, ns),
         labelled.clone(),
         readiness.track("stormcluster-configmaps"),
     );
     let (services, service_events) = crate::cache::watch(
-        scoped::<Service>(&client, ns),
+        scoped::<Child<Service>>(&client, ns),
         labelled.clone(),
         readiness.track("stormcluster-services"),
     );
     let (statefulsets, statefulset_events) = crate::cache::watch(
-        scoped::<StatefulSet>(&client, ns),
+        scoped::<Child<StatefulSet>>(&client, ns),
         labelled.clone(),
         readiness.track("stormcluster-statefulsets"),
     );
     let (deployments, deployment_events) = crate::cache::watch(
-        scoped::<Deployment>(&client, ns),
+        scoped::<Child<Deployment>>(&client, ns),
         labelled,
         readiness.track("stormcluster-deployments"),
     );

@@ -8,13 +8,12 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tracing::{debug, info, instrument, warn};
 use workerpool_api::conditions::{self, READY};
 use workerpool_api::storm::{ClusterMode, StormCluster, StormClusterStatus};
 
 use super::{Context, build, key, status};
+use crate::cache::child::{Child, ChildKind};
 use crate::controllers::cached;
 use crate::error::{Category, Error, Result};
 use crate::runtime;
@@ -205,11 +204,11 @@ async fn apply_children(
 }
 
 /// A replica count changed by someone else (`kubectl scale`) keeps the hash: set it back.
-fn same_replicas_sts(current: &StatefulSet, desired: &StatefulSet) -> bool {
+fn same_replicas_sts(current: &Child<StatefulSet>, desired: &StatefulSet) -> bool {
     current.spec.as_ref().and_then(|s| s.replicas) == desired.spec.as_ref().and_then(|s| s.replicas)
 }
 
-fn same_replicas_deploy(current: &Deployment, desired: &Deployment) -> bool {
+fn same_replicas_deploy(current: &Child<Deployment>, desired: &Deployment) -> bool {
     current.spec.as_ref().and_then(|s| s.replicas) == desired.spec.as_ref().and_then(|s| s.replicas)
 }
 
@@ -220,10 +219,10 @@ async fn apply_child<K>(
     cluster: &StormCluster,
     api: &Api<K>,
     object: &K,
-    current: Option<K>,
-) -> Result<K>
+    current: Option<Child<K>>,
+) -> Result<Child<K>>
 where
-    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+    K: ChildKind,
 {
     crate::controllers::apply_child(&ctx.children, cluster, api, object, current).await
 }

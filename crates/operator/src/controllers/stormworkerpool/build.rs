@@ -371,9 +371,14 @@ pub fn config_hash(storm_yaml: &str) -> String {
     short_hash(&format!("{storm_yaml}{CLUSTER_XML}{WORKER_XML}"))
 }
 
-/// Whether the live child `current` already holds the apply body `desired`: it is controlled by
-/// this pool, is not being deleted, and carries the same [`APPLIED_HASH_ANNOTATION`].
-pub fn up_to_date<K: Resource>(current: &K, desired: &K, pool: &StormWorkerPool) -> bool {
+/// Whether the child `current` (its cached view, or the view of the live one) already holds the
+/// apply body `desired`: it is controlled by this pool, is not being deleted, and carries the
+/// same [`APPLIED_HASH_ANNOTATION`].
+pub fn up_to_date<K: crate::cache::child::ChildKind>(
+    current: &crate::cache::child::Child<K>,
+    desired: &K,
+    pool: &StormWorkerPool,
+) -> bool {
     crate::controllers::up_to_date(current, desired, pool)
 }
 
@@ -889,6 +894,7 @@ pub fn kind_of<K: Resource<DynamicType = ()>>() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::child::Child;
     use workerpool_api::StormClusterSpec;
     use workerpool_api::storm::ImageSpec;
 
@@ -1671,11 +1677,11 @@ mod tests {
         let create = with_replicas(&c.deployment, 2);
         assert_eq!(applied_hash_of(&create), None);
         // Up to date: controlled by the pool, same hash.
-        assert!(up_to_date(&c.config_map, &c.config_map, &pool));
-        assert!(!up_to_date(&o.config_map, &c.config_map, &pool));
+        assert!(up_to_date(&Child::of(&c.config_map), &c.config_map, &pool));
+        assert!(!up_to_date(&Child::of(&o.config_map), &c.config_map, &pool));
         let mut foreign = c.config_map.clone();
         foreign.metadata.owner_references = None;
-        assert!(!up_to_date(&foreign, &c.config_map, &pool));
+        assert!(!up_to_date(&Child::of(&foreign), &c.config_map, &pool));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use workerpool_api::storm::{
 };
 use workerpool_storm::Connector;
 
+use crate::cache::child::{Child, ChildKind};
 use crate::context::Shared;
 use crate::controllers::{ChildTracker, POOL_CHILDREN_SELECTOR, scoped};
 use crate::runtime::{self, StatusWriter};
@@ -124,8 +125,8 @@ pub struct StormScaling {
     pub requeue: Option<Duration>,
 }
 
-/// The caches of the children (labelled [`POOL_CHILDREN_SELECTOR`], managedFields stripped) that the
-/// controller's own watches of its children fill. A child whose cached copy is controlled by its
+/// The caches of the children (labelled [`POOL_CHILDREN_SELECTOR`], kept as [`Child`] views) that
+/// the controller's own watches of its children fill. A child whose cached copy is controlled by its
 /// pool and carries the hash of the body the reconciler would apply
 /// ([`build::APPLIED_HASH_ANNOTATION`]) is not applied again, so that the periodic reconcile of a
 /// pool where nothing changed sends no write. A cache may lag: a child it shows as missing or
@@ -136,15 +137,15 @@ pub struct StormScaling {
 #[derive(Clone)]
 pub struct ChildCaches {
     /// ConfigMaps.
-    pub config_maps: Store<ConfigMap>,
+    pub config_maps: Store<Child<ConfigMap>>,
     /// Deployments.
-    pub deployments: Store<Deployment>,
+    pub deployments: Store<Child<Deployment>>,
     /// Services.
-    pub services: Store<Service>,
+    pub services: Store<Child<Service>>,
     /// HorizontalPodAutoscalers.
-    pub hpas: Store<HorizontalPodAutoscaler>,
+    pub hpas: Store<Child<HorizontalPodAutoscaler>>,
     /// PodDisruptionBudgets.
-    pub pdbs: Store<PodDisruptionBudget>,
+    pub pdbs: Store<Child<PodDisruptionBudget>>,
     /// The StormTopologies the pools name: read here first, fetched when missing (the cache
     /// may not have seen a new one yet), so that a reconcile sends no read for them.
     pub topologies: Store<StormTopology>,
@@ -180,19 +181,16 @@ pub const STORM_SCALE_MANAGER: &str = "workerpool-operator-storm-autoscaler";
 
 /// The watch of one kind of the pools' children (labelled [`POOL_CHILDREN_SELECTOR`]): its
 /// cache, and its changed objects (each triggers a reconcile of the owner).
-fn child_watch<K>(
+fn child_watch<K: ChildKind>(
     shared: &Shared,
     namespace: Option<&str>,
     name: &'static str,
 ) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: crate::cache::Watched + kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-{
+    Store<Child<K>>,
+    impl futures::Stream<Item = Result<Child<K>, watcher::Error>> + Send + 'static,
+) {
     crate::cache::watch(
-        scoped::<K>(&shared.client, namespace),
+        scoped::<Child<K>>(&shared.client, namespace),
         watcher::Config::default().labels(POOL_CHILDREN_SELECTOR),
         shared.gate.readiness.track(name),
     )
@@ -243,11 +241,14 @@ pub fn controller(
     let (store, pools) = (watches.pools.store(), watches.pools.subscribe());
     let leadership = shared.gate.on_leadership();
     let config = shared.controller_config();
-    let (deployments, deployment_events) = child_watch(&shared, namespace, "storm-deployments");
-    let (config_maps, config_map_events) = child_watch(&shared, namespace, "storm-configmaps");
-    let (services, service_events) = child_watch(&shared, namespace, "storm-services");
-    let (hpas, hpa_events) = child_watch(&shared, namespace, "storm-hpas");
-    let (pdbs, pdb_events) = child_watch(&shared, namespace, "storm-pdbs");
+    let (deployments, deployment_events) =
+        child_watch::<Deployment>(&shared, namespace, "storm-deployments");
+    let (config_maps, config_map_events) =
+        child_watch::<ConfigMap>(&shared, namespace, "storm-configmaps");
+    let (services, service_events) = child_watch::<Service>(&shared, namespace, "storm-services");
+    let (hpas, hpa_events) =
+        child_watch::<HorizontalPodAutoscaler>(&shared, namespace, "storm-hpas");
+    let (pdbs, pdb_events) = child_watch::<PodDisruptionBudget>(&shared, namespace, "storm-pdbs");
     let (topologies, topology_events) =
         (watches.topologies.store(), watches.topologies.subscribe());
     let (clusters, cluster_events) = (watches.clusters.store(), watches.clusters.subscribe());

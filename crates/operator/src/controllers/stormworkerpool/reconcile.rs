@@ -13,7 +13,6 @@ use kube::api::{Api, DeleteParams, Patch, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, instrument, warn};
 use workerpool_api::conditions::{self, READY};
@@ -27,6 +26,7 @@ use super::{
     Context, HANDOFF_MANAGER, RESYNC, STORM_SCALE_MANAGER, StormScaling, UNOBSERVED_RETRY,
     autoscale, build, replicas, status,
 };
+use crate::cache::child::{Child, ChildKind};
 use crate::controllers::cached;
 use crate::error::{Category, Error, Result};
 use crate::runtime;
@@ -137,7 +137,7 @@ async fn apply_children(
     pool: &StormWorkerPool,
     ctx: &Context,
     children: &build::Children,
-) -> Result<(Deployment, Option<HorizontalPodAutoscaler>)> {
+) -> Result<(Child<Deployment>, Option<Child<HorizontalPodAutoscaler>>)> {
     let client = ctx.shared.client.clone();
     let ns = pool.namespace().unwrap_or_default();
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -159,7 +159,7 @@ async fn apply_hpa(
     pool: &StormWorkerPool,
     ctx: &Context,
     hpa: Option<&HorizontalPodAutoscaler>,
-) -> Result<Option<HorizontalPodAutoscaler>> {
+) -> Result<Option<Child<HorizontalPodAutoscaler>>> {
     let ns = pool.namespace().unwrap_or_default();
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.shared.client.clone(), &ns);
     if let Some(hpa) = hpa {
@@ -455,11 +455,11 @@ pub fn raised_by_storm(status: Option<&StormWorkerPoolStatus>) -> i32 {
 async fn scale_down_for_a_stuck_hpa(
     pool: &StormWorkerPool,
     api: &Api<Deployment>,
-    deployment: Deployment,
-    hpa: &HorizontalPodAutoscaler,
+    deployment: Child<Deployment>,
+    hpa: &Child<HorizontalPodAutoscaler>,
     floor: i32,
     raised: i32,
-) -> Result<Deployment> {
+) -> Result<Child<Deployment>> {
     let replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
     let stuck = hpa
         .status
@@ -488,9 +488,10 @@ async fn scale_down_for_a_stuck_hpa(
         field_manager: Some(STORM_SCALE_MANAGER.into()),
         ..kube::api::PatchParams::default()
     };
-    Ok(api
+    let patched = api
         .patch(&deployment.name_any(), &params, &Patch::Merge(&patch))
-        .await?)
+        .await?;
+    Ok(Child::of(&patched))
 }
 
 /// The pool's cluster, or why the pool must wait.
@@ -597,7 +598,7 @@ async fn apply_deployment(
     pool: &StormWorkerPool,
     api: &Api<Deployment>,
     desired: &Deployment,
-) -> Result<Deployment> {
+) -> Result<Child<Deployment>> {
     let Some(initial) = build::initial_replicas(pool) else {
         let desired_replicas = desired.spec.as_ref().and_then(|s| s.replicas);
         let current = cached(&ctx.caches.deployments, desired)
@@ -609,7 +610,9 @@ async fn apply_deployment(
     let plan = replicas::plan(current.as_ref(), initial);
     if plan.before == BeforeApply::Nothing
         && plan.release_at.is_none()
-        && let Some(current) = current.filter(|c| build::up_to_date(c, desired, pool))
+        && let Some(current) = current
+            .map(|c| Child::of(&c))
+            .filter(|c| build::up_to_date(c, desired, pool))
     {
         debug!(name, "Deployment is up to date, not applied");
         return Ok(current);
@@ -659,11 +662,11 @@ async fn apply_deployment(
 async fn delete_owned<K>(
     pool: &StormWorkerPool,
     api: &Api<K>,
-    cache: &Store<K>,
+    cache: &Store<Child<K>>,
     name: &str,
 ) -> Result<bool>
 where
-    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + std::fmt::Debug + 'static,
+    K: ChildKind,
 {
     let key = ObjectRef::new(name).within(&pool.namespace().unwrap_or_default());
     if cache
@@ -677,7 +680,7 @@ where
     };
     if !build::controlled_by(&current, pool) {
         debug!(
-            kind = K::kind(&()).as_ref(),
+            kind = K::KIND,
             name, "not deleting a child this pool does not control"
         );
         return Ok(false);
@@ -704,10 +707,10 @@ async fn apply_child<K>(
     pool: &StormWorkerPool,
     api: &Api<K>,
     object: &K,
-    current: Option<K>,
-) -> Result<K>
+    current: Option<Child<K>>,
+) -> Result<Child<K>>
 where
-    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+    K: ChildKind,
 {
     crate::controllers::apply_child(&ctx.children, pool, api, object, current).await
 }

@@ -9,6 +9,7 @@ use workerpool_api::storm::{PoolPhase, StormWorkerPool, StormWorkerPoolStatus};
 
 use super::build;
 use super::sizing::Sizing;
+use crate::cache::child::Child;
 
 /// Condition type: whether the pool's slots, at the worker heap, fit the worker container's
 /// memory (absent while the container sets no memory).
@@ -72,8 +73,8 @@ pub struct Blocked {
 /// condition from the HPA.
 pub fn running(
     pool: &StormWorkerPool,
-    deployment: &Deployment,
-    hpa: Option<&HorizontalPodAutoscaler>,
+    deployment: &Child<Deployment>,
+    hpa: Option<&Child<HorizontalPodAutoscaler>>,
     now: Timestamp,
 ) -> StormWorkerPoolStatus {
     let mut status = pool.status.clone().unwrap_or_default();
@@ -229,7 +230,7 @@ fn quoted(text: &str) -> String {
 /// Why the Deployment's rollout is stuck, from its own conditions: `ReplicaFailure=True` (e.g.
 /// pods refused because their service account does not exist) and `Progressing=False` (e.g.
 /// `ProgressDeadlineExceeded`), each as `Type reason: message`. `None` when neither holds.
-pub fn rollout_problem(deployment: &Deployment) -> Option<String> {
+pub fn rollout_problem(deployment: &Child<Deployment>) -> Option<String> {
     let conditions = deployment
         .status
         .as_ref()
@@ -270,7 +271,10 @@ fn valid_reason(reason: &str) -> bool {
 /// and message when `AbleToScale` or `ScalingActive` is `False` (e.g. `FailedGetResourceMetric`
 /// while no metric can be read), `False` with `HPANotReported` until the HPA reports
 /// `ScalingActive`, and `True` (`HPAActive`) otherwise, naming `ScalingLimited` when it holds.
-fn autoscaling(pool: &StormWorkerPool, hpa: Option<&HorizontalPodAutoscaler>) -> NewCondition {
+fn autoscaling(
+    pool: &StormWorkerPool,
+    hpa: Option<&Child<HorizontalPodAutoscaler>>,
+) -> NewCondition {
     let (Some(auto), Some(hpa)) = (pool.spec.enabled_autoscaling(), hpa) else {
         let replicas = pool.spec.replicas.unwrap_or(1);
         return NewCondition::new(
@@ -392,20 +396,21 @@ mod tests {
         ))
     }
 
-    fn deployment(replicas: i32, status: serde_json::Value) -> Deployment {
+    fn deployment(replicas: i32, status: serde_json::Value) -> Child<Deployment> {
         let mut d = Deployment::default();
         d.spec.get_or_insert_default().replicas = Some(replicas);
         d.status = Some(serde_json::from_value::<DeploymentStatus>(status).expect("status"));
-        d
+        Child::of(&d)
     }
 
-    fn hpa(status: serde_json::Value) -> HorizontalPodAutoscaler {
-        serde_json::from_value(json!({
+    fn hpa(status: serde_json::Value) -> Child<HorizontalPodAutoscaler> {
+        let full: HorizontalPodAutoscaler = serde_json::from_value(json!({
             "metadata": {"name": "autoscale-workers-hpa", "namespace": "ns"},
             "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "autoscale-workers-deployment"}, "maxReplicas": 20},
             "status": status,
         }))
-        .expect("hpa")
+        .expect("hpa");
+        Child::of(&full)
     }
 
     fn condition(status: &StormWorkerPoolStatus, type_: &str) -> (String, String, String) {

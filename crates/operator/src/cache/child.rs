@@ -4,7 +4,7 @@
 //! `status` fields an owner's reconcile reads. The rest of the object (a Deployment's pod
 //! template, a ConfigMap's data, labels, other annotations) is never allocated: a cached
 //! Deployment took 4.3 KB as a slimmed `k8s-openapi` struct, most of it the inline empty pod
-//! template, and takes about 1 KB as a view.
+//! template, and takes 1.2 KB as a view (`cargo bench -p workerpool-operator --bench cache`).
 
 use std::fmt::Debug;
 

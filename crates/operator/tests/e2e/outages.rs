@@ -67,6 +67,9 @@ impl Kind {
 struct PrivateBroker {
     kind: Kind,
     port: u16,
+    /// RabbitMQ's Erlang distribution port (a free port of its own: one derived from `port`
+    /// was `port` itself for every port from 40000 to 59999, and the node could not listen).
+    dist_port: u16,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -111,6 +114,10 @@ fn which(program: &str) -> Option<PathBuf> {
 impl PrivateBroker {
     fn new(kind: Kind) -> Result<Self, String> {
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let dist_port = (0..10)
+            .filter_map(|_| free_port().ok())
+            .find(|p| *p != port)
+            .ok_or("no second free port")?;
         let dir = std::env::temp_dir().join(format!("wpo-e2e-{}-{port}", kind.name()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         // RabbitMQ's start script drops root for its own user.
@@ -118,6 +125,7 @@ impl PrivateBroker {
         let mut broker = Self {
             kind,
             port,
+            dist_port,
             dir,
             child: None,
         };
@@ -171,10 +179,7 @@ impl PrivateBroker {
                 c.env("RABBITMQ_CONFIG_FILE", &conf)
                     .env("RABBITMQ_NODENAME", format!("wpoe2e{port}@localhost"))
                     .env("RABBITMQ_NODE_PORT", &port)
-                    .env(
-                        "RABBITMQ_DIST_PORT",
-                        (u32::from(self.port) % 20000 + 40000).to_string(),
-                    )
+                    .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
                     .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
                     .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
                     .env("RABBITMQ_ENABLED_PLUGINS_FILE", &plugins)

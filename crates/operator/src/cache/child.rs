@@ -95,13 +95,20 @@ fn kept_metadata(meta: ObjectMeta) -> ObjectMeta {
         resource_version: meta.resource_version,
         generation: meta.generation,
         deletion_timestamp: meta.deletion_timestamp,
-        owner_references: meta.owner_references.map(|o| {
-            o.into_iter()
-                .filter(|o| o.controller == Some(true))
-                .collect()
-        }),
+        owner_references: controller_only(meta.owner_references),
         ..ObjectMeta::default()
     }
+}
+
+/// The controller's ownerReference of `owners`, the only one a view keeps.
+fn controller_only(owners: Option<Vec<OwnerReference>>) -> Option<Vec<OwnerReference>> {
+    let mut kept: Vec<OwnerReference> = owners
+        .into_iter()
+        .flatten()
+        .filter(|o| o.controller == Some(true))
+        .collect();
+    kept.shrink_to_fit();
+    (!kept.is_empty()).then_some(kept)
 }
 
 impl<K: ChildKind> Resource for Child<K> {
@@ -138,19 +145,8 @@ struct RawMeta {
     resource_version: Option<String>,
     generation: Option<i64>,
     deletion_timestamp: Option<Time>,
-    owner_references: Option<Vec<RawOwner>>,
+    owner_references: Option<Vec<OwnerReference>>,
     annotations: Option<AppliedHash>,
-}
-
-/// An ownerReference as decoded; only the controller's is kept.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawOwner {
-    api_version: String,
-    kind: String,
-    name: String,
-    uid: String,
-    controller: Option<bool>,
 }
 
 /// The value of the [`APPLIED_HASH_ANNOTATION`] in an annotations map; the other entries are
@@ -198,21 +194,6 @@ impl<'de, K: ChildKind> Deserialize<'de> for Child<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Raw::<K>::deserialize(deserializer)?;
         let m = raw.metadata;
-        let mut owners: Vec<OwnerReference> = m
-            .owner_references
-            .into_iter()
-            .flatten()
-            .filter(|o| o.controller == Some(true))
-            .map(|o| OwnerReference {
-                api_version: o.api_version,
-                kind: o.kind,
-                name: o.name,
-                uid: o.uid,
-                controller: Some(true),
-                block_owner_deletion: None,
-            })
-            .collect();
-        owners.shrink_to_fit();
         let mut status = raw.status;
         if let Some(status) = status.as_mut() {
             K::compact(status);
@@ -225,7 +206,7 @@ impl<'de, K: ChildKind> Deserialize<'de> for Child<K> {
                 resource_version: m.resource_version,
                 generation: m.generation,
                 deletion_timestamp: m.deletion_timestamp,
-                owner_references: (!owners.is_empty()).then_some(owners),
+                owner_references: controller_only(m.owner_references),
                 ..ObjectMeta::default()
             },
             applied_hash: m.annotations.and_then(|a| a.0),
@@ -340,6 +321,29 @@ mod tests {
         assert_eq!(view.applied_hash.as_deref(), Some("abc"));
         assert_eq!(view.spec, Some(Replicas { replicas: Some(4) }));
         assert_eq!(view.status, full.status);
+        assert_eq!(
+            crate::cache::controller_owner::<workerpool_api::StormWorkerPool, _>(&view)
+                .map(|o| o.name),
+            Some("p".to_string()),
+            "a change of the child still wakes its pool"
+        );
+    }
+
+    #[test]
+    fn a_view_is_up_to_date_with_the_body_of_the_same_hash_from_its_owner() {
+        let full = deployment();
+        let view = Child::of(&full);
+        let mut owner = workerpool_api::StormWorkerPool::new("p", Default::default());
+        owner.metadata.uid = Some("pool-uid".into());
+        let mut desired = full.clone();
+        desired.metadata.uid = None;
+        assert!(crate::controllers::up_to_date(&view, &desired, &owner));
+        desired.metadata.annotations =
+            Some([(APPLIED_HASH_ANNOTATION.to_string(), "new".to_string())].into());
+        assert!(!crate::controllers::up_to_date(&view, &desired, &owner));
+        owner.metadata.uid = Some("another-pool".into());
+        desired = full;
+        assert!(!crate::controllers::up_to_date(&view, &desired, &owner));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod conditions;
+pub mod packed;
 pub mod qworker;
 pub mod schema;
 pub mod storm;

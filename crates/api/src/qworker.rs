@@ -9,6 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::packed::Packed;
 use crate::schema::pod_spec;
 use crate::storm::TemplateMetadata;
 
@@ -72,7 +73,7 @@ pub const OOM_KILLS_SEEN_LIMIT: usize = 32;
 pub struct QWorkerSpec {
     /// The worker pod's spec.
     #[schemars(schema_with = "pod_spec")]
-    pub pod_spec: PodSpec,
+    pub pod_spec: Packed<PodSpec>,
     /// How to scale.
     pub scale_config: ScaleConfig,
     /// Extra labels and annotations of the worker pods.

@@ -320,7 +320,7 @@ fn check_qworker(doc: &Doc, qw: &QWorker) -> Result<(), InputError> {
             "scalingFactor must be > 0",
         ));
     }
-    if qw.spec.pod_spec.containers.is_empty() {
+    if qw.spec.pod_spec.get().containers.is_empty() {
         return Err(doc.error(
             Some("spec.podSpec.containers".into()),
             "at least one container is needed",

@@ -738,7 +738,9 @@ async fn a_crashed_pod_is_kept_its_tasks_returned_and_its_replacement_backs_off(
     let mut h = harness(client);
     let mut q = qworker(1);
     q.spec.scale_config.queue = queue.clone();
-    q.spec.pod_spec.restart_policy = Some("Never".into());
+    q.spec
+        .pod_spec
+        .edit(|s| s.restart_policy = Some("Never".into()));
     let hash = current_hash(&q);
     let mut crashed = pod(
         &q,

@@ -188,7 +188,10 @@ fn selfcheck_qworker_pod_expectations_match_the_builder() {
     qworker::check_worker_pod(&pod, &qw, &hash, qworker::IMAGE).expect("first pod");
 
     let mut changed = qw.clone();
-    changed.spec.pod_spec.containers[0].image = Some(qworker::NEW_IMAGE.into());
+    changed
+        .spec
+        .pod_spec
+        .edit(|s| s.containers[0].image = Some(qworker::NEW_IMAGE.into()));
     let new_spec = qbuild::template_spec(&changed, &BTreeMap::new());
     let new_hash = qbuild::pod_spec_hash(&changed, &new_spec);
     assert_ne!(hash, new_hash, "a new image must change the pod-spec hash");

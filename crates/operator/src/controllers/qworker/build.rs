@@ -47,13 +47,14 @@ pub fn validate(qw: &QWorker) -> Result<(), String> {
             sc.min_replicas, sc.max_replicas
         ));
     }
-    if qw.spec.pod_spec.containers.is_empty() {
+    let pod_spec = qw.spec.pod_spec.get();
+    if pod_spec.containers.is_empty() {
         return Err(
             "podSpec.containers must name at least one container (the first one is the worker)"
                 .into(),
         );
     }
-    if qw.spec.pod_spec.restart_policy.as_deref() == Some("Always") {
+    if pod_spec.restart_policy.as_deref() == Some("Always") {
         return Err("podSpec.restartPolicy must be OnFailure (the default) or Never, not Always: a worker that exits after draining must not be restarted".into());
     }
     Ok(())
@@ -65,7 +66,7 @@ pub fn template_spec(
     qw: &QWorker,
     vpa_requests: &BTreeMap<String, BTreeMap<String, String>>,
 ) -> PodSpec {
-    let mut spec = qw.spec.pod_spec.clone();
+    let mut spec = qw.spec.pod_spec.get();
     for c in &mut spec.containers {
         if let Some(requests) = vpa_requests.get(&c.name) {
             let resources = c.resources.get_or_insert_default();
@@ -254,7 +255,10 @@ mod tests {
         assert_eq!(h.len(), 10);
         assert_eq!(h, pod_spec_hash(&q.clone(), &spec.clone()));
         let mut changed = q.clone();
-        changed.spec.pod_spec.containers[0].image = Some("worker-image:v2".into());
+        changed
+            .spec
+            .pod_spec
+            .edit(|s| s.containers[0].image = Some("worker-image:v2".into()));
         let changed_spec = template_spec(&changed, &BTreeMap::new());
         assert_ne!(h, pod_spec_hash(&changed, &changed_spec));
         let mut scaled = q.clone();
@@ -349,7 +353,7 @@ mod tests {
         assert_eq!(p.annotations()[QUEUE_ANNOTATION], "task-queue");
         assert_eq!(
             p.annotations()[WORKER_CONTAINER_ANNOTATION],
-            q.spec.pod_spec.containers[0].name
+            q.spec.pod_spec.get().containers[0].name
         );
         assert_eq!(p.finalizers(), [super::super::plan::RECOVERY_FINALIZER]);
         let requests = c
@@ -381,7 +385,9 @@ mod tests {
     #[test]
     fn users_restart_policy_is_kept() {
         let mut q = qw();
-        q.spec.pod_spec.restart_policy = Some("Never".into());
+        q.spec
+            .pod_spec
+            .edit(|s| s.restart_policy = Some("Never".into()));
         let spec = template_spec(&q, &BTreeMap::new());
         let p = pod(&q, &spec, "h", "n");
         assert_eq!(
@@ -399,14 +405,17 @@ mod tests {
         long.metadata.name = Some("q".repeat(63));
         assert_eq!(validate(&long), Ok(()));
         let mut always = qw();
-        always.spec.pod_spec.restart_policy = Some("Always".into());
+        always
+            .spec
+            .pod_spec
+            .edit(|s| s.restart_policy = Some("Always".into()));
         assert!(validate(&always).is_err_and(|e| e.contains("restartPolicy")));
         let mut bounds = qw();
         bounds.spec.scale_config.min_replicas = 5;
         bounds.spec.scale_config.max_replicas = 2;
         assert!(validate(&bounds).is_err_and(|e| e.contains("minReplicas (5)")));
         let mut empty = qw();
-        empty.spec.pod_spec.containers.clear();
+        empty.spec.pod_spec.edit(|s| s.containers.clear());
         assert!(validate(&empty).is_err_and(|e| e.contains("at least one container")));
     }
 

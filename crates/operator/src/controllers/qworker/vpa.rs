@@ -66,10 +66,11 @@ fn user_memory(qw: &QWorker, container: &str, limits: bool) -> Option<f64> {
     let resources = qw
         .spec
         .pod_spec
+        .get()
         .containers
-        .iter()
+        .into_iter()
         .find(|c| c.name == container)
-        .and_then(|c| c.resources.as_ref())?;
+        .and_then(|c| c.resources)?;
     let map = if limits {
         resources.limits.as_ref()
     } else {
@@ -266,11 +267,11 @@ pub fn requests(qw: &QWorker, record: &Usage) -> BTreeMap<String, BTreeMap<Strin
         return out;
     }
     let headroom = 1.0 + f64::from(sc.vpa_headroom_percent()) / 100.0;
-    for c in &qw.spec.pod_spec.containers {
+    for c in qw.spec.pod_spec.get().containers {
         let Some(used) = record.get(&c.name) else {
             continue;
         };
-        let resources = c.resources.clone().unwrap_or_default();
+        let resources = c.resources.unwrap_or_default();
         let user_request = |r: &str| {
             resources
                 .requests
@@ -378,13 +379,12 @@ mod tests {
     #[test]
     fn limits_cap_the_requests() {
         let mut q = qw(true);
-        let resources = q.spec.pod_spec.containers[0]
-            .resources
-            .get_or_insert_default();
-        resources.limits = Some(BTreeMap::from([(
-            "memory".to_string(),
-            Quantity("384Mi".into()),
-        )]));
+        q.spec.pod_spec.edit(|s| {
+            s.containers[0].resources.get_or_insert_default().limits = Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity("384Mi".into()),
+            )]));
+        });
         let r = requests(&q, &usage("worker", "100m", "1Gi"));
         assert_eq!(r["worker"]["memory"], "384Mi");
     }
@@ -489,17 +489,16 @@ mod tests {
         assert!(oom_killed(&mut r, &q, "worker").is_some());
         assert_eq!(r["worker"]["memory"].0, "8192Mi", "default maximum 8Gi");
         assert!(oom_killed(&mut r, &q, "worker").is_none(), "at the cap");
-        q.spec.pod_spec.containers[0]
-            .resources
-            .get_or_insert_default()
-            .limits = Some(BTreeMap::from([(
-            "memory".to_string(),
-            Quantity("1Gi".into()),
-        )]));
+        q.spec.pod_spec.edit(|s| {
+            s.containers[0].resources.get_or_insert_default().limits = Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity("1Gi".into()),
+            )]));
+        });
         let mut r = usage("worker", "100m", "900Mi");
         assert!(oom_killed(&mut r, &q, "worker").is_some());
         assert_eq!(r["worker"]["memory"].0, "1024Mi", "the container's limit");
-        q.spec.pod_spec.containers[0].resources = None;
+        q.spec.pod_spec.edit(|s| s.containers[0].resources = None);
         q.spec.scale_config.vpa_max_memory = Some(Quantity("2Gi".into()));
         let r = usage("worker", "100m", "4Gi");
         assert_eq!(requests(&q, &r)["worker"]["memory"], "2048Mi");

@@ -248,6 +248,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_hashes_as_every_earlier_release_did() {
+        // A new hash for the same QWorker would roll every worker pod on an operator upgrade.
+        let q = qw();
+        let spec = template_spec(&q, &BTreeMap::new());
+        assert_eq!(pod_spec_hash(&q, &spec), "4e98942b89");
+    }
+
+    #[test]
     fn hash_is_deterministic_and_covers_the_template() {
         let q = qw();
         let spec = template_spec(&q, &BTreeMap::new());

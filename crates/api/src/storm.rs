@@ -97,7 +97,7 @@ pub struct StormWorkerPoolSpec {
     pub template: Option<Box<PoolPodTemplate>>,
     /// Horizontal pod autoscaling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub autoscaling: Option<AutoscalingSpec>,
+    pub autoscaling: Option<Box<AutoscalingSpec>>,
     /// Optional PodDisruptionBudget `<pool>-pdb`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_disruption_budget: Option<PodDisruptionBudgetSpec>,
@@ -352,10 +352,10 @@ pub struct StormWorkerPoolStatus {
     /// The count derived from Storm's own load (recognised `storm_*` custom metrics), enforced
     /// as the HPA's `minReplicas`; absent when the pool has no recognised Storm metric.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storm_autoscaling: Option<StormAutoscalingStatus>,
+    pub storm_autoscaling: Option<Box<StormAutoscalingStatus>>,
     /// The last change of the Storm-derived count and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_scale_decision: Option<StormScaleDecision>,
+    pub last_scale_decision: Option<Box<StormScaleDecision>>,
 }
 
 /// What Storm's UI REST API reported for an autoscaled pool's topology, and the figures the
@@ -1134,7 +1134,7 @@ impl StormTopology {
 impl StormWorkerPoolSpec {
     /// The autoscaling settings when autoscaling is enabled.
     pub fn enabled_autoscaling(&self) -> Option<&AutoscalingSpec> {
-        self.autoscaling.as_ref().filter(|a| a.enabled)
+        self.autoscaling.as_deref().filter(|a| a.enabled)
     }
 
     /// The slot ports, with defaults applied.

@@ -315,7 +315,7 @@ async fn storm_scaling(
 fn recorded_scaling(pool: &StormWorkerPool) -> Option<StormAutoscalingStatus> {
     pool.status
         .as_ref()
-        .and_then(|s| s.storm_autoscaling.clone())
+        .and_then(|s| s.storm_autoscaling.as_deref().cloned())
 }
 
 /// What reading Storm's load and planning the count of a pool need.

@@ -168,9 +168,9 @@ pub fn storm(
     scaling: &super::StormScaling,
     now: Timestamp,
 ) {
-    status.storm_autoscaling = scaling.status.clone();
+    status.storm_autoscaling = scaling.status.clone().map(Box::new);
     if let Some(d) = &scaling.decision {
-        status.last_scale_decision = Some(d.clone());
+        status.last_scale_decision = Some(Box::new(d.clone()));
     }
     let Some(current) = conditions::find(&status.conditions, AUTOSCALING).cloned() else {
         return;

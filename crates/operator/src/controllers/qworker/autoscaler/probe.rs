@@ -6,6 +6,11 @@
 //! the length at which the next decision adds workers. Only that poll runs early; its interval,
 //! its phase and what it writes do not change. The probe counts the tasks waiting in the queue
 //! (not those in flight), so it may miss a wake, never add one the rule would not act on.
+//!
+//! A poll with nothing to do until a task comes (an idle QWorker at its lowest count, see
+//! `Poller::idle`) is *parked*: it waits for its probe rather than for its interval, so that
+//! an idle QWorker costs a share of one read instead of a poll every interval. Its watch wakes it
+//! at the first task and when its queue cannot be read (its poll then reports the error).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +37,8 @@ pub struct Watch {
     period: Duration,
     threshold: AtomicU64,
     active: AtomicBool,
+    /// Whether its poll waits for this watch alone (it is then also woken by a failed read).
+    parked: AtomicBool,
 }
 
 impl Watch {
@@ -47,9 +54,19 @@ impl Watch {
         self.threshold.store(threshold, Ordering::Release);
     }
 
-    /// Whether a read `length` reaches the threshold of a running watch.
-    fn reached(&self, length: u64) -> bool {
-        self.active.load(Ordering::Acquire) && length >= self.threshold.load(Ordering::Acquire)
+    /// Marks the poll as parked (waiting for this watch) or not.
+    pub fn park(&self, parked: bool) {
+        self.parked.store(parked, Ordering::Release);
+    }
+
+    /// Whether a read `length` (`None`: the queue could not be read) wakes the poll of a running
+    /// watch: it reached the threshold, or it failed while the poll is parked.
+    fn reached(&self, length: Option<u64>) -> bool {
+        self.active.load(Ordering::Acquire)
+            && match length {
+                Some(l) => l >= self.threshold.load(Ordering::Acquire),
+                None => self.parked.load(Ordering::Acquire),
+            }
     }
 }
 
@@ -168,6 +185,7 @@ impl Probes {
             period,
             threshold: threshold.into(),
             active: true.into(),
+            parked: false.into(),
         });
         if let Some(old) = group.watched.insert(
             qworker.to_string(),
@@ -230,7 +248,7 @@ impl Probes {
     /// Wakes the polls whose queue reached its threshold (each once: its poll sets the next
     /// threshold). A QWorker whose queue changed meanwhile may be woken once for nothing: its
     /// poll is a normal poll. Takes the lock only for the queues that reached it.
-    fn wake(&self, connection: &Connection, due: &Due, lengths: &[u64]) {
+    fn wake(&self, connection: &Connection, due: &Due, lengths: &[Option<u64>]) {
         let (keys, _, watches) = due;
         for ((key, watch), &length) in keys.iter().zip(watches.iter()).zip(lengths) {
             if !watch.reached(length) {
@@ -270,11 +288,11 @@ impl Probes {
                 continue;
             }
             for round in due {
-                let Some(lengths) = read(round.1.clone()).await else {
-                    continue;
-                };
-                // A queue that could not be read counts as empty: its poll reports the error.
-                let lengths: Vec<u64> = lengths.into_iter().map(|l| l.unwrap_or(0)).collect();
+                // A queue that could not be read wakes a parked poll, which reports the error;
+                // the others find it at their next poll.
+                let lengths = read(round.1.clone())
+                    .await
+                    .unwrap_or_else(|| vec![None; round.1.len()]);
                 self.wake(&connection, &round, &lengths);
             }
         }

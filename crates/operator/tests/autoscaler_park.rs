@@ -1,0 +1,152 @@
+//! An idle QWorker's poll parks, against a mocked API server and the real local Redis: with an
+//! empty queue, no worker and the count at `minReplicas`, the poll does not come every interval;
+//! the probe wakes it at the first task (it then scales up as an unparked poll would) and when
+//! the queue cannot be read (it then reports the error).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector;
+use kube::runtime::watcher;
+use redis::AsyncCommands;
+use serde_json::json;
+use workerpool_api::{QWorker, ScalerConfig};
+use workerpool_operator::brokers::Brokers;
+use workerpool_operator::context::Shared;
+use workerpool_operator::controllers::qworker::autoscaler::{Autoscaler, PARKED_POLL};
+use workerpool_operator::metrics::Metrics;
+use workerpool_testkit as testkit;
+
+const NS: &str = "park";
+
+fn qworker(name: &str, queue: &str) -> QWorker {
+    testkit::qworker(NS, name, queue)
+        .spec(json!({"scaleConfig": {"minReplicas": 0, "maxReplicas": 5}}))
+        .build()
+}
+
+fn path(name: &str) -> String {
+    format!("/apis/quickube.com/v1alpha1/namespaces/{NS}/qworkers/{name}/status")
+}
+
+/// How many polls `/metrics` counts for QWorker `name`.
+fn polls(metrics: &Metrics, name: &str) -> u64 {
+    let mut text = String::new();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    let series =
+        format!("qworker_poll_duration_seconds_count{{namespace=\"{NS}\",qworker=\"{name}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .map_or(0, |v| v.trim().parse().expect("count"))
+}
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open("redis://127.0.0.1:6379/")
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("local Redis at 127.0.0.1:6379")
+}
+
+/// An autoscaler over a store holding `qworkers`, no pods, and the local Redis ScalerConfig.
+fn autoscaler(client: kube::Client, qworkers: &[QWorker]) -> (Autoscaler, Arc<Metrics>) {
+    let (qw_reader, mut qw_writer) = reflector::store::<QWorker>();
+    let (pod_reader, mut pod_writer) = reflector::store::<Pod>();
+    let (sc_reader, mut sc_writer) = reflector::store::<ScalerConfig>();
+    pod_writer.apply_watcher_event(&watcher::Event::InitDone);
+    sc_writer.apply_watcher_event(&watcher::Event::Apply(testkit::local_redis(
+        NS, "redis", "sc",
+    )));
+    for q in qworkers {
+        qw_writer.apply_watcher_event(&watcher::Event::Apply(q.clone()));
+    }
+    let metrics = Arc::new(Metrics::default());
+    let shared = Shared::new(client.clone(), metrics.clone(), None);
+    let autoscaler = Autoscaler::new(
+        shared,
+        Brokers::new(client, sc_reader),
+        qw_reader,
+        pod_reader,
+    );
+    (autoscaler, metrics)
+}
+
+#[tokio::test]
+async fn an_idle_poll_parks_until_the_first_task_comes() {
+    let queue = format!("park-task-{}", std::process::id());
+    let mut redis = redis().await;
+    let _: () = redis.del(&queue).await.expect("del");
+    let (client, mut api) = testkit::mock();
+    let q = qworker("idle", &queue);
+    let (autoscaler, metrics) = autoscaler(client, std::slice::from_ref(&q));
+    autoscaler.ensure(&q);
+
+    let first = api
+        .expect_apply(&path("idle"), serde_json::to_value(&q).expect("json"))
+        .await;
+    assert_eq!(first.body["status"]["desiredReplicas"], 0);
+    assert_eq!(first.body["status"]["queueLength"], 0);
+    // Unparked, a poll would come every second: three or four more by now.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert_eq!(polls(&metrics, "idle"), 1, "the idle poll parked");
+
+    let pushed = Instant::now();
+    let _: () = redis.lpush(&queue, "a").await.expect("lpush");
+    let up = api
+        .expect_apply(&path("idle"), serde_json::to_value(&q).expect("json"))
+        .await;
+    assert_eq!(up.body["status"]["desiredReplicas"], 1, "{}", up.body);
+    assert_eq!(up.body["status"]["queueLength"], 1);
+    assert!(
+        pushed.elapsed() < PARKED_POLL / 5,
+        "woken by the probe, not by the parked poll's own timer: {:?}",
+        pushed.elapsed()
+    );
+    // Not idle any more (a task waits): the next task scales it up again.
+    let _: () = redis.lpush(&queue, "b").await.expect("lpush");
+    let again = api
+        .expect_apply(&path("idle"), serde_json::to_value(&q).expect("json"))
+        .await;
+    assert_eq!(again.body["status"]["desiredReplicas"], 2, "{}", again.body);
+    assert!(polls(&metrics, "idle") >= 3);
+    let _: () = redis.del(&queue).await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn a_parked_poll_is_woken_when_its_queue_cannot_be_read() {
+    let queue = format!("park-error-{}", std::process::id());
+    let mut redis = redis().await;
+    let _: () = redis.del(&queue).await.expect("del");
+    let (client, mut api) = testkit::mock();
+    let q = qworker("broken", &queue);
+    let (autoscaler, metrics) = autoscaler(client, std::slice::from_ref(&q));
+    autoscaler.ensure(&q);
+    api.expect_apply(&path("broken"), serde_json::to_value(&q).expect("json"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(polls(&metrics, "broken"), 1, "parked");
+
+    // A key of another type: Redis refuses to read its length (WRONGTYPE).
+    let _: () = redis.set(&queue, "not a list").await.expect("set");
+    let failed = api
+        .expect_apply(&path("broken"), serde_json::to_value(&q).expect("json"))
+        .await;
+    let conditions = failed.body["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .clone();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c["type"] == "BrokerReachable" && c["status"] == "False"),
+        "{conditions:?}"
+    );
+    assert_eq!(
+        failed.body["status"]["desiredReplicas"], 0,
+        "the count is kept"
+    );
+    let _: () = redis.del(&queue).await.expect("cleanup");
+}

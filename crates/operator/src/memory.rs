@@ -13,7 +13,9 @@
 //! `main`, gets that from the compile-time default in `.cargo/config.toml`). With mimalloc's
 //! defaults the image's build held 32.3 MiB where the glibc build holds 24.2 MiB (200
 //! QWorkers and 200 pools), with the purge delay alone 30.3 MiB, with both 23.5 MiB
-//! (docs/install.md); [`release`] does nothing there.
+//! (docs/install.md); [`release`] does nothing there. The same loop drops the process's
+//! mappings of the executable's pages now and then ([`release_code`]): the code a start runs
+//! once otherwise stays resident for the life of the process.
 
 use std::time::Duration;
 
@@ -22,6 +24,10 @@ use std::time::Duration;
 pub const ARENAS: usize = 2;
 /// How often free pages are handed back.
 pub const RELEASE_PERIOD: Duration = Duration::from_secs(30);
+/// Code pages are dropped at the first [`RELEASE_PERIOD`] and then every this many of them
+/// (5 minutes), so that the code of a burst (a start, a resync) does not stay mapped; the code
+/// run at rest is mapped back from the page cache at once.
+pub const CODE_RELEASE_PERIODS: u32 = 10;
 
 /// Sets the allocator up (see the module documentation); call it before any thread starts.
 pub fn configure() {
@@ -54,13 +60,85 @@ pub fn release() -> bool {
     false
 }
 
-/// Calls [`release`] every `period` until `shutdown` resolves.
+/// Drops this process's mappings of the pages of its executable's code and read-only data
+/// (`MADV_DONTNEED`); they stay in the page cache, and a page that runs again is mapped back
+/// from it (a minor fault, no read from disk). Most of the code that a start runs (argument
+/// parsing, CRD checks, the first lists' decoding, TLS set-up) is not run again for hours, yet
+/// stays resident in the process: at 1,000 QWorkers and 1,000 pools 14.2 MiB of code and
+/// libraries were resident before and 10.8 MiB a minute after (docs/performance.md). Only mappings that hold no private copy of a
+/// page (`Anonymous: 0 kB`: no relocated data) are advised, so that nothing is lost: the
+/// kernel maps the file's own content back. Returns how many bytes of mappings were advised.
+pub fn release_code() -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        let (Ok(exe), Ok(smaps)) = (
+            std::fs::read_link("/proc/self/exe"),
+            std::fs::read_to_string("/proc/self/smaps"),
+        ) else {
+            return 0;
+        };
+        let Some(exe) = exe.to_str() else { return 0 };
+        unshared_mappings(&smaps, exe)
+            .into_iter()
+            .map(|(start, len)| {
+                // SAFETY: advice on a read-only, file-backed private mapping of this process's
+                // own executable that holds no private copy of any page: its pages are mapped
+                // back from the same file on access, with the same content; nothing is unmapped
+                // for good.
+                let done =
+                    unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+                if done == 0 { len } else { 0 }
+            })
+            .sum()
+    }
+    #[cfg(not(target_os = "linux"))]
+    0
+}
+
+/// The mappings (start, length) of file `exe` in the text of `/proc/self/smaps` that are not
+/// writable and hold no private (anonymous) page.
+fn unshared_mappings(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    // The current mapping, if it is one of `exe`'s read-only ones.
+    let mut current: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: `start-end perms offset dev inode [path]`.
+            let perms = fields.next().unwrap_or_default();
+            let path = fields.nth(3);
+            current = (path == Some(exe) && !perms.contains('w'))
+                .then(|| first.split_once('-'))
+                .flatten()
+                .and_then(|(a, b)| {
+                    let a = usize::from_str_radix(a, 16).ok()?;
+                    let b = usize::from_str_radix(b, 16).ok()?;
+                    Some((a, b.checked_sub(a)?))
+                });
+        } else if first == "Anonymous:"
+            && let Some(mapping) = current.take()
+            && fields.next() == Some("0")
+        {
+            found.push(mapping);
+        }
+    }
+    found
+}
+
+/// Calls [`release`] every `period` until `shutdown` resolves, and [`release_code`] at the
+/// first and then every [`CODE_RELEASE_PERIODS`].
 pub async fn release_every(period: Duration, shutdown: impl std::future::Future<Output = ()>) {
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut ticks = 0u32;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {
                 release();
+                if ticks.is_multiple_of(CODE_RELEASE_PERIODS) {
+                    release_code();
+                }
+                ticks = ticks.wrapping_add(1);
             }
             _ = &mut shutdown => return,
         }
@@ -70,6 +148,74 @@ pub async fn release_every(period: Duration, shutdown: impl std::future::Future<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_read_only_mappings_of_the_executable_without_private_pages_are_released() {
+        let smaps = "\
+55d0a0000000-55d0a0200000 r--p 00000000 fd:01 1234 /usr/bin/workerpool-operator
+Rss:                1200 kB
+Anonymous:             0 kB
+VmFlags: rd mr mw me
+55d0a0200000-55d0a1200000 r-xp 00200000 fd:01 1234 /usr/bin/workerpool-operator
+Rss:                9000 kB
+Anonymous:             0 kB
+55d0a1200000-55d0a1280000 r--p 01200000 fd:01 1234 /usr/bin/workerpool-operator
+Rss:                 512 kB
+Anonymous:           512 kB
+55d0a1280000-55d0a1300000 rw-p 01280000 fd:01 1234 /usr/bin/workerpool-operator
+Anonymous:            64 kB
+55d0a2000000-55d0a3000000 rw-p 00000000 00:00 0 [heap]
+Anonymous:          2048 kB
+7f0000000000-7f0000100000 r-xp 00000000 fd:01 99 /usr/lib/libc.so.6
+Anonymous:             0 kB
+7f0000180000-7f0000190000 r--p 00000000 00:00 0
+Anonymous:             0 kB
+7f0000200000-7f0000300000 r-xp 00000000 fd:01 77 /usr/bin/workerpool-operator-old (deleted)
+Anonymous:             0 kB
+";
+        assert_eq!(
+            unshared_mappings(smaps, "/usr/bin/workerpool-operator"),
+            vec![(0x55d0a0000000, 0x200000), (0x55d0a0200000, 0x1000000)],
+            "code and read-only data; not relocated data (private pages), writable data, the \
+             heap, libraries or anonymous mappings"
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_executables_pages_are_unmapped_until_they_run_again() {
+        /// KiB of the executable's mappings resident now.
+        fn resident_code_kib() -> u64 {
+            let exe = std::fs::read_link("/proc/self/exe").expect("exe");
+            let exe = exe.to_str().expect("path");
+            let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+            let mut ours = false;
+            let mut kib = 0;
+            for line in smaps.lines() {
+                let first = line.split_whitespace().next().unwrap_or_default();
+                if first.contains('-') && !first.ends_with(':') {
+                    // A mapping's header line: `start-end perms offset dev inode [path]`.
+                    ours = line.split_whitespace().nth(5) == Some(exe);
+                } else if ours && let Some(v) = line.strip_prefix("Rss:") {
+                    kib += v
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .expect("Rss");
+                }
+            }
+            kib
+        }
+        let before = resident_code_kib();
+        assert!(release_code() > 0, "the executable's mappings were advised");
+        let after = resident_code_kib();
+        println!("executable resident: {before} KiB -> {after} KiB");
+        assert!(
+            after * 2 < before,
+            "most of the resident code was unmapped: {before} KiB -> {after} KiB"
+        );
+    }
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]

@@ -49,7 +49,10 @@ pub struct PoolView {
 impl PoolView {
     /// The view of a pool (a pool without status counts as having nothing ready).
     pub fn of(pool: &StormWorkerPool) -> Self {
-        let status = pool.status.clone().unwrap_or_default();
+        // Borrowed: a topology reconciles its pools' views at every resync, and a status
+        // carries conditions (a profile at 5,000 pools put 8.6 % of the idle CPU in a clone).
+        let none = workerpool_api::StormWorkerPoolStatus::default();
+        let status = pool.status.as_ref().unwrap_or(&none);
         Self {
             replicas: status.replicas,
             ready_replicas: status.ready_replicas,

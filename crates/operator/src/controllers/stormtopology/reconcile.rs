@@ -1141,7 +1141,10 @@ fn pool_views(t: &StormTopology, ctx: &Context) -> Vec<PoolView> {
     ctx.pools
         .state()
         .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && p.spec.topology_ref == name)
+        // Borrowed names: this runs over every cached pool at each of the topology's polls.
+        .filter(|p| {
+            p.metadata.namespace.as_deref() == Some(ns.as_str()) && p.spec.topology_ref == name
+        })
         .map(|p| PoolView::of(&p))
         .collect()
 }

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::reflector;
-use kube::runtime::watcher;
 use redis::AsyncCommands;
 use serde_json::json;
-use workerpool_api::{QWorker, ScalerConfig};
+use workerpool_api::QWorker;
 use workerpool_operator::brokers::Brokers;
 use workerpool_operator::context::Shared;
 use workerpool_operator::controllers::qworker::autoscaler::{Autoscaler, PARKED_POLL};
@@ -51,25 +49,15 @@ async fn redis() -> redis::aio::MultiplexedConnection {
         .expect("local Redis at 127.0.0.1:6379")
 }
 
-/// An autoscaler over a store holding `qworkers`, no pods, and the local Redis ScalerConfig.
+/// An autoscaler over caches holding `qworkers`, no pods, and the local Redis ScalerConfig.
 fn autoscaler(client: kube::Client, qworkers: &[QWorker]) -> (Autoscaler, Arc<Metrics>) {
-    let (qw_reader, mut qw_writer) = reflector::store::<QWorker>();
-    let (pod_reader, mut pod_writer) = reflector::store::<Pod>();
-    let (sc_reader, mut sc_writer) = reflector::store::<ScalerConfig>();
-    pod_writer.apply_watcher_event(&watcher::Event::InitDone);
-    sc_writer.apply_watcher_event(&watcher::Event::Apply(testkit::local_redis(
-        NS, "redis", "sc",
-    )));
-    for q in qworkers {
-        qw_writer.apply_watcher_event(&watcher::Event::Apply(q.clone()));
-    }
     let metrics = Arc::new(Metrics::default());
-    let shared = Shared::new(client.clone(), metrics.clone(), None);
+    let configs = testkit::cache_of([testkit::local_redis(NS, "redis", "sc")]);
     let autoscaler = Autoscaler::new(
-        shared,
-        Brokers::new(client, sc_reader),
-        qw_reader,
-        pod_reader,
+        Shared::new(client.clone(), metrics.clone(), None),
+        Brokers::new(client, configs),
+        testkit::cache_of(qworkers.to_vec()),
+        testkit::cache_of(Vec::<Pod>::new()),
     );
     (autoscaler, metrics)
 }

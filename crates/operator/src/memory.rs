@@ -102,28 +102,46 @@ fn unshared_mappings(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
     // The current mapping, if it is one of `exe`'s read-only ones.
     let mut current: Option<(usize, usize)> = None;
     for line in smaps.lines() {
-        let mut fields = line.split_whitespace();
-        let first = fields.next().unwrap_or_default();
-        if first.contains('-') && !first.ends_with(':') {
-            // A mapping's header: `start-end perms offset dev inode [path]`.
-            let perms = fields.next().unwrap_or_default();
-            let path = fields.nth(3);
-            current = (path == Some(exe) && !perms.contains('w'))
-                .then(|| first.split_once('-'))
-                .flatten()
-                .and_then(|(a, b)| {
-                    let a = usize::from_str_radix(a, 16).ok()?;
-                    let b = usize::from_str_radix(b, 16).ok()?;
-                    Some((a, b.checked_sub(a)?))
-                });
-        } else if first == "Anonymous:"
+        if let Some(header) = Header::parse(line) {
+            current = (header.path == Some(exe) && !header.perms.contains('w'))
+                .then_some(header.range)
+                .flatten();
+        } else if let Some(kib) = line.strip_prefix("Anonymous:")
             && let Some(mapping) = current.take()
-            && fields.next() == Some("0")
+            && kib.split_whitespace().next() == Some("0")
         {
             found.push(mapping);
         }
     }
     found
+}
+
+/// The header line of a mapping in `/proc/self/smaps` (or a line of `/proc/self/maps`):
+/// `start-end perms offset dev inode [path]`.
+struct Header<'a> {
+    /// Start and length, when the range parses.
+    range: Option<(usize, usize)>,
+    perms: &'a str,
+    path: Option<&'a str>,
+}
+
+impl<'a> Header<'a> {
+    /// The header `line` is, or `None` for a field line (`Rss:   12 kB`, `VmFlags: rd ...`).
+    fn parse(line: &'a str) -> Option<Self> {
+        let mut fields = line.split_whitespace();
+        let first = fields.next()?;
+        if !first.contains('-') || first.ends_with(':') {
+            return None;
+        }
+        let perms = fields.next().unwrap_or_default();
+        let path = fields.nth(3);
+        let range = first.split_once('-').and_then(|(a, b)| {
+            let a = usize::from_str_radix(a, 16).ok()?;
+            let b = usize::from_str_radix(b, 16).ok()?;
+            Some((a, b.checked_sub(a)?))
+        });
+        Some(Self { range, perms, path })
+    }
 }
 
 /// Calls [`release`] every `period` until `shutdown` resolves, and [`release_code`] at the
@@ -192,10 +210,8 @@ Anonymous:             0 kB
             let mut ours = false;
             let mut kib = 0;
             for line in smaps.lines() {
-                let first = line.split_whitespace().next().unwrap_or_default();
-                if first.contains('-') && !first.ends_with(':') {
-                    // A mapping's header line: `start-end perms offset dev inode [path]`.
-                    ours = line.split_whitespace().nth(5) == Some(exe);
+                if let Some(header) = Header::parse(line) {
+                    ours = header.path == Some(exe);
                 } else if ours && let Some(v) = line.strip_prefix("Rss:") {
                     kib += v
                         .trim()

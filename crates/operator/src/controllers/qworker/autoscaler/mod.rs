@@ -789,15 +789,16 @@ impl Poller {
     /// Whether the status says what this poll decided and read: nothing is left to write.
     fn written(&self, qw: &QWorker, desired: i32, length: u64) -> bool {
         let no_status = workerpool_api::QWorkerStatus::default();
-        let status = qw.status.as_ref().unwrap_or(&no_status);
-        let written = match &self.last {
-            Some(w) => (w.desired, w.queue_length, w.reachable),
-            None => {
-                let w = Written::of_status(status);
-                (w.desired, w.queue_length, w.reachable)
-            }
-        };
-        !self.vpa.dirty && written == (desired, Some(length), Some(""))
+        let w = self.previous(qw.status.as_ref().unwrap_or(&no_status));
+        !self.vpa.dirty
+            && (w.desired, w.queue_length, w.reachable) == (desired, Some(length), Some(""))
+    }
+
+    /// What this poll last wrote, or what `status` says was written before its first write.
+    fn previous(&self, status: &workerpool_api::QWorkerStatus) -> Written {
+        self.last
+            .clone()
+            .unwrap_or_else(|| Written::of_status(status))
     }
 
     /// What the policy sees at this poll. The pod cache is read only for the rate policy (the
@@ -1008,10 +1009,7 @@ impl Poller {
         // Borrowed: this runs on every poll of every QWorker, and the status can be large.
         let no_status = workerpool_api::QWorkerStatus::default();
         let status = qw.status.as_ref().unwrap_or(&no_status);
-        let previous = self
-            .last
-            .clone()
-            .unwrap_or_else(|| Written::of_status(status));
+        let previous = self.previous(status);
         let changed_desired = previous.desired != desired;
         if self.last_decision.is_none() {
             self.restore_decision(status);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 
 use crate::cache::Gate;
 use crate::metrics::Metrics;
@@ -15,11 +15,8 @@ use crate::metrics::Metrics;
 pub struct Shared {
     /// The Kubernetes client.
     pub client: Client,
-    /// Publishes Warning Events, aggregating repeats of the same Event into a series (it keeps
-    /// every Event it published in the last 6 minutes to do so).
-    pub recorder: Recorder,
-    /// Who reports the Events.
-    reporter: Reporter,
+    /// Publishes the Events in the background, after the writes that change state.
+    events: Arc<crate::runtime::Publisher>,
     /// The operator's metrics.
     pub metrics: Arc<Metrics>,
     /// Whether this replica may act (leader, caches synced).
@@ -39,8 +36,11 @@ impl Shared {
             instance,
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter.clone()),
-            reporter,
+            events: Arc::new(crate::runtime::Publisher::new(
+                client.clone(),
+                reporter,
+                metrics.events_dropped.clone(),
+            )),
             client,
             metrics,
             gate: Gate::open(),
@@ -66,13 +66,13 @@ impl Shared {
         self
     }
 
-    /// Publishes an Event about `object`; a failure to publish is logged, never returned.
+    /// Hands an Event about `object` to the background publisher ([`crate::runtime::publisher`])
+    /// and returns at once; a failure to publish is logged there, never returned.
     ///
-    /// Warnings go through [`Shared::recorder`], which turns a Warning repeated within minutes
-    /// (a reconcile failing again and again) into one Event with a count. A Normal Event
-    /// announces a change once (created, scaled, elected) and is not aggregated: it is sent
-    /// without being kept, so that a burst of them (a thousand pools created at once) does not
-    /// leave a thousand copies, and a table sized for them, in memory.
+    /// Warnings are aggregated: a Warning repeated within minutes (a reconcile failing again
+    /// and again) becomes one Event with a count. A Normal Event announces a change once
+    /// (created, scaled, elected) and is not kept, so that a burst of them (a thousand pools
+    /// created at once) does not leave a thousand copies, and a table sized for them, in memory.
     pub async fn event(
         &self,
         object: &ObjectReference,
@@ -81,29 +81,17 @@ impl Shared {
         note: String,
     ) {
         let warning = reason.is_warning();
-        let reason = reason.name();
         let event = Event {
             type_: if warning {
                 EventType::Warning
             } else {
                 EventType::Normal
             },
-            reason: reason.into(),
+            reason: reason.name().into(),
             note: Some(note.chars().take(1000).collect()),
             action: action.into(),
             secondary: None,
         };
-        // Boxed: an Event is rare, and its request future would otherwise be reserved in every
-        // task that may publish one (the autoscaler keeps one such task per QWorker).
-        let once;
-        let recorder = if warning {
-            &self.recorder
-        } else {
-            once = Recorder::new(self.client.clone(), self.reporter.clone());
-            &once
-        };
-        if let Err(e) = Box::pin(recorder.publish(&event, object)).await {
-            tracing::warn!(error = %e, reason, "could not publish event");
-        }
+        self.events.publish(event, object.clone(), warning);
     }
 }

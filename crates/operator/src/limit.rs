@@ -70,6 +70,13 @@ impl ApiStats {
     pub fn limit(&self) -> u64 {
         self.limit.load(Ordering::Relaxed)
     }
+
+    /// Whether at least half of the bound is in flight (never without a bound): what can wait,
+    /// an Event, waits then.
+    pub fn busy(&self) -> bool {
+        let limit = self.limit();
+        limit > 0 && u64::try_from(self.in_flight()).unwrap_or(0) >= limit.div_ceil(2)
+    }
 }
 
 /// The process's API counts: the operator has one bounded client, and its `/metrics` reports
@@ -223,6 +230,21 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
     use tower::{Layer, Service, ServiceExt};
+
+    #[test]
+    fn busy_from_half_of_the_bound_in_flight() {
+        let unbounded = Arc::new(ApiStats::default());
+        let _held: Vec<InFlight> = (0..100).map(|_| InFlight::new(unbounded.clone())).collect();
+        assert!(!unbounded.busy(), "no bound: never busy");
+        let stats = Arc::new(ApiStats::default());
+        let _layer = LimitLayer::with_stats(16, stats.clone());
+        let mut held: Vec<InFlight> = (0..7).map(|_| InFlight::new(stats.clone())).collect();
+        assert!(!stats.busy(), "7 of 16");
+        held.push(InFlight::new(stats.clone()));
+        assert!(stats.busy(), "8 of 16");
+        held.clear();
+        assert!(!stats.busy(), "all answered");
+    }
 
     #[test]
     fn watches_are_recognised() {

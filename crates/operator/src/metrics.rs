@@ -98,6 +98,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Times this replica became the leader.
     pub leader_transitions: Counter,
+    /// Events dropped because the publisher's queue was full.
+    pub events_dropped: Counter,
 }
 
 /// Labels of the autoscaler's estimates.
@@ -158,6 +160,7 @@ impl Default for Metrics {
             scale_decisions: Family::default(),
             leader: Gauge::default(),
             leader_transitions: Counter::default(),
+            events_dropped: Counter::default(),
         }
     }
 }
@@ -220,6 +223,11 @@ impl Metrics {
             "workerpool_operator_leader_transitions",
             "Times this replica became the leader",
             self.leader_transitions.clone(),
+        );
+        registry.register(
+            "workerpool_operator_events_dropped",
+            "Events dropped because the publisher's queue was full",
+            self.events_dropped.clone(),
         );
     }
 

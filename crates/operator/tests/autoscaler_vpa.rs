@@ -249,6 +249,7 @@ async fn simultaneous_oom_kills_raise_memory_once_and_name_the_evidence() {
     );
     assert_eq!(s["oomKillsSeen"].as_array().map(Vec::len), Some(3));
     assert!(s["lastOomRaiseTime"].is_string());
+    api.settle_events().await;
     let ooms: Vec<_> = api.events.iter().filter(|e| e.1 == "OOMKilled").collect();
     assert_eq!(ooms.len(), 1, "{:?}", api.events);
     assert!(

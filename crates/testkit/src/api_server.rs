@@ -221,29 +221,63 @@ impl ApiServer {
     pub async fn finish<T>(&mut self, mut task: tokio::task::JoinHandle<T>) -> T {
         loop {
             tokio::select! {
-                out = &mut task => return out.expect("reconcile task panicked"),
+                out = &mut task => {
+                    let out = out.expect("reconcile task panicked");
+                    // Events leave in the background: answer those still on their way.
+                    self.answer_late_events(Duration::from_millis(50)).await;
+                    return out;
+                }
                 req = self.handle.next_request() => {
                     let Some((req, send)) = req else {
                         return task.await.expect("reconcile task panicked");
                     };
-                    let path = req.uri().path().to_string();
-                    assert!(
-                        is_event(&path),
-                        "unexpected request {} {}", req.method(), req.uri()
-                    );
-                    let bytes = req.into_body().collect_bytes().await.expect("body");
-                    let body: Value = serde_json::from_slice(&bytes).expect("json body");
-                    self.answer_event(body, send);
+                    self.answer_if_event(req, send).await;
                 }
             }
         }
     }
 
-    /// Asserts that no request arrives within `wait`.
+    /// Asserts that no request but Events (recorded and answered) arrives within `wait`.
     pub async fn expect_silence(&mut self, wait: Duration) {
-        if let Ok(Some((req, _))) = tokio::time::timeout(wait, self.handle.next_request()).await {
-            panic!("unexpected request {} {}", req.method(), req.uri());
+        let until = tokio::time::Instant::now() + wait;
+        while let Ok(Some((req, send))) =
+            tokio::time::timeout_at(until, self.handle.next_request()).await
+        {
+            self.answer_if_event(req, send).await;
         }
+    }
+
+    /// Answers the Events still on their way (they leave in the background), until none has
+    /// come for 50 ms; any other request panics. Call it before reading [`ApiServer::events`].
+    pub async fn settle_events(&mut self) -> &[(String, String, String)] {
+        self.answer_late_events(Duration::from_millis(50)).await;
+        &self.events
+    }
+
+    /// Answers the Events that arrive until none has come for `quiet`.
+    async fn answer_late_events(&mut self, quiet: Duration) {
+        while let Ok(Some((req, send))) =
+            tokio::time::timeout(quiet, self.handle.next_request()).await
+        {
+            self.answer_if_event(req, send).await;
+        }
+    }
+
+    /// Records and answers the Event `req`; panics on any other request.
+    async fn answer_if_event(
+        &mut self,
+        req: Request<Body>,
+        send: tower_test::mock::SendResponse<Response<Body>>,
+    ) {
+        assert!(
+            is_event(req.uri().path()),
+            "unexpected request {} {}",
+            req.method(),
+            req.uri()
+        );
+        let bytes = req.into_body().collect_bytes().await.expect("body");
+        let body: Value = serde_json::from_slice(&bytes).expect("json body");
+        self.answer_event(body, send);
     }
 
     /// Finishes `task` and checks that the reconcile ended quietly: `Ok(await_change)` (nothing

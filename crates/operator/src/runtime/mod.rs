@@ -7,10 +7,12 @@
 
 pub mod backoff;
 pub mod events;
+pub mod publisher;
 mod reconcile;
 pub mod status;
 
 pub use backoff::{Backoff, BackoffKey};
 pub use events::Reason;
+pub use publisher::Publisher;
 pub use reconcile::{ControllerContext, error_policy, reconcile};
 pub use status::{HasStatus, StatusWriter};

@@ -110,13 +110,31 @@ where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
     S: Serialize,
 {
+    apply_status_by(api, name, manager, status, true).await
+}
+
+/// [`apply_status_as`], forcing ownership of the fields only when `force` (without it, a field
+/// another manager owns with another value is an HTTP 409 conflict).
+pub async fn apply_status_by<K, S>(
+    api: &Api<K>,
+    name: &str,
+    manager: &str,
+    status: &S,
+    force: bool,
+) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
+    S: Serialize,
+{
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "metadata": { "name": name },
         "status": status,
     });
-    api.patch_status(name, &params_of(manager).force(), &Patch::Apply(&patch))
+    let params = params_of(manager);
+    let params = if force { params.force() } else { params };
+    api.patch_status(name, &params, &Patch::Apply(&patch))
         .await?;
     Ok(())
 }

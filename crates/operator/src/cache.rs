@@ -219,13 +219,38 @@ macro_rules! slim_metadata_only {
 }
 
 slim_metadata_only!(
-    workerpool_api::QWorker,
     workerpool_api::ScalerConfig,
     workerpool_api::StormWorkerPool,
     workerpool_api::StormTopology,
     workerpool_api::StormCluster,
     k8s_openapi::api::batch::v1::Job,
 );
+
+impl Slim for workerpool_api::QWorker {
+    /// Keeps of `managedFields` only whether the autoscaler has applied the status, as an
+    /// empty list (no allocation): see [`autoscaler_applied`].
+    fn slim(&mut self) {
+        let applied = autoscaler_applied(self);
+        slim_metadata(self);
+        if applied {
+            self.metadata.managed_fields = Some(Vec::new());
+        }
+    }
+}
+
+/// Whether the QWorker autoscaler's field manager has applied `qw`'s status, on a live object
+/// (an entry of [`crate::AUTOSCALER_MANAGER`] on the status subresource) or a cached one (which
+/// keeps that as an empty `managedFields`). Until it has, the reconciler owns the autoscaler's
+/// fields it wrote for it at the start (see `controllers::qworker::status`).
+pub fn autoscaler_applied(qw: &workerpool_api::QWorker) -> bool {
+    qw.metadata.managed_fields.as_ref().is_some_and(|entries| {
+        entries.is_empty()
+            || entries.iter().any(|e| {
+                e.manager.as_deref() == Some(crate::AUTOSCALER_MANAGER)
+                    && e.subresource.as_deref() == Some("status")
+            })
+    })
+}
 
 impl Slim for k8s_openapi::api::core::v1::Pod {
     /// Keeps metadata, the containers' names (the first is the worker, unless the pod names
@@ -706,6 +731,48 @@ mod tests {
         // then "c" and the deletion of "a" as they were announced, and ends with the watch.
         let all = names(lagging.collect().await);
         assert_eq!(all, ["a", "b", "c", "c"]);
+    }
+
+    #[test]
+    fn a_slimmed_qworker_keeps_only_whether_the_autoscaler_applied_its_status() {
+        let qworker = |managers: serde_json::Value| -> workerpool_api::QWorker {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "quickube.com/v1alpha1", "kind": "QWorker",
+                "metadata": {"name": "q", "namespace": "ns", "managedFields": managers},
+                "spec": {"podSpec": {"containers": [{"name": "worker", "image": "w"}]},
+                    "scaleConfig": {"scalerConfigRef": "r", "queue": "q", "minReplicas": 0,
+                        "maxReplicas": 1, "scalingFactor": 1}}
+            }))
+            .expect("a QWorker")
+        };
+        let entry = |manager: &str, subresource: Option<&str>| {
+            serde_json::json!({"manager": manager, "operation": "Apply", "subresource": subresource,
+                "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:desiredReplicas": {}}}})
+        };
+        let applied = qworker(serde_json::json!([
+            entry(crate::FIELD_MANAGER, Some("status")),
+            entry(crate::AUTOSCALER_MANAGER, Some("status")),
+        ]));
+        let not_yet = qworker(serde_json::json!([
+            entry(crate::FIELD_MANAGER, Some("status")),
+            entry(crate::AUTOSCALER_MANAGER, None),
+        ]));
+        assert!(autoscaler_applied(&applied));
+        assert!(
+            !autoscaler_applied(&not_yet),
+            "not on the status subresource"
+        );
+        let (mut a, mut n) = (applied, not_yet);
+        Slim::slim(&mut a);
+        Slim::slim(&mut n);
+        assert_eq!(
+            a.metadata.managed_fields,
+            Some(Vec::new()),
+            "only the mark is kept"
+        );
+        assert!(autoscaler_applied(&a));
+        assert_eq!(n.metadata.managed_fields, None);
+        assert!(!autoscaler_applied(&n));
     }
 
     #[test]

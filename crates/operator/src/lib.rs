@@ -29,5 +29,8 @@ pub mod telemetry;
 
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "workerpool-operator";
+/// Field manager of the QWorker autoscaler's status writes (`desiredReplicas`, `queueLength`,
+/// `lastScaleTime`, the `BrokerReachable` condition).
+pub const AUTOSCALER_MANAGER: &str = "workerpool-operator-autoscaler";
 /// Value of `app.kubernetes.io/managed-by` on every child.
 pub const MANAGED_BY: &str = "workerpool-operator";

@@ -800,3 +800,117 @@ async fn a_crashed_pod_is_kept_its_tasks_returned_and_its_replacement_backs_off(
     api.finish(task).await.expect("reconcile ok");
     let _: () = conn.del(&[&queue, &processing]).await.expect("cleanup");
 }
+
+/// A QWorker whose status the reconciler wrote with the autoscaler's first fields (a hand-over):
+/// `BrokerReachable`, `desiredReplicas` and `queueLength` there, the autoscaler not among its
+/// managers yet (`autoscaler_applied`: `managedFields` absent), an older `observedGeneration`.
+fn handed_over() -> QWorker {
+    let mut q = qworker(0);
+    q.spec.scale_config.min_replicas = 0;
+    q.status = Some(
+        serde_json::from_value(json!({
+            "desiredReplicas": 0, "queueLength": 0, "observedGeneration": 1,
+            "currentReplicas": 0, "currentPodSpecHash": current_hash(&q),
+            "selector": "quickube.com/qworker=example-qworker",
+            "conditions": [
+                {"type": "BrokerReachable", "status": "True", "reason": "QueueRead",
+                 "message": "queue length 0", "lastTransitionTime": "2026-12-07T10:00:00Z",
+                 "observedGeneration": 1},
+                {"type": "Ready", "status": "True", "reason": "WorkersReady",
+                 "message": "All 0 worker(s) are ready", "lastTransitionTime": "2026-12-07T10:00:00Z",
+                 "observedGeneration": 1},
+            ]
+        }))
+        .expect("status"),
+    );
+    q
+}
+
+/// The types of the conditions of an applied status.
+fn condition_types(status: &Value) -> Vec<String> {
+    status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .map(|c| c["type"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn until_the_autoscaler_applies_the_reconciler_repeats_its_fields_without_forcing() {
+    let (client, mut api) = testkit::mock();
+    let mut h = harness(client);
+    h.with_pods(vec![]);
+    let q = handed_over();
+    let task = tokio::spawn(reconcile(Arc::new(q.clone()), h.ctx.clone()));
+    let (seen, send) = api.next().await;
+    assert_eq!(seen.path, status_path("example-qworker"));
+    assert_eq!(
+        seen.field_manager(),
+        ("workerpool-operator".to_string(), false),
+        "carried fields are applied without forcing: {}",
+        seen.query
+    );
+    let s = &seen.body["status"];
+    assert_eq!(s["observedGeneration"], 2);
+    assert_eq!(
+        (s["desiredReplicas"].clone(), s["queueLength"].clone()),
+        (json!(0), json!(0))
+    );
+    let mut types = condition_types(s);
+    types.sort();
+    assert_eq!(types, ["BrokerReachable", "Ready", "Scaling"]);
+    send.send_response(testkit::response(200, &stored(&q)));
+    api.finish(task).await.expect("reconcile ok");
+
+    // Once the autoscaler has applied (the cache keeps that as an empty `managedFields`), the
+    // reconciler applies its own fields alone, forcing as before.
+    let mut q = handed_over();
+    q.metadata.managed_fields = Some(Vec::new());
+    let task = tokio::spawn(reconcile(Arc::new(q.clone()), h.ctx.clone()));
+    let seen = api
+        .expect_operator_apply(&status_path("example-qworker"), stored(&q))
+        .await;
+    let s = &seen.body["status"];
+    assert!(
+        s.get("desiredReplicas").is_none() && s.get("queueLength").is_none(),
+        "{s}"
+    );
+    assert_eq!(condition_types(s), ["Ready", "Scaling"]);
+    api.finish(task).await.expect("reconcile ok");
+}
+
+#[tokio::test]
+async fn a_conflict_with_the_autoscaler_leaves_it_its_fields() {
+    let (client, mut api) = testkit::mock();
+    let mut h = harness(client);
+    h.with_pods(vec![]);
+    let q = handed_over();
+    let task = tokio::spawn(reconcile(Arc::new(q.clone()), h.ctx.clone()));
+    // The autoscaler changed desiredReplicas after the cache saw the object.
+    let seen = api
+        .expect(
+            "PATCH",
+            &status_path("example-qworker"),
+            409,
+            testkit::status_error(
+                409,
+                "Conflict",
+                "Apply failed with 1 conflict: conflict with \"workerpool-operator-autoscaler\" with subresource \"status\": .status.desiredReplicas",
+            ),
+        )
+        .await;
+    assert_eq!(seen.body["status"]["desiredReplicas"], 0);
+    let seen = api
+        .expect_operator_apply(&status_path("example-qworker"), stored(&q))
+        .await;
+    let s = &seen.body["status"];
+    assert!(
+        s.get("desiredReplicas").is_none(),
+        "the autoscaler's now: {s}"
+    );
+    assert_eq!(condition_types(s), ["Ready", "Scaling"]);
+    api.finish(task)
+        .await
+        .expect("no error: the reconciler's fields were written");
+}

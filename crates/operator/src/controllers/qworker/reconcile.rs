@@ -39,7 +39,7 @@ pub async fn reconcile(qw: Arc<QWorker>, ctx: Arc<Context>) -> Result<Action> {
 /// Sets `Ready=False` with `reason` and the message.
 async fn report_refused(qw: &QWorker, ctx: &Context, reason: &str, message: &str) -> Result<()> {
     let fields = status::refused(qw, reason, message, Timestamp::now());
-    status::write(qw, &ctx.shared.client, &fields).await
+    status::write(qw, &ctx.shared.client, &fields, None).await
 }
 
 /// The requests activateVPA gives new pods, from `status.maxContainerResourcesUsage`.
@@ -54,12 +54,16 @@ pub fn vpa_requests(qw: &QWorker) -> BTreeMap<String, BTreeMap<String, String>> 
 
 async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
     build::validate(qw).map_err(Error::InvalidSpec)?;
+    let mut handover = None;
     if let Some(autoscaler) = &ctx.autoscaler {
         autoscaler.ensure(qw);
-        if !autoscaler.answered(qw) {
+        match autoscaler.answer(qw) {
             // After a start, decide nothing from a desired count older than the autoscaler's
             // first look at the queue (it comes within one poll).
-            return Ok(Action::requeue(cache::NOT_READY_RETRY));
+            autoscaler::Answer::NotYet => return Ok(Action::requeue(cache::NOT_READY_RETRY)),
+            autoscaler::Answer::Answered => {}
+            // A new QWorker: the autoscaler's first fields go out with this reconcile's.
+            autoscaler::Answer::HandOver(h) => handover = Some(h),
         }
     }
     let sc = &qw.spec.scale_config;
@@ -79,10 +83,11 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
         .map(|p| PodView::of(p))
         .collect();
     let (pending_creates, pending_drains) = ctx.expectations.settle(&uid, &views);
-    let desired = qw
-        .status
+    let desired = handover
         .as_ref()
-        .map_or(0, |s| s.desired_replicas)
+        .map(|h| h.desired)
+        .or_else(|| qw.status.as_ref().map(|s| s.desired_replicas))
+        .unwrap_or(0)
         .clamp(sc.min_replicas.max(0), sc.max_replicas.max(0));
     // Decide.
     let plan = plan::plan(&Observed {
@@ -114,7 +119,7 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
         },
         Timestamp::now(),
     );
-    status::write(qw, &ctx.shared.client, &fields).await?;
+    status::write(qw, &ctx.shared.client, &fields, handover).await?;
     let waiting = !pending_creates.is_empty()
         || !pending_drains.is_empty()
         || acted.any()

@@ -13,9 +13,10 @@ use kube::api::Api;
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 use workerpool_api::QWorker;
-use workerpool_api::conditions::{self, NewCondition, READY, SCALING};
+use workerpool_api::conditions::{self, BROKER_REACHABLE, NewCondition, READY, SCALING};
 use workerpool_api::qworker::{OomKill, QWorkerStatus};
 
+use super::autoscaler::Handover;
 use super::build;
 use super::plan::{Plan, PodView};
 use crate::apply;
@@ -197,11 +198,105 @@ pub fn observed(qw: &QWorker, observed: &Observed<'_>, now: Timestamp) -> Reconc
     }
 }
 
-/// Applies the reconciler's `fields` unless `qw` already carries them.
-pub async fn write(qw: &QWorker, client: &Client, fields: &ReconcilerStatus) -> Result<()> {
-    if qw.status.as_ref().is_some_and(|s| fields.is_in(s)) {
-        return Ok(());
-    }
+/// Applies the reconciler's `fields` unless `qw` already carries them, with the autoscaler's
+/// fields it owns ([`carried`]) or is handed (`handover`, told whether they were written).
+pub async fn write(
+    qw: &QWorker,
+    client: &Client,
+    fields: &ReconcilerStatus,
+    handover: Option<Handover>,
+) -> Result<()> {
+    let carried = match &handover {
+        Some(h) => Some(h.fields.clone()),
+        None if qw.status.as_ref().is_some_and(|s| fields.is_in(s)) => return Ok(()),
+        None => carried(qw),
+    };
     let api: Api<QWorker> = Api::namespaced(client.clone(), &qw.namespace().unwrap_or_default());
-    apply::apply_status(&api, &qw.name_any(), fields).await
+    let name = qw.name_any();
+    let Some(carried) = carried else {
+        return apply::apply_status(&api, &name, fields).await;
+    };
+    let written = write_carrying(&api, &name, fields, carried).await;
+    if let Some(h) = handover {
+        h.landed(matches!(written, Ok(true)));
+    }
+    written.map(|_| ())
+}
+
+/// Applies `fields` with the autoscaler's `carried` fields, not forcing: a conflict means that
+/// some other manager changed one of them since the cache saw the object. If that manager is
+/// the autoscaler, it has applied its fields and owns them: the reconciler's own fields are
+/// applied alone (`Ok(false)`: the carried ones were not written). Any other conflict is
+/// forced, as every apply of the operator is.
+async fn write_carrying(
+    api: &Api<QWorker>,
+    name: &str,
+    fields: &ReconcilerStatus,
+    carried: serde_json::Value,
+) -> Result<bool> {
+    let body = combined(fields, carried);
+    match apply::apply_status_by(api, name, crate::FIELD_MANAGER, &body, false).await {
+        Err(crate::error::Error::Kube(kube::Error::Api(s)))
+            if s.code == 409 && s.message.contains(crate::AUTOSCALER_MANAGER) =>
+        {
+            apply::apply_status(api, name, fields).await.map(|()| false)
+        }
+        Err(crate::error::Error::Kube(kube::Error::Api(s))) if s.code == 409 => {
+            apply::apply_status(api, name, &body).await.map(|()| true)
+        }
+        other => other.map(|()| true),
+    }
+}
+
+/// The autoscaler's fields the reconciler wrote for it at the start (a hand-over) and owns
+/// until the autoscaler applies them itself: every apply of the reconciler must repeat them
+/// meanwhile, or the API server would remove them. `None` once the autoscaler has applied
+/// (or when nobody wrote them).
+pub fn carried(qw: &QWorker) -> Option<serde_json::Value> {
+    if crate::cache::autoscaler_applied(qw) {
+        return None;
+    }
+    let status = qw.status.as_ref()?;
+    let broker = conditions::find(&status.conditions, BROKER_REACHABLE)?;
+    let mut fields = serde_json::json!({
+        "desiredReplicas": status.desired_replicas,
+        "conditions": [broker],
+    });
+    let optional = [
+        ("queueLength", serde_json::to_value(status.queue_length)),
+        (
+            "lastScaleTime",
+            serde_json::to_value(&status.last_scale_time),
+        ),
+        (
+            "lastScaleDecision",
+            serde_json::to_value(&status.last_scale_decision),
+        ),
+    ];
+    for (key, value) in optional {
+        if let Ok(value) = value
+            && !value.is_null()
+        {
+            fields[key] = value;
+        }
+    }
+    Some(fields)
+}
+
+/// The reconciler's `fields` and the `carried` ones in one status body (their conditions in
+/// one list).
+pub fn combined(fields: &ReconcilerStatus, carried: serde_json::Value) -> serde_json::Value {
+    let mut body = serde_json::to_value(fields).unwrap_or_default();
+    let serde_json::Value::Object(carried) = carried else {
+        return body;
+    };
+    for (key, value) in carried {
+        match (body.get_mut(&key), value) {
+            (Some(serde_json::Value::Array(own)), serde_json::Value::Array(theirs)) => {
+                own.extend(theirs);
+            }
+            (_, value) => body[key.as_str()] = value,
+        }
+    }
+    body
 }

@@ -14,6 +14,7 @@
 //! QWorkers then cost their share of the probe's batched reads rather than a thousand polls a
 //! second; what a poll writes, and when, does not change.
 
+pub mod answer;
 pub mod probe;
 
 use workerpool_scaling as policy;
@@ -40,9 +41,8 @@ use crate::metrics::{BrokerErrorLabels, QWorkerLabels};
 use crate::runtime::Reason;
 use probe::{Connection, Probes};
 
-/// Field manager of the autoscaler's status writes (`desiredReplicas`, `queueLength`,
-/// `lastScaleTime`, the `BrokerReachable` condition).
-pub const AUTOSCALER_MANAGER: &str = "workerpool-operator-autoscaler";
+pub use crate::AUTOSCALER_MANAGER;
+pub use answer::{Answer, Handover};
 /// Longest wait between polls while the broker fails.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// An unchanged desired count with a changed queue length is written at most this often.
@@ -236,7 +236,7 @@ struct Task {
     uid: String,
     generation: Option<i64>,
     wake: Arc<tokio::sync::Notify>,
-    answered: Arc<std::sync::atomic::AtomicBool>,
+    answer: Arc<answer::Slot>,
     handle: tokio::task::JoinHandle<()>,
 }
 
@@ -329,8 +329,8 @@ impl Autoscaler {
             return;
         }
         let wake = Arc::new(tokio::sync::Notify::new());
-        let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let poller = Poller::new(self.inner.clone(), qw, wake.clone(), answered.clone());
+        let answer = Arc::new(answer::Slot::default());
+        let poller = Poller::new(self.inner.clone(), qw, wake.clone(), answer.clone());
         debug!(qworker = %k, "starting autoscaler poll");
         tasks.insert(
             k,
@@ -338,20 +338,24 @@ impl Autoscaler {
                 uid,
                 generation: qw.metadata.generation,
                 wake,
-                answered,
+                answer,
                 handle: tokio::spawn(Box::new(poller).run()),
             },
         );
     }
 
     /// Whether the poll of `qw` has looked at the queue at least once since it started (a
-    /// desired count written before may be stale after an operator restart).
-    pub fn answered(&self, qw: &QWorker) -> bool {
-        let tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        tasks.get(&key(qw)).is_some_and(|t| {
-            Some(t.uid.as_str()) == qw.metadata.uid.as_deref()
-                && t.answered.load(std::sync::atomic::Ordering::SeqCst)
-        })
+    /// desired count written before may be stale after an operator restart), and its first
+    /// status fields when it hands them to the reconciler ([`answer`]).
+    pub fn answer(&self, qw: &QWorker) -> Answer {
+        let slot = {
+            let tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            match tasks.get(&key(qw)) {
+                Some(t) if Some(t.uid.as_str()) == qw.metadata.uid.as_deref() => t.answer.clone(),
+                _ => return Answer::NotYet,
+            }
+        };
+        slot.answer()
     }
 
     /// Stops the poll of a deleted QWorker and forgets it (its activateVPA memory goes with it).
@@ -417,7 +421,7 @@ struct Poller {
     last: Option<Written>,
     vpa: VpaState,
     wake: Arc<tokio::sync::Notify>,
-    answered: Arc<std::sync::atomic::AtomicBool>,
+    answer: Arc<answer::Slot>,
     /// This QWorker's `qworker_poll_duration_seconds` (looked up once, not per poll).
     poll_duration: prometheus_client::metrics::histogram::Histogram,
     /// Its [`phase`], from its first poll.
@@ -520,12 +524,12 @@ fn pod_metrics_resource() -> kube::core::ApiResource {
 }
 
 impl Poller {
-    /// The poll of `qw`, woken early by `wake`, telling `answered` once it looked at the queue.
+    /// The poll of `qw`, woken early by `wake`, telling `answer` once it looked at the queue.
     fn new(
         scaler: Arc<Inner>,
         qw: &QWorker,
         wake: Arc<tokio::sync::Notify>,
-        answered: Arc<std::sync::atomic::AtomicBool>,
+        answer: Arc<answer::Slot>,
     ) -> Self {
         let poll_duration = scaler
             .shared
@@ -547,7 +551,7 @@ impl Poller {
             last: None,
             vpa: VpaState::default(),
             wake,
-            answered,
+            answer,
             poll_duration,
             phase: None,
             key: key(qw),
@@ -632,8 +636,7 @@ impl Poller {
             }
             let interval = poll_interval(&qw.spec.scale_config);
             let outcome = self.poll(&qw).await;
-            self.answered
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+            self.answer.set_answered();
             let now = tokio::time::Instant::now();
             let due = match outcome {
                 Ok(()) => {
@@ -1042,7 +1045,9 @@ impl Poller {
             last_scale_time(status, changed_desired, now),
             written_length,
         );
-        if !self.apply(qw, &fields).await {
+        let handed_over =
+            self.may_hand_over(qw, error) && Box::pin(self.hand_over(desired, &fields)).await;
+        if !handed_over && !self.apply(qw, &fields).await {
             return;
         }
         self.vpa.dirty = false;
@@ -1060,6 +1065,25 @@ impl Poller {
             self.announce_reachability(qw, error, previous.reachable, desired)
                 .await;
         }
+    }
+
+    /// Whether this write may go through the reconciler ([`answer`]): the first of this poll,
+    /// for a QWorker without a status, with the queue read and no activateVPA records.
+    fn may_hand_over(&self, qw: &QWorker, error: Option<&BrokerUnavailable>) -> bool {
+        self.last.is_none()
+            && qw.status.is_none()
+            && error.is_none()
+            && !qw.spec.scale_config.activate_vpa
+    }
+
+    /// Hands `fields` to the reconciler, to be written with its own; whether they were.
+    async fn hand_over(&self, desired: i32, fields: &AutoscalerStatus<'_>) -> bool {
+        let Ok(fields) = serde_json::to_value(fields) else {
+            return false;
+        };
+        let written = self.answer.hand_over(desired, fields).await;
+        debug!(qworker = %self.object, ?written, "first status fields handed to the reconciler");
+        written == Some(true)
     }
 
     /// Applies the autoscaler's status `fields` to `qw`; false (with a warning) when that failed.

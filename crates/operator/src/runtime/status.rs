@@ -130,6 +130,19 @@ impl<K: HasStatus> StatusWriter<K> {
         unchanged(object.status(), new)
     }
 
+    /// The status last written from the version of `object` the cache holds, while the cache
+    /// does not show that write yet: a reconcile woken before the watch delivered its own last
+    /// write computes from this, not from the cached status, so that it does not apply the
+    /// older status again (which would remove what the last write added, such as a scale
+    /// decision). `None` when the cache is current.
+    pub fn latest(&self, object: &K) -> Option<K::Status> {
+        let uid = object.meta().uid.as_deref()?;
+        let all = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(uid)
+            .filter(|w| object.meta().resource_version.as_ref() == Some(&w.version))
+            .map(|w| w.status.clone())
+    }
+
     fn record(&self, object: &K, status: &K::Status) {
         let (Some(uid), Some(version)) = (&object.meta().uid, &object.meta().resource_version)
         else {
@@ -234,6 +247,29 @@ mod tests {
         assert!(
             writer.unchanged(&pool("7", Some(new.clone())), &new),
             "the record is gone; the object itself says so"
+        );
+    }
+
+    #[test]
+    fn the_latest_status_is_the_write_the_cache_does_not_show_yet() {
+        let writer = StatusWriter::<StormWorkerPool>::default();
+        let written = ready(true, "2026-01-01T00:00:00Z");
+        let seen = pool("7", Some(ready(false, "2026-01-01T00:00:00Z")));
+        assert_eq!(
+            writer.latest(&seen),
+            None,
+            "nothing written: the cache is current"
+        );
+        writer.record(&seen, &written);
+        assert_eq!(
+            writer.latest(&seen),
+            Some(written.clone()),
+            "version 7 again"
+        );
+        assert_eq!(
+            writer.latest(&pool("8", Some(written))),
+            None,
+            "the cache shows a newer version"
         );
     }
 }

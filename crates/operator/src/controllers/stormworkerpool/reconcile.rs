@@ -68,6 +68,19 @@ pub async fn reconcile(pool: Arc<StormWorkerPool>, ctx: Arc<Context>) -> Result<
 
 async fn reconcile_inner(pool: &StormWorkerPool, ctx: &Context) -> Result<Action> {
     let now = Timestamp::now();
+    // Woken before the watch delivered this controller's last status write: decide from that
+    // write, not from the older status the cache holds.
+    let fresh;
+    let pool = match ctx.status.latest(pool) {
+        Some(status) => {
+            fresh = StormWorkerPool {
+                status: Some(status),
+                ..pool.clone()
+            };
+            &fresh
+        }
+        None => pool,
+    };
     if let Err(e) = build::validate(pool) {
         return report_invalid(pool, ctx, &e, now).await;
     }

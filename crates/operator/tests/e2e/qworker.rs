@@ -812,4 +812,110 @@ pub async fn run(s: Scenario) {
     .await;
     s.note(format!("metrics exported (Redis database {})", redis.db));
     redis.del(&[QUEUE.to_string(), processing]).await;
+    first_status(s, &redis).await;
+}
+
+/// A new QWorker's status is written once, with both managers' fields, by the reconciler's
+/// field manager; once the autoscaler changes its fields they are its own, and the reconciler's
+/// next writes leave them in place (server-side apply on the real API server).
+async fn first_status(s: &Scenario, redis: &TestRedis) {
+    const FIRST: &str = "first-status";
+    const FIRST_QUEUE: &str = "first-status-queue";
+    const OPERATOR: &str = "workerpool-operator";
+    const AUTOSCALER: &str = "workerpool-operator-autoscaler";
+    redis.del(&[FIRST_QUEUE.to_string()]).await;
+    s.apply_yaml("qworker.yaml", QWORKER, |doc| {
+        doc["metadata"]["name"] = json!(FIRST);
+        doc["spec"]["scaleConfig"]["queue"] = json!(FIRST_QUEUE);
+        doc["spec"]["scaleConfig"]["minReplicas"] = json!(0);
+        doc["spec"]["scaleConfig"]["maxReplicas"] = json!(2);
+        doc["spec"]["scaleConfig"]["scalingFactor"] = json!(1);
+        // With activateVPA the autoscaler writes its first fields itself (docs/qworker.md).
+        doc["spec"]["scaleConfig"]["activateVPA"] = json!(false);
+    })
+    .await;
+    let api: Api<QWorker> = s.api();
+    let api = &api;
+    let owned = |q: &QWorker, manager: &str, field: &str| {
+        crate::harness::applied_field_owned_by(&q.metadata, manager, &["f:status", field])
+    };
+    let first = s
+        .eventually(
+            "the new QWorker's whole status from one apply of the reconciler",
+            WAIT,
+            || async move {
+                let q = api.get(FIRST).await.obs("get QWorker")?;
+                let st = q.status.clone().unwrap_or_default();
+                ensure(
+                    st.observed_generation == q.metadata.generation
+                        && st.queue_length == Some(0)
+                        && condition(&st.conditions, "BrokerReachable")
+                            .is_some_and(|c| c.status == "True"),
+                    || describe_qw(&q),
+                )?;
+                Ok(q)
+            },
+        )
+        .await;
+    let managers = format!("{:?}", first.metadata.managed_fields);
+    if !owned(&first, OPERATOR, "f:desiredReplicas")
+        || !owned(&first, OPERATOR, "f:queueLength")
+        || owned(&first, AUTOSCALER, "f:desiredReplicas")
+    {
+        s.fail(format!(
+            "the first status should be one apply of {OPERATOR}: {managers}"
+        ));
+    }
+    s.note("a new QWorker's status written once, by the reconciler, with the autoscaler's fields");
+
+    redis
+        .push(FIRST_QUEUE, "t1")
+        .await
+        .unwrap_or_else(|e| s.fail(e));
+    redis
+        .push(FIRST_QUEUE, "t2")
+        .await
+        .unwrap_or_else(|e| s.fail(e));
+    s.eventually(
+        "desiredReplicas 2, the autoscaler's own, and currentReplicas 2",
+        WAIT,
+        || async move {
+            let q = api.get(FIRST).await.obs("get QWorker")?;
+            let st = q.status.clone().unwrap_or_default();
+            ensure(
+                st.desired_replicas == 2
+                    && st.current_replicas == 2
+                    && owned(&q, AUTOSCALER, "f:desiredReplicas"),
+                || {
+                    format!(
+                        "{}; managers {:?}",
+                        describe_qw(&q),
+                        q.metadata.managed_fields
+                    )
+                },
+            )
+        },
+    )
+    .await;
+    s.consistently(
+        "the autoscaler's fields stay after the reconciler's writes",
+        Duration::from_secs(3),
+        || async move {
+            let q = api.get(FIRST).await.obs("get QWorker")?;
+            let st = q.status.clone().unwrap_or_default();
+            ensure(
+                st.desired_replicas == 2
+                    && st.queue_length == Some(2)
+                    && condition(&st.conditions, "BrokerReachable").is_some()
+                    && condition(&st.conditions, "Ready").is_some(),
+                || describe_qw(&q),
+            )
+        },
+    )
+    .await;
+    s.note("the autoscaler took its fields over; the reconciler's writes left them in place");
+    redis.del(&[FIRST_QUEUE.to_string()]).await;
+    if let Err(e) = api.delete(FIRST, &Default::default()).await {
+        s.fail(format!("delete {FIRST}: {e}"));
+    }
 }

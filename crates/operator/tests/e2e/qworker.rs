@@ -830,8 +830,6 @@ async fn first_status(s: &Scenario, redis: &TestRedis) {
         doc["spec"]["scaleConfig"]["minReplicas"] = json!(0);
         doc["spec"]["scaleConfig"]["maxReplicas"] = json!(2);
         doc["spec"]["scaleConfig"]["scalingFactor"] = json!(1);
-        // With activateVPA the autoscaler writes its first fields itself (docs/qworker.md).
-        doc["spec"]["scaleConfig"]["activateVPA"] = json!(false);
     })
     .await;
     let api: Api<QWorker> = s.api();

@@ -13,7 +13,9 @@ use kube::api::Api;
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 use workerpool_api::QWorker;
-use workerpool_api::conditions::{self, BROKER_REACHABLE, NewCondition, READY, SCALING};
+use workerpool_api::conditions::{
+    self, BROKER_REACHABLE, NewCondition, READY, RESOURCE_METRICS_AVAILABLE, SCALING,
+};
 use workerpool_api::qworker::{OomKill, QWorkerStatus};
 
 use super::autoscaler::Handover;
@@ -258,10 +260,12 @@ pub fn carried(qw: &QWorker) -> Option<serde_json::Value> {
     }
     let status = qw.status.as_ref()?;
     let broker = conditions::find(&status.conditions, BROKER_REACHABLE)?;
+    let metrics = conditions::find(&status.conditions, RESOURCE_METRICS_AVAILABLE);
     let mut fields = serde_json::json!({
         "desiredReplicas": status.desired_replicas,
-        "conditions": [broker],
+        "conditions": std::iter::once(broker).chain(metrics).collect::<Vec<_>>(),
     });
+    let vpa = qw.spec.scale_config.activate_vpa;
     let optional = [
         ("queueLength", serde_json::to_value(status.queue_length)),
         (
@@ -271,6 +275,18 @@ pub fn carried(qw: &QWorker) -> Option<serde_json::Value> {
         (
             "lastScaleDecision",
             serde_json::to_value(&status.last_scale_decision),
+        ),
+        (
+            "maxContainerResourcesUsage",
+            serde_json::to_value(vpa.then_some(&status.max_container_resources_usage)),
+        ),
+        (
+            "oomKillsSeen",
+            serde_json::to_value(vpa.then_some(&status.oom_kills_seen)),
+        ),
+        (
+            "lastOomRaiseTime",
+            serde_json::to_value(&status.last_oom_raise_time),
         ),
     ];
     for (key, value) in optional {
@@ -299,4 +315,93 @@ pub fn combined(fields: &ReconcilerStatus, carried: serde_json::Value) -> serde_
         }
     }
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qworker(
+        vpa: bool,
+        status: serde_json::Value,
+        managed: Option<serde_json::Value>,
+    ) -> QWorker {
+        let mut q = serde_json::json!({
+            "apiVersion": "quickube.com/v1alpha1", "kind": "QWorker",
+            "metadata": {"name": "q", "namespace": "ns"},
+            "spec": {"podSpec": {"containers": [{"name": "worker", "image": "w"}]},
+                "scaleConfig": {"scalerConfigRef": "r", "queue": "q", "minReplicas": 1,
+                    "maxReplicas": 4, "scalingFactor": 1, "activateVPA": vpa}},
+            "status": status,
+        });
+        if let Some(m) = managed {
+            q["metadata"]["managedFields"] = m;
+        }
+        serde_json::from_value(q).expect("a QWorker")
+    }
+
+    fn condition(type_: &str) -> serde_json::Value {
+        serde_json::json!({"type": type_, "status": "True", "reason": "R", "message": "m",
+            "lastTransitionTime": "2026-12-07T10:00:00Z"})
+    }
+
+    #[test]
+    fn the_reconciler_carries_every_autoscaler_field_it_wrote_until_the_autoscaler_applies() {
+        let status = serde_json::json!({
+            "desiredReplicas": 2, "queueLength": 5, "currentReplicas": 2,
+            "lastScaleTime": "2026-12-07T10:00:00Z",
+            "maxContainerResourcesUsage": {"worker": {"memory": "96Mi"}},
+            "conditions": [condition("Ready"), condition("BrokerReachable"),
+                condition("ResourceMetricsAvailable"), condition("Scaling")]
+        });
+        let carried = super::carried(&qworker(true, status.clone(), None)).expect("carried");
+        assert_eq!(carried["desiredReplicas"], 2);
+        assert_eq!(carried["queueLength"], 5);
+        assert_eq!(carried["lastScaleTime"], "2026-12-07T10:00:00Z");
+        assert_eq!(
+            carried["maxContainerResourcesUsage"]["worker"]["memory"],
+            "96Mi"
+        );
+        assert_eq!(carried["oomKillsSeen"], serde_json::json!([]));
+        let types: Vec<&str> = carried["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .filter_map(|c| c["type"].as_str())
+            .collect();
+        assert_eq!(
+            types,
+            ["BrokerReachable", "ResourceMetricsAvailable"],
+            "only its own"
+        );
+        assert!(carried.get("currentReplicas").is_none());
+
+        let without_vpa = super::carried(&qworker(false, status.clone(), None)).expect("carried");
+        assert!(without_vpa.get("maxContainerResourcesUsage").is_none());
+
+        let applied = serde_json::json!([{"manager": crate::AUTOSCALER_MANAGER,
+            "operation": "Apply", "subresource": "status"}]);
+        assert_eq!(super::carried(&qworker(true, status, Some(applied))), None);
+        let never_written = serde_json::json!({"currentReplicas": 0,
+            "conditions": [condition("Ready")]});
+        assert_eq!(super::carried(&qworker(true, never_written, None)), None);
+    }
+
+    #[test]
+    fn carried_conditions_join_the_reconcilers_in_one_list() {
+        let own = ReconcilerStatus {
+            current_replicas: 1,
+            current_pod_spec_hash: "h".into(),
+            selector: "s".into(),
+            observed_generation: Some(3),
+            conditions: vec![serde_json::from_value(condition("Ready")).expect("condition")],
+        };
+        let body = combined(
+            &own,
+            serde_json::json!({"desiredReplicas": 1, "conditions": [condition("BrokerReachable")]}),
+        );
+        assert_eq!(body["currentReplicas"], 1);
+        assert_eq!(body["desiredReplicas"], 1);
+        assert_eq!(body["conditions"].as_array().map(Vec::len), Some(2));
+    }
 }

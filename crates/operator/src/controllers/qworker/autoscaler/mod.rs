@@ -1068,12 +1068,9 @@ impl Poller {
     }
 
     /// Whether this write may go through the reconciler ([`answer`]): the first of this poll,
-    /// for a QWorker without a status, with the queue read and no activateVPA records.
+    /// for a QWorker without a status, with the queue read.
     fn may_hand_over(&self, qw: &QWorker, error: Option<&BrokerUnavailable>) -> bool {
-        self.last.is_none()
-            && qw.status.is_none()
-            && error.is_none()
-            && !qw.spec.scale_config.activate_vpa
+        self.last.is_none() && qw.status.is_none() && error.is_none()
     }
 
     /// Hands `fields` to the reconciler, to be written with its own; whether they were.

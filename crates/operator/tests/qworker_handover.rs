@@ -25,6 +25,15 @@ fn status_path(name: &str) -> String {
     format!("/apis/quickube.com/v1alpha1/namespaces/handover/qworkers/{name}/status")
 }
 
+/// A connection to the machine's Redis.
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open("redis://127.0.0.1:6379/")
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("local Redis at 127.0.0.1:6379")
+}
+
 /// A reconciler and its autoscaler for the status-less QWorker `name`, whose queue holds three
 /// tasks (scalingFactor 1: three workers).
 async fn start(
@@ -37,11 +46,7 @@ async fn start(
     String,
 ) {
     let queue = format!("handover-{name}-{}", std::process::id());
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379/")
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("local Redis at 127.0.0.1:6379");
+    let mut redis = redis().await;
     let _: () = redis.del(&queue).await.expect("del");
     let _: () = redis.lpush(&queue, &["a", "b", "c"]).await.expect("lpush");
     let q: QWorker = testkit::qworker("handover", name, &queue)
@@ -154,12 +159,7 @@ async fn a_new_qworker_gets_one_status_apply_with_both_managers_fields() {
         "{:?}",
         api.events
     );
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379/")
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let _: () = redis.del(&queue).await.expect("cleanup");
+    let _: () = redis().await.del(&queue).await.expect("cleanup");
 }
 
 #[tokio::test]
@@ -189,10 +189,5 @@ async fn when_the_reconciler_cannot_write_the_autoscaler_writes_its_fields_itsel
     api.finish(task)
         .await
         .expect_err("the reconciler's write failed");
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379/")
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let _: () = redis.del(&queue).await.expect("cleanup");
+    let _: () = redis().await.del(&queue).await.expect("cleanup");
 }

@@ -39,7 +39,9 @@ pub async fn reconcile(qw: Arc<QWorker>, ctx: Arc<Context>) -> Result<Action> {
 /// Sets `Ready=False` with `reason` and the message.
 async fn report_refused(qw: &QWorker, ctx: &Context, reason: &str, message: &str) -> Result<()> {
     let fields = status::refused(qw, reason, message, Timestamp::now());
-    status::write(qw, &ctx.shared.client, &fields, None).await
+    status::write(qw, &ctx.shared.client, &fields, None)
+        .await
+        .map(drop)
 }
 
 /// The requests activateVPA gives new pods, from `status.maxContainerResourcesUsage`.
@@ -119,7 +121,12 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
         },
         Timestamp::now(),
     );
-    status::write(qw, &ctx.shared.client, &fields, handover).await?;
+    let handed = handover.as_ref().map(|h| h.fields.clone());
+    let written = status::write(qw, &ctx.shared.client, &fields, handed).await;
+    if let Some(h) = handover {
+        h.landed(matches!(written, Ok(true)));
+    }
+    written?;
     let waiting = !pending_creates.is_empty()
         || !pending_drains.is_empty()
         || acted.any()

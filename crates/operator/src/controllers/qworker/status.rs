@@ -18,7 +18,6 @@ use workerpool_api::conditions::{
 };
 use workerpool_api::qworker::{OomKill, QWorkerStatus};
 
-use super::autoscaler::Handover;
 use super::build;
 use super::plan::{Plan, PodView};
 use crate::apply;
@@ -201,28 +200,29 @@ pub fn observed(qw: &QWorker, observed: &Observed<'_>, now: Timestamp) -> Reconc
 }
 
 /// Applies the reconciler's `fields` unless `qw` already carries them, with the autoscaler's
-/// fields it owns ([`carried`]) or is handed (`handover`, told whether they were written).
+/// fields it owns ([`carried`]) or is handed (`handed`: the autoscaler's first look); returns
+/// whether the `handed` fields were written.
 pub async fn write(
     qw: &QWorker,
     client: &Client,
     fields: &ReconcilerStatus,
-    handover: Option<Handover>,
-) -> Result<()> {
-    let carried = match &handover {
-        Some(h) => Some(h.fields.clone()),
-        None if qw.status.as_ref().is_some_and(|s| fields.is_in(s)) => return Ok(()),
+    handed: Option<serde_json::Value>,
+) -> Result<bool> {
+    let handing = handed.is_some();
+    let carried = match handed {
+        Some(h) => Some(h),
+        None if qw.status.as_ref().is_some_and(|s| fields.is_in(s)) => return Ok(false),
         None => carried(qw),
     };
     let api: Api<QWorker> = Api::namespaced(client.clone(), &qw.namespace().unwrap_or_default());
     let name = qw.name_any();
     let Some(carried) = carried else {
-        return apply::apply_status(&api, &name, fields).await;
+        return apply::apply_status(&api, &name, fields)
+            .await
+            .map(|()| false);
     };
-    let written = write_carrying(&api, &name, fields, carried).await;
-    if let Some(h) = handover {
-        h.landed(matches!(written, Ok(true)));
-    }
-    written.map(|_| ())
+    let written = write_carrying(&api, &name, fields, carried).await?;
+    Ok(handing && written)
 }
 
 /// Applies `fields` with the autoscaler's `carried` fields, not forcing: a conflict means that

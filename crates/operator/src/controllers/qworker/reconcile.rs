@@ -54,20 +54,47 @@ pub fn vpa_requests(qw: &QWorker) -> BTreeMap<String, BTreeMap<String, String>> 
     vpa::requests(qw, &record)
 }
 
+/// Starts the autoscaler's poll of `qw` if needed and returns its first fields when it hands
+/// them over (a new QWorker: they go out with this reconcile's status); `Err` with the requeue
+/// when it has not looked at the queue yet: after a start, nothing is decided from a desired
+/// count older than its first look (it comes within one poll).
+fn autoscaler_answer(
+    qw: &QWorker,
+    ctx: &Context,
+) -> std::result::Result<Option<autoscaler::Handover>, Action> {
+    let Some(autoscaler) = &ctx.autoscaler else {
+        return Ok(None);
+    };
+    autoscaler.ensure(qw);
+    match autoscaler.answer(qw) {
+        autoscaler::Answer::NotYet => Err(Action::requeue(cache::NOT_READY_RETRY)),
+        autoscaler::Answer::Answered => Ok(None),
+        autoscaler::Answer::HandOver(h) => Ok(Some(h)),
+    }
+}
+
+/// Writes the reconciler's `fields` (with the autoscaler's `handover`, if any) and tells the
+/// autoscaler whether its handed fields were written.
+async fn write_status(
+    qw: &QWorker,
+    ctx: &Context,
+    fields: &status::ReconcilerStatus,
+    handover: Option<autoscaler::Handover>,
+) -> Result<()> {
+    let handed = handover.as_ref().map(|h| h.fields.clone());
+    let written = status::write(qw, &ctx.shared.client, fields, handed).await;
+    if let Some(h) = handover {
+        h.landed(matches!(written, Ok(true)));
+    }
+    written.map(drop)
+}
+
 async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
     build::validate(qw).map_err(Error::InvalidSpec)?;
-    let mut handover = None;
-    if let Some(autoscaler) = &ctx.autoscaler {
-        autoscaler.ensure(qw);
-        match autoscaler.answer(qw) {
-            // After a start, decide nothing from a desired count older than the autoscaler's
-            // first look at the queue (it comes within one poll).
-            autoscaler::Answer::NotYet => return Ok(Action::requeue(cache::NOT_READY_RETRY)),
-            autoscaler::Answer::Answered => {}
-            // A new QWorker: the autoscaler's first fields go out with this reconcile's.
-            autoscaler::Answer::HandOver(h) => handover = Some(h),
-        }
-    }
+    let handover = match autoscaler_answer(qw, ctx) {
+        Ok(handover) => handover,
+        Err(wait) => return Ok(wait),
+    };
     let sc = &qw.spec.scale_config;
     let ns = qw.namespace().unwrap_or_default();
     let uid = qw.metadata.uid.clone().unwrap_or_default();
@@ -121,12 +148,7 @@ async fn reconcile_inner(qw: &QWorker, ctx: &Context) -> Result<Action> {
         },
         Timestamp::now(),
     );
-    let handed = handover.as_ref().map(|h| h.fields.clone());
-    let written = status::write(qw, &ctx.shared.client, &fields, handed).await;
-    if let Some(h) = handover {
-        h.landed(matches!(written, Ok(true)));
-    }
-    written?;
+    write_status(qw, ctx, &fields, handover).await?;
     let waiting = !pending_creates.is_empty()
         || !pending_drains.is_empty()
         || acted.any()

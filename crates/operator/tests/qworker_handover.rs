@@ -11,7 +11,7 @@ use kube::runtime::reflector;
 use kube::runtime::watcher;
 use redis::AsyncCommands;
 use serde_json::json;
-use workerpool_api::{QWorker, ScalerConfig};
+use workerpool_api::QWorker;
 use workerpool_operator::brokers::Brokers;
 use workerpool_operator::context::Shared;
 use workerpool_operator::controllers::qworker::autoscaler::{AUTOSCALER_MANAGER, Autoscaler};
@@ -53,14 +53,10 @@ async fn start(
         .spec(json!({"scaleConfig": {"minReplicas": 0, "maxReplicas": 5}}))
         .build();
     let (client, api) = testkit::mock();
-    let (qw_reader, mut qw_writer) = reflector::store::<QWorker>();
+    let qw_reader = testkit::cache_of([q.clone()]);
+    let sc_reader = testkit::cache_of([testkit::local_redis("handover", "redis", "sc")]);
     let (pod_reader, mut pod_writer) = reflector::store::<Pod>();
-    let (sc_reader, mut sc_writer) = reflector::store::<ScalerConfig>();
     pod_writer.apply_watcher_event(&watcher::Event::InitDone);
-    sc_writer.apply_watcher_event(&watcher::Event::Apply(testkit::local_redis(
-        "handover", "redis", "sc",
-    )));
-    qw_writer.apply_watcher_event(&watcher::Event::Apply(q.clone()));
     let metrics = Arc::new(Metrics::default());
     let shared = Shared::new(client.clone(), metrics.clone(), None);
     let brokers = Brokers::new(client, sc_reader);
@@ -78,7 +74,7 @@ async fn start(
         expectations: Expectations::default(),
     });
     // Leaked on purpose: the poll task and the test end together.
-    std::mem::forget((qw_writer, pod_writer, sc_writer));
+    std::mem::forget(pod_writer);
     (ctx, q, metrics, api, queue)
 }
 
@@ -150,6 +146,13 @@ async fn a_new_qworker_gets_one_status_apply_with_both_managers_fields() {
     assert!(testkit::condition(s, "Ready").is_some() && testkit::condition(s, "Scaling").is_some());
     send.send_response(testkit::response(200, &testkit::stored(&q)));
     api.finish(task).await.expect("reconcile ok");
+    // Woken again before the watch delivered that write (the cache shows no status yet): it
+    // waits, for an apply of its own fields alone would remove the autoscaler's.
+    let task = tokio::spawn(reconcile(Arc::new(q.clone()), ctx.clone()));
+    assert_eq!(
+        api.finish(task).await.expect("no error"),
+        kube::runtime::controller::Action::requeue(Duration::from_millis(500))
+    );
     // The autoscaler announces what was written, and writes nothing itself.
     api.expect_silence(Duration::from_millis(1500)).await;
     assert!(

@@ -56,8 +56,10 @@ pub fn vpa_requests(qw: &QWorker) -> BTreeMap<String, BTreeMap<String, String>> 
 
 /// Starts the autoscaler's poll of `qw` if needed and returns its first fields when it hands
 /// them over (a new QWorker: they go out with this reconcile's status); `Err` with the requeue
-/// when it has not looked at the queue yet: after a start, nothing is decided from a desired
-/// count older than its first look (it comes within one poll).
+/// when it has not looked at the queue yet (after a start, nothing is decided from a desired
+/// count older than its first look, which comes within one poll), or when it has but the cache
+/// shows no status yet: the first status write (the hand-over's or the autoscaler's own) is on
+/// its way, and an apply computed without it would remove the fields it wrote.
 fn autoscaler_answer(
     qw: &QWorker,
     ctx: &Context,
@@ -68,6 +70,9 @@ fn autoscaler_answer(
     autoscaler.ensure(qw);
     match autoscaler.answer(qw) {
         autoscaler::Answer::NotYet => Err(Action::requeue(cache::NOT_READY_RETRY)),
+        autoscaler::Answer::Answered if qw.status.is_none() => {
+            Err(Action::requeue(cache::NOT_READY_RETRY))
+        }
         autoscaler::Answer::Answered => Ok(None),
         autoscaler::Answer::HandOver(h) => Ok(Some(h)),
     }

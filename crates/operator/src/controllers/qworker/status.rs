@@ -261,42 +261,23 @@ pub fn carried(qw: &QWorker) -> Option<serde_json::Value> {
     let status = qw.status.as_ref()?;
     let broker = conditions::find(&status.conditions, BROKER_REACHABLE)?;
     let metrics = conditions::find(&status.conditions, RESOURCE_METRICS_AVAILABLE);
-    let mut fields = serde_json::json!({
-        "desiredReplicas": status.desired_replicas,
-        "conditions": std::iter::once(broker).chain(metrics).collect::<Vec<_>>(),
-    });
+    let decision = status
+        .last_scale_decision
+        .as_ref()
+        .and_then(|d| serde_json::to_value(d).ok());
     let vpa = qw.spec.scale_config.activate_vpa;
-    let optional = [
-        ("queueLength", serde_json::to_value(status.queue_length)),
-        (
-            "lastScaleTime",
-            serde_json::to_value(&status.last_scale_time),
-        ),
-        (
-            "lastScaleDecision",
-            serde_json::to_value(&status.last_scale_decision),
-        ),
-        (
-            "maxContainerResourcesUsage",
-            serde_json::to_value(vpa.then_some(&status.max_container_resources_usage)),
-        ),
-        (
-            "oomKillsSeen",
-            serde_json::to_value(vpa.then_some(&status.oom_kills_seen)),
-        ),
-        (
-            "lastOomRaiseTime",
-            serde_json::to_value(&status.last_oom_raise_time),
-        ),
-    ];
-    for (key, value) in optional {
-        if let Ok(value) = value
-            && !value.is_null()
-        {
-            fields[key] = value;
-        }
-    }
-    Some(fields)
+    // The fields as the autoscaler applies them (the same shape, so the same field paths).
+    let fields = AutoscalerStatus {
+        desired_replicas: status.desired_replicas,
+        conditions: std::iter::once(broker).chain(metrics).cloned().collect(),
+        last_scale_time: status.last_scale_time.clone(),
+        last_scale_decision: decision.as_ref(),
+        queue_length: status.queue_length.and_then(|l| u64::try_from(l).ok()),
+        max_container_resources_usage: vpa.then_some(&status.max_container_resources_usage),
+        oom_kills_seen: vpa.then_some(status.oom_kills_seen.as_slice()),
+        last_oom_raise_time: status.last_oom_raise_time.clone(),
+    };
+    serde_json::to_value(&fields).ok()
 }
 
 /// The reconciler's `fields` and the `carried` ones in one status body (their conditions in

@@ -6,7 +6,8 @@
 //! StormTopologies, `--pools` StormWorkerPools (every fourth autoscaled) and `--qworkers`
 //! QWorkers, then starts the operator and prints:
 //! - convergence: from the operator's start until every pool and QWorker has a status of its
-//!   current generation, and the API server's CPU meanwhile (its `process_cpu_seconds_total`);
+//!   current generation (and when the first and half of them had), and the API server's CPU
+//!   meanwhile (its `process_cpu_seconds_total`) and the operator's;
 //! - with `--floor`, the floor measured first in the same invocation (below) and convergence
 //!   as a multiple of it;
 //! - resident memory (steady, and the peak seen) and CPU of the operator process;
@@ -655,6 +656,11 @@ struct Row {
     convergence_writes: BTreeMap<String, f64>,
     /// The API server's CPU while the operator converged, in % of a core.
     server_cpu: f64,
+    /// The operator's own CPU while it converged, in % of a core.
+    operator_cpu: f64,
+    /// From the start until the first object converged, and until half of them had.
+    first_converged: Duration,
+    half_converged: Duration,
     rss_steady: f64,
     rss_peak: f64,
     /// CPU at rest, in % of a core, over `window`.
@@ -681,6 +687,7 @@ async fn measure(client: &Client, ns: &Fixture, o: &Options) -> Row {
     let mut operator = start_operator(&ns.name, &log);
     let pid = operator.id();
     let mut peak: f64 = 0.0;
+    let (mut first_converged, mut half_converged) = (None, None);
     let convergence = loop {
         peak = peak.max(rss_mib(pid));
         let pools_done = pool_cache
@@ -699,6 +706,13 @@ async fn measure(client: &Client, ns: &Fixture, o: &Options) -> Row {
             .iter()
             .filter(|x| converged(&***x, x.status.as_ref().and_then(|s| s.observed_generation)))
             .count();
+        let done = pools_done + qw_done;
+        if done > 0 {
+            first_converged.get_or_insert_with(|| start.elapsed());
+        }
+        if done * 2 >= ns.pools + ns.qworkers {
+            half_converged.get_or_insert_with(|| start.elapsed());
+        }
         if pools_done == ns.pools && qw_done == ns.qworkers {
             break start.elapsed();
         }
@@ -712,16 +726,24 @@ async fn measure(client: &Client, ns: &Fixture, o: &Options) -> Row {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let operator_cpu = cpu_seconds(pid) / convergence.as_secs_f64() * 100.0;
     let after_start = server_metrics(client).await;
     pool_watch.abort();
     qworker_watch.abort();
     let convergence_writes = delta(&before_start.writes, &after_start.writes);
     let server_cpu =
         (after_start.cpu_seconds - before_start.cpu_seconds) / convergence.as_secs_f64() * 100.0;
+    let (first_converged, half_converged) = (
+        first_converged.unwrap_or(convergence),
+        half_converged.unwrap_or(convergence),
+    );
     println!(
-        "converged in {:.1} s ({} write requests; API server CPU {server_cpu:.0} % of a core)",
+        "converged in {:.1} s ({} write requests; the first object at {:.1} s, half at {:.1} s; \
+         API server CPU {server_cpu:.0} %, operator CPU {operator_cpu:.0} % of a core)",
         convergence.as_secs_f64(),
-        convergence_writes.values().sum::<f64>()
+        convergence_writes.values().sum::<f64>(),
+        first_converged.as_secs_f64(),
+        half_converged.as_secs_f64(),
     );
 
     // Quiet window: nothing changes.
@@ -764,6 +786,9 @@ async fn measure(client: &Client, ns: &Fixture, o: &Options) -> Row {
         convergence,
         convergence_writes,
         server_cpu,
+        operator_cpu,
+        first_converged,
+        half_converged,
         rss_steady: percentile(&rss, 50.0),
         rss_peak: peak,
         cpu,
@@ -880,8 +905,13 @@ fn print_row(r: &Row) {
         );
     }
     println!(
-        "| API server CPU while the operator converged | {:.0} % of a core |",
-        r.server_cpu
+        "| first object converged, half converged | {:.1} s, {:.1} s |",
+        r.first_converged.as_secs_f64(),
+        r.half_converged.as_secs_f64()
+    );
+    println!(
+        "| CPU while the operator converged: API server, operator | {:.0} %, {:.0} % of a core |",
+        r.server_cpu, r.operator_cpu
     );
     println!(
         "| resident memory, steady (median over the window) | {:.1} MiB ({:.1} KB per object) |",

@@ -7,7 +7,8 @@
 //! QWorkers, then starts the operator and prints:
 //! - convergence: from the operator's start until every pool and QWorker has a status of its
 //!   current generation (and when the first and half of them had), and the API server's CPU
-//!   meanwhile (its `process_cpu_seconds_total`) and the operator's;
+//!   meanwhile (its `process_cpu_seconds_total`) and the operator's, the write and read
+//!   requests it served meanwhile (`apiserver_request_total`) and the operator's reconciles;
 //! - with `--floor`, the floor measured first in the same invocation (below) and convergence
 //!   as a multiple of it;
 //! - resident memory (steady, and the peak seen) and CPU of the operator process;
@@ -27,7 +28,8 @@
 //! of the one Cargo built (e.g. the image's static musl build,
 //! `target/x86_64-unknown-linux-musl/release/workerpool-operator`).
 //! The floor (`--floor`, or `--floor-only [--concurrency N]` without the operator's runs):
-//! no operator runs; the benchmark sends the writes that a converged state needs itself and
+//! no operator runs; with the same watches of pools and QWorkers open through which it sees
+//! the operator converge, the benchmark sends the writes that a converged state needs itself and
 //! prints how long the API server took, the least time any operator could converge in on that
 //! server and machine.
 
@@ -188,6 +190,8 @@ struct ServerMetrics {
     /// Write requests served, by `verb resource` (leases and the API server's own endpoint
     /// bookkeeping left out).
     writes: BTreeMap<String, f64>,
+    /// Reads served (GET and LIST, not WATCH), by `verb resource`, the same left out.
+    reads: BTreeMap<String, f64>,
     /// `process_cpu_seconds_total` of the API server.
     cpu_seconds: f64,
 }
@@ -205,7 +209,7 @@ async fn server_metrics(client: &Client) -> ServerMetrics {
         .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(f64::NAN);
-    let mut writes = BTreeMap::new();
+    let (mut writes, mut reads) = (BTreeMap::new(), BTreeMap::new());
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
             continue;
@@ -222,11 +226,12 @@ async fn server_metrics(client: &Client) -> ServerMetrics {
         };
         let verb = label("verb");
         let resource = label("resource");
-        if !matches!(
-            verb.as_str(),
-            "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE" | "DELETECOLLECTION"
-        ) || matches!(resource.as_str(), "leases" | "endpoints" | "endpointslices")
-        {
+        let counted = match verb.as_str() {
+            "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE" | "DELETECOLLECTION" => &mut writes,
+            "GET" | "LIST" => &mut reads,
+            _ => continue,
+        };
+        if matches!(resource.as_str(), "leases" | "endpoints" | "endpointslices") {
             continue;
         }
         let subresource = label("subresource");
@@ -235,10 +240,11 @@ async fn server_metrics(client: &Client) -> ServerMetrics {
         } else {
             format!("{verb} {resource}/{subresource}")
         };
-        *writes.entry(key).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+        *counted.entry(key).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
     }
     ServerMetrics {
         writes,
+        reads,
         cpu_seconds,
     }
 }
@@ -283,7 +289,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn start_operator(namespace: &str, log: &std::path::Path) -> Child {
+fn start_operator(namespace: &str, log: &std::path::Path, metrics_port: u16) -> Child {
     let out = std::fs::File::create(log).expect("log file");
     let err = out.try_clone().expect("log file");
     // `WPO_BENCH_WRAP` (e.g. `heaptrack -o /tmp/op`) runs the operator under a profiler.
@@ -307,7 +313,7 @@ fn start_operator(namespace: &str, log: &std::path::Path) -> Child {
             "--namespace",
             namespace,
             "--metrics-addr",
-            "127.0.0.1:0",
+            &format!("127.0.0.1:{metrics_port}"),
         ])
         .env("RUST_LOG", "warn")
         .env("LOG_FORMAT", "text")
@@ -318,6 +324,36 @@ fn start_operator(namespace: &str, log: &std::path::Path) -> Child {
         .stderr(err)
         .spawn()
         .expect("start the operator")
+}
+
+/// A port free on 127.0.0.1 now, for the operator's `/metrics`.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The operator's `workerpool_reconciles_total` by controller, read from its `/metrics` on
+/// `port` (empty when it does not answer).
+fn operator_reconciles(port: u16) -> BTreeMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut text = String::new();
+    let read = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut c| {
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        c.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        c.read_to_string(&mut text)
+    });
+    if read.is_err() {
+        return BTreeMap::new();
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("workerpool_reconciles_total{controller=\""))
+        .filter_map(|rest| {
+            let (controller, value) = rest.split_once("\"} ")?;
+            Some((controller.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// A watch cache of `api`, filled (listed once) before this returns, and the task that keeps it.
@@ -349,7 +385,8 @@ fn converged<K: kube::Resource>(object: &K, observed: Option<i64>) -> bool {
 /// operator running: the benchmark sends, `concurrency` at a time, what the operator must send
 /// for every pool (its ConfigMap, Deployment, Service, HPA when autoscaled, then its status,
 /// built by the operator's own functions) and one status apply per QWorker carrying both
-/// writers' fields. Returns the time and the writes the API server counted.
+/// writers' fields, with the benchmark's watches of the pools and QWorkers open as during the
+/// operator's run. Returns the time and the writes the API server counted.
 async fn floor(client: &Client, ns: &str, concurrency: usize) -> (Duration, BTreeMap<String, f64>) {
     use futures::future::BoxFuture;
     use workerpool_operator::apply::{apply, apply_status};
@@ -438,6 +475,10 @@ async fn floor(client: &Client, ns: &str, concurrency: usize) -> (Duration, BTre
         jobs.extend(p.map(pool_job));
         jobs.extend(q.map(qworker_job));
     }
+    // The watches through which the operator's run is seen converging are open here too: they
+    // cost the API server the same in both.
+    let (_pools_seen, pool_watch) = follow(pools.clone()).await;
+    let (_qworkers_seen, qworker_watch) = follow(qworkers.clone()).await;
     let before = server_metrics(client).await.writes;
     let start = Instant::now();
     futures::stream::iter(jobs)
@@ -445,6 +486,8 @@ async fn floor(client: &Client, ns: &str, concurrency: usize) -> (Duration, BTre
         .collect::<Vec<()>>()
         .await;
     let took = start.elapsed();
+    pool_watch.abort();
+    qworker_watch.abort();
     (took, delta(&before, &server_metrics(client).await.writes))
 }
 
@@ -654,6 +697,10 @@ struct Row {
     floor: Option<(Duration, f64)>,
     convergence: Duration,
     convergence_writes: BTreeMap<String, f64>,
+    /// Reads (GET, LIST) the API server served meanwhile, by verb and resource.
+    convergence_reads: BTreeMap<String, f64>,
+    /// The operator's reconciles until it converged, by controller.
+    convergence_reconciles: BTreeMap<String, f64>,
     /// The API server's CPU while the operator converged, in % of a core.
     server_cpu: f64,
     /// The operator's own CPU while it converged, in % of a core.
@@ -684,7 +731,8 @@ async fn measure(client: &Client, ns: &Fixture, o: &Options) -> Row {
     let log = std::env::temp_dir().join(format!("{}-operator.log", ns.name));
     let before_start = server_metrics(client).await;
     let start = Instant::now();
-    let mut operator = start_operator(&ns.name, &log);
+    let metrics_port = free_port();
+    let mut operator = start_operator(&ns.name, &log, metrics_port);
     let pid = operator.id();
     let mut peak: f64 = 0.0;
     let (mut first_converged, mut half_converged) = (None, None);
@@ -727,10 +775,12 @@ async fn measure(client: &Client, ns: &Fixture, o: &Options) -> Row {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let operator_cpu = cpu_seconds(pid) / convergence.as_secs_f64() * 100.0;
+    let convergence_reconciles = operator_reconciles(metrics_port);
     let after_start = server_metrics(client).await;
     pool_watch.abort();
     qworker_watch.abort();
     let convergence_writes = delta(&before_start.writes, &after_start.writes);
+    let convergence_reads = delta(&before_start.reads, &after_start.reads);
     let server_cpu =
         (after_start.cpu_seconds - before_start.cpu_seconds) / convergence.as_secs_f64() * 100.0;
     let (first_converged, half_converged) = (
@@ -785,6 +835,8 @@ async fn measure(client: &Client, ns: &Fixture, o: &Options) -> Row {
         floor: None,
         convergence,
         convergence_writes,
+        convergence_reads,
+        convergence_reconciles,
         server_cpu,
         operator_cpu,
         first_converged,
@@ -944,4 +996,12 @@ fn print_row(r: &Row) {
         println!("\nwrites in the window: {:?}", r.quiet);
     }
     println!("writes during convergence: {:?}", r.convergence_writes);
+    println!(
+        "reads during convergence (the bench's own included): {:?}",
+        r.convergence_reads
+    );
+    println!(
+        "the operator's reconciles during convergence: {:?}",
+        r.convergence_reconciles
+    );
 }

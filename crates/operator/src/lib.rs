@@ -29,6 +29,9 @@ pub mod telemetry;
 
 /// The field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "workerpool-operator";
+/// Field manager that keeps an autoscaled Deployment's `spec.replicas` while ownership passes
+/// from the operator to the HPA (`controllers::stormworkerpool::replicas`).
+pub const HANDOFF_MANAGER: &str = "workerpool-operator-handoff";
 /// Field manager of the QWorker autoscaler's status writes (`desiredReplicas`, `queueLength`,
 /// `lastScaleTime`, the `BrokerReachable` condition).
 pub const AUTOSCALER_MANAGER: &str = "workerpool-operator-autoscaler";

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::{Value, json};
 use workerpool_api::StormWorkerPool;
 use workerpool_operator::cache::child::{Child, ChildKind};
@@ -797,6 +798,18 @@ fn settled(
     ChildCaches,
     workerpool_operator::controllers::stormworkerpool::build::Children,
 ) {
+    settled_managed(p, None)
+}
+
+/// As [`settled`], the cached Deployment decoded with `managed` as its managedFields (`None`:
+/// without any, as an object built rather than served).
+fn settled_managed(
+    p: &mut StormWorkerPool,
+    managed: Option<Value>,
+) -> (
+    ChildCaches,
+    workerpool_operator::controllers::stormworkerpool::build::Children,
+) {
     use workerpool_operator::controllers::stormworkerpool::{build, status};
     let cluster = testkit::running_external_cluster(NS).build();
     let children = build::children(p, &cluster).expect("children");
@@ -808,6 +821,10 @@ fn settled(
             "availableReplicas": replicas, "updatedReplicas": replicas}))
         .expect("status"),
     );
+    if let Some(managed) = managed {
+        deployment.metadata.managed_fields =
+            Some(serde_json::from_value(managed).expect("managedFields"));
+    }
     let hpa = children.hpa.clone().map(|mut h| {
         h.status = Some(
             serde_json::from_value(json!({"currentReplicas": replicas, "desiredReplicas": replicas,
@@ -877,25 +894,89 @@ async fn a_resync_of_an_unchanged_pool_sends_no_write() {
     assert!(api.events.is_empty(), "{:?}", api.events);
 }
 
+/// `deployment` with `managed` as its managedFields, as the API server returns it.
+fn with_managed_fields(deployment: &Deployment, managed: Value) -> Value {
+    let mut live = serde_json::to_value(deployment).expect("json");
+    testkit::merge(&mut live, json!({"metadata": {"managedFields": managed}}));
+    live
+}
+
+/// managedFields of an autoscaled Deployment whose hand-off is over: the operator's apply does
+/// not own replicas, the hand-off manager owns replicas alone.
+fn handed_off() -> Value {
+    json!([
+        {"manager": "workerpool-operator", "operation": "Apply", "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:spec": {"f:template": {}}}},
+        {"manager": "workerpool-operator-handoff", "operation": "Apply", "fieldsType": "FieldsV1",
+         "fieldsV1": {".": {}, "f:spec": {".": {}, "f:replicas": {}}}},
+        {"manager": "kube-controller-manager", "operation": "Update", "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:spec": {"f:replicas": {}}, "f:status": {}}}])
+}
+
+/// managedFields of an autoscaled Deployment whose release after the operator's apply did not
+/// happen: the hand-off manager still holds fields beside replicas.
+fn release_missed() -> Value {
+    json!([
+        {"manager": "workerpool-operator", "operation": "Apply", "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:spec": {"f:template": {}}}},
+        {"manager": "workerpool-operator-handoff", "operation": "Apply", "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:metadata": {"f:labels": {}}, "f:spec": {"f:replicas": {}, "f:template": {}}}}])
+}
+
 #[tokio::test]
-async fn a_resync_of_an_unchanged_autoscaled_pool_only_reads_the_deployment() {
+async fn a_resync_of_an_unchanged_autoscaled_pool_sends_nothing() {
+    let (client, mut api) = testkit::mock();
+    let mut p = pool(AUTOSCALE);
+    // The cached Deployment carries the hash of the body and the hand-off is over: its view,
+    // decoded with its managedFields, says so without a GET.
+    let (mut caches, _) = settled_managed(&mut p, Some(handed_off()));
+    caches.topologies = cache_of([testkit::topology(NS, "streaming-topology")
+        .status(json!({"phase": "Running"}))
+        .build()]);
+    caches.clusters = cache_of([testkit::running_external_cluster(NS).build()]);
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
+    // No request at all: no read of the Deployment or of the references, no apply, no status.
+    api.finish(task).await.expect("reconcile ok");
+    assert!(api.events.is_empty(), "{:?}", api.events);
+}
+
+#[tokio::test]
+async fn an_autoscaled_pool_whose_cache_shows_the_release_missed_reads_the_deployment() {
+    let (client, mut api) = testkit::mock();
+    let mut p = pool(AUTOSCALE);
+    let (mut caches, children) = settled_managed(&mut p, Some(release_missed()));
+    caches.topologies = cache_of([testkit::topology(NS, "streaming-topology")
+        .status(json!({"phase": "Running"}))
+        .build()]);
+    caches.clusters = cache_of([testkit::running_external_cluster(NS).build()]);
+    let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
+    // The cache says the hand-off is unfinished: the live Deployment decides, and the
+    // hand-off manager gives up the fields beside replicas.
+    let mut live = with_managed_fields(&children.deployment, release_missed());
+    testkit::merge(&mut live, json!({"spec": {"replicas": 3}}));
+    let deploy_path = path("apps/v1", "deployments", "autoscale-workers-deployment");
+    api.expect("GET", &deploy_path, 200, live).await;
+    let deploy = api.expect_operator_apply(&deploy_path, json!({})).await;
+    assert!(deploy.body["spec"].get("replicas").is_none());
+    let release = expect_handoff(&mut api, &deploy_path, false).await;
+    assert_eq!(release.body, replicas_only(3));
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_resync_of_an_autoscaled_pool_whose_cache_lacks_managed_fields_reads_the_deployment() {
     let (client, mut api) = testkit::mock();
     let mut p = pool(AUTOSCALE);
     let (caches, children) = settled(&mut p);
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
     expect_running_references(&mut api, "streaming-topology").await;
-    // The hand-off is done: the operator's apply does not own replicas, the hand-off manager
-    // owns replicas alone; the live Deployment carries the hash of the body.
-    let mut live = serde_json::to_value(&children.deployment).expect("json");
+    // A view without managedFields (an object built, not served) settles nothing by itself:
+    // the live Deployment decides, and it shows the hand-off over.
+    let mut live = with_managed_fields(&children.deployment, handed_off());
     testkit::merge(
         &mut live,
-        json!({"metadata": {"managedFields": [
-            {"manager": "workerpool-operator", "operation": "Apply", "fieldsType": "FieldsV1",
-             "fieldsV1": {"f:spec": {"f:template": {}}}},
-            {"manager": "workerpool-operator-handoff", "operation": "Apply", "fieldsType": "FieldsV1",
-             "fieldsV1": {"f:spec": {"f:replicas": {}}}}]},
-            "spec": {"replicas": 2},
-            "status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2, "updatedReplicas": 2}}),
+        json!({"spec": {"replicas": 2},
+               "status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2, "updatedReplicas": 2}}),
     );
     api.expect(
         "GET",

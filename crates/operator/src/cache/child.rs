@@ -53,6 +53,10 @@ pub struct Child<K: ChildKind> {
     pub metadata: ObjectMeta,
     /// The [`APPLIED_HASH_ANNOTATION`] of the object.
     pub applied_hash: Option<String>,
+    /// Which of the operator's field managers hold `spec.replicas` and more, read from
+    /// managedFields while decoding (the entries themselves are not kept); `None` for an object
+    /// without managedFields (built, not served).
+    pub replicas_owners: Option<ReplicasOwners>,
     /// What the owner reads of `spec`.
     pub spec: Option<K::Spec>,
     /// What the owner reads of `status`.
@@ -64,6 +68,7 @@ impl<K: ChildKind> Clone for Child<K> {
         Self {
             metadata: self.metadata.clone(),
             applied_hash: self.applied_hash.clone(),
+            replicas_owners: self.replicas_owners,
             spec: self.spec.clone(),
             status: self.status.clone(),
         }
@@ -80,6 +85,7 @@ impl<K: ChildKind> Child<K> {
             .unwrap_or_else(|| Self {
                 metadata: kept_metadata(object.metadata().clone()),
                 applied_hash: crate::apply::applied_hash_of(object).map(str::to_string),
+                replicas_owners: None,
                 spec: None,
                 status: None,
             })
@@ -147,6 +153,129 @@ struct RawMeta {
     deletion_timestamp: Option<Time>,
     owner_references: Option<Vec<OwnerReference>>,
     annotations: Option<AppliedHash>,
+    managed_fields: Option<ReplicasOwners>,
+}
+
+/// What an autoscaled Deployment's hand-off of `spec.replicas` to its HPA needs to know of its
+/// managedFields: whether the operator's own apply ([`crate::FIELD_MANAGER`]) owns
+/// `spec.replicas`, and whether the hand-off manager ([`crate::HANDOFF_MANAGER`]) owns, by an
+/// apply, any field besides it. Both false: the hand-off has nothing to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicasOwners {
+    /// The operator's apply owns `spec.replicas`.
+    pub operator_owns_replicas: bool,
+    /// The hand-off manager's apply owns fields other than `spec.replicas`.
+    pub handoff_owns_more: bool,
+}
+
+impl ReplicasOwners {
+    /// Whether the hand-off has nothing to do.
+    pub fn settled(self) -> bool {
+        self == Self::default()
+    }
+}
+
+/// Decodes a managedFields list into [`ReplicasOwners`], entry by entry, without keeping any.
+impl<'de> Deserialize<'de> for ReplicasOwners {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = ReplicasOwners;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of managedFields entries")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ReplicasOwners, A::Error> {
+                let mut owners = ReplicasOwners::default();
+                while let Some(entry) = seq.next_element::<ManagedEntry<'de>>()? {
+                    if entry.operation.as_deref() != Some("Apply") {
+                        continue;
+                    }
+                    let fields = entry.fields_v1.unwrap_or_default();
+                    match entry.manager.as_deref() {
+                        Some(crate::FIELD_MANAGER) => {
+                            owners.operator_owns_replicas |= fields.replicas;
+                        }
+                        Some(crate::HANDOFF_MANAGER) => owners.handoff_owns_more |= fields.more,
+                        _ => {}
+                    }
+                }
+                Ok(owners)
+            }
+        }
+        deserializer.deserialize_seq(Visit)
+    }
+}
+
+/// The parts of a managedFields entry [`ReplicasOwners`] reads.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManagedEntry<'a> {
+    #[serde(borrow)]
+    manager: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    operation: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "fieldsV1")]
+    fields_v1: Option<ReplicasFields>,
+}
+
+/// Of a `FieldsV1` tree: whether it names `spec.replicas`, and whether it names any field
+/// besides it (`"."` keys, the node itself, do not count).
+#[derive(Default)]
+struct ReplicasFields {
+    replicas: bool,
+    more: bool,
+}
+
+impl<'de> Deserialize<'de> for ReplicasFields {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Visits the root (`spec: false`) or the `f:spec` node (`spec: true`).
+        struct Visit {
+            spec: bool,
+        }
+        impl<'de> serde::de::DeserializeSeed<'de> for Visit {
+            type Value = ReplicasFields;
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ReplicasFields, D::Error> {
+                d.deserialize_map(self)
+            }
+        }
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = ReplicasFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a FieldsV1 tree")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ReplicasFields, A::Error> {
+                let mut found = ReplicasFields::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match (self.spec, key.as_ref()) {
+                        (_, ".") => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                        (false, "f:spec") => {
+                            let spec = map.next_value_seed(Visit { spec: true })?;
+                            found.replicas |= spec.replicas;
+                            found.more |= spec.more;
+                        }
+                        (true, "f:replicas") => {
+                            map.next_value::<IgnoredAny>()?;
+                            found.replicas = true;
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            found.more = true;
+                        }
+                    }
+                }
+                Ok(found)
+            }
+        }
+        deserializer.deserialize_map(Visit { spec: false })
+    }
 }
 
 /// The value of the [`APPLIED_HASH_ANNOTATION`] in an annotations map; the other entries are
@@ -210,6 +339,7 @@ impl<'de, K: ChildKind> Deserialize<'de> for Child<K> {
                 ..ObjectMeta::default()
             },
             applied_hash: m.annotations.and_then(|a| a.0),
+            replicas_owners: m.managed_fields,
             spec: raw.spec,
             status,
         })
@@ -344,6 +474,91 @@ mod tests {
         owner.metadata.uid = Some("another-pool".into());
         desired = full;
         assert!(!crate::controllers::up_to_date(&view, &desired, &owner));
+    }
+
+    /// The [`ReplicasOwners`] of a Deployment served with `managed` as its managedFields.
+    fn owners(managed: serde_json::Value) -> Option<ReplicasOwners> {
+        let mut object = serde_json::to_value(deployment()).expect("json");
+        object["metadata"]["managedFields"] = managed;
+        serde_json::from_value::<Child<Deployment>>(object)
+            .expect("a view")
+            .replicas_owners
+    }
+
+    fn entry(manager: &str, operation: &str, fields: serde_json::Value) -> serde_json::Value {
+        json!({"manager": manager, "operation": operation, "apiVersion": "apps/v1",
+               "time": "2026-12-07T10:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": fields})
+    }
+
+    #[test]
+    fn a_view_reads_who_holds_the_replicas_from_managed_fields() {
+        use crate::{FIELD_MANAGER, HANDOFF_MANAGER};
+        let replicas_alone = json!({".": {}, "f:spec": {".": {}, "f:replicas": {}}});
+        let template =
+            json!({"f:metadata": {"f:labels": {}}, "f:spec": {"f:template": {"f:spec": {}}}});
+        let settled = ReplicasOwners::default();
+        assert_eq!(
+            owners(json!([
+                entry(FIELD_MANAGER, "Apply", template.clone()),
+                entry(HANDOFF_MANAGER, "Apply", replicas_alone.clone()),
+                entry(
+                    "kube-controller-manager",
+                    "Update",
+                    json!({"f:spec": {"f:replicas": {}}, "f:status": {}})
+                ),
+            ])),
+            Some(settled),
+            "the hand-off is over: the operator's apply leaves replicas alone, the hand-off \
+             manager holds nothing else, and another manager's fields do not count"
+        );
+        assert_eq!(
+            owners(json!([entry(
+                FIELD_MANAGER,
+                "Apply",
+                json!({"f:spec": {"f:replicas": {}, "f:template": {}}})
+            )])),
+            Some(ReplicasOwners {
+                operator_owns_replicas: true,
+                handoff_owns_more: false
+            })
+        );
+        assert_eq!(
+            owners(json!([
+                entry(FIELD_MANAGER, "Apply", template.clone()),
+                entry(
+                    HANDOFF_MANAGER,
+                    "Apply",
+                    json!({"f:spec": {"f:replicas": {}, "f:template": {}}})
+                ),
+            ])),
+            Some(ReplicasOwners {
+                operator_owns_replicas: false,
+                handoff_owns_more: true
+            })
+        );
+        assert_eq!(
+            owners(json!([entry(
+                FIELD_MANAGER,
+                "Update",
+                json!({"f:spec": {"f:replicas": {}}})
+            )])),
+            Some(settled),
+            "only applies count"
+        );
+        assert_eq!(owners(json!([])), Some(settled), "no apply holds anything");
+        let view = Child::of(&deployment());
+        assert_eq!(
+            view.replicas_owners,
+            Some(settled),
+            "the test object's one entry is another manager's"
+        );
+        let mut built = deployment();
+        built.metadata.managed_fields = None;
+        assert_eq!(
+            Child::of(&built).replicas_owners,
+            None,
+            "an object without managedFields tells nothing"
+        );
     }
 
     #[test]

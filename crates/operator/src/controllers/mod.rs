@@ -193,12 +193,31 @@ impl ChildChange {
 
 /// Remembers the version of each applied child, so that an Event is emitted only when an
 /// apply created the child or changed it (its `generation`, or its `resourceVersion` for
-/// kinds without one), never for an apply that changed nothing.
+/// kinds without one), never for an apply that changed nothing; and the `resourceVersion` the
+/// operator's last write of it returned, so that the watch event of that write, which tells
+/// the owner nothing its reconcile did not already see, does not wake the owner again
+/// ([`Self::is_echo`]).
 #[derive(Default)]
 pub struct ChildTracker {
-    seen: Mutex<HashMap<String, String>>,
+    seen: Mutex<HashMap<String, Seen>>,
     /// Changes not yet published, by owner uid: `(reason, "Kind name")`.
     pending: Mutex<HashMap<String, Vec<(ChildChange, String)>>>,
+}
+
+/// What [`ChildTracker`] keeps of a child.
+#[derive(Default)]
+struct Seen {
+    /// `g<generation>`, or the resourceVersion for kinds without a generation, after the last
+    /// apply (`None`: only written otherwise).
+    token: Option<String>,
+    /// The resourceVersion the operator's last write returned, when it is a number (as the
+    /// API server's are; an opaque one is not compared).
+    written: Option<u64>,
+}
+
+/// A resourceVersion as a number, when it is one.
+fn version_of<K: Resource>(object: &K) -> Option<u64> {
+    object.meta().resource_version.as_deref()?.parse().ok()
 }
 
 /// How recent a creation timestamp must be for an unknown child to count as just created.
@@ -221,7 +240,14 @@ impl ChildTracker {
             &applied.name_any(),
         );
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        match seen.insert(key, token.clone()) {
+        let previous = seen.insert(
+            key,
+            Seen {
+                token: Some(token.clone()),
+                written: version_of(applied),
+            },
+        );
+        match previous.and_then(|p| p.token) {
             Some(previous) if previous == token => None,
             Some(_) => Some(ChildChange::Updated),
             None => {
@@ -233,6 +259,26 @@ impl ChildTracker {
                 fresh.then_some(ChildChange::Created)
             }
         }
+    }
+
+    /// Records the version a write of the child other than its apply returned (a hand-off
+    /// patch), for [`Self::is_echo`].
+    pub fn written<K: Resource<DynamicType = ()>>(&self, object: &K) {
+        let key = Self::key::<K>(&object.namespace().unwrap_or_default(), &object.name_any());
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.entry(key).or_default().written = version_of(object);
+    }
+
+    /// Whether `object`, as a watch delivers it, is the version the operator's last write of it
+    /// returned: the owner's reconcile that wrote it saw it already, so the event need not wake
+    /// the owner. A change by anyone else (or a deletion) has another version.
+    pub fn is_echo<K: Resource<DynamicType = ()>>(&self, object: &K) -> bool {
+        let Some(version) = version_of(object) else {
+            return false;
+        };
+        let key = Self::key::<K>(&object.namespace().unwrap_or_default(), &object.name_any());
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&key).is_some_and(|s| s.written == Some(version))
     }
 
     /// Notes that an apply of `owner`'s child `kind`/`name` did `change`.
@@ -282,5 +328,62 @@ impl ChildTracker {
     pub fn forget<K: Resource<DynamicType = ()>>(&self, namespace: &str, name: &str) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.remove(&Self::key::<K>(namespace, name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn config_map(name: &str, version: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                resource_version: Some(version.into()),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        }
+    }
+
+    #[test]
+    fn only_the_event_of_the_last_write_is_an_echo() {
+        let tracker = ChildTracker::default();
+        assert!(
+            !tracker.is_echo(&config_map("a", "10")),
+            "a child never written is no echo"
+        );
+        tracker.observe(&config_map("a", "10"));
+        assert!(
+            tracker.is_echo(&config_map("a", "10")),
+            "the apply's own event"
+        );
+        assert!(
+            !tracker.is_echo(&config_map("a", "11")),
+            "a change by anyone else, or a deletion, has another version"
+        );
+        assert!(
+            !tracker.is_echo(&config_map("b", "10")),
+            "another child of the same version"
+        );
+        tracker.written(&config_map("a", "12"));
+        assert!(
+            tracker.is_echo(&config_map("a", "12")),
+            "a later patch's event"
+        );
+        assert!(
+            !tracker.is_echo(&config_map("a", "10")),
+            "an older version is not the last write"
+        );
+        assert!(
+            !tracker.is_echo(&config_map("a", "opaque")),
+            "a resourceVersion that is not a number is never taken for an echo"
+        );
+        tracker.forget::<ConfigMap>("ns", "a");
+        assert!(!tracker.is_echo(&config_map("a", "12")), "forgotten");
     }
 }

@@ -196,6 +196,16 @@ fn child_watch<K: ChildKind>(
     )
 }
 
+/// A filter of a child watch's events that drops the event of the operator's own last write of
+/// a child ([`ChildTracker::is_echo`]).
+fn not_echo<K: ChildKind>(
+    ctx: &Arc<Context>,
+) -> impl FnMut(&Result<Child<K>, watcher::Error>) -> futures::future::Ready<bool> + Send + 'static
+{
+    let ctx = ctx.clone();
+    move |event| futures::future::ready(!matches!(event, Ok(child) if ctx.children.is_echo(child)))
+}
+
 /// The pools a changed topology wakes: those of its namespace that name it.
 fn pools_of_topology(
     pools: Store<StormWorkerPool>,
@@ -267,15 +277,16 @@ pub fn controller(
             clusters,
         },
     });
-    // The same watches that fill the caches trigger the owner's reconcile on a child's change.
+    // The same watches that fill the caches trigger the owner's reconcile on a child's change,
+    // but not on the event of the operator's own last write of it.
     let future = Controller::for_stream(pools, store.clone())
         .with_config(config)
         .reconcile_all_on(leadership)
-        .owns_stream(deployment_events)
-        .owns_stream(config_map_events)
-        .owns_stream(service_events)
-        .owns_stream(hpa_events)
-        .owns_stream(pdb_events)
+        .owns_stream(deployment_events.filter(not_echo(&ctx)))
+        .owns_stream(config_map_events.filter(not_echo(&ctx)))
+        .owns_stream(service_events.filter(not_echo(&ctx)))
+        .owns_stream(hpa_events.filter(not_echo(&ctx)))
+        .owns_stream(pdb_events.filter(not_echo(&ctx)))
         .watches_stream(topology_events, pools_of_topology(store.clone()))
         .watches_stream(cluster_events, pools_of_cluster(store.clone()))
         .graceful_shutdown_on(shutdown)

@@ -606,6 +606,10 @@ async fn report_invalid(
 /// count or keeps the count the operator set before, as [`replicas::plan`] decides from the live
 /// Deployment (one GET: the plan reads managedFields, which the cache strips); everything is
 /// skipped when the plan has nothing to do and the live Deployment carries the body's hash.
+/// The GET is skipped too when the cached view already shows both (its
+/// [`ReplicasOwners`](crate::cache::child::ReplicasOwners),
+/// read from managedFields as the watch decodes it, settled): a pool's reconciles after the
+/// first, and its resyncs, send nothing.
 async fn apply_deployment(
     ctx: &Context,
     pool: &StormWorkerPool,
@@ -618,6 +622,18 @@ async fn apply_deployment(
             .filter(|c| c.spec.as_ref().and_then(|s| s.replicas) == desired_replicas);
         return apply_child(ctx, pool, api, desired, current).await;
     };
+    if let Some(view) = cached(&ctx.caches.deployments, desired)
+        && view
+            .replicas_owners
+            .is_some_and(crate::cache::child::ReplicasOwners::settled)
+        && build::up_to_date(&view, desired, pool)
+    {
+        debug!(
+            name = view.name_any(),
+            "Deployment is up to date in the cache, not applied"
+        );
+        return Ok(view);
+    }
     let name = desired.name_any();
     let current = api.get_opt(&name).await?;
     let plan = replicas::plan(current.as_ref(), initial);
@@ -656,12 +672,14 @@ async fn apply_deployment(
     }
     let applied = apply_child(ctx, pool, api, desired, None).await?;
     if let Some(replicas) = plan.release_at {
-        api.patch(
-            &name,
-            &crate::apply::params_of(HANDOFF_MANAGER),
-            &Patch::Apply(&build::replicas_patch(&name, replicas)),
-        )
-        .await?;
+        let released = api
+            .patch(
+                &name,
+                &crate::apply::params_of(HANDOFF_MANAGER),
+                &Patch::Apply(&build::replicas_patch(&name, replicas)),
+            )
+            .await?;
+        ctx.children.written(&released);
     }
     Ok(applied)
 }

@@ -17,8 +17,7 @@ use serde_json::Value;
 
 use crate::FIELD_MANAGER;
 
-/// Field manager that keeps `spec.replicas` while ownership passes from the operator to the HPA.
-pub const HANDOFF_MANAGER: &str = "workerpool-operator-handoff";
+pub use crate::HANDOFF_MANAGER;
 
 /// The count a Deployment created without `spec.replicas` gets (the API server's default).
 pub const DEFAULT_REPLICAS: i32 = 1;

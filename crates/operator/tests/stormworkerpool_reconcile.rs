@@ -850,9 +850,9 @@ fn settled_managed(
     (caches, children)
 }
 
-/// Puts the Running topology `my-topology` and its Running cluster in the caches.
-fn cache_running_references(caches: &mut ChildCaches) {
-    caches.topologies = cache_of([testkit::topology(NS, "my-topology")
+/// Puts the Running topology `topology` and its Running cluster in the caches.
+fn cache_running_references(caches: &mut ChildCaches, topology: &str) {
+    caches.topologies = cache_of([testkit::topology(NS, topology)
         .status(json!({"phase": "Running"}))
         .build()]);
     caches.clusters = cache_of([testkit::running_external_cluster(NS).build()]);
@@ -884,7 +884,7 @@ async fn a_resync_of_an_unchanged_pool_sends_no_write() {
             "{what}"
         );
     }
-    cache_running_references(&mut caches);
+    cache_running_references(&mut caches, "my-topology");
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
     // Every child is cached with the hash of its body, and so are the topology and the cluster;
     // neither an HPA nor a PodDisruptionBudget is configured, and the cache shows none. No
@@ -930,10 +930,7 @@ async fn a_resync_of_an_unchanged_autoscaled_pool_sends_nothing() {
     // The cached Deployment carries the hash of the body and the hand-off is over: its view,
     // decoded with its managedFields, says so without a GET.
     let (mut caches, _) = settled_managed(&mut p, Some(handed_off()));
-    caches.topologies = cache_of([testkit::topology(NS, "streaming-topology")
-        .status(json!({"phase": "Running"}))
-        .build()]);
-    caches.clusters = cache_of([testkit::running_external_cluster(NS).build()]);
+    cache_running_references(&mut caches, "streaming-topology");
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
     // No request at all: no read of the Deployment or of the references, no apply, no status.
     api.finish(task).await.expect("reconcile ok");
@@ -945,10 +942,7 @@ async fn an_autoscaled_pool_whose_cache_shows_the_release_missed_reads_the_deplo
     let (client, mut api) = testkit::mock();
     let mut p = pool(AUTOSCALE);
     let (mut caches, children) = settled_managed(&mut p, Some(release_missed()));
-    caches.topologies = cache_of([testkit::topology(NS, "streaming-topology")
-        .status(json!({"phase": "Running"}))
-        .build()]);
-    caches.clusters = cache_of([testkit::running_external_cluster(NS).build()]);
+    cache_running_references(&mut caches, "streaming-topology");
     let task = tokio::spawn(reconcile(Arc::new(p.clone()), context_with(client, caches)));
     // The cache says the hand-off is unfinished: the live Deployment decides, and the
     // hand-off manager gives up the fields beside replicas.
@@ -1081,7 +1075,7 @@ async fn a_reconcile_before_the_cache_shows_its_own_status_write_does_not_repeat
     // The pool as the cache shows it before its first status write.
     p.status = None;
     p.metadata.resource_version = Some("7".into());
-    cache_running_references(&mut caches);
+    cache_running_references(&mut caches, "my-topology");
     let ctx = context_with(client, caches);
     let status_path = path(
         "storm.apache.org/v1beta1",

@@ -173,6 +173,36 @@ impl ReplicasOwners {
     pub fn settled(self) -> bool {
         self == Self::default()
     }
+
+    /// Read from the managedFields of a whole object (a GET's or an apply's response).
+    pub fn of(meta: &ObjectMeta) -> Self {
+        let mut owners = Self::default();
+        for entry in meta.managed_fields.iter().flatten() {
+            let fields = entry
+                .fields_v1
+                .as_ref()
+                .and_then(|f| ReplicasFields::deserialize(&f.0).ok())
+                .unwrap_or_default();
+            owners.add(
+                entry.manager.as_deref(),
+                entry.operation.as_deref(),
+                &fields,
+            );
+        }
+        owners
+    }
+
+    /// Takes in one managedFields entry: `manager`'s `operation` on `fields`.
+    fn add(&mut self, manager: Option<&str>, operation: Option<&str>, fields: &ReplicasFields) {
+        if operation != Some("Apply") {
+            return;
+        }
+        match manager {
+            Some(crate::FIELD_MANAGER) => self.operator_owns_replicas |= fields.replicas,
+            Some(crate::HANDOFF_MANAGER) => self.handoff_owns_more |= fields.more,
+            _ => {}
+        }
+    }
 }
 
 /// Decodes a managedFields list into [`ReplicasOwners`], entry by entry, without keeping any.
@@ -190,17 +220,11 @@ impl<'de> Deserialize<'de> for ReplicasOwners {
             ) -> Result<ReplicasOwners, A::Error> {
                 let mut owners = ReplicasOwners::default();
                 while let Some(entry) = seq.next_element::<ManagedEntry<'de>>()? {
-                    if entry.operation.as_deref() != Some("Apply") {
-                        continue;
-                    }
-                    let fields = entry.fields_v1.unwrap_or_default();
-                    match entry.manager.as_deref() {
-                        Some(crate::FIELD_MANAGER) => {
-                            owners.operator_owns_replicas |= fields.replicas;
-                        }
-                        Some(crate::HANDOFF_MANAGER) => owners.handoff_owns_more |= fields.more,
-                        _ => {}
-                    }
+                    owners.add(
+                        entry.manager.as_deref(),
+                        entry.operation.as_deref(),
+                        &entry.fields_v1.unwrap_or_default(),
+                    );
                 }
                 Ok(owners)
             }
@@ -559,6 +583,29 @@ mod tests {
             None,
             "an object without managedFields tells nothing"
         );
+    }
+
+    #[test]
+    fn fields_outside_a_path() {
+        let cases = [
+            (json!({}), false),
+            (json!({"f:spec": {"f:replicas": {}}}), false),
+            (json!({"f:spec": {"f:replicas": {}, ".": {}}}), false),
+            (json!({"f:spec": {}}), false),
+            (json!({"f:spec": {"f:replicas": {}, "f:paused": {}}}), true),
+            (json!({"f:metadata": {"f:labels": {}}}), true),
+            (
+                json!({"f:metadata": {"f:labels": {"f:app": {}}}, "f:spec": {"f:replicas": {}, "f:template": {"f:spec": {}}}}),
+                true,
+            ),
+        ];
+        for (fields, want) in cases {
+            assert_eq!(
+                ReplicasFields::deserialize(&fields).expect("fields").more,
+                want,
+                "{fields}"
+            );
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::cache::child::{Child, ChildKind};
 use crate::context::Shared;
 use crate::controllers::{ChildTracker, POOL_CHILDREN_SELECTOR, scoped};
 use crate::runtime::{self, StatusWriter};
-pub use replicas::{HANDOFF_MANAGER, manager_owns};
+pub use replicas::HANDOFF_MANAGER;
 
 /// Controller name used in metrics and logs.
 pub const CONTROLLER: &str = "stormworkerpool";

@@ -12,18 +12,13 @@
 //!   hand-off manager takes the current count before the operator's apply drops it.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::Resource;
-use serde_json::Value;
 
-use crate::FIELD_MANAGER;
+use crate::cache::child::ReplicasOwners;
 
 pub use crate::HANDOFF_MANAGER;
 
 /// The count a Deployment created without `spec.replicas` gets (the API server's default).
 pub const DEFAULT_REPLICAS: i32 = 1;
-
-/// `spec.replicas` as a managedFields (`FieldsV1`) path.
-pub const REPLICAS_FIELD: [&str; 2] = ["f:spec", "f:replicas"];
 
 /// What the hand-off manager does before the operator's apply of an autoscaled Deployment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,69 +60,27 @@ pub fn plan(current: Option<&Deployment>, initial: i32) -> ReplicasPlan {
         };
     };
     let replicas = current.spec.as_ref().and_then(|s| s.replicas);
+    let owners = ReplicasOwners::of(&current.metadata);
     let before = match replicas {
-        Some(r) if manager_owns(current, FIELD_MANAGER, &REPLICAS_FIELD) => BeforeApply::HandOff(r),
+        Some(r) if owners.operator_owns_replicas => BeforeApply::HandOff(r),
         _ => BeforeApply::Nothing,
     };
     // A hand-off applies `replicas` alone, which releases everything else already.
     let release_at = match before {
-        BeforeApply::Nothing if manager_owns_beyond(current, HANDOFF_MANAGER, &REPLICAS_FIELD) => {
-            replicas
-        }
+        BeforeApply::Nothing if owners.handoff_owns_more => replicas,
         _ => None,
     };
     ReplicasPlan { before, release_at }
-}
-
-fn applied_fields<'a, K: Resource>(
-    object: &'a K,
-    manager: &'a str,
-) -> impl Iterator<Item = &'a Value> {
-    object
-        .meta()
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(move |m| {
-            m.manager.as_deref() == Some(manager) && m.operation.as_deref() == Some("Apply")
-        })
-        .filter_map(|m| m.fields_v1.as_ref())
-        .map(|f| &f.0)
-}
-
-/// Whether `manager` owns the field at `path` (managedFields `FieldsV1` keys) by an apply.
-pub fn manager_owns<K: Resource>(object: &K, manager: &str, path: &[&str]) -> bool {
-    applied_fields(object, manager)
-        .any(|f| path.iter().try_fold(f, |node, key| node.get(key)).is_some())
-}
-
-/// Whether `manager` owns, by an apply, any field outside `path`.
-pub fn manager_owns_beyond<K: Resource>(object: &K, manager: &str, path: &[&str]) -> bool {
-    applied_fields(object, manager).any(|f| has_fields_outside(f, path))
-}
-
-/// Whether the `FieldsV1` tree `node` names a field that is not `path` or under it. `"."` keys
-/// (the node itself, for list items) do not count.
-fn has_fields_outside(node: &Value, path: &[&str]) -> bool {
-    let Some(map) = node.as_object() else {
-        return false;
-    };
-    map.iter().any(|(key, child)| match path.split_first() {
-        _ if key == "." => false,
-        Some((first, rest)) if key.as_str() == *first => {
-            !rest.is_empty() && has_fields_outside(child, rest)
-        }
-        _ => true,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::apps::v1::DeploymentSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
+    use crate::FIELD_MANAGER;
 
     fn entry(manager: &str, operation: &str, fields: Value) -> ManagedFieldsEntry {
         ManagedFieldsEntry {
@@ -246,25 +199,5 @@ mod tests {
             "no Deployment and an initial count of 1: the operator's apply creates it at the \
              default count and owns no count"
         );
-    }
-
-    #[test]
-    fn fields_outside_a_path() {
-        let cases = [
-            (json!({}), false),
-            (only_replicas(), false),
-            (json!({"f:spec": {"f:replicas": {}, ".": {}}}), false),
-            (json!({"f:spec": {}}), false),
-            (json!({"f:spec": {"f:replicas": {}, "f:paused": {}}}), true),
-            (json!({"f:metadata": {"f:labels": {}}}), true),
-            (everything(), true),
-        ];
-        for (fields, want) in cases {
-            assert_eq!(
-                has_fields_outside(&fields, &REPLICAS_FIELD),
-                want,
-                "{fields}"
-            );
-        }
     }
 }

@@ -269,6 +269,32 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Resident MiB of `pid` by kind: anonymous (the heap, stacks), file-backed (code and
+/// libraries), and of the latter the executable's own mappings (its code and read-only data).
+fn rss_parts(pid: u32) -> [f64; 3] {
+    let kib = |text: &str, key: &str| -> f64 {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(key))
+            .filter_map(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .sum()
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let exe = exe.to_string_lossy();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut ours = false;
+    let mut exe_kib = 0.0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            ours = line.split_whitespace().nth(5) == Some(exe.as_ref());
+        } else if ours {
+            exe_kib += kib(line, "Rss:");
+        }
+    }
+    [kib(&status, "RssAnon:"), kib(&status, "RssFile:"), exe_kib].map(|k| k / 1024.0)
+}
+
 /// CPU seconds `pid` has used.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -710,6 +736,8 @@ struct Row {
     half_converged: Duration,
     rss_steady: f64,
     rss_peak: f64,
+    /// Medians over the window of [`rss_parts`].
+    rss_parts: [f64; 3],
     /// CPU at rest, in % of a core, over `window`.
     cpu: f64,
     window: f64,
@@ -802,11 +830,15 @@ async fn measure(client: &Client, ns: &Fixture, o: &Options) -> Row {
     let c0 = cpu_seconds(pid);
     let t0 = Instant::now();
     let mut rss = Vec::new();
+    let mut parts: [Vec<f64>; 3] = Default::default();
     while t0.elapsed() < Duration::from_secs(o.window) {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let r = rss_mib(pid);
         peak = peak.max(r);
         rss.push(r);
+        for (all, now) in parts.iter_mut().zip(rss_parts(pid)) {
+            all.push(now);
+        }
     }
     let window = t0.elapsed().as_secs_f64();
     let cpu = (cpu_seconds(pid) - c0) / window * 100.0;
@@ -814,6 +846,10 @@ async fn measure(client: &Client, ns: &Fixture, o: &Options) -> Row {
     // `+ 0.0`: an empty sum is -0.0.
     let quiet_writes: f64 = quiet.values().sum::<f64>() + 0.0;
     rss.sort_by(f64::total_cmp);
+    let rss_parts = parts.map(|mut p| {
+        p.sort_by(f64::total_cmp);
+        percentile(&p, 50.0)
+    });
 
     let (to_status, to_pod) = react(client, ns, o.reactions).await;
     if o.keep {
@@ -843,6 +879,7 @@ async fn measure(client: &Client, ns: &Fixture, o: &Options) -> Row {
         half_converged,
         rss_steady: percentile(&rss, 50.0),
         rss_peak: peak,
+        rss_parts,
         cpu,
         window,
         quiet,
@@ -969,6 +1006,10 @@ fn print_row(r: &Row) {
         "| resident memory, steady (median over the window) | {:.1} MiB ({:.1} KB per object) |",
         r.rss_steady,
         r.rss_steady * 1024.0 * 1.024 / (r.qworkers + r.pools).max(1) as f64
+    );
+    println!(
+        "| of which anonymous; code and libraries (the executable's) | {:.1} MiB; {:.1} MiB ({:.1} MiB) |",
+        r.rss_parts[0], r.rss_parts[1], r.rss_parts[2]
     );
     println!("| resident memory, peak | {:.1} MiB |", r.rss_peak);
     println!(

@@ -15,7 +15,11 @@
 //! QWorkers and 200 pools), with the purge delay alone 30.3 MiB, with both 23.5 MiB
 //! (docs/install.md); [`release`] does nothing there. The same loop drops the process's
 //! mappings of the executable's pages now and then ([`release_code`]): the code a start runs
-//! once otherwise stays resident for the life of the process.
+//! once otherwise stays resident for the life of the process. What runs again comes back a
+//! few pages at a time (the kernel maps 64 KiB around each fault), so the release build links
+//! the functions a resting operator runs next to each other (`symbol-order.txt`, `build.rs`):
+//! at 1,000 QWorkers + 1,000 pools 2.8 MiB of the executable's code stayed resident at rest
+//! instead of 8.1 MiB with those functions spread over its 12.7 MiB of code.
 
 use std::time::Duration;
 

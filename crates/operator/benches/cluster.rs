@@ -282,16 +282,7 @@ fn rss_parts(pid: u32) -> [f64; 3] {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
     let exe = exe.to_string_lossy();
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
-    let mut ours = false;
-    let mut exe_kib = 0.0;
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or_default();
-        if first.contains('-') && !first.ends_with(':') {
-            ours = line.split_whitespace().nth(5) == Some(exe.as_ref());
-        } else if ours {
-            exe_kib += kib(line, "Rss:");
-        }
-    }
+    let exe_kib = workerpool_operator::memory::resident_kib_of(&smaps, &exe) as f64;
     [kib(&status, "RssAnon:"), kib(&status, "RssFile:"), exe_kib].map(|k| k / 1024.0)
 }
 

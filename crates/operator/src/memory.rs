@@ -120,6 +120,25 @@ fn unshared_mappings(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
     found
 }
 
+/// KiB resident (`Rss`) in the mappings of file `exe`, from the text of a `/proc/PID/smaps`.
+pub fn resident_kib_of(smaps: &str, exe: &str) -> u64 {
+    let mut ours = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        if let Some(header) = Header::parse(line) {
+            ours = header.path == Some(exe);
+        } else if ours && let Some(v) = line.strip_prefix("Rss:") {
+            kib += v
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0);
+        }
+    }
+    kib
+}
+
 /// The header line of a mapping in `/proc/self/smaps` (or a line of `/proc/self/maps`):
 /// `start-end perms offset dev inode [path]`.
 struct Header<'a> {
@@ -209,23 +228,8 @@ Anonymous:             0 kB
         /// KiB of the executable's mappings resident now.
         fn resident_code_kib() -> u64 {
             let exe = std::fs::read_link("/proc/self/exe").expect("exe");
-            let exe = exe.to_str().expect("path");
             let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
-            let mut ours = false;
-            let mut kib = 0;
-            for line in smaps.lines() {
-                if let Some(header) = Header::parse(line) {
-                    ours = header.path == Some(exe);
-                } else if ours && let Some(v) = line.strip_prefix("Rss:") {
-                    kib += v
-                        .trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .expect("Rss");
-                }
-            }
-            kib
+            resident_kib_of(&smaps, exe.to_str().expect("path"))
         }
         let before = resident_code_kib();
         assert!(release_code() > 0, "the executable's mappings were advised");

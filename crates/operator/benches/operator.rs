@@ -362,8 +362,9 @@ async fn main() -> anyhow::Result<()> {
         }
         let cpu = (cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
         println!(
-            "\nfootprint: {n} QWorkers polled every second against real Redis ({} poll tasks) + {} StormWorkerPools",
+            "\nfootprint: {n} QWorkers polled every second against real Redis ({} polls in {} schedules) + {} StormWorkerPools",
             f.autoscaler.running(),
+            f.autoscaler.schedules(),
             pools.len()
         );
         println!(

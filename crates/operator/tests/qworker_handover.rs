@@ -73,7 +73,7 @@ async fn start(
         autoscaler: Some(autoscaler),
         expectations: Expectations::default(),
     });
-    // Leaked on purpose: the poll task and the test end together.
+    // Leaked on purpose: the poll and the test end together.
     std::mem::forget(pod_writer);
     (ctx, q, metrics, api, queue)
 }

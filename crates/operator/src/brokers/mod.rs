@@ -217,7 +217,7 @@ impl Brokers {
             return Ok(entry.broker.clone());
         }
         // Connecting and checking consent are rare and their futures large: boxed while they run,
-        // so that every poll task does not reserve room for them.
+        // so that no poll reserves room for them while it runs.
         Box::pin(self.get_slow(&sc, &slot, namespace, name)).await
     }
 

@@ -146,7 +146,7 @@ fn key(qw: &QWorker) -> String {
 }
 
 /// Frees what the controller keeps about a deleted QWorker: expectations, the autoscaler's
-/// poll task and its memory, the backoff counter and the per-QWorker metric series.
+/// poll and its memory, the backoff counter and the per-QWorker metric series.
 pub fn forget(ctx: &Context, qw: &QWorker) {
     let uid = qw.metadata.uid.clone().unwrap_or_default();
     ctx.expectations.forget(&uid);

@@ -1,5 +1,8 @@
 //! The queue autoscaler: one lightweight poll per QWorker at its interval (on the leader
-//! only, since it runs inside the controllers), writing `status.desiredReplicas`.
+//! only, since it runs inside the controllers), writing `status.desiredReplicas`. The polls
+//! are not tasks of their own: the polls of every QWorker reading through one ScalerConfig are
+//! run by that ScalerConfig's [`schedule`], one task with one timer that fires at each interval
+//! phase with QWorkers due.
 //!
 //! A poll reads the queue depth (waiting plus in flight) through the ScalerConfig's pooled
 //! connection, applies [`policy`], and writes the status with its own field manager when the
@@ -16,6 +19,7 @@
 
 pub mod answer;
 pub mod probe;
+mod schedule;
 
 use workerpool_scaling as policy;
 
@@ -39,7 +43,8 @@ use crate::context::Shared;
 use crate::controllers::qworker::status::AutoscalerStatus;
 use crate::metrics::{BrokerErrorLabels, QWorkerLabels};
 use crate::runtime::Reason;
-use probe::{Connection, Probes};
+use probe::{Connection, Probes, Wake};
+use schedule::{MemberId, Msg, Next, Schedules};
 
 pub use crate::AUTOSCALER_MANAGER;
 pub use answer::{Answer, Handover};
@@ -231,32 +236,37 @@ pub fn owned_by(pod: &Pod, uid: Option<&str>) -> bool {
         .any(|o| o.uid == uid && o.controller == Some(true))
 }
 
-/// A running poll task: the uid and generation it polls for, and how to wake it early.
-struct Task {
+/// A QWorker's poll: the uid and generation it polls for, its member of the schedule of its
+/// connection ([`schedule`]), and its answer to the reconciler.
+struct Registered {
     uid: String,
     generation: Option<i64>,
-    wake: Arc<tokio::sync::Notify>,
+    member: MemberId,
+    connection: Connection,
     answer: Arc<answer::Slot>,
-    handle: tokio::task::JoinHandle<()>,
 }
 
-/// Poll tasks by QWorker key.
-type Tasks = Arc<Mutex<HashMap<String, Task>>>;
+/// The polls by QWorker key.
+type Registry = Mutex<HashMap<String, Registered>>;
 
-/// Runs and tracks one poll task per QWorker.
+/// Runs and tracks one poll per QWorker, scheduled by connection ([`schedule`]).
 #[derive(Clone)]
 pub struct Autoscaler {
-    /// Shared by the poll tasks (each holds a pointer, not a copy).
+    /// Shared by the pollers (each holds a pointer, not a copy).
     inner: Arc<Inner>,
 }
 
-/// What the poll tasks share.
+/// What the pollers share.
 struct Inner {
     shared: Shared,
     brokers: Brokers,
     qworkers: Store<QWorker>,
     pods: crate::cache::Owned<Pod>,
-    tasks: Tasks,
+    polls: Registry,
+    /// One schedule (a poll and a timer) per connection.
+    schedules: Schedules,
+    /// The last [`MemberId`] given.
+    members: std::sync::atomic::AtomicU64,
     /// Polls are due at whole multiples of their interval from here, shifted by the QWorker's
     /// phase ([`phase`]), so that the QWorkers of one interval and phase wake together and their
     /// queue reads share one broker call.
@@ -269,6 +279,25 @@ struct Inner {
 
 fn key(qw: &QWorker) -> String {
     format!("{}/{}", qw.namespace().unwrap_or_default(), qw.name_any())
+}
+
+/// The connection (`namespace`, ScalerConfig name) a QWorker's queue is read through.
+fn connection(qw: &QWorker) -> Connection {
+    (
+        qw.namespace().unwrap_or_default(),
+        qw.spec.scale_config.scaler_config_ref.clone(),
+    )
+}
+
+impl Inner {
+    /// The poll of member `id` (QWorker `key`) stopped by itself (its QWorker is gone): it is
+    /// forgotten, so that [`Autoscaler::ensure`] starts a new one if the QWorker comes back.
+    fn stopped(&self, id: MemberId, key: &str) {
+        let mut polls = self.polls.lock().unwrap_or_else(|p| p.into_inner());
+        if polls.get(key).is_some_and(|t| t.member == id) {
+            polls.remove(key);
+        }
+    }
 }
 
 impl Autoscaler {
@@ -285,7 +314,9 @@ impl Autoscaler {
                 brokers,
                 qworkers,
                 pods: pods.into(),
-                tasks: Arc::default(),
+                polls: Mutex::default(),
+                schedules: Schedules::default(),
+                members: 0.into(),
                 epoch: tokio::time::Instant::now(),
                 probes: Probes::default(),
                 early_polls: EARLY_POLLS.into(),
@@ -312,34 +343,53 @@ impl Autoscaler {
         self.inner.pods.store().clone()
     }
 
-    /// Starts the poll task of `qw` unless it is running; a running one whose QWorker's spec
-    /// changed (new bounds, new queue) polls at once instead of finishing its wait or backoff.
+    /// Starts the poll of `qw` unless it runs; a running one whose QWorker's spec changed (new
+    /// bounds, new queue) polls at once instead of finishing its wait or backoff, and moves to
+    /// the schedule of its new connection if the ScalerConfig changed.
     pub fn ensure(&self, qw: &QWorker) {
         let k = key(qw);
         let uid = qw.metadata.uid.clone().unwrap_or_default();
-        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(task) = tasks.get_mut(&k)
-            && task.uid == uid
-            && !task.handle.is_finished()
-        {
-            if task.generation != qw.metadata.generation {
-                task.generation = qw.metadata.generation;
-                task.wake.notify_one();
+        let inner = &self.inner;
+        let mut polls = inner.polls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(poll) = polls.get_mut(&k) {
+            if poll.uid == uid {
+                if poll.generation == qw.metadata.generation {
+                    return;
+                }
+                poll.generation = qw.metadata.generation;
+                let to = connection(qw);
+                let msg = if to == poll.connection {
+                    Msg::Wake(poll.member)
+                } else {
+                    Msg::Move(poll.member, to.clone())
+                };
+                inner.schedules.send(inner, &poll.connection, msg);
+                poll.connection = to;
+                return;
             }
-            return;
+            // The same name, another QWorker: the old one's poll stops.
+            inner
+                .schedules
+                .send(inner, &poll.connection, Msg::Remove(poll.member));
         }
-        let wake = Arc::new(tokio::sync::Notify::new());
         let answer = Arc::new(answer::Slot::default());
-        let poller = Poller::new(self.inner.clone(), qw, wake.clone(), answer.clone());
+        let member = inner
+            .members
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let poller = Box::new(Poller::new(inner.clone(), qw, answer.clone()));
+        let to = connection(qw);
         debug!(qworker = %k, "starting autoscaler poll");
-        tasks.insert(
+        inner
+            .schedules
+            .send(inner, &to, Msg::Insert(member, poller));
+        polls.insert(
             k,
-            Task {
+            Registered {
                 uid,
                 generation: qw.metadata.generation,
-                wake,
+                member,
+                connection: to,
                 answer,
-                handle: tokio::spawn(Box::new(poller).run()),
             },
         );
     }
@@ -349,8 +399,8 @@ impl Autoscaler {
     /// status fields when it hands them to the reconciler ([`answer`]).
     pub fn answer(&self, qw: &QWorker) -> Answer {
         let slot = {
-            let tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
-            match tasks.get(&key(qw)) {
+            let polls = self.inner.polls.lock().unwrap_or_else(|p| p.into_inner());
+            match polls.get(&key(qw)) {
                 Some(t) if Some(t.uid.as_str()) == qw.metadata.uid.as_deref() => t.answer.clone(),
                 _ => return Answer::NotYet,
             }
@@ -360,16 +410,23 @@ impl Autoscaler {
 
     /// Stops the poll of a deleted QWorker and forgets it (its activateVPA memory goes with it).
     pub fn forget(&self, qw: &QWorker) {
-        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(task) = tasks.remove(&key(qw)) {
-            task.handle.abort();
+        let mut polls = self.inner.polls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(poll) = polls.remove(&key(qw)) {
+            self.inner
+                .schedules
+                .send(&self.inner, &poll.connection, Msg::Remove(poll.member));
         }
     }
 
-    /// Number of running poll tasks.
+    /// Number of QWorkers polled.
     pub fn running(&self) -> usize {
-        let tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        tasks.values().filter(|t| !t.handle.is_finished()).count()
+        let polls = self.inner.polls.lock().unwrap_or_else(|p| p.into_inner());
+        polls.len()
+    }
+
+    /// Number of schedules (one poll and one timer each) that run the polls.
+    pub fn schedules(&self) -> usize {
+        self.inner.schedules.len()
     }
 }
 
@@ -420,7 +477,8 @@ struct Poller {
     failures: u32,
     last: Option<Written>,
     vpa: VpaState,
-    wake: Arc<tokio::sync::Notify>,
+    /// Wakes this poll through its schedule; set when it joins one.
+    wake: Option<Arc<dyn Wake>>,
     answer: Arc<answer::Slot>,
     /// This QWorker's `qworker_poll_duration_seconds` (looked up once, not per poll).
     poll_duration: prometheus_client::metrics::histogram::Histogram,
@@ -524,13 +582,8 @@ fn pod_metrics_resource() -> kube::core::ApiResource {
 }
 
 impl Poller {
-    /// The poll of `qw`, woken early by `wake`, telling `answer` once it looked at the queue.
-    fn new(
-        scaler: Arc<Inner>,
-        qw: &QWorker,
-        wake: Arc<tokio::sync::Notify>,
-        answer: Arc<answer::Slot>,
-    ) -> Self {
+    /// The poll of `qw`, telling `answer` once it looked at the queue.
+    fn new(scaler: Arc<Inner>, qw: &QWorker, answer: Arc<answer::Slot>) -> Self {
         let poll_duration = scaler
             .shared
             .metrics
@@ -550,7 +603,7 @@ impl Poller {
             failures: 0,
             last: None,
             vpa: VpaState::default(),
-            wake,
+            wake: None,
             answer,
             poll_duration,
             phase: None,
@@ -579,7 +632,8 @@ impl Poller {
             self.watch = None;
             self.connection = Some(Box::new((ns.to_string(), sc.scaler_config_ref.clone())));
         }
-        let Some(connection) = self.connection.as_deref() else {
+        let (Some(connection), Some(wake)) = (self.connection.as_deref(), self.wake.as_ref())
+        else {
             return;
         };
         let n = self
@@ -594,10 +648,10 @@ impl Poller {
             current.retarget(threshold);
             return;
         }
-        let (handle, started) = self
-            .scaler
-            .probes
-            .set(connection, &self.key, &sc.queue, watch, &self.wake);
+        let (handle, started) =
+            self.scaler
+                .probes
+                .set(connection, &self.key, &sc.queue, watch, wake.clone());
         self.watch = handle;
         if started {
             let brokers = self.scaler.brokers.clone();
@@ -618,55 +672,61 @@ impl Poller {
         }
     }
 
-    /// Polls until the QWorker is gone. Boxed: an async fn keeps its argument apart from its
-    /// locals, and would hold the poller twice in every task.
-    async fn run(mut self: Box<Self>) {
-        loop {
-            let Some(qw) = self.scaler.qworkers.get(&self.object) else {
-                debug!(qworker = %self.object, "QWorker gone; autoscaler poll stops");
-                return;
-            };
-            if qw.metadata.uid.as_deref() != Some(self.uid.as_str()) {
-                return;
-            }
-            if self.scaler.shared.gate.closed().is_some() {
-                // Not the leader (any more), or the pod cache is not synced: decide nothing.
-                tokio::time::sleep(crate::cache::NOT_READY_RETRY).await;
-                continue;
-            }
-            let interval = poll_interval(&qw.spec.scale_config);
-            let outcome = self.poll(&qw).await;
-            self.answer.set_answered();
-            let now = tokio::time::Instant::now();
-            let due = match outcome {
-                Ok(()) => {
-                    self.failures = 0;
-                    let phase = *self.phase.get_or_insert_with(|| {
-                        phase(now.saturating_duration_since(self.scaler.epoch), interval)
-                    });
-                    // A parked poll still comes on its phase's ticks, the last one within
-                    // PARKED_POLL (its reads are batched with the others').
-                    let wait = if self.parked {
-                        PARKED_POLL.saturating_sub(interval)
-                    } else {
-                        Duration::ZERO
-                    };
-                    next_tick(
-                        self.scaler.epoch + interval.mul_f64(phase),
-                        now + wait,
-                        interval,
-                    )
-                }
-                Err(()) => {
-                    self.failures = self.failures.saturating_add(1);
-                    now + (interval * 2u32.saturating_pow(self.failures.min(6))).min(MAX_BACKOFF)
-                }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep_until(due) => {},
-                _ = self.wake.notified() => {},
-            }
+    /// Has the probe wake this poll through `wake` (its schedule's [`schedule::Waker`]).
+    fn set_wake(&mut self, wake: Arc<dyn Wake>) {
+        self.wake = Some(wake);
+    }
+
+    /// `namespace/name` of the QWorker.
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// One turn of the poll, run by its schedule: polls (unless the QWorker is gone, or this
+    /// replica may not act), and says when the next one is due. The poller comes back with the
+    /// answer, so that nothing holds it while it waits.
+    async fn turn(mut self: Box<Self>) -> (Box<Self>, Next) {
+        let Some(qw) = self.scaler.qworkers.get(&self.object) else {
+            debug!(qworker = %self.object, "QWorker gone; autoscaler poll stops");
+            return (self, Next::Stop);
+        };
+        if qw.metadata.uid.as_deref() != Some(self.uid.as_str()) {
+            return (self, Next::Stop);
         }
+        if self.scaler.shared.gate.closed().is_some() {
+            // Not the leader (any more), or the pod cache is not synced: decide nothing.
+            let at = tokio::time::Instant::now() + crate::cache::NOT_READY_RETRY;
+            return (self, Next::At(at));
+        }
+        let interval = poll_interval(&qw.spec.scale_config);
+        let outcome = self.poll(&qw).await;
+        self.answer.set_answered();
+        let now = tokio::time::Instant::now();
+        let due = match outcome {
+            Ok(()) => {
+                self.failures = 0;
+                let phase = *self.phase.get_or_insert_with(|| {
+                    phase(now.saturating_duration_since(self.scaler.epoch), interval)
+                });
+                // A parked poll still comes on its phase's ticks, the last one within
+                // PARKED_POLL (its reads are batched with the others').
+                let wait = if self.parked {
+                    PARKED_POLL.saturating_sub(interval)
+                } else {
+                    Duration::ZERO
+                };
+                next_tick(
+                    self.scaler.epoch + interval.mul_f64(phase),
+                    now + wait,
+                    interval,
+                )
+            }
+            Err(()) => {
+                self.failures = self.failures.saturating_add(1);
+                now + (interval * 2u32.saturating_pow(self.failures.min(6))).min(MAX_BACKOFF)
+            }
+        };
+        (self, Next::At(due))
     }
 
     fn labels(qw: &QWorker) -> QWorkerLabels {
@@ -1373,34 +1433,20 @@ fn oom_evidence(pods: &crate::cache::Owned<Pod>, qw: &QWorker) -> Vec<workerpool
 mod size_tests {
     use super::*;
 
-    /// One poll task lives per QWorker for as long as it exists, so its future is the per-QWorker
-    /// memory of the autoscaler: the rare, large steps of a poll (a status write, an Event, a
-    /// metrics read, connecting) are boxed while they run instead of being reserved in every
-    /// task, and the poller is held once (1.9 KB per task before). Boxing the whole poll too
-    /// would save 150 bytes more per task for an allocation per poll: not done. (Parking idle
-    /// polls added 32 bytes: 1,208.)
+    /// A QWorker's poll state lives for as long as the QWorker, so it is the per-QWorker memory
+    /// of the autoscaler: the rare, large steps of a poll (a status write, an Event, a metrics
+    /// read, connecting) are boxed while they run instead of being reserved in every poller, and
+    /// a resting poll is its poller and its place in a schedule, not a task and a timer (1.2 KB
+    /// per waiting task before, its future holding the poller).
     #[tokio::test]
-    async fn a_poll_task_stays_small() {
-        let (service, _handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
-        let client = kube::Client::new(service, "default");
-        let shared = Shared::new(client.clone(), Arc::default(), None);
-        let (qworkers, _) = kube::runtime::reflector::store::<QWorker>();
-        let (pods, _) = kube::runtime::reflector::store::<Pod>();
-        let (configs, _) = kube::runtime::reflector::store();
-        let scaler = Autoscaler::new(shared, Brokers::new(client, configs), qworkers, pods);
-        let mut qw = QWorker::new("w", Default::default());
-        qw.metadata.namespace = Some("ns".into());
-        let poller = Poller::new(scaler.inner.clone(), &qw, Arc::default(), Arc::default());
-        let task = Box::new(poller).run();
-        let size = std::mem::size_of_val(&task) + std::mem::size_of::<Poller>();
+    async fn a_resting_poll_stays_small() {
+        let resting = std::mem::size_of::<Poller>() + schedule::MEMBER_SIZE;
         println!(
-            "poll task: {size} bytes, of which the poller {} bytes",
-            std::mem::size_of::<Poller>()
+            "resting poll: {resting} bytes, of which the poller {} bytes and its place in the schedule {} bytes",
+            std::mem::size_of::<Poller>(),
+            schedule::MEMBER_SIZE
         );
-        assert!(size <= 1216, "a waiting poll task takes {size} bytes");
+        assert!(resting <= 896, "a resting poll takes {resting} bytes");
     }
 }
 

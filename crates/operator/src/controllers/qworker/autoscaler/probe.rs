@@ -28,6 +28,19 @@ pub const MIN_PROBE_PERIOD: Duration = Duration::from_millis(100);
 /// The ScalerConfig (`namespace/name`) whose connection a probe reads through.
 pub type Connection = (String, String);
 
+/// What the probe wakes: a QWorker's poll (through its schedule, see `schedule`), or in tests
+/// a [`Notify`].
+pub trait Wake: Send + Sync {
+    /// Has the poll run now.
+    fn wake(&self);
+}
+
+impl Wake for Notify {
+    fn wake(&self) {
+        self.notify_one();
+    }
+}
+
 /// A QWorker's watch of its queue, shared by its poll and the probe: the poll moves the
 /// threshold at each poll without a lock or a lookup ([`Watch::retarget`]); the probe ends the
 /// watch when the queue reaches it.
@@ -75,7 +88,7 @@ struct Watched {
     watch: Arc<Watch>,
     /// When it was first watched with this period.
     since: Instant,
-    wake: Arc<Notify>,
+    wake: Arc<dyn Wake>,
 }
 
 /// The watched queues of one period, read together: their keys and queries are built once,
@@ -164,7 +177,7 @@ impl Probes {
         qworker: &str,
         queue: &str,
         watch: Option<(u64, Duration)>,
-        wake: &Arc<Notify>,
+        wake: Arc<dyn Wake>,
     ) -> (Option<Arc<Watch>>, bool) {
         let Some((threshold, period)) = watch else {
             self.remove(connection, qworker);
@@ -192,7 +205,7 @@ impl Probes {
             Watched {
                 watch: watch.clone(),
                 since: Instant::now(),
-                wake: wake.clone(),
+                wake,
             },
         ) {
             old.watch.active.store(false, Ordering::Release);
@@ -266,7 +279,7 @@ impl Probes {
             {
                 w.watch.active.store(false, Ordering::Release);
                 group.changed = true;
-                w.wake.notify_one();
+                w.wake.wake();
             }
         }
     }
@@ -315,7 +328,7 @@ mod tests {
         let (a, b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let period = Some((3, Duration::from_millis(250)));
         assert!(
-            probes.set(&conn(), "ns/a", "qa", period, &a).1,
+            probes.set(&conn(), "ns/a", "qa", period, a.clone()).1,
             "first: start"
         );
         let (_, started) = probes.set(
@@ -323,7 +336,7 @@ mod tests {
             "ns/b",
             "qb",
             Some((1, Duration::from_millis(250))),
-            &b,
+            b.clone(),
         );
         assert!(!started, "the connection's probe runs");
         let lengths: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
@@ -376,7 +389,7 @@ mod tests {
         let probes = Probes::default();
         let wake = Arc::new(Notify::new());
         let period = Duration::from_millis(250);
-        let (watch, _) = probes.set(&conn(), "ns/a", "qa", Some((2, period)), &wake);
+        let (watch, _) = probes.set(&conn(), "ns/a", "qa", Some((2, period)), wake.clone());
         let watch = watch.expect("watched");
         assert!(watch.is("qa", period));
         assert!(!watch.is("qb", period), "another queue");
@@ -419,14 +432,14 @@ mod tests {
             "ns/fast",
             "fast",
             Some((100, Duration::from_millis(250))),
-            &wake,
+            wake.clone(),
         );
         probes.set(
             &conn(),
             "ns/slow",
             "slow",
             Some((100, Duration::from_secs(5))),
-            &wake,
+            wake.clone(),
         );
         let reads: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let acting = Arc::new(std::sync::atomic::AtomicBool::new(true));

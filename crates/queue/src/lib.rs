@@ -67,16 +67,11 @@ pub trait QueueBroker: Send + Sync {
     /// where the broker allows it (Redis: one pipeline for all of them). The default reads them
     /// one by one, [`DEPTHS_CONCURRENCY`] at a time. An error of one queue is that query's
     /// result only.
+    ///
+    /// RabbitMQ lists the vhost's queues once through the management API, else pipelines the
+    /// passive declares on a few channels; NATS lists the stream's consumers once.
     async fn depths(&self, queries: &[DepthQuery]) -> Vec<Result<u64, QueueError>> {
-        use futures::StreamExt;
-        let mut reads = Vec::with_capacity(queries.len());
-        for q in queries {
-            reads.push(self.depth(&q.queue, &q.workers));
-        }
-        futures::stream::iter(reads)
-            .buffered(DEPTHS_CONCURRENCY)
-            .collect()
-            .await
+        one_by_one(self, queries.iter()).await
     }
 
     /// Returns every task held by worker `worker` (a pod that is gone) to `queue`, so that it is
@@ -105,6 +100,22 @@ pub trait QueueBroker: Send + Sync {
 
     /// Cheap health check (one round trip).
     async fn ping(&self) -> Result<(), QueueError>;
+}
+
+/// [`QueueBroker::depth`] of each query, [`DEPTHS_CONCURRENCY`] at a time, in order.
+pub(crate) async fn one_by_one<'a, B: QueueBroker + ?Sized>(
+    broker: &B,
+    queries: impl IntoIterator<Item = &'a DepthQuery>,
+) -> Vec<Result<u64, QueueError>> {
+    use futures::StreamExt;
+    let mut reads = Vec::new();
+    for q in queries {
+        reads.push(broker.depth(&q.queue, &q.workers));
+    }
+    futures::stream::iter(reads)
+        .buffered(DEPTHS_CONCURRENCY)
+        .collect()
+        .await
 }
 
 /// One queue whose depth [`QueueBroker::depths`] reads: the queue and the live workers whose

@@ -1,4 +1,8 @@
-//! RabbitMQ management HTTP API: `GET /api/queues/{vhost}/{queue}` for exact depth.
+//! RabbitMQ management HTTP API: `GET /api/queues/{vhost}/{queue}` for one queue's exact
+//! depth, and `GET /api/queues/{vhost}?page=…&page_size=500&columns=…` for the depths of all the
+//! vhost's queues, [`LIST_PAGE_SIZE`] a page.
+
+use std::collections::HashMap;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -8,11 +12,25 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::CALL_TIMEOUT;
 use crate::config::{decode_component, encode_component};
 use crate::error::{BrokerKind, QueueError, timed};
+use crate::{CALL_TIMEOUT, DEPTHS_CONCURRENCY};
 
 const KIND: BrokerKind = BrokerKind::RabbitMq;
+
+/// Queues per page of the list (the management API's largest page).
+pub(crate) const LIST_PAGE_SIZE: usize = 500;
+
+/// The queues of the vhost as far as [`Management::list_depths`] read them: each name with
+/// what [`Management::depth`] would answer for it.
+pub(crate) struct QueueList {
+    /// Each listed queue's depth, `None` while the broker has not published its counts.
+    pub(crate) depths: HashMap<String, Option<u64>>,
+    /// Whether the list is one answer of the broker, so that a queue missing from it does not
+    /// exist; a list read in several pages may miss one (queues declared or deleted between the
+    /// pages shift them), and an unfinished one misses the rest.
+    pub(crate) authoritative: bool,
+}
 
 /// A pooled HTTP(S) client for one management API.
 pub(crate) struct Management {
@@ -98,15 +116,29 @@ impl Management {
         )
     }
 
-    /// `messages_ready + messages_unacknowledged`, or `None` when the broker has not published
-    /// the counts yet (a queue declared moments ago).
-    pub(crate) async fn depth(&self, queue: &str) -> Result<Option<u64>, QueueError> {
-        let request = http::Request::get(self.queue_url(queue))
+    /// The URL of page `page` (from 1) of the vhost's queues, with the columns depth needs.
+    fn list_url(&self, page: usize) -> String {
+        format!(
+            "{}/api/queues/{}?page={page}&page_size={LIST_PAGE_SIZE}\
+             &columns=name,messages_ready,messages_unacknowledged",
+            self.base,
+            encode_component(&self.vhost),
+        )
+    }
+
+    /// `GET url`: the body of a 200 answer; 404 is `not_found` of queue `queue`.
+    async fn get(
+        &self,
+        url: String,
+        operation: &'static str,
+        queue: &str,
+    ) -> Result<Bytes, QueueError> {
+        let request = http::Request::get(url)
             .header(http::header::AUTHORIZATION, &self.authorization)
             .header(http::header::ACCEPT, "application/json")
             .body(Empty::new())
             .map_err(|e| QueueError::config(KIND, e))?;
-        timed(KIND, "management GET queue", CALL_TIMEOUT, async {
+        timed(KIND, operation, CALL_TIMEOUT, async {
             let response = self
                 .client
                 .request(request)
@@ -120,7 +152,7 @@ impl Management {
                 .map_err(|e| QueueError::connect(KIND, format!("management API: {e}")))?
                 .to_bytes();
             match status {
-                http::StatusCode::OK => parse_depth(&body),
+                http::StatusCode::OK => Ok(body),
                 http::StatusCode::NOT_FOUND => Err(QueueError::not_found(KIND, "queue", queue)),
                 http::StatusCode::UNAUTHORIZED | http::StatusCode::FORBIDDEN => Err(
                     QueueError::auth(KIND, format!("management API answered {status}")),
@@ -133,6 +165,51 @@ impl Management {
         })
         .await
     }
+
+    /// `messages_ready + messages_unacknowledged`, or `None` when the broker has not published
+    /// the counts yet (a queue declared moments ago).
+    pub(crate) async fn depth(&self, queue: &str) -> Result<Option<u64>, QueueError> {
+        let body = self
+            .get(self.queue_url(queue), "management GET queue", queue)
+            .await?;
+        parse_depth(&body)
+    }
+
+    /// One page of the vhost's queues: each queue's depth and the number of pages.
+    async fn list_page(&self, page: usize) -> Result<ListPage, QueueError> {
+        let body = self
+            .get(self.list_url(page), "management GET queues", "")
+            .await?;
+        parse_list(&body)
+    }
+
+    /// The depths of the vhost's queues: the first page, then the others together, unless there
+    /// are more of them than `wanted` (a request per wanted queue is then cheaper). A missing
+    /// vhost is `not_found`.
+    pub(crate) async fn list_depths(&self, wanted: usize) -> Result<QueueList, QueueError> {
+        use futures::StreamExt as _;
+        let (items, pages) = self.list_page(1).await?;
+        let mut list = QueueList {
+            depths: items.into_iter().collect(),
+            authoritative: pages <= 1,
+        };
+        if pages <= 1 || pages - 1 > wanted {
+            return Ok(list);
+        }
+        let mut requests = Vec::with_capacity(pages - 1);
+        for page in 2..=pages {
+            requests.push(self.list_page(page));
+        }
+        let mut answers = futures::stream::iter(requests).buffer_unordered(DEPTHS_CONCURRENCY);
+        while let Some(answer) = answers.next().await {
+            list.depths.extend(answer?.0);
+        }
+        Ok(list)
+    }
+}
+
+fn invalid_json(e: serde_json::Error) -> QueueError {
+    QueueError::protocol(KIND, format!("management API sent invalid JSON: {e}"))
 }
 
 /// The system's root certificates, loaded only for `https` URLs; none (so HTTPS fails with a
@@ -148,21 +225,53 @@ fn native_roots(https: bool) -> Vec<rustls::pki_types::CertificateDer<'static>> 
     loaded.certs
 }
 
+/// One page of the queue list: each queue with its depth, and the number of pages.
+type ListPage = (Vec<(String, Option<u64>)>, usize);
+
+/// The queues of one list page, each with [`depth_of`], and the number of pages.
+fn parse_list(body: &[u8]) -> Result<ListPage, QueueError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(invalid_json)?;
+    let (Some(items), Some(pages)) = (
+        value.get("items").and_then(serde_json::Value::as_array),
+        value.get("page_count").and_then(serde_json::Value::as_u64),
+    ) else {
+        return Err(QueueError::protocol(
+            KIND,
+            "management API sent a queue list without items or page_count",
+        ));
+    };
+    let mut queues = Vec::with_capacity(items.len());
+    for item in items {
+        let Some(name) = item.get("name").and_then(serde_json::Value::as_str) else {
+            return Err(QueueError::protocol(
+                KIND,
+                "management API listed a queue without a name",
+            ));
+        };
+        queues.push((name.to_owned(), depth_of(item)));
+    }
+    Ok((queues, usize::try_from(pages).unwrap_or(usize::MAX)))
+}
+
 /// Reads `messages_ready + messages_unacknowledged` from a queue resource.
 fn parse_depth(body: &[u8]) -> Result<Option<u64>, QueueError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        QueueError::protocol(KIND, format!("management API sent invalid JSON: {e}"))
-    })?;
+    Ok(depth_of(
+        &serde_json::from_slice(body).map_err(invalid_json)?,
+    ))
+}
+
+/// `messages_ready + messages_unacknowledged` of a queue's JSON, `None` without them.
+fn depth_of(value: &serde_json::Value) -> Option<u64> {
     let ready = value
         .get("messages_ready")
         .and_then(serde_json::Value::as_u64);
     let unacked = value
         .get("messages_unacknowledged")
         .and_then(serde_json::Value::as_u64);
-    Ok(match (ready, unacked) {
+    match (ready, unacked) {
         (Some(ready), Some(unacked)) => Some(ready + unacked),
         _ => None,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -178,6 +287,33 @@ mod tests {
             parse_depth(b"<html>").err().map(|e| e.category()),
             Some("protocol")
         );
+    }
+
+    #[test]
+    fn parses_list_pages() {
+        let body = br#"{"filtered_count":3,"item_count":3,"page":1,"page_count":2,"page_size":500,
+            "total_count":503,"items":[
+            {"name":"a","messages_ready":5,"messages_unacknowledged":2},
+            {"name":"b"},
+            {"name":"c","messages_ready":0,"messages_unacknowledged":0}]}"#;
+        let Ok((items, pages)) = parse_list(body) else {
+            panic!("a valid page");
+        };
+        assert_eq!(pages, 2);
+        assert_eq!(
+            items,
+            vec![
+                ("a".into(), Some(7)),
+                ("b".into(), None),
+                ("c".into(), Some(0))
+            ]
+        );
+        for bad in [&b"[]"[..], br#"{"items":[{}],"page_count":1}"#, b"<html>"] {
+            assert_eq!(
+                parse_list(bad).err().map(|e| e.category()),
+                Some("protocol")
+            );
+        }
     }
 
     #[test]
@@ -200,6 +336,11 @@ mod tests {
             panic!("management client should build");
         };
         assert_eq!(m.queue_url("q"), "https://rabbit/mgmt/api/queues/prod/q");
+        assert_eq!(
+            m.list_url(2),
+            "https://rabbit/mgmt/api/queues/prod?page=2&page_size=500\
+             &columns=name,messages_ready,messages_unacknowledged"
+        );
         let expected = base64::engine::general_purpose::STANDARD.encode("u:p/q");
         assert_eq!(m.authorization, format!("Basic {expected}"));
         assert!(Management::new("ftp://x", "amqp://h").is_err());

@@ -1,10 +1,16 @@
 //! NATS JetStream: each queue is a durable pull consumer (explicit ack) of one stream.
+//!
+//! A queue's depth is one `CONSUMER.INFO` request; the depths of several queues are one
+//! `CONSUMER.LIST` of the stream (256 consumers a page, the pages after the first requested
+//! together) instead of a request per queue.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::response::Response;
 use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind, RetentionPolicy};
 use async_nats::jetstream::{self, Context};
 use async_nats::{ConnectErrorKind, ConnectOptions};
@@ -13,8 +19,8 @@ use futures::StreamExt;
 
 use crate::error::{BrokerKind, QueueError, timed};
 use crate::{
-    CALL_TIMEOUT, CONNECT_TIMEOUT, Handle, NatsConfig, QueueBroker, Task, TaskSource,
-    install_crypto_provider,
+    CALL_TIMEOUT, CONNECT_TIMEOUT, DEPTHS_CONCURRENCY, DepthQuery, Handle, NatsConfig, QueueBroker,
+    Task, TaskSource, install_crypto_provider, one_by_one,
 };
 
 const KIND: BrokerKind = BrokerKind::Nats;
@@ -138,13 +144,165 @@ impl NatsBroker {
     }
 }
 
+/// One page of `CONSUMER.LIST`: the infos of consumers `offset..offset + limit` of `total`.
+struct ConsumerPage {
+    total: usize,
+    limit: usize,
+    consumers: Vec<jetstream::consumer::Info>,
+}
+
+/// The consumers of a stream as far as [`NatsBroker::list_consumers`] read them.
+struct ConsumerList {
+    consumers: HashMap<String, jetstream::consumer::Info>,
+    /// Whether the list is one answer of the server, so that a consumer missing from it does
+    /// not exist; a list read in several pages may miss one (consumers created or deleted
+    /// between the pages shift the offsets), and an unfinished one misses the rest.
+    authoritative: bool,
+}
+
+/// `num_pending + num_ack_pending`.
+fn info_depth(info: &jetstream::consumer::Info) -> u64 {
+    info.num_pending + info.num_ack_pending as u64
+}
+
+impl NatsBroker {
+    /// Page `offset` of the stream's consumers (one `CONSUMER.LIST` request).
+    async fn consumer_page(&self, offset: usize) -> Result<ConsumerPage, QueueError> {
+        let stream = self.stream.as_str();
+        let response: Response<serde_json::Value> =
+            timed(KIND, "consumer list", CALL_TIMEOUT, async {
+                self.js
+                    .request(
+                        format!("CONSUMER.LIST.{stream}"),
+                        &serde_json::json!({ "offset": offset }),
+                    )
+                    .await
+                    .map_err(|e| match e.kind() {
+                        jetstream::context::RequestErrorKind::TimedOut => QueueError::Timeout {
+                            broker: KIND,
+                            operation: "consumer list",
+                            after: CALL_TIMEOUT,
+                        },
+                        _ => QueueError::connect(KIND, e),
+                    })
+            })
+            .await?;
+        let page = match response {
+            Response::Ok(page) => page,
+            Response::Err { error } => return Err(map_api(&error, stream, "")),
+        };
+        let count = |key: &str| {
+            page.get(key)
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|n| usize::try_from(n).ok())
+        };
+        let (Some(total), limit) = (count("total"), count("limit")) else {
+            return Err(QueueError::protocol(KIND, "the consumer list has no total"));
+        };
+        let consumers = match page.get("consumers") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(list) => serde_json::from_value(list.clone())
+                .map_err(|e| QueueError::protocol(KIND, format!("invalid consumer list: {e}")))?,
+        };
+        Ok(ConsumerPage {
+            total,
+            limit: limit.unwrap_or(0),
+            consumers,
+        })
+    }
+
+    /// The stream's consumers: the first page, then the others together unless the first
+    /// holds all of `wanted` or the others are more pages than the wanted consumers it lacks (a
+    /// request per consumer is then cheaper).
+    async fn list_consumers(&self, wanted: &[&str]) -> Result<ConsumerList, QueueError> {
+        let first = self.consumer_page(0).await?;
+        let read = first.consumers.len();
+        let mut list = ConsumerList {
+            consumers: HashMap::with_capacity(first.total),
+            authoritative: read >= first.total,
+        };
+        let limit = first.limit.max(read);
+        list.consumers
+            .extend(first.consumers.into_iter().map(|i| (i.name.clone(), i)));
+        let lacking = wanted
+            .iter()
+            .filter(|name| !list.consumers.contains_key(**name))
+            .count();
+        if list.authoritative || limit == 0 || lacking == 0 {
+            return Ok(list);
+        }
+        let offsets: Vec<usize> = (read..first.total).step_by(limit).collect();
+        if offsets.len() > lacking {
+            return Ok(list);
+        }
+        let mut requests = Vec::with_capacity(offsets.len());
+        for offset in offsets {
+            requests.push(self.consumer_page(offset));
+        }
+        let mut pages = futures::stream::iter(requests).buffer_unordered(DEPTHS_CONCURRENCY);
+        while let Some(page) = pages.next().await {
+            list.consumers
+                .extend(page?.consumers.into_iter().map(|i| (i.name.clone(), i)));
+        }
+        Ok(list)
+    }
+}
+
 #[async_trait]
 impl QueueBroker for NatsBroker {
     /// `num_pending + num_ack_pending` of the durable consumer `queue`.
     async fn depth(&self, queue: &str, _workers: &[String]) -> Result<u64, QueueError> {
         let consumer = consumer(&self.js, &self.stream, queue).await?;
-        let info = consumer.cached_info();
-        Ok(info.num_pending + info.num_ack_pending as u64)
+        Ok(info_depth(consumer.cached_info()))
+    }
+
+    /// One `CONSUMER.LIST` of the stream (all its pages) for several queries. A queue the list
+    /// does not settle (not in a list read in several pages or unfinished, an invalid name, a
+    /// push consumer) is read on its own, so that its answer is [`QueueBroker::depth`]'s.
+    async fn depths(&self, queries: &[DepthQuery]) -> Vec<Result<u64, QueueError>> {
+        let wanted: Vec<&str> = queries
+            .iter()
+            .map(|q| q.queue.as_str())
+            .filter(|q| valid_name(q))
+            .collect();
+        if wanted.len() < 2 || !valid_name(&self.stream) {
+            return one_by_one(self, queries).await;
+        }
+        let list = self.list_consumers(&wanted).await;
+        let mut results: Vec<Option<Result<u64, QueueError>>> = queries
+            .iter()
+            .map(|q| {
+                if !valid_name(&q.queue) {
+                    return None;
+                }
+                let list = match &list {
+                    Ok(list) => list,
+                    Err(e) => return Some(Err(e.clone())),
+                };
+                match list.consumers.get(&q.queue) {
+                    Some(info) if is_pull(info) => Some(Ok(info_depth(info))),
+                    None if list.authoritative => {
+                        Some(Err(QueueError::not_found(KIND, "consumer", &q.queue)))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        let rest: Vec<usize> = (0..queries.len())
+            .filter(|&i| results[i].is_none())
+            .collect();
+        let mut others = Vec::with_capacity(rest.len());
+        for &i in &rest {
+            others.push(&queries[i]);
+        }
+        let answers = one_by_one(self, others).await;
+        for (i, answer) in rest.into_iter().zip(answers) {
+            results[i] = Some(answer);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(QueueError::protocol(KIND, "depth not read"))))
+            .collect()
     }
 
     async fn recover(&self, _queue: &str, _worker: &str) -> Result<u64, QueueError> {
@@ -163,6 +321,20 @@ impl QueueBroker for NatsBroker {
         })
         .await
     }
+}
+
+/// Whether a consumer with this info is a pull consumer (which [`consumer`] accepts).
+fn is_pull(info: &jetstream::consumer::Info) -> bool {
+    info.config.deliver_subject.is_none()
+}
+
+/// Whether a name is one the client sends to the server (not empty, no whitespace, `.`, `*`
+/// or `>`); [`consumer`] refuses other names without asking.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|c| !c.is_ascii_whitespace() && !matches!(c, b'.' | b'*' | b'>'))
 }
 
 /// Worker side.

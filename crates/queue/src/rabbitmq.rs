@@ -7,7 +7,16 @@
 //! (a message prefetched meanwhile is held, so the mark stays). The marker goes with the
 //! worker's connection, so a worker that dies is unmarked at once, as its unacknowledged
 //! message is returned.
+//!
+//! The depths of several queues ([`QueueBroker::depths`]) come from one list of the vhost's
+//! queues when the management API is configured. Over AMQP, the passive declares (the queue and
+//! its marker) are pipelined: up to [`PIPELINE`] sent ahead on a channel, the queries spread
+//! over up to [`LANES`] channels kept for the next call. A failed declare (a missing queue or
+//! marker) closes its channel, and the broker ignores what followed it there; those declares
+//! are sent again on a new channel, so a missing queue costs a channel, not the other answers.
 
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,11 +34,20 @@ use tokio::sync::Mutex;
 use crate::error::{BrokerKind, QueueError, timed};
 use crate::management::Management;
 use crate::{
-    CALL_TIMEOUT, CONNECT_TIMEOUT, Handle, QueueBroker, RabbitMqConfig, Task, TaskSource,
-    install_crypto_provider,
+    CALL_TIMEOUT, CONNECT_TIMEOUT, DepthQuery, Handle, QueueBroker, RabbitMqConfig, Task,
+    TaskSource, install_crypto_provider, one_by_one,
 };
 
 const KIND: BrokerKind = BrokerKind::RabbitMq;
+
+/// Most passive declares sent ahead of their answers on one channel by [`QueueBroker::depths`].
+pub(crate) const PIPELINE: usize = 16;
+
+/// Most channels one [`QueueBroker::depths`] call spreads its declares over.
+pub(crate) const LANES: usize = 16;
+
+/// Fewest queries per channel of [`QueueBroker::depths`] before another one is used.
+const LANE_MIN: usize = 8;
 
 /// The queue whose consumers are the workers of `queue` that hold a task: `{queue}:in-flight`.
 /// Workers declare it (durable, empty) and consume from it while busy; the operator reads its
@@ -103,10 +121,110 @@ async fn declare_passive(channel: &Channel, queue: &str) -> Result<lapin::Queue,
     .await
 }
 
-/// One connection and one channel, re-created when closed.
+/// Ready messages and consumers from a passive declare.
+type Counts = (u32, u32);
+
+/// Passive declares of `names` sent one after the other on `channel` without waiting for the
+/// answers, then their answers in the same order.
+async fn pipelined(channel: &Channel, names: &[String]) -> Vec<lapin::Result<Counts>> {
+    let mut sent = Vec::with_capacity(names.len());
+    for name in names {
+        let mut declare = Box::pin(channel.queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        ));
+        // The first poll queues the frame: the declares go out in this order.
+        sent.push(match futures::poll!(declare.as_mut()) {
+            Poll::Ready(done) => futures::future::Either::Left(futures::future::ready(done)),
+            Poll::Pending => futures::future::Either::Right(declare),
+        });
+    }
+    let mut answers = Vec::with_capacity(sent.len());
+    for declare in sent {
+        answers.push(
+            declare
+                .await
+                .map(|q| (q.message_count(), q.consumer_count())),
+        );
+    }
+    answers
+}
+
+/// Passive declares of `names`, in order, on a channel of `link`'s connection, [`PIPELINE`] at
+/// a time. The broker answers a channel's declares in order and, after a failed one, closes
+/// the channel and ignores the rest, which lapin then fails with that same error: so the first
+/// failure of a window is its queue's answer, and what followed it is sent again on a new
+/// channel.
+async fn declare_lane(link: &Link, names: &[String]) -> Vec<Result<Counts, QueueError>> {
+    let mut results = Vec::with_capacity(names.len());
+    let mut kept: Option<Channel> = None;
+    while results.len() < names.len() {
+        let channel = match kept.take() {
+            Some(channel) => channel,
+            None => match link.spare().await {
+                Ok(channel) => channel,
+                Err(e) => {
+                    results.resize(names.len(), Err(e));
+                    break;
+                }
+            },
+        };
+        let start = results.len();
+        let window = &names[start..names.len().min(start + PIPELINE)];
+        let answers = timed(KIND, "queue.declare", CALL_TIMEOUT, async {
+            Ok(pipelined(&channel, window).await)
+        })
+        .await;
+        let answers = match answers {
+            Ok(answers) => answers,
+            Err(e) => {
+                results.resize(names.len(), Err(e));
+                break;
+            }
+        };
+        for (name, answer) in window.iter().zip(answers) {
+            match answer {
+                Ok(counts) => results.push(Ok(counts)),
+                Err(e) => {
+                    results.push(Err(map_err(e, name)));
+                    break;
+                }
+            }
+        }
+        if channel.status().connected() {
+            kept = Some(channel);
+        }
+    }
+    if let Some(channel) = kept {
+        link.give_back(channel);
+    }
+    results
+}
+
+/// A queue's depth from its passive declare and its marker's (see [`QueueBroker::depth`]).
+fn amqp_depth(
+    queue: Result<Counts, QueueError>,
+    marker: Result<Counts, QueueError>,
+) -> Result<u64, QueueError> {
+    let (ready, consumers) = queue?;
+    let (ready, consumers) = (u64::from(ready), u64::from(consumers));
+    match marker {
+        Ok((_, busy)) => Ok(ready + u64::from(busy).min(consumers)),
+        Err(e) if e.category() == "not_found" => Ok(ready + consumers),
+        Err(e) => Err(e),
+    }
+}
+
+/// One connection and one channel, re-created when closed; and the channels of
+/// [`QueueBroker::depths`] kept for the next call.
 struct Link {
     url: String,
-    state: Mutex<Option<(Connection, Channel)>>,
+    state: Mutex<Option<(Arc<Connection>, Channel)>>,
+    spares: std::sync::Mutex<Vec<Channel>>,
 }
 
 impl Link {
@@ -115,27 +233,99 @@ impl Link {
         let channel = open_channel(&connection).await?;
         Ok(Self {
             url: url.to_owned(),
-            state: Mutex::new(Some((connection, channel))),
+            state: Mutex::new(Some((Arc::new(connection), channel))),
+            spares: std::sync::Mutex::default(),
         })
     }
 
+    fn lock_spares(&self) -> std::sync::MutexGuard<'_, Vec<Channel>> {
+        self.spares.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A channel for one caller alone: a kept one that is still open, else a new one on the
+    /// connection (reconnecting if it was closed).
+    async fn spare(&self) -> Result<Channel, QueueError> {
+        loop {
+            let Some(channel) = self.lock_spares().pop() else {
+                break;
+            };
+            if channel.status().connected() {
+                return Ok(channel);
+            }
+        }
+        let mut retried = false;
+        loop {
+            self.channel().await?;
+            let connection = match self.state.lock().await.as_ref() {
+                Some((connection, _)) => connection.clone(),
+                None => return Err(QueueError::connect(KIND, "not connected")),
+            };
+            match open_channel(&connection).await {
+                Ok(channel) => return Ok(channel),
+                // See `channel`: a new connection opens channels again.
+                Err(e) if retried => return Err(e),
+                Err(e) => {
+                    tracing::info!(error = %e, "cannot open a rabbitmq channel; reconnecting");
+                    self.drop_connection(&connection).await;
+                    retried = true;
+                }
+            }
+        }
+    }
+
+    /// Keeps an open channel from [`spare`](Self::spare) for the next call (at most
+    /// [`LANES`]); others are closed as they are dropped.
+    fn give_back(&self, channel: Channel) {
+        let mut spares = self.lock_spares();
+        if spares.len() < LANES && channel.status().connected() {
+            spares.push(channel);
+        }
+    }
+
     /// The open channel, re-creating the channel (or the whole connection) if it was closed.
+    ///
+    /// lapin keeps the error of each channel the broker closed (a failed passive declare) and
+    /// fails a new channel that reuses its id with it, which happens once `channel_max` (2047)
+    /// channels were opened: a channel that cannot be opened is therefore retried on a new
+    /// connection.
     async fn channel(&self) -> Result<Channel, QueueError> {
         let mut state = self.state.lock().await;
         if let Some((connection, channel)) = state.as_mut() {
             if connection.status().connected() {
-                if !channel.status().connected() {
-                    *channel = open_channel(connection).await?;
+                if channel.status().connected() {
+                    return Ok(channel.clone());
                 }
-                return Ok(channel.clone());
+                match open_channel(connection).await {
+                    Ok(opened) => {
+                        *channel = opened.clone();
+                        return Ok(opened);
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, "cannot open a rabbitmq channel; reconnecting")
+                    }
+                }
+            } else {
+                tracing::info!("rabbitmq connection closed; reconnecting");
             }
-            tracing::info!("rabbitmq connection closed; reconnecting");
         }
         *state = None;
+        self.lock_spares().clear();
         let connection = open_connection(&self.url).await?;
         let channel = open_channel(&connection).await?;
-        *state = Some((connection, channel.clone()));
+        *state = Some((Arc::new(connection), channel.clone()));
         Ok(channel)
+    }
+
+    /// Drops the connection `broken` (if still the current one), so that the next call
+    /// reconnects.
+    async fn drop_connection(&self, broken: &Arc<Connection>) {
+        let mut state = self.state.lock().await;
+        if state
+            .as_ref()
+            .is_some_and(|(connection, _)| Arc::ptr_eq(connection, broken))
+        {
+            *state = None;
+        }
     }
 }
 
@@ -178,15 +368,88 @@ impl QueueBroker for RabbitBroker {
             return Ok(depth);
         }
         let channel = self.link.channel().await?;
-        let declared = declare_passive(&channel, queue).await?;
-        let ready = u64::from(declared.message_count());
-        let consumers = u64::from(declared.consumer_count());
-        match declare_passive(&channel, &in_flight_queue(queue)).await {
-            Ok(marker) => Ok(ready + u64::from(marker.consumer_count()).min(consumers)),
-            // The failed declare closed the channel; the next call opens a new one.
-            Err(e) if e.category() == "not_found" => Ok(ready + consumers),
-            Err(e) => Err(e),
+        let counts = |q: lapin::Queue| (q.message_count(), q.consumer_count());
+        let declared = declare_passive(&channel, queue).await.map(counts)?;
+        // A failed declare of the marker closes the channel; the next call opens a new one.
+        let marker = declare_passive(&channel, &in_flight_queue(queue))
+            .await
+            .map(counts);
+        amqp_depth(Ok(declared), marker)
+    }
+
+    /// One management list of the vhost's queues for several queries (a queue it lists without
+    /// counts yet is read over AMQP, as [`depth`](Self::depth) does; one it does not list is
+    /// `not_found`, or read on its own when the list took several pages or was not finished).
+    /// Without the management API, or for what it leaves, the passive declares are pipelined
+    /// (see the module's documentation).
+    async fn depths(&self, queries: &[DepthQuery]) -> Vec<Result<u64, QueueError>> {
+        if queries.len() < 2 {
+            return one_by_one(self, queries).await;
         }
+        let mut results: Vec<Option<Result<u64, QueueError>>> = vec![None; queries.len()];
+        let mut alone = Vec::new();
+        let mut amqp = Vec::new();
+        match &self.management {
+            None => amqp.extend(0..queries.len()),
+            Some(management) => match management.list_depths(queries.len()).await {
+                Ok(list) => {
+                    for (i, q) in queries.iter().enumerate() {
+                        match list.depths.get(&q.queue) {
+                            Some(Some(depth)) => results[i] = Some(Ok(*depth)),
+                            Some(None) => amqp.push(i),
+                            None if list.authoritative => {
+                                results[i] =
+                                    Some(Err(QueueError::not_found(KIND, "queue", &q.queue)));
+                            }
+                            None => alone.push(i),
+                        }
+                    }
+                }
+                Err(e) => {
+                    for (i, q) in queries.iter().enumerate() {
+                        results[i] = Some(Err(if e.category() == "not_found" {
+                            QueueError::not_found(KIND, "queue", &q.queue)
+                        } else {
+                            e.clone()
+                        }));
+                    }
+                }
+            },
+        }
+        let mut singles = Vec::with_capacity(alone.len());
+        for &i in &alone {
+            singles.push(&queries[i]);
+        }
+        for (i, answer) in alone.iter().zip(one_by_one(self, singles).await) {
+            results[*i] = Some(answer);
+        }
+        let mut names = Vec::with_capacity(amqp.len() * 2);
+        for &i in &amqp {
+            names.push(queries[i].queue.clone());
+            names.push(in_flight_queue(&queries[i].queue));
+        }
+        let lanes = amqp.len().div_ceil(LANE_MIN).clamp(1, LANES);
+        let per_lane = amqp.len().div_ceil(lanes) * 2;
+        let mut lane_reads = Vec::with_capacity(lanes);
+        for chunk in names.chunks(per_lane.max(2)) {
+            lane_reads.push(declare_lane(&self.link, chunk));
+        }
+        let declared: Vec<Result<Counts, QueueError>> = futures::future::join_all(lane_reads)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut declared = declared.into_iter();
+        for &i in &amqp {
+            let (Some(queue), Some(marker)) = (declared.next(), declared.next()) else {
+                break;
+            };
+            results[i] = Some(amqp_depth(queue, marker));
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(QueueError::protocol(KIND, "depth not read"))))
+            .collect()
     }
 
     async fn recover(&self, _queue: &str, _worker: &str) -> Result<u64, QueueError> {

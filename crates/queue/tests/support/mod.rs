@@ -19,6 +19,7 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// The local Redis on 6379.
+#[allow(dead_code, reason = "not every test binary talks to Redis")]
 pub fn redis_cfg() -> BrokerConfig {
     BrokerConfig::Redis(RedisConfig {
         host: "127.0.0.1".into(),

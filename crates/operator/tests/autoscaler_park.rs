@@ -3,12 +3,15 @@
 //! the probe wakes it at the first task (it then scales up as an unparked poll would) and when
 //! the queue cannot be read (it then reports the error).
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use redis::AsyncCommands;
 use serde_json::json;
+use support::{polls, redis};
 use workerpool_api::QWorker;
 use workerpool_operator::brokers::Brokers;
 use workerpool_operator::context::Shared;
@@ -26,27 +29,6 @@ fn qworker(name: &str, queue: &str) -> QWorker {
 
 fn path(name: &str) -> String {
     format!("/apis/quickube.com/v1alpha1/namespaces/{NS}/qworkers/{name}/status")
-}
-
-/// How many polls `/metrics` counts for QWorker `name`.
-fn polls(metrics: &Metrics, name: &str) -> u64 {
-    let mut text = String::new();
-    let mut registry = prometheus_client::registry::Registry::default();
-    metrics.register(&mut registry);
-    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
-    let series =
-        format!("qworker_poll_duration_seconds_count{{namespace=\"{NS}\",qworker=\"{name}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series.as_str()))
-        .map_or(0, |v| v.trim().parse().expect("count"))
-}
-
-async fn redis() -> redis::aio::MultiplexedConnection {
-    redis::Client::open("redis://127.0.0.1:6379/")
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("local Redis at 127.0.0.1:6379")
 }
 
 /// An autoscaler over caches holding `qworkers`, no pods, and the local Redis ScalerConfig.
@@ -79,7 +61,7 @@ async fn an_idle_poll_parks_until_the_first_task_comes() {
     assert_eq!(first.body["status"]["queueLength"], 0);
     // Unparked, a poll would come every second: three or four more by now.
     tokio::time::sleep(Duration::from_millis(3_500)).await;
-    assert_eq!(polls(&metrics, "idle"), 1, "the idle poll parked");
+    assert_eq!(polls(&metrics, NS, "idle"), 1, "the idle poll parked");
 
     let pushed = Instant::now();
     let _: () = redis.lpush(&queue, "a").await.expect("lpush");
@@ -99,7 +81,7 @@ async fn an_idle_poll_parks_until_the_first_task_comes() {
         .expect_apply(&path("idle"), serde_json::to_value(&q).expect("json"))
         .await;
     assert_eq!(again.body["status"]["desiredReplicas"], 2, "{}", again.body);
-    assert!(polls(&metrics, "idle") >= 3);
+    assert!(polls(&metrics, NS, "idle") >= 3);
     let _: () = redis.del(&queue).await.expect("cleanup");
 }
 
@@ -115,7 +97,7 @@ async fn a_parked_poll_is_woken_when_its_queue_cannot_be_read() {
     api.expect_apply(&path("broken"), serde_json::to_value(&q).expect("json"))
         .await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(polls(&metrics, "broken"), 1, "parked");
+    assert_eq!(polls(&metrics, NS, "broken"), 1, "parked");
 
     // A key of another type: Redis refuses to read its length (WRONGTYPE).
     let _: () = redis.set(&queue, "not a list").await.expect("set");

@@ -4,6 +4,8 @@
 //! that names another ScalerConfig moves to that schedule with its state; a schedule with no
 //! QWorker left ends.
 
+mod support;
+
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -11,6 +13,7 @@ use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use redis::AsyncCommands;
 use serde_json::json;
+use support::{polls, redis};
 use workerpool_api::QWorker;
 use workerpool_operator::brokers::Brokers;
 use workerpool_operator::context::Shared;
@@ -30,27 +33,6 @@ fn qworker(name: &str, queue: &str, scaler_config: &str) -> QWorker {
 
 fn path(name: &str) -> String {
     format!("/apis/quickube.com/v1alpha1/namespaces/{NS}/qworkers/{name}/status")
-}
-
-/// How many polls `/metrics` counts for QWorker `name`.
-fn polls(metrics: &Metrics, name: &str) -> u64 {
-    let mut text = String::new();
-    let mut registry = prometheus_client::registry::Registry::default();
-    metrics.register(&mut registry);
-    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
-    let series =
-        format!("qworker_poll_duration_seconds_count{{namespace=\"{NS}\",qworker=\"{name}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series.as_str()))
-        .map_or(0, |v| v.trim().parse().expect("count"))
-}
-
-async fn redis() -> redis::aio::MultiplexedConnection {
-    redis::Client::open("redis://127.0.0.1:6379/")
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("local Redis at 127.0.0.1:6379")
 }
 
 /// An autoscaler over a QWorker cache that the test writes, no pods, and two ScalerConfigs of
@@ -146,7 +128,7 @@ async fn a_qworker_that_names_another_scaler_config_moves_with_its_state() {
     assert_eq!(first.body["status"]["desiredReplicas"], 0);
     schedules(&autoscaler, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = polls(&metrics, "mover");
+    let before = polls(&metrics, NS, "mover");
 
     // The same QWorker, now read through `two`.
     let mut moved = qworker("mover", &queue, "two");
@@ -155,7 +137,7 @@ async fn a_qworker_that_names_another_scaler_config_moves_with_its_state() {
     autoscaler.ensure(&moved);
     // It polls at once in its new schedule; the old one, empty, ends.
     let until = tokio::time::Instant::now() + Duration::from_secs(5);
-    while polls(&metrics, "mover") == before {
+    while polls(&metrics, NS, "mover") == before {
         assert!(
             tokio::time::Instant::now() < until,
             "no poll after the move"

@@ -3,6 +3,8 @@
 //! for and writes both managers' fields in one apply; when that write fails, the autoscaler
 //! writes its fields itself.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +13,7 @@ use kube::runtime::reflector;
 use kube::runtime::watcher;
 use redis::AsyncCommands;
 use serde_json::json;
+use support::redis;
 use workerpool_api::QWorker;
 use workerpool_operator::brokers::Brokers;
 use workerpool_operator::context::Shared;
@@ -23,15 +26,6 @@ const PODS: &str = "/api/v1/namespaces/handover/pods";
 
 fn status_path(name: &str) -> String {
     format!("/apis/quickube.com/v1alpha1/namespaces/handover/qworkers/{name}/status")
-}
-
-/// A connection to the machine's Redis.
-async fn redis() -> redis::aio::MultiplexedConnection {
-    redis::Client::open("redis://127.0.0.1:6379/")
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("local Redis at 127.0.0.1:6379")
 }
 
 /// A reconciler and its autoscaler for the status-less QWorker `name`, whose queue holds three

@@ -1,6 +1,8 @@
 //! Reconcile tests of the QWorker controller against a mocked API server (and the real local
 //! Redis where tasks are recovered): pod creation, victim choice, rollouts, expectations.
 
+mod support;
+
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -8,6 +10,7 @@ use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
+use support::redis;
 use workerpool_api::{QWorker, QWorkerStatus, ScalerConfig};
 use workerpool_operator::brokers::Brokers;
 use workerpool_operator::context::Shared;
@@ -432,14 +435,6 @@ async fn min_above_max_is_reported_on_the_status() {
 
 fn redis_config() -> ScalerConfig {
     testkit::local_redis(NS, "example-scaler-config", "sc-uid")
-}
-
-async fn redis() -> redis::aio::MultiplexedConnection {
-    redis::Client::open("redis://127.0.0.1:6379/")
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("local Redis at 127.0.0.1:6379")
 }
 
 #[tokio::test]

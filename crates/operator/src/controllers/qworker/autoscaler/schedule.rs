@@ -86,7 +86,7 @@ impl Schedules {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(msg);
         senders.insert(connection.clone(), tx.clone());
-        debug!(scaler_config = %format!("{}/{}", connection.0, connection.1), "autoscaler schedule starts");
+        debug!(namespace = %connection.0, scaler_config = %connection.1, "autoscaler schedule starts");
         tokio::spawn(
             Schedule {
                 inner: inner.clone(),
@@ -130,17 +130,23 @@ pub(super) const MEMBER_SIZE: usize = std::mem::size_of::<Member>()
     + std::mem::size_of::<(Instant, MemberId)>();
 
 /// One member's place in its schedule.
-struct Member {
-    /// Its poll state; `None` while its poll runs.
-    poller: Option<Box<Poller>>,
-    /// When its next poll is due (its entry in `dues`), unless its poll runs.
-    due: Option<Instant>,
-    /// Woken while its poll ran: it polls again when that one ends.
-    woken: bool,
-    /// Removed while its poll ran: it leaves when that one ends.
-    removed: bool,
-    /// Moved while its poll ran: to this connection's schedule when that one ends.
-    moving: Option<Connection>,
+enum Member {
+    /// Waiting for its next poll, due at this instant (its entry in `dues`).
+    Resting(Box<Poller>, Instant),
+    /// Its poll runs (the poller is in it); what comes when it ends.
+    Polling(Then),
+}
+
+/// What a member does when its running poll ends (the last message received decides).
+enum Then {
+    /// Waits for its next poll.
+    Rest,
+    /// Polls again at once: it was woken meanwhile.
+    PollAgain,
+    /// Leaves: its QWorker was deleted.
+    Leave,
+    /// Moves to this connection's schedule.
+    Move(Connection),
 }
 
 type Poll = Pin<Box<dyn Future<Output = (MemberId, Box<Poller>, Next)> + Send>>;
@@ -184,7 +190,7 @@ impl Schedule {
                 && self.polls.is_empty()
                 && self.inner.schedules.retire(&self.connection, &mut self.rx)
             {
-                debug!(scaler_config = %format!("{}/{}", self.connection.0, self.connection.1), "autoscaler schedule ends: no QWorker left");
+                debug!(namespace = %self.connection.0, scaler_config = %self.connection.1, "autoscaler schedule ends: no QWorker left");
                 return;
             }
         }
@@ -197,34 +203,26 @@ impl Schedule {
                     tx: self.tx.clone(),
                     id,
                 }));
-                self.members.insert(
-                    id,
-                    Member {
-                        poller: Some(poller),
-                        due: None,
-                        woken: false,
-                        removed: false,
-                        moving: None,
-                    },
-                );
-                self.start(id);
+                self.poll(id, poller);
             }
             Msg::Wake(id) => match self.members.get_mut(&id) {
-                Some(m) if m.poller.is_none() => m.woken = true,
-                Some(_) => self.start(id),
-                None => {}
+                Some(Member::Polling(then @ Then::Rest)) => *then = Then::PollAgain,
+                Some(Member::Resting(..)) => {
+                    if let Some(poller) = self.take(id) {
+                        self.poll(id, poller);
+                    }
+                }
+                _ => {}
             },
             Msg::Remove(id) => match self.members.get_mut(&id) {
-                Some(m) if m.poller.is_none() => m.removed = true,
-                Some(_) => {
-                    self.leave(id);
-                }
+                Some(Member::Polling(then)) => *then = Then::Leave,
+                Some(Member::Resting(..)) => drop(self.take(id)),
                 None => {}
             },
             Msg::Move(id, to) => match self.members.get_mut(&id) {
-                Some(m) if m.poller.is_none() => m.moving = Some(to),
-                Some(_) => {
-                    if let Some(poller) = self.leave(id) {
+                Some(Member::Polling(then)) => *then = Then::Move(to),
+                Some(Member::Resting(..)) => {
+                    if let Some(poller) = self.take(id) {
                         self.inner
                             .schedules
                             .send(&self.inner, &to, Msg::Insert(id, poller));
@@ -235,26 +233,23 @@ impl Schedule {
         }
     }
 
-    /// Takes member `id` out of the schedule, with its poller unless its poll runs.
-    fn leave(&mut self, id: MemberId) -> Option<Box<Poller>> {
-        let member = self.members.remove(&id)?;
-        if let Some(at) = member.due {
-            self.dues.remove(&(at, id));
+    /// Takes resting member `id` out of the schedule, with its poller.
+    fn take(&mut self, id: MemberId) -> Option<Box<Poller>> {
+        match self.members.remove(&id)? {
+            Member::Resting(poller, at) => {
+                self.dues.remove(&(at, id));
+                Some(poller)
+            }
+            polling @ Member::Polling(_) => {
+                self.members.insert(id, polling);
+                None
+            }
         }
-        member.poller
     }
 
-    /// Starts the poll of member `id` (out of `dues` until it ends).
-    fn start(&mut self, id: MemberId) {
-        let Some(member) = self.members.get_mut(&id) else {
-            return;
-        };
-        let Some(poller) = member.poller.take() else {
-            return;
-        };
-        if let Some(at) = member.due.take() {
-            self.dues.remove(&(at, id));
-        }
+    /// Starts a poll of member `id` with its `poller`.
+    fn poll(&mut self, id: MemberId, poller: Box<Poller>) {
+        self.members.insert(id, Member::Polling(Then::Rest));
         self.polls.push(Box::pin(async move {
             let (poller, next) = poller.turn().await;
             (id, poller, next)
@@ -266,38 +261,34 @@ impl Schedule {
         while let Some(&(at, id)) = self.dues.first()
             && at <= now
         {
-            self.start(id);
+            match self.take(id) {
+                Some(poller) => self.poll(id, poller),
+                None => {
+                    self.dues.pop_first();
+                }
+            }
         }
     }
 
     /// The poll of member `id` ended: the member waits for its next one, polls again at once
     /// (woken meanwhile), moves, or leaves.
     fn ended(&mut self, id: MemberId, poller: Box<Poller>, next: Next) {
-        let Some(member) = self.members.get_mut(&id) else {
+        let Some(Member::Polling(then)) = self.members.remove(&id) else {
             return;
         };
-        if member.removed {
-            self.members.remove(&id);
-            return;
-        }
-        if let Some(to) = member.moving.take() {
-            self.members.remove(&id);
-            self.inner
-                .schedules
-                .send(&self.inner, &to, Msg::Insert(id, poller));
-            return;
-        }
-        let Next::At(at) = next else {
-            self.members.remove(&id);
-            self.inner.stopped(id, poller.key());
-            return;
-        };
-        member.poller = Some(poller);
-        if std::mem::take(&mut member.woken) {
-            self.start(id);
-        } else {
-            member.due = Some(at);
-            self.dues.insert((at, id));
+        match (then, next) {
+            (Then::Leave, _) => {}
+            (Then::Move(to), _) => {
+                self.inner
+                    .schedules
+                    .send(&self.inner, &to, Msg::Insert(id, poller));
+            }
+            (_, Next::Stop) => self.inner.stopped(id, poller.key()),
+            (Then::PollAgain, Next::At(_)) => self.poll(id, poller),
+            (Then::Rest, Next::At(at)) => {
+                self.dues.insert((at, id));
+                self.members.insert(id, Member::Resting(poller, at));
+            }
         }
     }
 }

@@ -18,6 +18,8 @@
 //!
 //! Nothing else may write to the API server meanwhile: run it without a controller-manager, or
 //! with only its namespace and garbage-collector controllers, which remove the namespace after.
+//! Each run (and each floor) starts once the API server is quiet ([`settle`]): the garbage
+//! collector reads every object of a deleted namespace again for minutes after it is gone.
 //!
 //! Run: `KUBECONFIG=... cargo bench -p workerpool-operator --bench cluster -- [--qworkers N]
 //! [--pools N] [--sizes N,M,...] [--floor] [--plot FILE.png] [--window SECS] [--reactions N]
@@ -249,6 +251,48 @@ async fn server_metrics(client: &Client) -> ServerMetrics {
     }
 }
 
+/// Requests on resources the API server has served so far (reads and writes; requests for
+/// paths such as `/metrics` and discovery left out).
+fn resource_requests(m: &ServerMetrics) -> f64 {
+    m.writes
+        .iter()
+        .chain(&m.reads)
+        .filter(|(k, _)| {
+            k.split_once(' ')
+                .is_some_and(|(_, r)| !r.is_empty() && !r.starts_with('/'))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Waits until the API server serves next to nothing (at most one request on a resource a
+/// second over 5 s), at most ten minutes. A namespace just deleted keeps the garbage collector
+/// reading its objects (one GET each, answered 404) for minutes after the namespace is gone;
+/// a measurement started meanwhile would share the server with it.
+async fn settle(client: &Client) {
+    let start = Instant::now();
+    let mut last = resource_requests(&server_metrics(client).await);
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = resource_requests(&server_metrics(client).await);
+        if now - last <= 5.0 {
+            println!(
+                "API server quiet after {:.0} s",
+                start.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            println!(
+                "API server still serving {:.0} requests/s after 600 s; going on",
+                (now - last) / 5.0
+            );
+            return;
+        }
+        last = now;
+    }
+}
+
 fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     after
         .iter()
@@ -296,6 +340,30 @@ fn cpu_seconds(pid: u32) -> f64 {
         .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
         .sum();
     ticks / 100.0
+}
+
+/// Busy and total CPU time of the whole machine so far, in ticks (`/proc/stat`), to tell
+/// whether a phase used every core.
+fn machine_ticks() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: f64 = fields.iter().sum();
+    // idle and iowait
+    let idle = fields.get(3).copied().unwrap_or(0.0) + fields.get(4).copied().unwrap_or(0.0);
+    (total - idle, total)
+}
+
+/// The share of the machine's CPU (in % of all its cores) busy since `before`.
+fn machine_busy_since(before: (f64, f64)) -> f64 {
+    let (busy, total) = machine_ticks();
+    (busy - before.0) / (total - before.1).max(1.0) * 100.0
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -496,16 +564,24 @@ async fn floor(client: &Client, ns: &str, concurrency: usize) -> (Duration, BTre
     // cost the API server the same in both.
     let (_pools_seen, pool_watch) = follow(pools.clone()).await;
     let (_qworkers_seen, qworker_watch) = follow(qworkers.clone()).await;
-    let before = server_metrics(client).await.writes;
+    let before = server_metrics(client).await;
+    let machine = machine_ticks();
     let start = Instant::now();
     futures::stream::iter(jobs)
         .buffer_unordered(concurrency)
         .collect::<Vec<()>>()
         .await;
     let took = start.elapsed();
+    let busy = machine_busy_since(machine);
     pool_watch.abort();
     qworker_watch.abort();
-    (took, delta(&before, &server_metrics(client).await.writes))
+    let after = server_metrics(client).await;
+    println!(
+        "floor: API server CPU {:.0} % of a core, the machine {busy:.0} % busy; reads {:?}",
+        (after.cpu_seconds - before.cpu_seconds) / took.as_secs_f64() * 100.0,
+        delta(&before.reads, &after.reads)
+    );
+    (took, delta(&before.writes, &after.writes))
 }
 
 #[tokio::main]
@@ -594,8 +670,10 @@ struct Fixture {
 
 impl Fixture {
     /// Creates one Redis ScalerConfig, the External StormCluster at `ui`, the topologies,
-    /// `pools` StormWorkerPools and `qworkers` QWorkers in a new namespace.
+    /// `pools` StormWorkerPools and `qworkers` QWorkers in a new namespace, once the API server
+    /// is quiet.
     async fn create(client: &Client, ui: &str, qworkers: usize, pools: usize) -> Self {
+        settle(client).await;
         let ns = format!("wpo-scale-{:06x}", rand::random::<u32>() & 0xff_ffff);
         let namespaces: Api<Namespace> = Api::all(client.clone());
         namespaces
@@ -620,23 +698,37 @@ impl Fixture {
         }
     }
 
-    /// Deletes the namespace and waits (at most two minutes) until it is gone.
+    /// Deletes the namespace and waits (at most 15 minutes) until it is gone.
     async fn delete(&self, client: &Client) {
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let _ = namespaces
             .delete(&self.name, &DeleteParams::background())
             .await;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline
-            && namespaces
-                .get_opt(&self.name)
-                .await
-                .ok()
-                .flatten()
-                .is_some()
+        // The next run starts only once the namespace controller is done: its deletes would
+        // otherwise share the API server with the operator's convergence.
+        let start = Instant::now();
+        while namespaces
+            .get_opt(&self.name)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
         {
+            if start.elapsed() > Duration::from_secs(900) {
+                println!(
+                    "namespace {} still there after {:.0} s; going on",
+                    self.name,
+                    start.elapsed().as_secs_f64()
+                );
+                return;
+            }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        println!(
+            "namespace {} deleted in {:.0} s",
+            self.name,
+            start.elapsed().as_secs_f64()
+        );
     }
 }
 
@@ -749,7 +841,9 @@ async fn measure(client: &Client, ns: &Fixture, o: &Options) -> Row {
     let (qworker_cache, qworker_watch) = follow(qworkers.clone()).await;
     let log = std::env::temp_dir().join(format!("{}-operator.log", ns.name));
     let before_start = server_metrics(client).await;
+    let machine = machine_ticks();
     let start = Instant::now();
+    let mut next_report = Duration::from_secs(10);
     let metrics_port = free_port();
     let mut operator = start_operator(&ns.name, &log, metrics_port);
     let pid = operator.id();
@@ -783,6 +877,13 @@ async fn measure(client: &Client, ns: &Fixture, o: &Options) -> Row {
         if pools_done == ns.pools && qw_done == ns.qworkers {
             break start.elapsed();
         }
+        if start.elapsed() >= next_report {
+            println!(
+                "  {:>4.0} s: {pools_done} pools, {qw_done} QWorkers converged",
+                start.elapsed().as_secs_f64()
+            );
+            next_report += Duration::from_secs(10);
+        }
         if start.elapsed() > Duration::from_secs(900) {
             panic!(
                 "not converged after 900 s: {pools_done}/{} pools, {qw_done}/{} QWorkers (log {})",
@@ -794,6 +895,7 @@ async fn measure(client: &Client, ns: &Fixture, o: &Options) -> Row {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let operator_cpu = cpu_seconds(pid) / convergence.as_secs_f64() * 100.0;
+    let machine_busy = machine_busy_since(machine);
     let convergence_reconciles = operator_reconciles(metrics_port);
     let after_start = server_metrics(client).await;
     pool_watch.abort();
@@ -808,7 +910,8 @@ async fn measure(client: &Client, ns: &Fixture, o: &Options) -> Row {
     );
     println!(
         "converged in {:.1} s ({} write requests; the first object at {:.1} s, half at {:.1} s; \
-         API server CPU {server_cpu:.0} %, operator CPU {operator_cpu:.0} % of a core)",
+         API server CPU {server_cpu:.0} %, operator CPU {operator_cpu:.0} % of a core, \
+         the machine {machine_busy:.0} % busy)",
         convergence.as_secs_f64(),
         convergence_writes.values().sum::<f64>(),
         first_converged.as_secs_f64(),

@@ -88,6 +88,58 @@ where
     }
 }
 
+/// What another controller reads of each object of a watched kind, as a digest per object, so
+/// that a change of the object that leaves what it reads alone wakes nothing: a StormWorkerPool's
+/// status write (its conditions, its timestamps) does not make its topology read Storm again,
+/// and a StormTopology's condition change does not wake its five hundred pools.
+///
+/// A first sight, a changed digest and a deletion wake; memory holds one pair of numbers per
+/// object. Losing it (a restart) only wakes once more: everything is reconciled then anyway.
+#[derive(Default)]
+pub struct Wakes {
+    digests: Mutex<HashMap<u64, u64>>,
+}
+
+impl Wakes {
+    /// Whether this event of `object` should wake what reads `view` of it: `view` differs from
+    /// the one of the object's last event, or the object is new, or `store` (the watch's cache)
+    /// no longer holds it (a deletion; the digest is dropped).
+    pub fn changed<K, V>(&self, store: &Store<K>, object: &K, view: V) -> bool
+    where
+        K: Resource<DynamicType = ()> + Clone,
+        V: std::hash::Hash,
+    {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let hasher =
+            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+        let object_ref = ObjectRef::from_obj(object);
+        let key = {
+            let mut h = hasher.build_hasher();
+            object_ref.namespace.hash(&mut h);
+            object_ref.name.hash(&mut h);
+            object.meta().uid.hash(&mut h);
+            h.finish()
+        };
+        let mut digests = self.digests.lock().unwrap_or_else(|p| p.into_inner());
+        if store.get(&object_ref).is_none() {
+            digests.remove(&key);
+            return true;
+        }
+        let digest = hasher.hash_one(view);
+        digests.insert(key, digest) != Some(digest)
+    }
+
+    /// Objects with a digest.
+    pub fn len(&self) -> usize {
+        self.digests.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no object has a digest.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// An environment variable read from the pod's own fields (downward API), e.g. `status.podIP`.
 pub fn field_env(name: &str, path: &str) -> k8s_openapi::api::core::v1::EnvVar {
     use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
@@ -348,6 +400,35 @@ mod tests {
             },
             ..ConfigMap::default()
         }
+    }
+
+    #[test]
+    fn an_event_wakes_only_when_what_is_read_of_the_object_changed() {
+        let (store, mut writer) = kube::runtime::reflector::store::<ConfigMap>();
+        let wakes = Wakes::default();
+        let a = config_map("a", "1");
+        writer.apply_watcher_event(&watcher::Event::Apply(a.clone()));
+        assert!(wakes.changed(&store, &a, "view 1"), "first sight wakes");
+        let a2 = config_map("a", "2");
+        writer.apply_watcher_event(&watcher::Event::Apply(a2.clone()));
+        assert!(
+            !wakes.changed(&store, &a2, "view 1"),
+            "a new version with the same view (a status write) wakes nothing"
+        );
+        assert!(wakes.changed(&store, &a2, "view 2"), "a changed view wakes");
+        let b = config_map("b", "3");
+        writer.apply_watcher_event(&watcher::Event::Apply(b.clone()));
+        assert!(
+            wakes.changed(&store, &b, "view 2"),
+            "another object with the same view is a first sight"
+        );
+        assert_eq!(wakes.len(), 2);
+        writer.apply_watcher_event(&watcher::Event::Delete(a2.clone()));
+        assert!(
+            wakes.changed(&store, &a2, "view 2"),
+            "a deletion wakes, its view unchanged"
+        );
+        assert_eq!(wakes.len(), 1, "the deleted object's digest is dropped");
     }
 
     #[test]

@@ -31,9 +31,10 @@ use workerpool_api::storm::{StormCluster, StormTopology, StormWorkerPool};
 use workerpool_storm::Connector;
 
 use crate::context::Shared;
-use crate::controllers::scoped;
+use crate::controllers::{Wakes, scoped};
 use crate::runtime::{self, StatusWriter};
 pub use metrics::TopologyMetrics;
+use rebalance::PoolView;
 
 /// Controller name used in metrics and logs.
 pub const CONTROLLER: &str = "stormtopology";
@@ -96,7 +97,8 @@ impl runtime::ControllerContext for Context {
 /// Its watches: StormTopologies; the Jobs it makes ([`build::JOB_SELECTOR`], each change
 /// reconciles the owner); StormClusters (each change reconciles the topologies on it). All fill
 /// the caches the reconciler reads and register with the gate's readiness; StormWorkerPools
-/// (each change reconciles the topology in its `topologyRef`).
+/// (a change of what the topology reads of a pool, its [`PoolView`] or `topologyRef`,
+/// reconciles the topology in its `topologyRef`; see [`Wakes`]).
 pub fn controller(
     shared: Shared,
     namespace: Option<&str>,
@@ -123,6 +125,7 @@ pub fn controller(
         forget_metrics.forget(&t.namespace().unwrap_or_default(), &t.name_any());
     });
     let by_cluster = store.clone();
+    let (pool_store, pool_wakes) = (pools.clone(), Wakes::default());
     let leadership = shared.gate.on_leadership();
     let config = shared.controller_config();
     let ctx = Arc::new(Context {
@@ -148,7 +151,13 @@ pub fn controller(
                 .map(|t| ObjectRef::from_obj(&*t))
                 .collect::<Vec<_>>()
         })
-        .watches_stream(pool_events, |pool: StormWorkerPool| {
+        .watches_stream(pool_events, move |pool: StormWorkerPool| {
+            // A pool wakes its topology only when what the topology reads of it changed: not on
+            // each of its status writes, which would read Storm's UI again each time.
+            let view = (&pool.spec.topology_ref, PoolView::of(&pool));
+            if !pool_wakes.changed(&pool_store, &pool, view) {
+                return None;
+            }
             let topology = ObjectRef::new(&pool.spec.topology_ref);
             Some(match pool.namespace() {
                 Some(ns) => topology.within(&ns),

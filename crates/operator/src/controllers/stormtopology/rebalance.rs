@@ -32,7 +32,7 @@ use workerpool_api::storm::{
 use workerpool_storm::TopologyStatus;
 
 /// What the decision needs of one pool serving the topology.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PoolView {
     /// `status.replicas` (the Deployment's desired count).
     pub replicas: i32,

@@ -29,7 +29,7 @@ use workerpool_storm::Connector;
 
 use crate::cache::child::{Child, ChildKind};
 use crate::context::Shared;
-use crate::controllers::{ChildTracker, POOL_CHILDREN_SELECTOR, scoped};
+use crate::controllers::{ChildTracker, POOL_CHILDREN_SELECTOR, Wakes, scoped};
 use crate::runtime::{self, StatusWriter};
 pub use replicas::HANDOFF_MANAGER;
 
@@ -206,11 +206,35 @@ fn not_echo<K: ChildKind>(
     move |event| futures::future::ready(!matches!(event, Ok(child) if ctx.children.is_echo(child)))
 }
 
-/// The pools a changed topology wakes: those of its namespace that name it.
+/// What a pool reads of its topology: the spec, the phase and the Storm id.
+fn topology_view(t: &StormTopology) -> (Vec<u8>, Option<&'static str>, Option<&str>) {
+    let status = t.status.as_ref();
+    (
+        serde_json::to_vec(&t.spec).unwrap_or_default(),
+        status.and_then(|s| s.phase).map(|p| p.as_str()),
+        status.and_then(|s| s.topology_id.as_deref()),
+    )
+}
+
+/// What a pool reads of its cluster: the spec and the phase.
+fn cluster_view(c: &StormCluster) -> (Vec<u8>, Option<&'static str>) {
+    (
+        serde_json::to_vec(&c.spec).unwrap_or_default(),
+        c.status.as_ref().and_then(|s| s.phase).map(|p| p.as_str()),
+    )
+}
+
+/// The pools a changed topology wakes: those of its namespace that name it, when what they read
+/// of it changed ([`topology_view`]).
 fn pools_of_topology(
     pools: Store<StormWorkerPool>,
+    topologies: Store<StormTopology>,
 ) -> impl Fn(StormTopology) -> Vec<ObjectRef<StormWorkerPool>> + Send + Sync + 'static {
+    let wakes = Wakes::default();
     move |topology: StormTopology| {
+        if !wakes.changed(&topologies, &topology, topology_view(&topology)) {
+            return Vec::new();
+        }
         let ns = topology.namespace();
         let name = topology.name_any();
         pools
@@ -222,11 +246,17 @@ fn pools_of_topology(
     }
 }
 
-/// The pools a changed cluster wakes: every pool of its namespace.
+/// The pools a changed cluster wakes: every pool of its namespace, when what they read of it
+/// changed ([`cluster_view`]).
 fn pools_of_cluster(
     pools: Store<StormWorkerPool>,
+    clusters: Store<StormCluster>,
 ) -> impl Fn(StormCluster) -> Vec<ObjectRef<StormWorkerPool>> + Send + Sync + 'static {
+    let wakes = Wakes::default();
     move |cluster: StormCluster| {
+        if !wakes.changed(&clusters, &cluster, cluster_view(&cluster)) {
+            return Vec::new();
+        }
         let ns = cluster.namespace();
         pools
             .state()
@@ -287,8 +317,14 @@ pub fn controller(
         .owns_stream(service_events.filter(not_echo(&ctx)))
         .owns_stream(hpa_events.filter(not_echo(&ctx)))
         .owns_stream(pdb_events.filter(not_echo(&ctx)))
-        .watches_stream(topology_events, pools_of_topology(store.clone()))
-        .watches_stream(cluster_events, pools_of_cluster(store.clone()))
+        .watches_stream(
+            topology_events,
+            pools_of_topology(store.clone(), ctx.caches.topologies.clone()),
+        )
+        .watches_stream(
+            cluster_events,
+            pools_of_cluster(store.clone(), ctx.caches.clusters.clone()),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, runtime::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));

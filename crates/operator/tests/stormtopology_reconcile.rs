@@ -77,6 +77,7 @@ fn setup(
         pools: cache_of(pools),
         jobs: cache_of(jobs),
         status: Default::default(),
+        pace: Default::default(),
     });
     Setup { storm, ctx }
 }
@@ -327,6 +328,47 @@ async fn a_steady_topology_makes_no_write_on_the_second_reconcile() {
         "no Event either: {:?}",
         api.events
     );
+}
+
+#[tokio::test]
+async fn a_wake_within_the_pace_reads_nothing_and_looks_again_when_it_ends() {
+    let (client, mut api) = testkit::mock();
+    let t = topology(json!({}));
+    let mut s = setup(
+        client,
+        vec![summary(TopologyStatus::Active, 3)],
+        vec![],
+        vec![],
+    );
+    Arc::get_mut(&mut s.ctx).expect("one owner").pace =
+        workerpool_operator::runtime::Pace::every(std::time::Duration::from_secs(60));
+    let task = tokio::spawn(reconcile(Arc::new(t.clone()), s.ctx.clone()));
+    let status = api
+        .expect_apply(&path("wordcount/status"), stored(&t))
+        .await;
+    api.finish(task).await.expect("reconcile ok");
+    let calls = s.storm.calls().len();
+    assert_eq!(calls, 2, "summary and detail: {:?}", s.storm.calls());
+
+    // A pool's change wakes it again at once: nothing is read or written, and it is looked at
+    // again when the interval ends.
+    let task = tokio::spawn(reconcile(Arc::new(after(&t, &status)), s.ctx.clone()));
+    let action = api.finish(task).await.expect("reconcile ok");
+    assert_eq!(s.storm.calls().len(), calls, "{:?}", s.storm.calls());
+    let again = format!("{action:?}");
+    assert!(
+        again.contains("requeue_after: Some(5") && again.contains("s)"),
+        "requeued for the interval's end (just under 60 s): {again}"
+    );
+
+    // A spec change is not held back.
+    let mut changed = after(&t, &status);
+    changed.metadata.generation = Some(3);
+    let task = tokio::spawn(reconcile(Arc::new(changed.clone()), s.ctx.clone()));
+    api.expect_apply(&path("wordcount/status"), stored(&changed))
+        .await;
+    api.finish(task).await.expect("reconcile ok");
+    assert_eq!(s.storm.calls().len(), calls + 2, "{:?}", s.storm.calls());
 }
 
 #[tokio::test]
@@ -581,6 +623,7 @@ async fn a_topology_deleted_mid_submission_deletes_its_job_first_then_kills_by_i
         pools: cache_of([]),
         jobs: cache_of([]),
         status: Default::default(),
+        pace: Default::default(),
     });
     let t2 = after(&t, &status);
     let task = tokio::spawn(reconcile(Arc::new(t2.clone()), gone));

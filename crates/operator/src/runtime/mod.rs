@@ -7,12 +7,14 @@
 
 pub mod backoff;
 pub mod events;
+pub mod pace;
 pub mod publisher;
 mod reconcile;
 pub mod status;
 
 pub use backoff::{Backoff, BackoffKey};
 pub use events::Reason;
+pub use pace::Pace;
 pub use publisher::Publisher;
 pub use reconcile::{ControllerContext, error_policy, reconcile};
 pub use status::{HasStatus, StatusWriter};

@@ -32,7 +32,7 @@ use workerpool_storm::Connector;
 
 use crate::context::Shared;
 use crate::controllers::{Wakes, scoped};
-use crate::runtime::{self, StatusWriter};
+use crate::runtime::{self, Pace, StatusWriter};
 pub use metrics::TopologyMetrics;
 use rebalance::PoolView;
 
@@ -51,6 +51,10 @@ pub const KILL_POLL: Duration = Duration::from_secs(10);
 pub const KILL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest wait between two looks while Storm is unreachable.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A topology's full reconcile (a scan of its pools and two reads of Storm's UI) runs at most
+/// once per this interval when its pools' changes wake it faster ([`Pace`]); a spec change
+/// and a deletion are not held back.
+pub const PACE: Duration = Duration::from_secs(1);
 /// A failed topology is looked at again after this long (a spec change triggers at once).
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// A submission Job that succeeded this many seconds ago while Storm never listed the
@@ -83,6 +87,8 @@ pub struct Context {
     pub jobs: Store<Job>,
     /// Writes the topologies' status.
     pub status: StatusWriter<StormTopology>,
+    /// At most one full reconcile per topology every [`PACE`] when its pools' changes wake it.
+    pub pace: Pace,
 }
 
 impl runtime::ControllerContext for Context {
@@ -136,6 +142,7 @@ pub fn controller(
         pools,
         jobs,
         status: StatusWriter::default(),
+        pace: Pace::every(PACE),
     });
     let future = Controller::for_stream(topology_events, store.clone())
         .with_config(config)

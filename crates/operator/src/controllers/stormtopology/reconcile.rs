@@ -244,6 +244,9 @@ async fn reconcile_inner(t: &StormTopology, ctx: &Context) -> Result<Action> {
     if t.metadata.deletion_timestamp.is_some() {
         return finalize(t, ctx, now).await;
     }
+    if let Some(wait) = ctx.pace.wait(t) {
+        return Ok(Action::requeue(wait));
+    }
     let mut st = t.status.clone().unwrap_or_default();
     if let Err(e) = build::validate(t) {
         return invalid_spec(t, ctx, &mut st, e.to_string(), now).await;

@@ -293,6 +293,11 @@ async fn settle(client: &Client) {
     }
 }
 
+/// The API server's CPU between two readings `over` apart, in % of a core.
+fn server_cpu(before: &ServerMetrics, after: &ServerMetrics, over: Duration) -> f64 {
+    (after.cpu_seconds - before.cpu_seconds) / over.as_secs_f64() * 100.0
+}
+
 fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     after
         .iter()
@@ -578,7 +583,7 @@ async fn floor(client: &Client, ns: &str, concurrency: usize) -> (Duration, BTre
     let after = server_metrics(client).await;
     println!(
         "floor: API server CPU {:.0} % of a core, the machine {busy:.0} % busy; reads {:?}",
-        (after.cpu_seconds - before.cpu_seconds) / took.as_secs_f64() * 100.0,
+        server_cpu(&before, &after, took),
         delta(&before.reads, &after.reads)
     );
     (took, delta(&before.writes, &after.writes))
@@ -902,8 +907,7 @@ async fn measure(client: &Client, ns: &Fixture, o: &Options) -> Row {
     qworker_watch.abort();
     let convergence_writes = delta(&before_start.writes, &after_start.writes);
     let convergence_reads = delta(&before_start.reads, &after_start.reads);
-    let server_cpu =
-        (after_start.cpu_seconds - before_start.cpu_seconds) / convergence.as_secs_f64() * 100.0;
+    let server_cpu = server_cpu(&before_start, &after_start, convergence);
     let (first_converged, half_converged) = (
         first_converged.unwrap_or(convergence),
         half_converged.unwrap_or(convergence),

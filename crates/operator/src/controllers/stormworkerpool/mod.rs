@@ -206,20 +206,20 @@ fn not_echo<K: ChildKind>(
     move |event| futures::future::ready(!matches!(event, Ok(child) if ctx.children.is_echo(child)))
 }
 
-/// What a pool reads of its topology: the spec, the phase and the Storm id.
-fn topology_view(t: &StormTopology) -> (Vec<u8>, Option<&'static str>, Option<&str>) {
+/// What a pool reads of its topology: the spec (its generation), the phase and the Storm id.
+fn topology_view(t: &StormTopology) -> (Option<i64>, Option<&'static str>, Option<&str>) {
     let status = t.status.as_ref();
     (
-        serde_json::to_vec(&t.spec).unwrap_or_default(),
+        t.metadata.generation,
         status.and_then(|s| s.phase).map(|p| p.as_str()),
         status.and_then(|s| s.topology_id.as_deref()),
     )
 }
 
-/// What a pool reads of its cluster: the spec and the phase.
-fn cluster_view(c: &StormCluster) -> (Vec<u8>, Option<&'static str>) {
+/// What a pool reads of its cluster: the spec (its generation) and the phase.
+fn cluster_view(c: &StormCluster) -> (Option<i64>, Option<&'static str>) {
     (
-        serde_json::to_vec(&c.spec).unwrap_or_default(),
+        c.metadata.generation,
         c.status.as_ref().and_then(|s| s.phase).map(|p| p.as_str()),
     )
 }

@@ -130,13 +130,9 @@ impl Wakes {
     }
 
     /// Objects with a digest.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.digests.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Whether no object has a digest.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
